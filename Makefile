@@ -1,0 +1,92 @@
+# flexbridge: two set-up commands on a fresh Debian 12 / Raspberry Pi OS Bookworm machine.
+#   make demo   the agent on embedded defaults (simulated site and DSO)
+#   make test   ruff, mypy and the whole test suite against real peers
+# Both create .venv on first use. As root they also install the Debian packages they need;
+# otherwise they say which ones are missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := requirements/constraints.txt
+PACKAGES := agent ocpp_bridge uftp forecaster bench
+SUDO := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+
+.PHONY: demo test lint typecheck pytest venv system-deps peers lock bench clean help
+
+help:
+	@echo "make demo    run flexbridge on embedded defaults (simulated site and DSO)"
+	@echo "make test    lint, type-check and run every test (installs what they need)"
+	@echo "make lock    refresh requirements/constraints.txt from a clean resolve"
+
+demo: $(VENV)/.installed-runtime
+	$(BIN)/flexbridge demo
+
+test: $(VENV)/.installed-test system-deps peers
+	$(BIN)/ruff check $(PACKAGES) tests
+	$(BIN)/ruff format --check $(PACKAGES) tests
+	$(BIN)/mypy $(PACKAGES)
+	@# pytest exits 5 when it collected nothing: a suite that cannot fail is a failure here.
+	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	exit $$status
+
+# --- Python environment --------------------------------------------------------------------
+# Debian's python3 lacks the venv module until python3-venv is installed.
+$(VENV)/bin/python:
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  if [ -n "$(SUDO)" ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	  else echo "python3 has no venv module: sudo apt-get install python3-venv" >&2; exit 1; fi; \
+	fi
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "flexbridge needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed-runtime: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $(VENV)/.installed-runtime $@
+
+venv: $(VENV)/.installed-test
+
+# --- System packages the tests use as real peers ---------------------------------------------
+# mosquitto (MQTT broker), nodejs + npm (the independent OCPP charger in tests/peers).
+SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ -n "$(SUDO)" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing Debian packages (tests that need them will say so):$$missing" >&2; fi; \
+	fi
+
+peers: tests/peers/node_modules/.package-lock.json
+
+tests/peers/node_modules/.package-lock.json: tests/peers/package.json tests/peers/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/peers && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm missing: the OCPP peer tests will say so" >&2; fi
+
+# --- Maintenance -----------------------------------------------------------------------------
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	( echo "# Pinned versions for make demo / make test / the Docker image (make lock refreshes)."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e' ) > $(CONSTRAINTS)
+	rm -rf .venv-lock
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m bench list
+
+clean:
+	rm -rf $(VENV) tests/peers/node_modules .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,163 @@
+"""The `flexbridge` command line.
+
+Exit codes follow sysexits where systemd can use them: 78 (EX_CONFIG) for a configuration that
+cannot be used, so ``RestartPreventExitStatus=78`` stops a restart loop on a broken file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import Config, ConfigError, check_files, load_config, summary
+from agent.logs import configure_logging
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2
+EX_CONFIG = 78
+
+log = logging.getLogger("agent.cli")
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EX_CONFIG
+    file_problems = [] if args.no_files else check_files(config)
+    if file_problems:
+        print(f"{args.config}: {len(file_problems)} problem(s)", file=sys.stderr)
+        for problem in file_problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{args.config}: OK")
+    for line in summary(config):
+        print(f"  {line}")
+    return EX_OK
+
+
+def _load_or_report(path: Path) -> Config | None:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+    problems = check_files(config)
+    if problems:
+        print(str(ConfigError(str(path), problems)), file=sys.stderr)
+        return None
+    return config
+
+
+def _run_config(config: Config) -> int:
+    from agent.app import build_components
+    from agent.service import ServiceError, serve
+
+    configure_logging(config.logging.level, config.logging.format, config.secrets())
+    log.info("flexbridge starting", extra={"version": __version__, "site": config.site.id})
+    try:
+        asyncio.run(serve(build_components(config)))
+    except ServiceError as exc:
+        log.error("flexbridge could not start: %s", exc)
+        return EX_FAILURE
+    log.info("flexbridge stopped")
+    return EX_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load_or_report(Path(args.config))
+    if config is None:
+        return EX_CONFIG
+    return _run_config(config)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import demo_config, demo_state_dir
+
+    state_dir = Path(args.state_dir) if args.state_dir else demo_state_dir()
+    config = demo_config(state_dir)
+    print(f"flexbridge demo: state in {state_dir}; press Ctrl-C to stop", file=sys.stderr)
+    return _run_config(config)
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from uftp import keys
+
+    path = Path(args.out)
+    if args.show:
+        try:
+            key = keys.load_signing_key(path)
+        except keys.KeyFormatError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EX_FAILURE
+    else:
+        key = keys.generate_signing_key()
+        try:
+            keys.write_signing_key(path, key, overwrite=args.force)
+        except FileExistsError:
+            print(f"error: {path} exists; use --force to replace it", file=sys.stderr)
+            return EX_FAILURE
+        except OSError as exc:
+            print(f"error: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return EX_FAILURE
+        print(f"private key: {path} (mode 0600)")
+    cs1 = keys.public_key_cs1(key)
+    print(f"public key: {keys.public_key_b64(key)}")
+    print(f"cs1: {cs1}")
+    domain = args.domain or "<your-domain>"
+    print(f'dns txt: _{args.role}._usef.{domain}. IN TXT "{cs1}"')
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flexbridge",
+        description="Edge agent bridging EV chargers (OCPP) to flexibility markets (UFTP).",
+    )
+    parser.add_argument("--version", action="version", version=f"flexbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent with a configuration file")
+    run.add_argument("--config", "-c", required=True, help="TOML configuration file")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="run on embedded defaults: a simulated site and DSO")
+    demo.add_argument("--state-dir", help="keep the demo's state here (default: a new temp dir)")
+    demo.set_defaults(func=_cmd_demo)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and explain errors")
+    check.add_argument("config", help="TOML configuration file")
+    check.add_argument(
+        "--no-files", action="store_true", help="skip checks of key and certificate files"
+    )
+    check.set_defaults(func=_cmd_check_config)
+
+    keys = sub.add_parser("keys", help="create a UFTP signing key pair and print the public key")
+    keys.add_argument("--out", "-o", required=True, help="private key file to write (mode 0600)")
+    keys.add_argument("--domain", help="our UFTP domain, for the DNS TXT record line")
+    keys.add_argument("--role", default="AGR", choices=["AGR", "DSO", "CRO"])
+    keys.add_argument("--force", action="store_true", help="replace an existing key file")
+    keys.add_argument(
+        "--show", action="store_true", help="print the public key of an existing key file"
+    )
+    keys.set_defaults(func=_cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code

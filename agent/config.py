@@ -1,0 +1,519 @@
+"""The agent's one configuration file: TOML, validated by pydantic before anything starts.
+
+Every model forbids unknown keys, so a typo is an error with its key path instead of a
+silently ignored setting. Secrets are `SecretStr` (never printed, never logged) and, like any
+other key, can be overridden from the environment: ``FLEXBRIDGE_`` followed by the key path in
+upper case with ``__`` between the parts, list items by index, for example
+``FLEXBRIDGE_MQTT__PASSWORD`` or ``FLEXBRIDGE_UFTP__PEERS__0__OAUTH__CLIENT_SECRET``. That keeps
+secrets out of a file that operators copy around and fits systemd's ``EnvironmentFile=`` and
+container secrets.
+
+The libraries (`uftp`, `ocpp_bridge`, `forecaster`) do not import this module; `agent` maps these
+models onto their own settings objects, which keeps the dependency rule of docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from uftp.keys import KeyFormatError, load_signing_key, parse_public_key
+
+ENV_PREFIX = "FLEXBRIDGE_"
+
+# UFTP 3.1.0 XSD patterns (UFTP-common.xsd). The models hold the same rule as the schema so a
+# wrong domain or address is caught at start-up rather than by the DSO's first rejection.
+INTERNET_DOMAIN = r"^([a-z0-9]+(-[a-z0-9]+)*\.)+[a-z]{2,}$"
+ENTITY_ADDRESS = r"^(ea1\.[0-9]{4}-[0-9]{2}\..{1,244}:.{1,244}|ean\.[0-9]{12,34})$"
+# OCPP-J: the identity is the last path segment; 2.0.1 limits it to 48 characters and Basic
+# auth forbids ':' in it (A00.FR.203).
+CHARGER_ID = r"^[A-Za-z0-9*\-_=+|@.]{1,48}$"
+SITE_ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # used as an MQTT topic level
+
+
+def _check_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    return name
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_time_zone)]
+InternetDomain = Annotated[str, Field(pattern=INTERNET_DOMAIN)]
+EntityAddress = Annotated[str, Field(pattern=ENTITY_ADDRESS)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteConfig(Model):
+    """The physical site behind one grid connection."""
+
+    id: Annotated[str, Field(pattern=SITE_ID)] = "site"
+    name: str = "flexbridge site"
+    timezone: TimeZoneName = "Europe/Amsterdam"
+    connection_capacity_w: Annotated[int, Field(gt=0)]
+    # Site-wide limit the chargers' safe profiles must sum to (defaults to the full capacity).
+    # Operators keep headroom here for the building's own load.
+    safe_limit_w: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _safe_within_capacity(self) -> Self:
+        if self.safe_limit_w is not None and self.safe_limit_w > self.connection_capacity_w:
+            raise ValueError(
+                f"safe_limit_w ({self.safe_limit_w}) exceeds connection_capacity_w "
+                f"({self.connection_capacity_w})"
+            )
+        return self
+
+    @property
+    def effective_safe_limit_w(self) -> int:
+        return self.safe_limit_w if self.safe_limit_w is not None else self.connection_capacity_w
+
+
+class TlsConfig(Model):
+    cert_file: Path
+    key_file: Path
+    # CA bundle used to verify client certificates (OCPP security profile 3) or peers.
+    ca_file: Path | None = None
+
+
+class ChargerConfig(Model):
+    """A charger known in advance. Electrical facts live here because OCPP does not report them."""
+
+    id: Annotated[str, Field(pattern=CHARGER_ID)]
+    congestion_point: EntityAddress | None = None
+    phases: Literal[1, 3] = 3
+    nominal_voltage_v: Annotated[float, Field(gt=0, le=480)] = 230.0
+    max_current_a: Annotated[float, Field(gt=0, le=500)] = 16.0
+    # IEC 61851: most EVs stop below 6 A, so a limit is 0 or at least this.
+    min_current_a: Annotated[float, Field(ge=0, le=32)] = 6.0
+    # Station-wide safe limit (the static profile); defaults to an equal share of the site's
+    # safe limit.
+    safe_power_w: Annotated[int, Field(ge=0)] | None = None
+    # Security profiles 1 and 2: hash of the charger's Basic-auth password (see
+    # `flexbridge hash-password`), or the plain password supplied through the environment.
+    password_hash: str | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Self:
+        if self.min_current_a > self.max_current_a:
+            raise ValueError(
+                f"min_current_a ({self.min_current_a}) exceeds max_current_a ({self.max_current_a})"
+            )
+        return self
+
+    @property
+    def max_power_w(self) -> int:
+        return int(self.max_current_a * self.nominal_voltage_v * self.phases)
+
+
+class OcppConfig(Model):
+    host: str = "0.0.0.0"
+    port: Port = 9000
+    # 1: HTTP Basic over ws; 2: Basic over TLS; 3: mutual TLS. 0 (no authentication) only with
+    # allow_security_profile_0, and never for OCPP 2.0.1 chargers that follow the spec.
+    security_profile: Annotated[int, Field(ge=0, le=3)] = 1
+    allow_security_profile_0: bool = False
+    tls: TlsConfig | None = None
+    unknown_chargers: Literal["reject", "register"] = "reject"
+    ping_interval_s: Annotated[float, Field(ge=0)] = 30.0
+    heartbeat_interval_s: Annotated[int, Field(gt=0)] = 300
+    response_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # Dynamic (flex) profiles expire after this; they are refreshed well before.
+    dynamic_profile_validity_s: Annotated[int, Field(ge=60)] = 900
+    chargers: list[ChargerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _profile_needs(self) -> Self:
+        if self.security_profile == 0 and not self.allow_security_profile_0:
+            raise ValueError(
+                "security_profile 0 (no authentication) needs allow_security_profile_0 = true"
+            )
+        if self.security_profile >= 2 and self.tls is None:
+            raise ValueError(f"security_profile {self.security_profile} needs an [ocpp.tls] table")
+        if self.security_profile == 3 and self.tls is not None and self.tls.ca_file is None:
+            raise ValueError("security_profile 3 needs ocpp.tls.ca_file to verify charger certs")
+        ids = [c.id for c in self.chargers]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate charger ids: {', '.join(dupes)}")
+        return self
+
+
+class OAuthConfig(Model):
+    """OAuth2 client-credentials grant for outbound UFTP posts (GOPACS requires it)."""
+
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scope: str | None = None
+
+
+class UftpPeerConfig(Model):
+    domain: InternetDomain
+    role: Literal["DSO", "CRO"] = "DSO"
+    # One key, or two during a key rotation: base64 of the 32-byte Ed25519 public key or the
+    # DNS form "cs1.<base64>".
+    public_keys: Annotated[list[str], Field(min_length=1, max_length=2)]
+    endpoint: Annotated[str, Field(pattern=r"^https?://")]
+    oauth: OAuthConfig | None = None
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys_decode(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            try:
+                parse_public_key(key)
+            except KeyFormatError as exc:
+                raise ValueError(str(exc)) from exc
+        return keys
+
+
+class UftpConfig(Model):
+    domain: InternetDomain
+    signing_key_file: Path
+    host: str = "0.0.0.0"
+    port: Port = 8443
+    # Serve HTTPS directly; without it, run behind a TLS-terminating reverse proxy.
+    tls: TlsConfig | None = None
+    # The market's ISP calendar (UFTP edge only; inside everything is UTC).
+    market_timezone: TimeZoneName = "Europe/Amsterdam"
+    isp_duration_min: Literal[5, 15, 30, 60] = 15
+    # Requests bigger than this are refused before parsing.
+    max_body_bytes: Annotated[int, Field(gt=1024)] = 1_048_576
+    peers: list[UftpPeerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_peers(self) -> Self:
+        seen: set[tuple[str, str]] = set()
+        for peer in self.peers:
+            key = (peer.domain, peer.role)
+            if key in seen:
+                raise ValueError(f"peer {peer.domain} ({peer.role}) is configured twice")
+            if peer.domain == self.domain:
+                raise ValueError(f"peer {peer.domain} has our own domain")
+            seen.add(key)
+        return self
+
+
+class CongestionPointConfig(Model):
+    entity_address: EntityAddress
+    dso_domain: InternetDomain
+    # Whether the DSO accepts several mutually exclusive options in one FlexOffer (published by
+    # the CRO as MutexOffersSupported).
+    mutex_offers_supported: bool = False
+
+
+class StorageConfig(Model):
+    state_directory: Path = Path("/var/lib/flexbridge")
+    database: str = "flexbridge.sqlite"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_directory / self.database
+
+
+class MqttConfig(Model):
+    enabled: bool = False
+    host: str = "localhost"
+    port: Port = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    client_id: str | None = None
+    topic_prefix: str = "flexbridge"
+    discovery_prefix: str = "homeassistant"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+
+
+class LoggingConfig(Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: human-readable on a terminal, logfmt (one key=value line per event) otherwise.
+    format: Literal["auto", "human", "logfmt", "json"] = "auto"
+
+
+class Config(Model):
+    site: SiteConfig
+    ocpp: OcppConfig = Field(default_factory=OcppConfig)
+    uftp: UftpConfig
+    congestion_points: list[CongestionPointConfig] = Field(default_factory=list)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def safe_power_w(self, charger: ChargerConfig) -> int:
+        """The charger's static safe limit: configured, or an equal share of the site's."""
+        if charger.safe_power_w is not None:
+            return charger.safe_power_w
+        share = self.site.effective_safe_limit_w // max(1, len(self.ocpp.chargers))
+        return min(share, charger.max_power_w)
+
+    def congestion_point_of(self, charger: ChargerConfig) -> str | None:
+        if charger.congestion_point is not None:
+            return charger.congestion_point
+        if len(self.congestion_points) == 1:
+            return self.congestion_points[0].entity_address
+        return None
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config, for the log redactor."""
+        found: list[str] = []
+
+        def walk(node: object) -> None:
+            if isinstance(node, SecretStr):
+                value = node.get_secret_value()
+                if value:
+                    found.append(value)
+            elif isinstance(node, BaseModel):
+                for name in type(node).model_fields:
+                    walk(getattr(node, name))
+            elif isinstance(node, list | tuple):
+                for item in node:
+                    walk(item)
+
+        walk(self)
+        return found
+
+
+def cross_check(config: Config) -> list[ConfigProblem]:
+    """Checks that span sections, each reported at the key that is wrong."""
+    problems: list[ConfigProblem] = []
+    dso_domains = {p.domain for p in config.uftp.peers if p.role == "DSO"}
+    addresses = [cp.entity_address for cp in config.congestion_points]
+    for i, cp in enumerate(config.congestion_points):
+        if cp.dso_domain not in dso_domains:
+            problems.append(
+                ConfigProblem(
+                    f"congestion_points[{i}].dso_domain",
+                    f"{cp.dso_domain!r} is not a DSO among uftp.peers",
+                )
+            )
+        if addresses.count(cp.entity_address) > 1 and addresses.index(cp.entity_address) != i:
+            problems.append(
+                ConfigProblem(
+                    f"congestion_points[{i}].entity_address",
+                    f"{cp.entity_address!r} is listed twice",
+                )
+            )
+    for i, charger in enumerate(config.ocpp.chargers):
+        if charger.congestion_point is not None and charger.congestion_point not in addresses:
+            problems.append(
+                ConfigProblem(
+                    f"ocpp.chargers[{i}].congestion_point",
+                    f"{charger.congestion_point!r} is not among congestion_points",
+                )
+            )
+        if charger.congestion_point is None and len(addresses) > 1:
+            problems.append(
+                ConfigProblem(
+                    f"ocpp.chargers[{i}].congestion_point",
+                    f"required: the site has {len(addresses)} congestion points",
+                )
+            )
+    total_safe = sum(config.safe_power_w(c) for c in config.ocpp.chargers)
+    if total_safe > config.site.effective_safe_limit_w:
+        problems.append(
+            ConfigProblem(
+                "ocpp.chargers",
+                f"the chargers' safe limits add up to {total_safe} W, more than the site's "
+                f"safe limit of {config.site.effective_safe_limit_w} W",
+            )
+        )
+    return problems
+
+
+# --- loading and error reporting -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration, addressed by its key path (``uftp.peers[0].domain``)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists every reason found."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def _format_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_PATTERN_HINTS = {
+    INTERNET_DOMAIN: "a lowercase DNS name with at least one dot, e.g. agr.example.com",
+    ENTITY_ADDRESS: "an EAN (ean.<12-34 digits>) or an EA1 address (ea1.YYYY-MM.<domain>:<id>)",
+    CHARGER_ID: "1-48 characters of A-Z a-z 0-9 * - _ = + | @ .",
+    SITE_ID: "lowercase letters, digits, '-' and '_', starting with a letter or digit",
+}
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    ctx = error.get("ctx") or {}
+    pattern = ctx.get("pattern")
+    if error.get("type") == "string_pattern_mismatch" and pattern in _PATTERN_HINTS:
+        return f"{error['input']!r} is not {_PATTERN_HINTS[pattern]}"
+    message = str(error.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return "unknown key (misspelt, or not supported by this version)"
+    if error.get("type") == "missing":
+        return "required key is missing"
+    value = error.get("input")
+    if error.get("type") not in ("model_type",) and isinstance(value, str | int | float | bool):
+        return f"{message} (got {value!r})"
+    return message
+
+
+def problems_from_validation(exc: ValidationError) -> list[ConfigProblem]:
+    return [ConfigProblem(_format_path(err["loc"]), _reason(err)) for err in exc.errors()]
+
+
+# Variables with the prefix that configure the process, not the file.
+_NOT_OVERRIDES = {"CONFIG"}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> Iterator[tuple[str, list[str], str]]:
+    for name, value in sorted(environ.items()):
+        rest = name.removeprefix(ENV_PREFIX)
+        if rest == name or not rest or rest in _NOT_OVERRIDES:
+            continue
+        yield name, [p.lower() for p in rest.split("__")], value
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[ConfigProblem]:
+    """Write ``FLEXBRIDGE_A__B__0__C=value`` into ``data['a']['b'][0]['c']``."""
+    problems: list[ConfigProblem] = []
+    for name, parts, value in _env_overrides(environ):
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    problems.append(
+                        ConfigProblem(
+                            f"env {name}", f"list index {part!r} does not exist in the file"
+                        )
+                    )
+                    break
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                problems.append(ConfigProblem(f"env {name}", "path goes through a plain value"))
+                break
+    return problems
+
+
+def parse_config(
+    text: str, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate TOML text; raise ConfigError naming every problem found."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [ConfigProblem("", f"not valid TOML: {exc}")]) from exc
+    problems = apply_env_overrides(data, os.environ if environ is None else environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(problems_from_validation(exc))
+        raise ConfigError(source, problems) from exc
+    problems.extend(cross_check(config))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [ConfigProblem("", f"cannot read file: {exc}")]) from exc
+    return parse_config(text, str(path), environ)
+
+
+def summary(config: Config) -> list[str]:
+    """A few lines an operator can check at a glance after `check-config`."""
+    site = config.site
+    ocpp = config.ocpp
+    return [
+        f"site {site.id} ({site.name}), {site.connection_capacity_w} W connection, "
+        f"safe limit {site.effective_safe_limit_w} W, time zone {site.timezone}",
+        f"OCPP listener {ocpp.host}:{ocpp.port}, security profile {ocpp.security_profile}, "
+        f"{len(ocpp.chargers)} configured charger(s), unknown chargers: {ocpp.unknown_chargers}",
+        f"UFTP participant {config.uftp.domain} (AGR) on {config.uftp.host}:{config.uftp.port}"
+        f"{' with TLS' if config.uftp.tls else ' behind a TLS proxy'}, "
+        f"{len(config.uftp.peers)} peer(s), market {config.uftp.market_timezone} "
+        f"PT{config.uftp.isp_duration_min}M",
+        f"{len(config.congestion_points)} congestion point(s): "
+        + (", ".join(cp.entity_address for cp in config.congestion_points) or "none"),
+        f"state in {config.storage.database_path}",
+        f"MQTT to {config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "MQTT off",
+    ]
+
+
+def check_files(config: Config) -> list[ConfigProblem]:
+    """Problems with files the config points to: what `run` would trip over at start-up."""
+    problems: list[ConfigProblem] = []
+    try:
+        load_signing_key(config.uftp.signing_key_file)
+    except KeyFormatError as exc:
+        problems.append(ConfigProblem("uftp.signing_key_file", str(exc)))
+    tls_sections = [("ocpp.tls", config.ocpp.tls), ("uftp.tls", config.uftp.tls)]
+    for prefix, tls in tls_sections:
+        if tls is None:
+            continue
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(tls, name)
+            if path is not None and not path.is_file():
+                problems.append(ConfigProblem(f"{prefix}.{name}", f"{path} is not a readable file"))
+    if config.mqtt.ca_file is not None and not config.mqtt.ca_file.is_file():
+        problems.append(
+            ConfigProblem("mqtt.ca_file", f"{config.mqtt.ca_file} is not a readable file")
+        )
+    return problems

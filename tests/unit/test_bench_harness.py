@@ -1,0 +1,52 @@
+"""The benchmark runner and its one-figure-per-line output."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from bench.__main__ import available
+from bench.__main__ import main as bench_main
+from bench.report import best_rate, emit, format_value, percentile, ratio
+
+
+def test_emit_prints_name_colon_value() -> None:
+    out = io.StringIO()
+    emit("uftp_e2e_per_s", 1234.5678, out)
+    emit("chargers", 500, out)
+    emit("ok", True, out)
+    assert out.getvalue().splitlines() == ["uftp_e2e_per_s: 1235", "chargers: 500", "ok: true"]
+
+
+def test_emit_refuses_names_that_are_not_snake_case() -> None:
+    with pytest.raises(ValueError, match="snake_case"):
+        emit("Bad Name", 1)
+
+
+def test_format_value_keeps_small_figures_readable() -> None:
+    assert format_value(0.000123456) == "0.0001235"
+    assert format_value(12345678.9) == "12345679"
+
+
+def test_percentile_matches_linear_interpolation() -> None:
+    samples = [float(x) for x in range(1, 101)]
+    assert percentile(samples, 0.5) == pytest.approx(50.5)
+    assert percentile(samples, 0.99) == pytest.approx(99.01)
+    assert percentile([3.0], 0.9) == 3.0
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 0.5)
+
+
+def test_ratio_and_rate() -> None:
+    assert ratio(200.0, 50.0) == 4.0
+    with pytest.raises(ValueError, match="positive"):
+        ratio(1.0, 0.0)
+    assert best_rate(lambda: None, min_time_s=0.01, repeats=1) > 0
+
+
+def test_runner_lists_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["list"]) == 0
+    assert "benchmarks:" in capsys.readouterr().out
+    assert bench_main(["no_such_bench"]) == 2
+    assert "report" not in available()

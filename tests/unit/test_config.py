@@ -1,0 +1,172 @@
+"""The configuration file: the example is valid, every mistake is named with its key path."""
+
+from __future__ import annotations
+
+import base64
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from agent.config import (
+    ConfigError,
+    check_files,
+    load_config,
+    parse_config,
+    summary,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "systemd" / "flexbridge.toml.example"
+KEY = base64.b64encode(os.urandom(32)).decode()
+
+MINIMAL = f"""
+[site]
+connection_capacity_w = 50000
+
+[uftp]
+domain = "agr.example.com"
+signing_key_file = "/nonexistent/key"
+
+[[uftp.peers]]
+domain = "dso.example.com"
+public_keys = ["{KEY}"]
+endpoint = "https://dso.example.com/shapeshifter/api/v3/message"
+
+[[congestion_points]]
+entity_address = "ean.871685900012636543"
+dso_domain = "dso.example.com"
+"""
+
+
+def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml", environ or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert config.site.id == "garage-north"
+    assert [c.id for c in config.ocpp.chargers] == ["CP-001", "CP-002"]
+    assert config.congestion_point_of(config.ocpp.chargers[1]) == "ean.871685900012636543"
+    assert summary(config)[0].startswith("site garage-north")
+
+
+def test_minimal_config_takes_defaults() -> None:
+    config = parse_config(MINIMAL, environ={})
+    assert config.ocpp.security_profile == 1
+    assert not config.ocpp.allow_security_profile_0
+    assert config.uftp.isp_duration_min == 15
+    assert config.storage.database_path == Path("/var/lib/flexbridge/flexbridge.sqlite")
+    assert config.site.effective_safe_limit_w == 50000
+
+
+def test_three_mistakes_are_all_named() -> None:
+    text = MINIMAL.replace('domain = "agr.example.com"', 'domain = "localhost"')
+    text = text.replace("connection_capacity_w = 50000", "connection_capacity_w = -5")
+    text += "\n[mqtt]\nprot = 1883\n"
+    problems = problems_of(text)
+    assert len(problems) == 3, problems
+    joined = "\n".join(problems)
+    assert "uftp.domain: 'localhost' is not a lowercase DNS name" in joined
+    assert "site.connection_capacity_w: Input should be greater than 0 (got -5)" in joined
+    assert "mqtt.prot: unknown key" in joined
+
+
+def test_toml_syntax_error_has_position() -> None:
+    problems = problems_of("[site\nconnection_capacity_w = 1")
+    assert len(problems) == 1
+    assert "not valid TOML" in problems[0]
+    assert "line 1" in problems[0]
+
+
+def test_cross_references_are_checked_at_their_keys() -> None:
+    text = MINIMAL.replace('dso_domain = "dso.example.com"', 'dso_domain = "other-dso.example.com"')
+    text += textwrap.dedent(
+        """
+        [[ocpp.chargers]]
+        id = "CP1"
+        congestion_point = "ean.123456789012"
+        safe_power_w = 60000
+        """
+    )
+    problems = problems_of(text)
+    assert "congestion_points[0].dso_domain: 'other-dso.example.com' is not a DSO" in problems[0]
+    assert problems[1].startswith("ocpp.chargers[0].congestion_point: 'ean.123456789012'")
+    assert "add up to 60000 W, more than the site's safe limit of 50000 W" in problems[2]
+
+
+def test_security_profile_rules() -> None:
+    sp0 = MINIMAL + "\n[ocpp]\nsecurity_profile = 0\n"
+    assert "needs allow_security_profile_0 = true" in problems_of(sp0)[0]
+    sp2 = MINIMAL + "\n[ocpp]\nsecurity_profile = 2\n"
+    assert "needs an [ocpp.tls] table" in problems_of(sp2)[0]
+    sp3 = MINIMAL + '\n[ocpp]\nsecurity_profile = 3\n[ocpp.tls]\ncert_file="a"\nkey_file="b"\n'
+    assert "ca_file" in problems_of(sp3)[0]
+
+
+def test_bad_public_key_and_entity_address() -> None:
+    text = MINIMAL.replace(KEY, "c2hvcnQ=").replace("ean.871685900012636543", "ean.12")
+    problems = problems_of(text)
+    assert any("uftp.peers[0].public_keys" in p and "5 bytes" in p for p in problems)
+    assert any(
+        p.startswith("congestion_points[0].entity_address: 'ean.12' is not an EAN")
+        for p in problems
+    )
+
+
+def test_cs1_public_key_form_is_accepted() -> None:
+    config = parse_config(MINIMAL.replace(f'"{KEY}"', f'"cs1.{KEY}"'), environ={})
+    assert config.uftp.peers[0].public_keys == [f"cs1.{KEY}"]
+
+
+def test_env_overrides_secret_and_plain_values() -> None:
+    text = MINIMAL + '\n[mqtt]\nenabled = true\nusername = "fb"\n'
+    config = parse_config(
+        text,
+        environ={
+            "FLEXBRIDGE_MQTT__PASSWORD": "s3cret-pass",
+            "FLEXBRIDGE_UFTP__PEERS__0__ENDPOINT": "https://other.example.com/x",
+            "FLEXBRIDGE_OCPP__PORT": "9100",
+            "FLEXBRIDGE_CONFIG": "/ignored/path.toml",
+            "UNRELATED": "x",
+        },
+    )
+    assert isinstance(config.mqtt.password, SecretStr)
+    assert config.mqtt.password.get_secret_value() == "s3cret-pass"
+    assert config.uftp.peers[0].endpoint == "https://other.example.com/x"
+    assert config.ocpp.port == 9100
+    assert "s3cret-pass" in config.secrets()
+    assert "s3cret-pass" not in repr(config)
+
+
+def test_env_override_of_missing_list_item_is_reported() -> None:
+    problems = problems_of(
+        MINIMAL, {"FLEXBRIDGE_UFTP__PEERS__3__ENDPOINT": "https://x.example.com"}
+    )
+    assert problems == [
+        "env FLEXBRIDGE_UFTP__PEERS__3__ENDPOINT: list index '3' does not exist in the file"
+    ]
+
+
+def test_equal_safe_share_is_capped_by_charger_power() -> None:
+    text = MINIMAL + '\n[[ocpp.chargers]]\nid = "A"\nphases = 1\n[[ocpp.chargers]]\nid = "B"\n'
+    config = parse_config(text, environ={})
+    a, b = config.ocpp.chargers
+    assert config.safe_power_w(a) == min(25000, 16 * 230 * 1)
+    assert config.safe_power_w(b) == min(25000, 16 * 230 * 3)
+
+
+def test_duplicate_charger_ids_rejected() -> None:
+    text = MINIMAL + '\n[[ocpp.chargers]]\nid = "A"\n[[ocpp.chargers]]\nid = "A"\n'
+    assert "duplicate charger ids: A" in problems_of(text)[0]
+
+
+def test_check_files_reports_unreadable_key(tmp_path: Path) -> None:
+    config = parse_config(MINIMAL, environ={})
+    problems = check_files(config)
+    assert [p.path for p in problems] == ["uftp.signing_key_file"]
+    assert "cannot read signing key /nonexistent/key" in problems[0].reason
