@@ -1,0 +1,86 @@
+"""Energy per ISP from a charger's energy register: the measurement behind settlement.
+
+Chargers report a cumulative energy register (Wh) at irregular instants. The energy between two
+readings is spread evenly over the time between them and split at ISP boundaries, so every Wh
+the register counted lands in exactly one ISP and the per-ISP sums add up to the register's
+advance. A register that goes backwards (meter replaced, a 2.0.1 charger reporting per
+transaction) starts a new baseline instead of producing negative energy.
+
+Pure logic; the site model feeds it and flushes the totals to the store in batches.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+
+def isp_start(instant: datetime, isp_seconds: int) -> datetime:
+    """The start of the ISP containing `instant` on the UTC-aligned grid."""
+    ts = int(instant.timestamp())
+    return datetime.fromtimestamp(ts - ts % isp_seconds, UTC)
+
+
+def split_energy(
+    start: datetime, end: datetime, energy_wh: float, isp_seconds: int
+) -> list[tuple[datetime, float]]:
+    """Spread `energy_wh` evenly over [start, end) and return (ISP start, Wh) per ISP touched."""
+    if end < start:
+        raise ValueError(f"interval ends before it starts: {start} .. {end}")
+    if energy_wh < 0:
+        raise ValueError(f"negative energy {energy_wh} Wh")
+    total = (end - start).total_seconds()
+    if total == 0:
+        return [(isp_start(start, isp_seconds), energy_wh)] if energy_wh else []
+    parts: list[tuple[datetime, float]] = []
+    cursor = start
+    while cursor < end:
+        bucket = isp_start(cursor, isp_seconds)
+        bucket_end = min(end, bucket + timedelta(seconds=isp_seconds))
+        share = energy_wh * (bucket_end - cursor).total_seconds() / total
+        parts.append((bucket, share))
+        cursor = bucket_end
+    return parts
+
+
+@dataclass(frozen=True)
+class Reading:
+    at: datetime
+    register_wh: float
+
+
+class EnergyAccumulator:
+    """Per-(meter, ISP) energy from register readings, drained in batches for the store."""
+
+    def __init__(self, isp_seconds: int) -> None:
+        self.isp_seconds = isp_seconds
+        self._last: dict[str, Reading] = {}
+        self._pending: defaultdict[tuple[str, datetime], float] = defaultdict(float)
+        self.resets = 0
+
+    def add(self, meter: str, at: datetime, register_wh: float) -> None:
+        """Record a register reading of `meter` (a charger, an EVSE) at `at`."""
+        if at.tzinfo is None:
+            raise ValueError("readings need timezone-aware instants")
+        last = self._last.get(meter)
+        if last is not None and at < last.at:
+            return  # a late, out-of-order reading: the interval is already accounted for
+        self._last[meter] = Reading(at, register_wh)
+        if last is None:
+            return
+        delta = register_wh - last.register_wh
+        if delta < 0:
+            self.resets += 1
+            return
+        for bucket, wh in split_energy(last.at, at, delta, self.isp_seconds):
+            self._pending[(meter, bucket)] += wh
+
+    def forget(self, meter: str) -> None:
+        """Drop the baseline (the meter went offline); the next reading starts a new one."""
+        self._last.pop(meter, None)
+
+    def drain(self) -> dict[tuple[str, datetime], float]:
+        pending = dict(self._pending)
+        self._pending.clear()
+        return pending
