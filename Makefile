@@ -55,8 +55,9 @@ $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
 venv: $(VENV)/.installed-test
 
 # --- System packages the tests use as real peers ---------------------------------------------
-# mosquitto (MQTT broker), nodejs + npm (the independent OCPP charger in tests/peers).
-SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm
+# mosquitto (MQTT broker), nodejs + npm (the independent OCPP charger in tests/peers),
+# systemd (systemd-analyze verifies the unit file).
+SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm systemd-analyze:systemd
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
