@@ -1,0 +1,145 @@
+"""Server-rendered SVG chart of power per ISP: prognosis, measured load, ordered flexibility.
+
+Rendered on the gateway without JavaScript or a build step so the status page and the demo's
+HTML report work offline and in any browser. Pure: data in, SVG text out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+from zoneinfo import ZoneInfo
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    values_w: Sequence[float | None]  # one per ISP; None = no value (future, gap)
+    color: str
+    kind: str = "line"  # "line", "step" or "bar"
+    dashed: bool = False
+
+
+def _nice_step(span: float, target_ticks: int = 5) -> float:
+    raw = span / max(1, target_ticks)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    for factor in (1, 2, 2.5, 5, 10):
+        if raw <= factor * magnitude:
+            return factor * magnitude
+    return 10 * magnitude
+
+
+def render_power_chart(
+    isp_starts: Sequence[datetime],
+    series: Sequence[Series],
+    *,
+    timezone: str = "UTC",
+    title: str = "",
+    width: int = 960,
+    height: int = 360,
+    now: datetime | None = None,
+) -> str:
+    """An SVG line/bar chart in kW with one x position per ISP and local-time hour labels."""
+    n = len(isp_starts)
+    for s in series:
+        if len(s.values_w) != n:
+            raise ValueError(f"series {s.name!r} has {len(s.values_w)} values for {n} ISPs")
+    left, right, top, bottom = 64, 16, 36 if title else 16, 48
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [v for s in series for v in s.values_w if v is not None and math.isfinite(v)]
+    lo = min([0.0, *values]) / 1000
+    hi = max([1.0, *values]) / 1000
+    step = _nice_step(hi - lo)
+    lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    if hi == lo:
+        hi = lo + step
+
+    def x(i: float) -> float:
+        return left + plot_w * (i / max(1, n))
+
+    def y(kw: float) -> float:
+        return top + plot_h * (1 - (kw - lo) / (hi - lo))
+
+    out: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" font-family="sans-serif" font-size="12">',
+        f"<title>{escape(title or 'power per ISP')}</title>",
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
+    ]
+    if title:
+        out.append(
+            f'<text x="{left}" y="22" font-size="15" font-weight="bold">{escape(title)}</text>'
+        )
+    tick = lo
+    while tick <= hi + 1e-9:
+        ty = y(tick)
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" '
+            f'stroke="{"#888" if abs(tick) < 1e-9 else "#e4e4e4"}"/>'
+        )
+        out.append(f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end">{tick:g} kW</text>')
+        tick += step
+    zone = ZoneInfo(timezone)
+    for i, start in enumerate(isp_starts):
+        local = start.astimezone(zone)
+        if local.minute == 0 and local.hour % 3 == 0:
+            out.append(
+                f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{top}" y2="{top + plot_h}" '
+                'stroke="#f0f0f0"/>'
+            )
+            out.append(
+                f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                f"{local:%H:%M}</text>"
+            )
+    if now is not None and n and isp_starts[0] <= now:
+        seconds = (now - isp_starts[0]).total_seconds()
+        isp_s = (isp_starts[1] - isp_starts[0]).total_seconds() if n > 1 else 900.0
+        pos = min(n, seconds / isp_s)
+        out.append(
+            f'<line x1="{x(pos):.1f}" x2="{x(pos):.1f}" y1="{top}" y2="{top + plot_h}" '
+            'stroke="#c00" stroke-dasharray="2,3"><title>now</title></line>'
+        )
+    bar_w = plot_w / max(1, n)
+    for s in series:
+        name = escape(s.name)
+        if s.kind == "bar":
+            for i, v in enumerate(s.values_w):
+                if v is None or not math.isfinite(v) or v == 0:
+                    continue
+                y0, y1 = y(0), y(v / 1000)
+                out.append(
+                    f'<rect class="series-{name}" x="{x(i) + 0.5:.1f}" y="{min(y0, y1):.1f}" '
+                    f'width="{max(0.5, bar_w - 1):.1f}" height="{abs(y1 - y0):.1f}" '
+                    f'fill="{s.color}" fill-opacity="0.45"/>'
+                )
+            continue
+        path: list[str] = []
+        pen_up = True
+        for i, v in enumerate(s.values_w):
+            if v is None or not math.isfinite(v):
+                pen_up = True
+                continue
+            vy = y(v / 1000)
+            if s.kind == "step":
+                path.append(f"{'M' if pen_up else 'L'}{x(i):.1f},{vy:.1f}L{x(i + 1):.1f},{vy:.1f}")
+            else:
+                path.append(f"{'M' if pen_up else 'L'}{x(i + 0.5):.1f},{vy:.1f}")
+            pen_up = False
+        if path:
+            dash = ' stroke-dasharray="6,4"' if s.dashed else ""
+            out.append(
+                f'<path class="series-{name}" d="{"".join(path)}" fill="none" '
+                f'stroke="{s.color}" stroke-width="2"{dash}/>'
+            )
+    lx = left
+    for s in series:
+        out.append(
+            f'<rect x="{lx}" y="{height - 18}" width="12" height="12" fill="{s.color}"/>'
+            f'<text x="{lx + 16}" y="{height - 8}">{escape(s.name)}</text>'
+        )
+        lx += 24 + 7 * len(s.name)
+    out.append("</svg>")
+    return "\n".join(out)
