@@ -18,6 +18,7 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -45,6 +46,7 @@ ENTITY_ADDRESS = r"^(ea1\.[0-9]{4}-[0-9]{2}\..{1,244}:.{1,244}|ean\.[0-9]{12,34}
 # auth forbids ':' in it (A00.FR.203).
 CHARGER_ID = r"^[A-Za-z0-9*\-_=+|@.]{1,48}$"
 SITE_ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # used as an MQTT topic level
+LOCAL_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
 
 def _check_time_zone(name: str) -> str:
@@ -254,6 +256,78 @@ class LoggingConfig(Model):
     format: Literal["auto", "human", "logfmt", "json"] = "auto"
 
 
+class TradingConfig(Model):
+    """The AGR's market behaviour: when to send prognoses, how to price and bound offers."""
+
+    # Day-ahead D-prognoses go out at this local market time on D-1. UFTP recommends at the
+    # latest 2 h before the national day-ahead gate closure (12:00 in NL), hence 09:00.
+    prognosis_time: Annotated[str, Field(pattern=LOCAL_TIME)] = "09:00"
+    # Intraday: a new revision when the forecast for any future ISP moves more than this.
+    intraday_threshold_w: Annotated[int, Field(ge=0)] = 5_000
+    # Offers stay valid this long, and never past the start of their first ISP minus the lead.
+    offer_validity_min: Annotated[int, Field(ge=1, le=24 * 60)] = 60
+    offer_lead_time_min: Annotated[int, Field(ge=0, le=240)] = 5
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
+    # Price of an option = fixed + per kWh of load moved out of the requested ISPs.
+    price_fixed: Annotated[float, Field(ge=0)] = 2.0
+    price_per_kwh: Annotated[float, Field(ge=0)] = 0.25
+    # Offers smaller than this are not worth the DSO's trouble (and ours).
+    min_offer_power_w: Annotated[int, Field(ge=0)] = 1_000
+    # Where the congestion point supports mutually exclusive options, also offer these fractions
+    # of the full offer (e.g. 0.5 = half the reduction at a lower price).
+    partial_option_fractions: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.5]
+    )
+    # Settlement: an ISP whose ActualPower differs from our measurement by more than this is
+    # disputed.
+    settlement_tolerance_w: Annotated[int, Field(ge=0)] = 500
+    settlement_tolerance_pct: Annotated[float, Field(ge=0, le=100)] = 5.0
+
+
+class ForecastConfig(Model):
+    history_days: Annotated[int, Field(ge=7, le=365)] = 56
+    # Public holidays of the site: forecast like Sundays.
+    holidays: list[str] = Field(default_factory=list)
+
+    @field_validator("holidays")
+    @classmethod
+    def _dates(cls, days: list[str]) -> list[str]:
+        from datetime import date
+
+        for day in days:
+            try:
+                date.fromisoformat(day)
+            except ValueError as exc:
+                raise ValueError(f"holiday {day!r} is not a YYYY-MM-DD date") from exc
+        return days
+
+
+class MeteringConfig(Model):
+    """UFTP Metering messages, only where the DSO's programme asks for them."""
+
+    enabled: bool = False
+    # The connection's EAN as the UFTP metering XSD writes it: E + 16 digits (18-digit EANs
+    # pending spec PR #196).
+    ean: Annotated[str, Field(pattern=r"^[Ee][0-9]{16}$")] | None = None
+
+    @model_validator(mode="after")
+    def _ean_when_enabled(self) -> Self:
+        if self.enabled and self.ean is None:
+            raise ValueError("metering.enabled needs metering.ean")
+        return self
+
+
+class HttpConfig(Model):
+    """The status page, JSON API and /metrics."""
+
+    enabled: bool = True
+    # Loopback by default: the page shows operational detail; expose it through a proxy.
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    # Required for anything that changes state (POST); absent = read-only.
+    token: SecretStr | None = None
+
+
 class Config(Model):
     site: SiteConfig
     ocpp: OcppConfig = Field(default_factory=OcppConfig)
@@ -262,6 +336,10 @@ class Config(Model):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    trading: TradingConfig = Field(default_factory=TradingConfig)
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig)
+    metering: MeteringConfig = Field(default_factory=MeteringConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     def safe_power_w(self, charger: ChargerConfig) -> int:
         """The charger's static safe limit: configured, or an equal share of the site's."""
@@ -332,6 +410,19 @@ def cross_check(config: Config) -> list[ConfigProblem]:
                     f"required: the site has {len(addresses)} congestion points",
                 )
             )
+    zone = ZoneInfo(config.uftp.market_timezone)
+    for month in (1, 7):
+        offset = datetime(2025, month, 1, 12, tzinfo=zone).utcoffset() or timedelta(0)
+        if offset.total_seconds() % (config.uftp.isp_duration_min * 60):
+            problems.append(
+                ConfigProblem(
+                    "uftp.isp_duration_min",
+                    f"{config.uftp.market_timezone} is {offset} from UTC, not a whole number of "
+                    f"{config.uftp.isp_duration_min}-minute ISPs; flexbridge needs ISPs aligned "
+                    "to UTC",
+                )
+            )
+            break
     total_safe = sum(config.safe_power_w(c) for c in config.ocpp.chargers)
     if total_safe > config.site.effective_safe_limit_w:
         problems.append(
@@ -383,6 +474,7 @@ _PATTERN_HINTS = {
     ENTITY_ADDRESS: "an EAN (ean.<12-34 digits>) or an EA1 address (ea1.YYYY-MM.<domain>:<id>)",
     CHARGER_ID: "1-48 characters of A-Z a-z 0-9 * - _ = + | @ .",
     SITE_ID: "lowercase letters, digits, '-' and '_', starting with a letter or digit",
+    LOCAL_TIME: "a local time HH:MM (00:00 to 23:59)",
 }
 
 

@@ -170,3 +170,26 @@ def test_check_files_reports_unreadable_key(tmp_path: Path) -> None:
     problems = check_files(config)
     assert [p.path for p in problems] == ["uftp.signing_key_file"]
     assert "cannot read signing key /nonexistent/key" in problems[0].reason
+
+
+def test_market_zone_must_align_isps_with_utc() -> None:
+    text = MINIMAL.replace(
+        'signing_key_file = "/nonexistent/key"',
+        'signing_key_file = "/nonexistent/key"\nmarket_timezone = "America/St_Johns"\n'
+        "isp_duration_min = 60",
+    )
+    assert "not a whole number of 60-minute ISPs" in problems_of(text)[0]
+    ok = text.replace("isp_duration_min = 60", "isp_duration_min = 15")
+    assert parse_config(ok, environ={}).uftp.market_timezone == "America/St_Johns"
+
+
+def test_trading_and_metering_sections() -> None:
+    text = MINIMAL + '\n[trading]\nprognosis_time = "25:00"\n[metering]\nenabled = true\n'
+    problems = problems_of(text)
+    assert any(
+        p == "trading.prognosis_time: '25:00' is not a local time HH:MM (00:00 to 23:59)"
+        for p in problems
+    )
+    assert any(p.startswith("metering: metering.enabled needs metering.ean") for p in problems)
+    holidays = MINIMAL + '\n[forecast]\nholidays = ["2026-12-25", "christmas"]\n'
+    assert "holiday 'christmas' is not a YYYY-MM-DD date" in problems_of(holidays)[0]
