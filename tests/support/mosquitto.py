@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -44,6 +45,9 @@ class MosquittoBroker:
     def _write_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
         lines = [
+            # Run as ourselves: as root mosquitto would switch to the "mosquitto" user, which
+            # cannot read files in the test's private temporary directory.
+            f"user {getpass.getuser()}",
             f"listener {self.port} {self.host}",
             "persistence false",
             f"log_dest file {self.log_path}",
@@ -73,17 +77,19 @@ class MosquittoBroker:
 
     def start(self) -> None:
         conf = self._write_config()
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        stderr_path = self.workdir / "mosquitto.stderr"
+        with stderr_path.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         try:
             wait_for_port(self.host, self.port, timeout_s=10)
         except TimeoutError:
             self.stop()
             log = self.log_path.read_text() if self.log_path.exists() else ""
-            raise RuntimeError(f"mosquitto did not start on port {self.port}:\n{log}") from None
+            raise RuntimeError(
+                f"mosquitto did not start on port {self.port}:\n{stderr_path.read_text()}\n{log}"
+            ) from None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -93,8 +99,6 @@ class MosquittoBroker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-            if self.process.stderr:
-                self.process.stderr.close()
             self.process = None
 
     def restart(self) -> None:

@@ -1,0 +1,1 @@
+"""Telemetry: MQTT state and events (with Home Assistant discovery) for dashboards."""
