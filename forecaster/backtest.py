@@ -13,15 +13,23 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from forecaster.calendar import SiteCalendar, history_layout
-from forecaster.forecast import ForecastSettings, PowerHistory, fit_profiles
+from forecaster.forecast import ForecastSettings, PowerHistory, QuantileForecast, fit_profiles
+from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
 from forecaster.metrics import Scores, score
-from forecaster.sessions import ASAP_POWER_KW, SkipCounts, read_sessions, reconstruct_power
+from forecaster.sessions import (
+    ASAP_POWER_KW,
+    SessionRecords,
+    SkipCounts,
+    read_sessions,
+    reconstruct_power,
+    select,
+)
 
 METHODS: dict[str, ForecastSettings] = {
     "profile": ForecastSettings(),
@@ -50,11 +58,15 @@ class BacktestConfig:
     power_kw: float = ASAP_POWER_KW
     timezone: str = DEFAULT_TIMEZONE
     holidays: frozenset[date] = field(default_factory=frozenset)
+    origin: time | None = None
+    """None: day-ahead at 00:00. A local time: intraday from then to the end of each day,
+    with the sessions plugged in at that moment."""
 
 
 @dataclass(frozen=True)
 class BacktestResult:
     method: str
+    origin: str
     sessions: int
     skipped: SkipCounts
     first_day: date
@@ -67,6 +79,7 @@ class BacktestResult:
     def figures(self) -> Iterator[tuple[str, float | int | str]]:
         """``name: value`` figures, method by method, in the order the CLI prints them."""
         yield "method", self.method
+        yield "origin", self.origin
         yield "reconstruction", "asap"
         yield "sessions", self.sessions
         for reason, count in sorted(self.skipped.counts.items()):
@@ -158,14 +171,30 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
     ours: list[np.ndarray] = []
     naive: list[np.ndarray] = []
     mean4: list[np.ndarray] = []
+    raw_input: list[np.ndarray] = []
+    profile_only: list[np.ndarray] = []
+    power_w = config.power_kw * 1000.0
     day = start
     while day <= end:
         targets = calendar.day_isps(day)
+        if config.origin is not None:
+            local = datetime.combine(day, config.origin, tzinfo=calendar.zone)
+            origin = int(local.timestamp()) // isp * isp
+            targets = targets[targets >= origin]
+        else:
+            origin = int(targets[0])
         positions = (targets - grid_start) // isp
-        origin = int(targets[0])
         profiles = fit_profiles(history, calendar, settings, until_epoch=origin)
         forecast = profiles.forecast(targets)
-        ours.append(np.stack([forecast.p10[0], forecast.p50[0], forecast.p90[0]]))
+        if config.origin is None:
+            ours.append(np.stack([forecast.p10[0], forecast.p50[0], forecast.p90[0]]))
+        else:
+            profile_only.append(np.stack([forecast.p10[0], forecast.p50[0], forecast.p90[0]]))
+            for calibrated, bucket in ((True, ours), (False, raw_input)):
+                f = _intraday(
+                    history, sessions, calendar, settings, origin, targets, power_w, calibrated
+                )
+                bucket.append(np.stack([f.p10[0], f.p50[0], f.p90[0]]))
         _, slots = calendar.local_day_and_slot(targets)
         d = day.toordinal() - layout.first_ordinal
         weeks = by_day[[d - 7 * w for w in range(1, 5)]][:, slots]  # (4, H)
@@ -186,8 +215,15 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
         f = np.maximum(np.concatenate(parts, axis=1), 0.0)
         return score(y, f[0], f[1], f[2], labels)
 
+    scores = {"ours": scored(ours)}
+    if config.origin is not None:
+        scores["ours_raw_driver_input"] = scored(raw_input)
+        scores["ours_without_sessions"] = scored(profile_only)
+    scores["seasonal_naive"] = scored(naive)
+    scores["weekday_mean_4w"] = scored(mean4)
     return BacktestResult(
         method=config.method,
+        origin="day-ahead 00:00" if config.origin is None else config.origin.isoformat("minutes"),
         sessions=sessions.count,
         skipped=skipped,
         first_day=start,
@@ -195,9 +231,56 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
         test_days=(end - start).days + 1,
         isps=int(y.size),
         mean_load_kw=float(y.mean() / 1000.0),
-        scores={
-            "ours": scored(ours),
-            "seasonal_naive": scored(naive),
-            "weekday_mean_4w": scored(mean4),
-        },
+        scores=scores,
+    )
+
+
+def _intraday(
+    history: PowerHistory,
+    sessions: SessionRecords,
+    calendar: SiteCalendar,
+    settings: ForecastSettings,
+    origin: int,
+    targets: np.ndarray,
+    power_w: float,
+    calibrated: bool,
+) -> QuantileForecast:
+    """Intraday forecast with the sessions plugged in at `origin`, calibrated on the sessions
+    that finished in the history window before it."""
+    window = origin - HISTORY_DAYS * 86_400
+    done = select(sessions, (sessions.departure <= origin) & (sessions.arrival >= window))
+    calibration = SessionCalibration.fit(
+        calendar,
+        done.arrival,
+        done.departure,
+        done.delivered_wh,
+        done.requested_wh,
+        done.stated_departure,
+        power_w,
+        raw_driver_input=not calibrated,
+    )
+    live = select(sessions, (sessions.arrival < origin) & (sessions.departure > origin))
+    # Energy delivered so far under the same ASAP rule as the truth.
+    stay = (live.departure - live.arrival).astype(np.float64)
+    rate = np.maximum(power_w, live.delivered_wh * 3600.0 / stay)
+    so_far = np.minimum(live.delivered_wh, rate * (origin - live.arrival) / 3600.0)
+    needed = np.maximum(live.requested_wh - so_far, 0.0)  # NaN stays NaN: no request
+    known = KnownSessions(
+        series=np.zeros(live.count, dtype=np.int64),
+        arrival=live.arrival,
+        expected_departure=live.stated_departure,
+        needed_wh=needed,
+        delivered_wh=so_far,
+        pmax_w=rate,
+        # Observable at the origin: whether the car still draws power.
+        power_now_w=np.where(so_far < live.delivered_wh, rate, 0.0),
+    )
+    return forecast_intraday(
+        history,
+        datetime.fromtimestamp(origin, tz=UTC),
+        targets,
+        calendar,
+        known,
+        calibration,
+        settings,
     )

@@ -74,6 +74,10 @@ class SiteCalendar:
         return cls(timezone, isp_minutes, frozenset(holidays))
 
     @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
     def slots_per_day(self) -> int:
         return 1440 // self.isp_minutes
 
@@ -159,6 +163,7 @@ class HistoryLayout:
     first_ordinal: int
     index: Int64Array  # (D, P, 2)
     day_type: Int64Array  # (D,)
+    whole_day: npt.NDArray[np.bool_]  # (D,) False where the grid cuts the day
 
     @property
     def days(self) -> int:
@@ -187,4 +192,14 @@ def history_layout(calendar: SiteCalendar, start_epoch: int, length: int) -> His
     index[position[again], 1] = np.flatnonzero(again)
     index = index.reshape(days, slots, 2)
     ordinals = np.arange(first, first + days, dtype=np.int64)
-    return HistoryLayout(first, index, calendar.day_types(ordinals))
+    # Only the first and last day can be cut: when the grid does not start at a local midnight
+    # or does not end at one.
+    whole = np.ones(days, dtype=bool)
+    if slot[0] != 0:
+        whole[0] = False
+    _, end_slot = calendar.local_day_and_slot(
+        np.array([start_epoch + length * calendar.isp_seconds], dtype=np.int64)
+    )
+    if end_slot[0] != 0:
+        whole[-1] = False
+    return HistoryLayout(first, index, calendar.day_types(ordinals), whole)

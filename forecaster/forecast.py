@@ -214,10 +214,12 @@ def fit_profiles(
     keep_days = min(layout.days, settings.history_days + (1 if end_slot[0] else 0))
     index = np.ascontiguousarray(layout.index[-keep_days:])
     day_type = np.ascontiguousarray(layout.day_type[-keep_days:])
+    whole_day = np.ascontiguousarray(layout.whole_day[-keep_days:])
     profile, level, pooled = sqrt_profiles(
         np.ascontiguousarray(window),
         index,
         day_type,
+        whole_day,
         settings.alpha,
         _Z,
         settings.smooth_slots,

