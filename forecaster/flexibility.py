@@ -55,17 +55,17 @@ class SessionSet:
             bad = ~np.isfinite(a) | (a < 0)
             if bad.any():
                 i = _first_bad(bad)
-                raise FlexInputError(f"session {i}: {name} {a[i]!r} must be finite and >= 0")
+                raise FlexInputError(f"session {i}: {name} {float(a[i])} must be finite and >= 0")
         bad = arrays["pmax_w"] <= 0
         if bad.any():
             i = _first_bad(bad)
-            raise FlexInputError(f"session {i}: pmax_w {arrays['pmax_w'][i]!r} must be > 0")
+            raise FlexInputError(f"session {i}: pmax_w {float(arrays['pmax_w'][i])} must be > 0")
         bad = arrays["pmin_w"] > arrays["pmax_w"]
         if bad.any():
             i = _first_bad(bad)
             raise FlexInputError(
-                f"session {i}: pmin_w {arrays['pmin_w'][i]!r} exceeds pmax_w "
-                f"{arrays['pmax_w'][i]!r}"
+                f"session {i}: pmin_w {float(arrays['pmin_w'][i])} exceeds pmax_w "
+                f"{float(arrays['pmax_w'][i])}"
             )
         bad = arrays["departure"] < arrays["arrival"]
         if bad.any():
@@ -117,7 +117,7 @@ def site_limit(limit_w: float | Sequence[float] | Float64Array, horizon: int) ->
     bad = ~np.isfinite(arr) | (arr < 0)
     if bad.any():
         t = _first_bad(bad)
-        raise FlexInputError(f"site limit {arr[t]!r} W at ISP {t} must be finite and >= 0")
+        raise FlexInputError(f"site limit {float(arr[t])} W at ISP {t} must be finite and >= 0")
     return np.ascontiguousarray(arr)
 
 
@@ -189,7 +189,7 @@ def allocate(
     bad = ~np.isfinite(target) | (target < 0)
     if bad.any():
         t = _first_bad(bad)
-        raise FlexInputError(f"target {target[t]!r} W at ISP {t} must be finite and >= 0")
+        raise FlexInputError(f"target {float(target[t])} W at ISP {t} must be finite and >= 0")
     limit = site_limit(limit_w, target.size)
     start, end = sessions.on_grid()
     schedule, remaining, unmet = flex.allocate(
@@ -234,7 +234,7 @@ def size_request(
     bad = np.isinf(change)
     if bad.any():
         t = _first_bad(bad)
-        raise FlexInputError(f"requested change {change[t]!r} W at ISP {t} is not finite")
+        raise FlexInputError(f"requested change {float(change[t])} W at ISP {t} is not finite")
     horizon = change.size
     limit = site_limit(limit_w, horizon)
     requested = ~np.isnan(change)

@@ -97,7 +97,7 @@ class PowerHistory:
         if bad.any():
             s, t = (int(i) for i in np.argwhere(bad)[0])
             raise ForecastInputError(
-                f"history value {values[s, t]!r} W at series {s}, ISP {t} "
+                f"history value {float(values[s, t])} W at series {s}, ISP {t} "
                 f"({to_utc(self.start_epoch + t * self.isp_minutes * 60).isoformat()}) "
                 "is not a power draw (must be finite and >= 0, NaN for unknown)"
             )

@@ -155,11 +155,11 @@ class KnownSessions:
             bad = np.isinf(a) | (a < 0)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise ForecastInputError(f"session {i}: {name} {a[i]!r} must be >= 0 or NaN")
+                raise ForecastInputError(f"session {i}: {name} {float(a[i])} must be >= 0 or NaN")
         bad = ~np.isfinite(arrays["pmax_w"]) | (arrays["pmax_w"] <= 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ForecastInputError(f"session {i}: pmax_w {arrays['pmax_w'][i]!r} must be > 0")
+            raise ForecastInputError(f"session {i}: pmax_w {float(arrays['pmax_w'][i])} must be > 0")
         for name, a in arrays.items():
             object.__setattr__(self, name, a)
 
