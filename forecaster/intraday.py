@@ -112,7 +112,12 @@ class SessionCalibration:
         # share[tau, a, k] = Σ_{a' >= a} load[tau, a', k] / Σ_{a'} load[tau, a', k]
         later = np.flip(np.cumsum(np.flip(load, axis=1), axis=1), axis=1)
         total = later[:, :1, :]
-        share = np.where(total > 0, later / np.where(total > 0, total, 1.0), 1.0)
+        # Clock slots without any historical load (the profile there is smoothing spill-over)
+        # take the day's energy share of later arrivals; a day type without sessions, 1.
+        day_later = later.sum(axis=2, keepdims=True)
+        day_total = day_later[:, :1, :]
+        fallback = np.where(day_total > 0, day_later / np.where(day_total > 0, day_total, 1), 1.0)
+        share = np.where(total > 0, later / np.where(total > 0, total, 1.0), fallback)
         return cls(
             departure_residual_s=np.ascontiguousarray(residual),
             stay_s=np.ascontiguousarray(np.quantile(stay, _LEVELS)),
