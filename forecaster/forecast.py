@@ -25,9 +25,12 @@ from forecaster.calendar import (
     history_layout,
     to_utc,
 )
-from forecaster.kernels.profile import assemble_forecast, sqrt_profiles
+from forecaster.kernels.profile import assemble_forecast, sqrt_profiles, sqrt_profiles_parallel
 
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+PARALLEL_MIN_SERIES = 64
+"""From this many series per call the threaded kernel pays for its thread start-up; a single
+site stays on the serial one (FORECASTING.md §8)."""
 # Standard-normal scores of QUANTILE_LEVELS: the band is normal in square-root space.
 _Z = np.array([-1.2815515655446004, 0.0, 1.2815515655446004])
 
@@ -150,11 +153,7 @@ class LoadProfiles:
         day_type = self.calendar.day_types(ordinal)
         out = assemble_forecast(self.profile, self.level, day_type, slot)
         return QuantileForecast(
-            targets=epoch,
-            p10=np.ascontiguousarray(out[:, :, 0]),
-            p50=np.ascontiguousarray(out[:, :, 1]),
-            p90=np.ascontiguousarray(out[:, :, 2]),
-            days_pooled=self.days_pooled,
+            targets=epoch, p10=out[0], p50=out[1], p90=out[2], days_pooled=self.days_pooled
         )
 
 
@@ -205,18 +204,20 @@ def fit_profiles(
     last_index = (end - history.start_epoch) // isp_s
     if last_index <= first_index:
         raise EmptyHistoryError(list(range(history.series)))
-    window = history.values[:, first_index:last_index]
     start = history.start_epoch + first_index * isp_s
-    layout = history_layout(calendar, start, window.shape[1])
+    layout = history_layout(calendar, start, last_index - first_index)
     # Keep exactly `history_days` whole days (plus today's part when `end` is not a local
     # midnight); the 2-hour margin above only makes sure DST shifts cannot cut a day short.
     _, end_slot = calendar.local_day_and_slot(np.array([end], dtype=np.int64))
     keep_days = min(layout.days, settings.history_days + (1 if end_slot[0] else 0))
-    index = np.ascontiguousarray(layout.index[-keep_days:])
+    # Positions into the whole history: the kernel reads the caller's array in place.
+    window_index = layout.index[-keep_days:]
+    index = np.ascontiguousarray(np.where(window_index >= 0, window_index + first_index, -1))
     day_type = np.ascontiguousarray(layout.day_type[-keep_days:])
     whole_day = np.ascontiguousarray(layout.whole_day[-keep_days:])
-    profile, level, pooled = sqrt_profiles(
-        np.ascontiguousarray(window),
+    kernel = sqrt_profiles_parallel if history.series >= PARALLEL_MIN_SERIES else sqrt_profiles
+    profile, level, pooled = kernel(
+        history.values,
         index,
         day_type,
         whole_day,

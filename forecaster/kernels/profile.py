@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from forecaster.calendar import DAY_TYPES, WEEKDAY
 
@@ -111,6 +111,204 @@ def _smooth_gappy(raw: np.ndarray, radius: int, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
+def _fit_series(
+    s: int,
+    values: np.ndarray,
+    index: np.ndarray,
+    day_type: np.ndarray,
+    whole_day: np.ndarray,
+    regular_day: np.ndarray,
+    alpha: float,
+    z: np.ndarray,
+    smooth: int,
+    min_type_days: int,
+    level_days: int,
+    level_weight: float,
+    level_clip: float,
+    use_sqrt: bool,
+    profile: np.ndarray,
+    level: np.ndarray,
+    pooled: np.ndarray,
+) -> None:
+    """One series of `sqrt_profiles` into row s of the outputs, with its own scratch (so
+    series can run on several threads)."""
+    n_days, n_slots = index.shape[0], index.shape[1]
+    nq = z.size
+    raw = np.empty(n_slots)
+    smoothed = np.empty(n_slots)
+    prefix = np.empty(n_slots + 1)
+    mean_root = np.empty(n_slots)
+    root = np.empty(n_slots)
+    sum_w = np.zeros((POOLS, n_slots))
+    sum_w2 = np.zeros((POOLS, n_slots))
+    sum_mean = np.zeros((POOLS, n_slots))
+    sum_root = np.zeros((POOLS, n_slots))
+    sum_sq = np.zeros((POOLS, n_slots))
+    energy_w = np.zeros(POOLS)
+    energy_sum = np.zeros(POOLS)
+    recent = np.zeros((POOLS, max(level_days, 1)))
+    n_recent = np.zeros(POOLS, dtype=np.int64)
+    days_in = np.zeros(POOLS, dtype=np.int64)
+    pool_of = np.zeros(DAY_TYPES, dtype=np.int64)
+    in_use = np.zeros(POOLS, dtype=np.bool_)
+    has_data = np.zeros(n_days, dtype=np.bool_)
+    keep = 1.0 - alpha
+    # Which days have data, and so which pool each day type draws from.
+    count = np.zeros(DAY_TYPES, dtype=np.int64)
+    for d in range(n_days):
+        has_data[d] = False
+        for k in range(n_slots):
+            t = index[d, k, 0]
+            if t >= 0 and values[s, t] == values[s, t]:
+                has_data[d] = True
+                break
+        if has_data[d]:
+            count[day_type[d]] += 1
+    in_use[:] = False
+    for tau in range(DAY_TYPES):
+        if count[tau] >= min_type_days:
+            pool_of[tau] = tau
+        elif tau != WEEKDAY and count[1] + count[2] >= min_type_days:
+            pool_of[tau] = WEEKEND_POOL
+        else:
+            pool_of[tau] = ALL_POOL
+        in_use[pool_of[tau]] = True
+    sum_w[:] = 0.0
+    sum_w2[:] = 0.0
+    sum_mean[:] = 0.0
+    sum_root[:] = 0.0
+    sum_sq[:] = 0.0
+    energy_w[:] = 0.0
+    energy_sum[:] = 0.0
+    n_recent[:] = 0
+    days_in[:] = 0
+    # Newest day first: its weight is 1 and each older day's is `keep` times smaller, so
+    # the running weight per pool is keep ** rank.
+    weight = np.ones(POOLS)
+    for d in range(n_days - 1, -1, -1):
+        if not has_data[d]:
+            continue
+        first = index[d, 0, 0]
+        regular = first >= 0 and regular_day[d]
+        no_gaps = False
+        total = 0.0
+        if regular:
+            # Fast path: the day is P consecutive grid ISPs (no DST change, not cut).
+            row = values[s, first : first + n_slots]
+            gaps = 0
+            for k in range(n_slots):
+                v = row[k]
+                raw[k] = v
+                gaps += v != v
+            no_gaps = gaps == 0
+            if no_gaps:
+                for k in range(n_slots):
+                    v = max(raw[k], 0.0)
+                    raw[k] = v
+                    total += v
+        seen = n_slots
+        exists = n_slots
+        if not no_gaps:
+            total, seen, exists = _gather_day(values, index, s, d, raw)
+            no_gaps = seen == n_slots
+        # Only whole days with every ISP known tell the level; a partial day would bias it.
+        complete = whole_day[d] and seen == exists
+        if use_sqrt:
+            for k in range(n_slots):
+                root[k] = math.sqrt(raw[k])  # NaN stays NaN
+        else:
+            root[:] = raw
+        if no_gaps:
+            _smooth_complete(raw, smooth, prefix, smoothed)
+        else:
+            _smooth_gappy(raw, smooth, smoothed)
+        if use_sqrt:
+            for k in range(n_slots):
+                mean_root[k] = math.sqrt(smoothed[k])
+        else:
+            mean_root[:] = smoothed
+        day_energy = total if complete else np.nan
+        for p in range(POOLS):
+            if not in_use[p] or not _pool_contains(p, day_type[d]):
+                continue
+            w = weight[p]
+            days_in[p] += 1
+            if no_gaps:
+                acc_w, acc_w2, acc_mean = sum_w[p], sum_w2[p], sum_mean[p]
+                acc_root, acc_sq = sum_root[p], sum_sq[p]
+                for k in range(n_slots):
+                    acc_w[k] += w
+                    acc_w2[k] += w * w
+                    acc_mean[k] += w * mean_root[k]
+                    r = root[k]
+                    acc_root[k] += w * r
+                    acc_sq[k] += w * r * r
+            else:
+                for k in range(n_slots):
+                    m = mean_root[k]
+                    if m != m:
+                        continue
+                    r = root[k]
+                    if r != r:  # a gap filled by its neighbours: spread as if at the mean
+                        r = m
+                    sum_w[p, k] += w
+                    sum_w2[p, k] += w * w
+                    sum_mean[p, k] += w * m
+                    sum_root[p, k] += w * r
+                    sum_sq[p, k] += w * r * r
+            if day_energy == day_energy:
+                energy_sum[p] += w * day_energy
+                energy_w[p] += w
+                if n_recent[p] < level_days:
+                    recent[p, n_recent[p]] = day_energy
+                    n_recent[p] += 1
+            weight[p] = w * keep
+    for tau in range(DAY_TYPES):
+        p = pool_of[tau]
+        pooled[s, tau] = days_in[p]
+        for k in range(n_slots):
+            sw = sum_w[p, k]
+            if sw <= 0.0:
+                for q in range(nq):
+                    profile[s, tau, q, k] = 0.0
+                continue
+            mean = sum_mean[p, k] / sw
+            mroot = sum_root[p, k] / sw
+            var = max(sum_sq[p, k] / sw - mroot * mroot, 0.0)
+            n_eff = sw * sw / sum_w2[p, k]
+            if n_eff > 1.0 + 1e-9:
+                var *= n_eff / (n_eff - 1.0) * (1.0 + 1.0 / n_eff)
+            sd = math.sqrt(var)
+            prev = 0.0
+            for q in range(nq):
+                u = max(mean + z[q] * sd, 0.0)
+                v = max(u * u if use_sqrt else u, prev)
+                profile[s, tau, q, k] = v
+                prev = v
+        if energy_w[p] > 0.0 and energy_sum[p] > 0.0 and n_recent[p] > 0:
+            rec = 0.0
+            for i in range(n_recent[p]):
+                rec += recent[p, i]
+            ratio = (rec / n_recent[p]) / (energy_sum[p] / energy_w[p])
+            ratio = min(max(ratio, 1.0 / level_clip), level_clip)
+            level[s, tau] = 1.0 + level_weight * (ratio - 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _regular_days(index: np.ndarray) -> np.ndarray:
+    """Days whose slots are consecutive grid ISPs (no DST change, not cut): the fast path."""
+    n_days, n_slots = index.shape[0], index.shape[1]
+    regular_day = np.zeros(n_days, dtype=np.bool_)
+    for d in range(n_days):
+        first = index[d, 0, 0]
+        ok = first >= 0
+        for k in range(n_slots):
+            ok = ok and index[d, k, 0] == first + k and index[d, k, 1] < 0
+        regular_day[d] = ok
+    return regular_day
+
+
+@njit(cache=True, nogil=True)
 def sqrt_profiles(
     values: np.ndarray,
     index: np.ndarray,
@@ -139,177 +337,90 @@ def sqrt_profiles(
     (S, 3) float64 and the number of days pooled (S, 3) int64 (0: no usable day at all).
     """
     n_series = values.shape[0]
-    n_days, n_slots = index.shape[0], index.shape[1]
+    n_slots = index.shape[1]
     nq = z.size
     profile = np.zeros((n_series, DAY_TYPES, nq, n_slots))
     level = np.ones((n_series, DAY_TYPES))
     pooled = np.zeros((n_series, DAY_TYPES), dtype=np.int64)
-    raw = np.empty(n_slots)
-    smoothed = np.empty(n_slots)
-    prefix = np.empty(n_slots + 1)
-    mean_root = np.empty(n_slots)
-    regular_day = np.zeros(n_days, dtype=np.bool_)
-    for d in range(n_days):
-        first = index[d, 0, 0]
-        ok = first >= 0
-        for k in range(n_slots):
-            ok = ok and index[d, k, 0] == first + k and index[d, k, 1] < 0
-        regular_day[d] = ok
-    root = np.empty(n_slots)
-    sum_w = np.zeros((POOLS, n_slots))
-    sum_w2 = np.zeros((POOLS, n_slots))
-    sum_mean = np.zeros((POOLS, n_slots))
-    sum_root = np.zeros((POOLS, n_slots))
-    sum_sq = np.zeros((POOLS, n_slots))
-    energy_w = np.zeros(POOLS)
-    energy_sum = np.zeros(POOLS)
-    recent = np.zeros((POOLS, max(level_days, 1)))
-    n_recent = np.zeros(POOLS, dtype=np.int64)
-    days_in = np.zeros(POOLS, dtype=np.int64)
-    pool_of = np.zeros(DAY_TYPES, dtype=np.int64)
-    in_use = np.zeros(POOLS, dtype=np.bool_)
-    has_data = np.zeros(n_days, dtype=np.bool_)
-    keep = 1.0 - alpha
+    regular_day = _regular_days(index)
     for s in range(n_series):
-        # Which days have data, and so which pool each day type draws from.
-        count = np.zeros(DAY_TYPES, dtype=np.int64)
-        for d in range(n_days):
-            has_data[d] = False
-            for k in range(n_slots):
-                t = index[d, k, 0]
-                if t >= 0 and values[s, t] == values[s, t]:
-                    has_data[d] = True
-                    break
-            if has_data[d]:
-                count[day_type[d]] += 1
-        in_use[:] = False
-        for tau in range(DAY_TYPES):
-            if count[tau] >= min_type_days:
-                pool_of[tau] = tau
-            elif tau != WEEKDAY and count[1] + count[2] >= min_type_days:
-                pool_of[tau] = WEEKEND_POOL
-            else:
-                pool_of[tau] = ALL_POOL
-            in_use[pool_of[tau]] = True
-        sum_w[:] = 0.0
-        sum_w2[:] = 0.0
-        sum_mean[:] = 0.0
-        sum_root[:] = 0.0
-        sum_sq[:] = 0.0
-        energy_w[:] = 0.0
-        energy_sum[:] = 0.0
-        n_recent[:] = 0
-        days_in[:] = 0
-        # Newest day first: its weight is 1 and each older day's is `keep` times smaller, so
-        # the running weight per pool is keep ** rank.
-        weight = np.ones(POOLS)
-        for d in range(n_days - 1, -1, -1):
-            if not has_data[d]:
-                continue
-            first = index[d, 0, 0]
-            regular = first >= 0 and regular_day[d]
-            no_gaps = False
-            total = 0.0
-            if regular:
-                # Fast path: the day is P consecutive grid ISPs (no DST change, not cut).
-                row = values[s, first : first + n_slots]
-                gaps = 0
-                for k in range(n_slots):
-                    v = row[k]
-                    raw[k] = v
-                    gaps += v != v
-                no_gaps = gaps == 0
-                if no_gaps:
-                    for k in range(n_slots):
-                        v = max(raw[k], 0.0)
-                        raw[k] = v
-                        total += v
-            seen = n_slots
-            exists = n_slots
-            if not no_gaps:
-                total, seen, exists = _gather_day(values, index, s, d, raw)
-                no_gaps = seen == n_slots
-            # Only whole days with every ISP known tell the level; a partial day would bias it.
-            complete = whole_day[d] and seen == exists
-            if use_sqrt:
-                for k in range(n_slots):
-                    root[k] = math.sqrt(raw[k])  # NaN stays NaN
-            else:
-                root[:] = raw
-            if no_gaps:
-                _smooth_complete(raw, smooth, prefix, smoothed)
-            else:
-                _smooth_gappy(raw, smooth, smoothed)
-            if use_sqrt:
-                for k in range(n_slots):
-                    mean_root[k] = math.sqrt(smoothed[k])
-            else:
-                mean_root[:] = smoothed
-            day_energy = total if complete else np.nan
-            for p in range(POOLS):
-                if not in_use[p] or not _pool_contains(p, day_type[d]):
-                    continue
-                w = weight[p]
-                days_in[p] += 1
-                if no_gaps:
-                    acc_w, acc_w2, acc_mean = sum_w[p], sum_w2[p], sum_mean[p]
-                    acc_root, acc_sq = sum_root[p], sum_sq[p]
-                    for k in range(n_slots):
-                        acc_w[k] += w
-                        acc_w2[k] += w * w
-                        acc_mean[k] += w * mean_root[k]
-                        r = root[k]
-                        acc_root[k] += w * r
-                        acc_sq[k] += w * r * r
-                else:
-                    for k in range(n_slots):
-                        m = mean_root[k]
-                        if m != m:
-                            continue
-                        r = root[k]
-                        if r != r:  # a gap filled by its neighbours: spread as if at the mean
-                            r = m
-                        sum_w[p, k] += w
-                        sum_w2[p, k] += w * w
-                        sum_mean[p, k] += w * m
-                        sum_root[p, k] += w * r
-                        sum_sq[p, k] += w * r * r
-                if day_energy == day_energy:
-                    energy_sum[p] += w * day_energy
-                    energy_w[p] += w
-                    if n_recent[p] < level_days:
-                        recent[p, n_recent[p]] = day_energy
-                        n_recent[p] += 1
-                weight[p] = w * keep
-        for tau in range(DAY_TYPES):
-            p = pool_of[tau]
-            pooled[s, tau] = days_in[p]
-            for k in range(n_slots):
-                sw = sum_w[p, k]
-                if sw <= 0.0:
-                    for q in range(nq):
-                        profile[s, tau, q, k] = 0.0
-                    continue
-                mean = sum_mean[p, k] / sw
-                mroot = sum_root[p, k] / sw
-                var = max(sum_sq[p, k] / sw - mroot * mroot, 0.0)
-                n_eff = sw * sw / sum_w2[p, k]
-                if n_eff > 1.0 + 1e-9:
-                    var *= n_eff / (n_eff - 1.0) * (1.0 + 1.0 / n_eff)
-                sd = math.sqrt(var)
-                prev = 0.0
-                for q in range(nq):
-                    u = max(mean + z[q] * sd, 0.0)
-                    v = max(u * u if use_sqrt else u, prev)
-                    profile[s, tau, q, k] = v
-                    prev = v
-            if energy_w[p] > 0.0 and energy_sum[p] > 0.0 and n_recent[p] > 0:
-                rec = 0.0
-                for i in range(n_recent[p]):
-                    rec += recent[p, i]
-                ratio = (rec / n_recent[p]) / (energy_sum[p] / energy_w[p])
-                ratio = min(max(ratio, 1.0 / level_clip), level_clip)
-                level[s, tau] = 1.0 + level_weight * (ratio - 1.0)
+        _fit_series(
+            s,
+            values,
+            index,
+            day_type,
+            whole_day,
+            regular_day,
+            alpha,
+            z,
+            smooth,
+            min_type_days,
+            level_days,
+            level_weight,
+            level_clip,
+            use_sqrt,
+            profile,
+            level,
+            pooled,
+        )
+    return profile, level, pooled
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sqrt_profiles_parallel(
+    values: np.ndarray,
+    index: np.ndarray,
+    day_type: np.ndarray,
+    whole_day: np.ndarray,
+    alpha: float,
+    z: np.ndarray,
+    smooth: int,
+    min_type_days: int,
+    level_days: int,
+    level_weight: float,
+    level_clip: float,
+    use_sqrt: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`sqrt_profiles` with the series spread over threads (many series per call).
+
+    use_sqrt False keeps the moments in W (the plain EW profile, kept for the backtest's
+    comparison).
+
+    values: (S, T) float64 power in W on the UTC grid, NaN for gaps.
+    index: (D, P, 2) int64 grid position of (local day, slot, pass) or -1 (see HistoryLayout).
+    day_type: (D,) int64 in {0 weekday, 1 Saturday, 2 Sunday/holiday}.
+    whole_day: (D,) bool, False for a first or last day the window cuts.
+    z: (Q,) float64 standard-normal scores of the quantile levels, ascending.
+    Returns profile (S, 3, Q, P) float64 in W (>= 0, non-decreasing along Q), level factor
+    (S, 3) float64 and the number of days pooled (S, 3) int64 (0: no usable day at all).
+    """
+    n_series = values.shape[0]
+    n_slots = index.shape[1]
+    nq = z.size
+    profile = np.zeros((n_series, DAY_TYPES, nq, n_slots))
+    level = np.ones((n_series, DAY_TYPES))
+    pooled = np.zeros((n_series, DAY_TYPES), dtype=np.int64)
+    regular_day = _regular_days(index)
+    for s in prange(n_series):
+        _fit_series(
+            s,
+            values,
+            index,
+            day_type,
+            whole_day,
+            regular_day,
+            alpha,
+            z,
+            smooth,
+            min_type_days,
+            level_days,
+            level_weight,
+            level_clip,
+            use_sqrt,
+            profile,
+            level,
+            pooled,
+        )
     return profile, level, pooled
 
 
@@ -320,11 +431,12 @@ def assemble_forecast(
     """Forecast at target ISPs from the profiles.
 
     profile: (S, 3, Q, P); level: (S, 3); target_type, target_slot: (H,) int64.
-    Returns (S, H, Q) float64, never negative, non-decreasing along Q.
+    Returns (Q, S, H) float64, never negative, non-decreasing along Q (so each quantile is a
+    contiguous (S, H) block).
     """
     n_series, nq = profile.shape[0], profile.shape[2]
     horizon = target_type.size
-    out = np.empty((n_series, horizon, nq))
+    out = np.empty((nq, n_series, horizon))
     for s in range(n_series):
         for h in range(horizon):
             tau = target_type[h]
@@ -333,6 +445,6 @@ def assemble_forecast(
             prev = 0.0
             for q in range(nq):
                 v = max(profile[s, tau, q, k] * f, prev)
-                out[s, h, q] = v
+                out[q, s, h] = v
                 prev = v
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from forecaster.calendar import SiteCalendar, history_layout
-from forecaster.kernels.profile import assemble_forecast, sqrt_profiles
+from forecaster.kernels.profile import assemble_forecast, sqrt_profiles, sqrt_profiles_parallel
 from tests.support import forecaster_reference as ref
 
 Z = np.array([-1.2815515655446004, 0.0, 1.2815515655446004])
@@ -35,8 +35,10 @@ def test_kernel_matches_numpy_reference(seed: int, use_sqrt: bool) -> None:
     args = (0.1 + 0.05 * (seed % 4), Z, seed % 3, 3, 3, 0.5, 2.0, use_sqrt)
     got = sqrt_profiles(values, index, day_type, whole, *args)
     want = ref.sqrt_profiles(values, index, day_type, whole, *args)
-    for g, w in zip(got, want, strict=True):
+    threaded = sqrt_profiles_parallel(values, index, day_type, whole, *args)
+    for g, w, t in zip(got, want, threaded, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(t, g, rtol=1e-12, atol=1e-9)
 
 
 def test_a_constant_history_forecasts_that_constant_with_no_spread() -> None:
@@ -71,6 +73,6 @@ def test_assemble_is_monotone_in_the_quantiles_and_scaled_by_level() -> None:
     profile[0, 0] = [[1.0, 2.0, 0.5, 0.0], [2.0, 2.0, 1.0, 0.0], [3.0, 2.5, 1.5, 0.0]]
     level = np.array([[2.0, 1.0, 1.0]])
     out = assemble_forecast(profile, level, np.array([0, 0, 1]), np.array([0, 2, 0]))
-    np.testing.assert_allclose(out[0, 0], [2.0, 4.0, 6.0])
-    np.testing.assert_allclose(out[0, 1], [1.0, 2.0, 3.0])
-    np.testing.assert_allclose(out[0, 2], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(out[:, 0, 0], [2.0, 4.0, 6.0])
+    np.testing.assert_allclose(out[:, 0, 1], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(out[:, 0, 2], [0.0, 0.0, 0.0])
