@@ -236,16 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--power-kw", type=float, default=6.6, help="ASAP power per session (default 6.6)"
     )
-    backtest.add_argument(
-        "--timezone", default="America/Los_Angeles", help="site time zone (IANA)"
-    )
+    backtest.add_argument("--timezone", default="America/Los_Angeles", help="site time zone (IANA)")
     backtest.add_argument(
         "--holidays", nargs="+", metavar="DATE", help="local dates forecast like Sundays"
     )
     backtest.add_argument("--holidays-file", metavar="FILE", help="one date per line, # comments")
     backtest.add_argument(
-        "--origin", metavar="HH:MM", help="intraday: forecast from this local time with the "
-        "plugged-in sessions (default: day-ahead at 00:00)"
+        "--origin",
+        metavar="HH:MM",
+        help="intraday: forecast from this local time with the "
+        "plugged-in sessions (default: day-ahead at 00:00)",
     )
     backtest.set_defaults(func=_cmd_backtest)
 

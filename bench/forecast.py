@@ -170,9 +170,18 @@ def main(argv: list[str]) -> None:
 
     def numpy_version() -> object:
         profile, level, _ = reference.sqrt_profiles(
-            values, layout.index, layout.day_type, layout.whole_day, settings.alpha, _Z,
-            settings.smooth_slots, settings.min_type_days, settings.level_days,
-            settings.level_weight, settings.level_clip, True,
+            values,
+            layout.index,
+            layout.day_type,
+            layout.whole_day,
+            settings.alpha,
+            _Z,
+            settings.smooth_slots,
+            settings.min_type_days,
+            settings.level_days,
+            settings.level_weight,
+            settings.level_clip,
+            True,
         )
         return assemble_forecast(profile, level, day_type, slot)
 

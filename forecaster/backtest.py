@@ -132,9 +132,7 @@ def _local_day_matrix(values: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 def run_backtest(config: BacktestConfig) -> BacktestResult:
     if config.method not in METHODS:
-        raise BacktestError(
-            f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}"
-        )
+        raise BacktestError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
     settings = replace(METHODS[config.method], history_days=HISTORY_DAYS)
     sessions, skipped = read_sessions(config.session_files)
     calendar = SiteCalendar.of(config.timezone, 15, config.holidays)
@@ -201,7 +199,11 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
         naive.append(np.repeat(weeks[:1], 3, axis=0))
         mean4.append(
             np.stack(
-                [np.quantile(weeks, 0.1, axis=0), weeks.mean(axis=0), np.quantile(weeks, 0.9, axis=0)]
+                [
+                    np.quantile(weeks, 0.1, axis=0),
+                    weeks.mean(axis=0),
+                    np.quantile(weeks, 0.9, axis=0),
+                ]
             )
         )
         actual.append(power[positions])

@@ -40,12 +40,12 @@ def kernels() -> list[Any]:
 
     from forecaster.kernels import flex, profile, sessions
 
-    found = []
-    for module in (profile, flex, sessions):
-        for value in vars(module).values():
-            if isinstance(value, numba.core.registry.CPUDispatcher):
-                found.append(value)
-    return found
+    return [
+        value
+        for module in (profile, flex, sessions)
+        for value in vars(module).values()
+        if isinstance(value, numba.core.registry.CPUDispatcher)
+    ]
 
 
 def use_cache_dir(path: Path) -> Path:
@@ -64,7 +64,7 @@ def use_cache_dir(path: Path) -> Path:
 
     resolved = str(path.resolve())
     os.environ["NUMBA_CACHE_DIR"] = resolved
-    numba.config.CACHE_DIR = resolved
+    setattr(numba.config, "CACHE_DIR", resolved)  # noqa: B010 - config attributes are dynamic
     for kernel in kernels():
         kernel.enable_caching()
     return path
@@ -149,5 +149,5 @@ def warm_up() -> WarmupReport:
     size_request(fleet, 15_000.0, np.array([np.nan, -3_000.0] + [np.nan] * 6))
     seconds = time.perf_counter() - began
     hits1, misses1 = _stats()
-    cache = numba.config.CACHE_DIR or None
+    cache = getattr(numba.config, "CACHE_DIR", "") or None
     return WarmupReport(seconds, misses1 - misses0, hits1 - hits0, cache)

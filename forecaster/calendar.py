@@ -70,7 +70,9 @@ class SiteCalendar:
         object.__setattr__(self, "holidays", frozenset(self.holidays))
 
     @classmethod
-    def of(cls, timezone: str, isp_minutes: int = 15, holidays: Iterable[date] = ()) -> SiteCalendar:
+    def of(
+        cls, timezone: str, isp_minutes: int = 15, holidays: Iterable[date] = ()
+    ) -> SiteCalendar:
         return cls(timezone, isp_minutes, frozenset(holidays))
 
     @property
@@ -187,10 +189,10 @@ def history_layout(calendar: SiteCalendar, start_epoch: int, length: int) -> His
     _, first_seen = np.unique(position, return_index=True)
     again = np.ones(length, dtype=bool)
     again[first_seen] = False
-    index = np.full((days * slots, 2), -1, dtype=np.int64)
-    index[position[first_seen], 0] = first_seen
-    index[position[again], 1] = np.flatnonzero(again)
-    index = index.reshape(days, slots, 2)
+    flat = np.full((days * slots, 2), -1, dtype=np.int64)
+    flat[position[first_seen], 0] = first_seen
+    flat[position[again], 1] = np.flatnonzero(again)
+    index = flat.reshape(days, slots, 2)
     ordinals = np.arange(first, first + days, dtype=np.int64)
     # Only the first and last day can be cut: when the grid does not start at a local midnight
     # or does not end at one.

@@ -150,7 +150,12 @@ def flexibility_envelope(
     limit = site_limit(limit_w, horizon)
     start, end = sessions.on_grid()
     lower, upper, short = flex.envelope(
-        start, end, sessions.energy_wh, sessions.pmin_w, sessions.pmax_w, limit,
+        start,
+        end,
+        sessions.energy_wh,
+        sessions.pmin_w,
+        sessions.pmax_w,
+        limit,
         _dt_hours(isp_minutes),
     )
     return Envelope(lower, upper, short)
@@ -193,7 +198,13 @@ def allocate(
     limit = site_limit(limit_w, target.size)
     start, end = sessions.on_grid()
     schedule, remaining, unmet = flex.allocate(
-        start, end, sessions.energy_wh, sessions.pmin_w, sessions.pmax_w, limit, target,
+        start,
+        end,
+        sessions.energy_wh,
+        sessions.pmin_w,
+        sessions.pmax_w,
+        limit,
+        target,
         _dt_hours(isp_minutes),
     )
     return Allocation(schedule, schedule.sum(axis=0), remaining, unmet)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -164,7 +165,7 @@ def _target_epochs(
         epoch = np.ascontiguousarray(targets, dtype=np.int64)
     else:
         try:
-            epoch = epoch_seconds(targets)
+            epoch = epoch_seconds(cast("Sequence[datetime] | npt.NDArray[np.datetime64]", targets))
         except CalendarError as exc:
             raise ForecastInputError(str(exc)) from exc
     if epoch.ndim != 1 or epoch.size == 0:

@@ -164,7 +164,9 @@ class KnownSessions:
         bad = ~np.isfinite(arrays["pmax_w"]) | (arrays["pmax_w"] <= 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ForecastInputError(f"session {i}: pmax_w {float(arrays['pmax_w'][i])} must be > 0")
+            raise ForecastInputError(
+                f"session {i}: pmax_w {float(arrays['pmax_w'][i])} must be > 0"
+            )
         for name, a in arrays.items():
             object.__setattr__(self, name, a)
 

@@ -72,12 +72,13 @@ def known_session_power(
     needed_wh, delivered_wh, pmax_w, power_now_w: (N,) float64 (NaN: the driver gave no
     departure or energy, or the draw now is not known). A car drawing nothing now is full
     and adds nothing; a car drawing power still needs energy, so samples that say it is
-    done are dropped. Calibration (K,) samples: departure_residual_s (actual - stated), stay_s (for no
-    stated departure), energy_ratio (actual / stated total energy), energy_wh (total energy
-    for no stated energy). targets: (H,) int64 ISP starts. Each session charges at pmax from
-    `origin` until its remaining energy is in or it leaves; every (energy, departure) pair of
-    samples is equally likely, departures at or before `origin` are impossible (the car is
-    still there) and are dropped. Returns mean (S, H) and variance (S, H) in W and W².
+    done are dropped. Calibration (K,) samples: departure_residual_s (actual - stated),
+    stay_s (for no stated departure), energy_ratio (actual / stated total energy),
+    energy_wh (total energy for no stated energy). targets: (H,) int64 ISP starts.
+    Each session charges at pmax from `origin` until its remaining energy is in or it
+    leaves; every (energy, departure) pair of samples is equally likely; departures at or
+    before `origin` are impossible (the car is still there) and are dropped.
+    Returns mean (S, H) and variance (S, H) in W and W².
     """
     horizon = targets.size
     mean = np.zeros((n_series, horizon))

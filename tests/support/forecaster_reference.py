@@ -116,13 +116,15 @@ def asap_power(
         0.0,
         None,
     )
-    return (p[:, None] * overlap / isp_seconds).sum(axis=0)
+    return np.asarray((p[:, None] * overlap / isp_seconds).sum(axis=0))
 
 
-def _must(need: np.ndarray, later: np.ndarray, pmin: np.ndarray, pmax: np.ndarray, dt: float):  # type: ignore[no-untyped-def]
+def _must(
+    need: np.ndarray, later: np.ndarray, pmin: np.ndarray, pmax: np.ndarray, dt: float
+) -> np.ndarray:
     short = need - later
     p = np.where(short > EPS, np.maximum(short / dt, pmin), 0.0)
-    return np.minimum(p, pmax)
+    return np.asarray(np.minimum(p, pmax))
 
 
 def envelope(

@@ -56,7 +56,8 @@ def test_unmet_energy_is_reported_not_dropped() -> None:
 def test_energy_beyond_the_horizon_is_not_unmet() -> None:
     car = sessions((0, 40, 30_000.0, 0.0, 11_000.0))
     result = allocate(car, [0.0] * 8, 50_000.0)
-    assert result.remaining_wh[0] == pytest.approx(30_000.0) and result.complete
+    assert result.remaining_wh[0] == pytest.approx(30_000.0)
+    assert result.complete
 
 
 session_rows = st.lists(
@@ -123,7 +124,8 @@ def test_envelope_bounds_hold(
 ) -> None:
     cars = build(rows)
     env = flexibility_envelope(cars, limit, horizon)
-    assert (env.lower_w >= 0).all() and (env.lower_w <= env.upper_w + 1e-9).all()
+    assert (env.lower_w >= 0).all()
+    assert (env.lower_w <= env.upper_w + 1e-9).all()
     assert (env.upper_w <= limit + 1e-9).all()
     asap = allocate(cars, env.upper_w, limit)
     assert (asap.site_w <= env.upper_w + 1e-6).all()

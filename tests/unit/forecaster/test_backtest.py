@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecaster.backtest import BacktestConfig, BacktestError, format_figure, parse_holidays, run_backtest
+from forecaster.backtest import (
+    BacktestConfig,
+    BacktestError,
+    format_figure,
+    parse_holidays,
+    run_backtest,
+)
 from forecaster.metrics import score
 
 FILES = sorted((Path(__file__).resolve().parents[2] / "data" / "acn-caltech").glob("*.csv.gz"))
@@ -18,7 +24,8 @@ def test_metrics_on_a_hand_made_case() -> None:
     y = np.array([0.0, 2000.0, 4000.0, 2000.0])
     s = score(y, y * 0.5, y + 1000.0, y * 2.0, np.array([1, 1, 2, 2]))
     assert s.nmae_pct == pytest.approx(100 * 4000 / 8000)
-    assert s.mae_kw == pytest.approx(1.0) and s.rmse_kw == pytest.approx(1.0)
+    assert s.mae_kw == pytest.approx(1.0)
+    assert s.rmse_kw == pytest.approx(1.0)
     assert s.daily_energy_error_pct == pytest.approx(100 * (2000 + 2000) / 8000)
     assert s.coverage_p10_p90_pct == 100.0
     assert s.pinball_p50_kw == pytest.approx(0.5)  # MAE / 2 at q = 0.5
@@ -34,8 +41,14 @@ def test_two_weeks_of_the_caltech_protocol() -> None:
     assert 30 < ours.coverage_p10_p90_pct <= 100
     names = [name for name, _ in result.figures()]
     for prefix in ("ours", "seasonal_naive", "weekday_mean_4w"):
-        for metric in ("nmae_pct", "mae_kw", "rmse_kw", "daily_energy_error_pct",
-                       "coverage_p10_p90_pct", "pinball_kw"):
+        for metric in (
+            "nmae_pct",
+            "mae_kw",
+            "rmse_kw",
+            "daily_energy_error_pct",
+            "coverage_p10_p90_pct",
+            "pinball_kw",
+        ):
             assert f"{prefix}_{metric}" in names
 
 
@@ -58,8 +71,9 @@ def test_dates_outside_the_data_and_unknown_methods_are_refused() -> None:
 
 def test_holiday_lists_and_figure_format() -> None:
     assert parse_holidays(["2019-07-04, 2019-12-25 # comment", ""]) == {
-        date(2019, 7, 4), date(2019, 12, 25)
+        date(2019, 7, 4),
+        date(2019, 12, 25),
     }
-    with pytest.raises(BacktestError, match="holidays.txt:2: holiday '2019-13-01'"):
+    with pytest.raises(BacktestError, match=r"holidays\.txt:2: holiday '2019-13-01'"):
         parse_holidays(["2019-07-04", "2019-13-01"], "holidays.txt")
     assert format_figure("ours_nmae_pct", 53.0249) == "ours_nmae_pct: 53.02"

@@ -64,7 +64,8 @@ def test_sessions_from_utc_instants_round_inwards() -> None:
         [0.0, 0.0],
         [7_000.0, 7_000.0],
     )
-    assert s.arrival.tolist() == [0, 2] and s.departure.tolist() == [3, 8]
+    assert s.arrival.tolist() == [0, 2]
+    assert s.departure.tolist() == [3, 8]
 
 
 def test_reducing_power_moves_the_energy_to_the_next_isps() -> None:
@@ -91,9 +92,9 @@ def test_raising_power_is_capped_by_what_the_cars_can_take() -> None:
 def test_limits_are_never_unlimited_or_negative() -> None:
     with pytest.raises(FlexInputError, match="inf W at ISP 2"):
         site_limit([1.0, 2.0, np.inf], 3)
-    with pytest.raises(FlexInputError, match="-1.0 W at ISP 0"):
+    with pytest.raises(FlexInputError, match=r"-1\.0 W at ISP 0"):
         site_limit(-1.0, 3)
-    with pytest.raises(FlexInputError, match="session 0: pmin_w 9000.0 exceeds pmax_w 7000.0"):
+    with pytest.raises(FlexInputError, match=r"session 0: pmin_w 9000\.0 exceeds pmax_w 7000\.0"):
         sessions((0, 2, 1.0, 9_000.0, 7_000.0))
     with pytest.raises(FlexInputError, match="departure ISP 1 is before arrival ISP 3"):
         sessions((3, 1, 1.0, 0.0, 7_000.0))

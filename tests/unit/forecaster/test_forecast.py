@@ -20,7 +20,9 @@ from forecaster.forecast import (
 AMS = SiteCalendar.of("Europe/Amsterdam")
 
 
-def workplace_history(days: int, series: int = 4, start_day: date = date(2024, 9, 2)) -> PowerHistory:
+def workplace_history(
+    days: int, series: int = 4, start_day: date = date(2024, 9, 2)
+) -> PowerHistory:
     """Weekday load 08:00-18:00 local, a little on Saturdays, nothing on Sundays."""
     rng = np.random.default_rng(7)
     start = AMS.local_midnight(start_day)
@@ -44,11 +46,14 @@ def test_forecasts_every_isp_of_a_market_day_for_every_series() -> None:
     f = forecast_load(history, AMS.day_isps(date(2024, 9, 30)), AMS)
     assert f.p50.shape == (4, 96)
     for band in (f.p10, f.p50, f.p90):
-        assert np.isfinite(band).all() and (band >= 0).all()
-    assert (f.p10 <= f.p50).all() and (f.p50 <= f.p90).all()
+        assert np.isfinite(band).all()
+        assert (band >= 0).all()
+    assert (f.p10 <= f.p50).all()
+    assert (f.p50 <= f.p90).all()
     _, slot = AMS.local_day_and_slot(f.targets)
     busy = (slot >= 34) & (slot < 70)
-    assert f.p50[:, busy].min() > 12_000 and f.p50[:, slot < 28].max() == 0.0
+    assert f.p50[:, busy].min() > 12_000
+    assert f.p50[:, slot < 28].max() == 0.0
 
 
 def test_fall_back_day_gets_100_isps_and_the_repeated_hour_twice() -> None:

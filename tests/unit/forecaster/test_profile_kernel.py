@@ -31,7 +31,9 @@ def _inputs(seed: int, days: int, gaps: float, start_day: date) -> tuple[np.ndar
 @pytest.mark.parametrize("use_sqrt", [True, False])
 def test_kernel_matches_numpy_reference(seed: int, use_sqrt: bool) -> None:
     # Windows across the October DST change: 100-ISP days and cut first/last days.
-    values, index, day_type, whole = _inputs(seed, 12 + seed * 3, 0.05 * (seed % 3), date(2024, 10, 1))
+    values, index, day_type, whole = _inputs(
+        seed, 12 + seed * 3, 0.05 * (seed % 3), date(2024, 10, 1)
+    )
     args = (0.1 + 0.05 * (seed % 4), Z, seed % 3, 3, 3, 0.5, 2.0, use_sqrt)
     got = sqrt_profiles(values, index, day_type, whole, *args)
     want = ref.sqrt_profiles(values, index, day_type, whole, *args)

@@ -34,7 +34,8 @@ def test_reads_plain_and_gzip_files(tmp_path: Path) -> None:
     packed = tmp_path / "s.csv.gz"
     packed.write_bytes(gzip.compress((HEADER + GOOD).encode()))
     records, skipped = read_sessions([plain, packed])
-    assert records.count == 2 and skipped.total == 0
+    assert records.count == 2
+    assert skipped.total == 0
     assert records.delivered_wh.tolist() == [10_000.0, 10_000.0]
     assert records.departure[0] - records.arrival[0] == 9 * 3600
 
@@ -42,7 +43,8 @@ def test_reads_plain_and_gzip_files(tmp_path: Path) -> None:
 def test_unclaimed_sessions_have_no_driver_input(tmp_path: Path) -> None:
     row = GOOD.replace(",True", ",False")
     records, _ = read_sessions([write(tmp_path, row)])
-    assert np.isnan(records.requested_wh[0]) and np.isnan(records.stated_departure[0])
+    assert np.isnan(records.requested_wh[0])
+    assert np.isnan(records.stated_departure[0])
 
 
 def test_the_rows_the_protocol_drops_are_counted_with_their_lines(tmp_path: Path) -> None:
@@ -94,24 +96,37 @@ def test_asap_reconstruction_splits_exactly_into_isps() -> None:
     assert out[33] == pytest.approx(6600.0 * 300 / 900)
     assert out.sum() * 0.25 == pytest.approx(1650.0)
     # More energy than fits at 6.6 kW: the mean power over the stay.
-    capped = asap_power(np.array([0]), np.array([1800]), np.array([5000.0]), np.array([6600.0]), 0, 900, 4)
+    capped = asap_power(
+        np.array([0]), np.array([1800]), np.array([5000.0]), np.array([6600.0]), 0, 900, 4
+    )
     np.testing.assert_allclose(capped, [10_000.0, 10_000.0, 0.0, 0.0])
 
 
 def test_reconstruction_of_the_caltech_files_matches_reference_and_energy() -> None:
     records, skipped = read_sessions(sorted(DATA.glob("*.csv.gz")))
-    assert records.count == 6704 and skipped.total == 0
+    assert records.count == 6704
+    assert skipped.total == 0
     start = int(records.arrival.min()) // 900 * 900
     length = (int(records.departure.max()) - start) // 900 + 2
     got = reconstruct_power(records, start, 900, length)
     power = np.full(records.count, 6600.0)
     want = ref.asap_power(
-        records.arrival[:500], records.departure[:500], records.delivered_wh[:500], power[:500],
-        start, 900, 3000,
+        records.arrival[:500],
+        records.departure[:500],
+        records.delivered_wh[:500],
+        power[:500],
+        start,
+        900,
+        3000,
     )
     first = asap_power(
-        records.arrival[:500], records.departure[:500], records.delivered_wh[:500], power[:500],
-        start, 900, 3000,
+        records.arrival[:500],
+        records.departure[:500],
+        records.delivered_wh[:500],
+        power[:500],
+        start,
+        900,
+        3000,
     )
     np.testing.assert_allclose(first, want, atol=1e-6)
     assert got.sum() * 0.25 == pytest.approx(records.delivered_wh.sum(), rel=1e-9)
