@@ -101,8 +101,17 @@ class SessionSet:
         last = np.maximum(dep // isp, first)
         return cls(first, last, np.asarray(energy_wh), np.asarray(pmin_w), np.asarray(pmax_w))
 
-    def on_grid(self) -> tuple[Int64Array, Int64Array]:
-        return np.maximum(self.arrival, 0), np.maximum(self.departure, 0)
+    def kernel_arrays(
+        self,
+    ) -> tuple[Int64Array, Int64Array, Float64Array, Float64Array, Float64Array]:
+        """(start, end, energy, pmin, pmax) as the kernels take them: start clipped to 0."""
+        return (
+            np.maximum(self.arrival, 0),
+            np.maximum(self.departure, 0),
+            self.energy_wh,
+            self.pmin_w,
+            self.pmax_w,
+        )
 
 
 def site_limit(limit_w: float | Sequence[float] | Float64Array, horizon: int) -> Float64Array:
@@ -148,16 +157,8 @@ def flexibility_envelope(
     isp_minutes: int = 15,
 ) -> Envelope:
     limit = site_limit(limit_w, horizon)
-    start, end = sessions.on_grid()
-    lower, upper, short = flex.envelope(
-        start,
-        end,
-        sessions.energy_wh,
-        sessions.pmin_w,
-        sessions.pmax_w,
-        limit,
-        _dt_hours(isp_minutes),
-    )
+    dt_h = _dt_hours(isp_minutes)
+    lower, upper, short = flex.envelope(*sessions.kernel_arrays(), limit, dt_h)
     return Envelope(lower, upper, short)
 
 
@@ -196,17 +197,8 @@ def allocate(
         t = _first_bad(bad)
         raise FlexInputError(f"target {float(target[t])} W at ISP {t} must be finite and >= 0")
     limit = site_limit(limit_w, target.size)
-    start, end = sessions.on_grid()
-    schedule, remaining, unmet = flex.allocate(
-        start,
-        end,
-        sessions.energy_wh,
-        sessions.pmin_w,
-        sessions.pmax_w,
-        limit,
-        target,
-        _dt_hours(isp_minutes),
-    )
+    dt_h = _dt_hours(isp_minutes)
+    schedule, remaining, unmet = flex.allocate(*sessions.kernel_arrays(), limit, target, dt_h)
     return Allocation(schedule, schedule.sum(axis=0), remaining, unmet)
 
 

@@ -109,24 +109,14 @@ def test_reconstruction_of_the_caltech_files_matches_reference_and_energy() -> N
     start = int(records.arrival.min()) // 900 * 900
     length = (int(records.departure.max()) - start) // 900 + 2
     got = reconstruct_power(records, start, 900, length)
-    power = np.full(records.count, 6600.0)
-    want = ref.asap_power(
+    head = (
         records.arrival[:500],
         records.departure[:500],
         records.delivered_wh[:500],
-        power[:500],
+        np.full(500, 6600.0),
         start,
         900,
         3000,
     )
-    first = asap_power(
-        records.arrival[:500],
-        records.departure[:500],
-        records.delivered_wh[:500],
-        power[:500],
-        start,
-        900,
-        3000,
-    )
-    np.testing.assert_allclose(first, want, atol=1e-6)
+    np.testing.assert_allclose(asap_power(*head), ref.asap_power(*head), atol=1e-6)
     assert got.sum() * 0.25 == pytest.approx(records.delivered_wh.sum(), rel=1e-9)
