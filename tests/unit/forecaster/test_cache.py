@@ -21,7 +21,7 @@ def test_every_kernel_is_re_pointed_at_the_cache_directory(
 ) -> None:
     import numba
 
-    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
+    original = getattr(numba.config, "CACHE_DIR", "")
     monkeypatch.setenv("NUMBA_CACHE_DIR", "")
     target = cache_dir_for(tmp_path / "state")
     try:
@@ -30,7 +30,8 @@ def test_every_kernel_is_re_pointed_at_the_cache_directory(
         for kernel in kernels():
             assert kernel.stats.cache_path.startswith(str(target.resolve()))
     finally:
-        numba.config.CACHE_DIR = ""
+        # Back to where the rest of the suite caches (not the deleted tmp_path).
+        setattr(numba.config, "CACHE_DIR", original)  # noqa: B010
         for kernel in kernels():
             kernel.enable_caching()
 
