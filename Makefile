@@ -81,12 +81,13 @@ tests/peers/node_modules/.package-lock.json: tests/peers/package.json tests/peer
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,bench]'
 	( echo "# Pinned versions for make demo / make test / the Docker image (make lock refreshes)."; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e' ) > $(CONSTRAINTS)
 	rm -rf .venv-lock
 
 bench: $(VENV)/.installed-test
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
 	$(BIN)/python -m bench list
 
 clean:

@@ -61,6 +61,10 @@ def _load_or_report(path: Path) -> Config | None:
 def _run_config(config: Config) -> int:
     from agent.app import build_components
     from agent.service import ServiceError, serve
+    from forecaster.cache import cache_dir_for, point_cache_at
+
+    # Before anything imports numba: compiled kernels live under the state directory.
+    point_cache_at(cache_dir_for(config.storage.state_directory))
 
     configure_logging(config.logging.level, config.logging.format, config.secrets())
     log.info("flexbridge starting", extra={"version": __version__, "site": config.site.id})
@@ -118,6 +122,71 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from datetime import date, time
+
+    from forecaster.backtest import (
+        BacktestConfig,
+        BacktestError,
+        format_figure,
+        parse_holidays,
+        run_backtest,
+    )
+    from forecaster.calendar import CalendarError
+    from forecaster.sessions import SessionFileError
+
+    try:
+        holidays = parse_holidays(args.holidays or [])
+        if args.holidays_file:
+            path = Path(args.holidays_file)
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+                return EX_FAILURE
+            holidays |= parse_holidays(lines, str(path))
+        config = BacktestConfig(
+            session_files=[Path(f) for f in args.sessions],
+            start=date.fromisoformat(args.start) if args.start else None,
+            end=date.fromisoformat(args.end) if args.end else None,
+            method=args.method,
+            power_kw=args.power_kw,
+            timezone=args.timezone,
+            holidays=holidays,
+            origin=time.fromisoformat(args.origin) if args.origin else None,
+        )
+        result = run_backtest(config)
+    except (SessionFileError, BacktestError, CalendarError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    for name, value in result.figures():
+        print(format_figure(name, value))
+    return EX_OK
+
+
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    from forecaster.cache import CacheDirectoryError, cache_dir_for, use_cache_dir, warm_up
+
+    if args.config:
+        config = _load_or_report(Path(args.config))
+        if config is None:
+            return EX_CONFIG
+        state_dir = config.storage.state_directory
+    else:
+        state_dir = Path(args.state_dir)
+    try:
+        cache = use_cache_dir(cache_dir_for(state_dir))
+    except CacheDirectoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    report = warm_up()
+    print(f"kernel_cache: {cache}")
+    print(f"kernels_compiled: {report.compiled}")
+    print(f"kernels_loaded: {report.loaded}")
+    print(f"warmup_s: {report.seconds:.3f}")
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexbridge",
@@ -150,6 +219,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", action="store_true", help="print the public key of an existing key file"
     )
     keys.set_defaults(func=_cmd_keys)
+
+    backtest = sub.add_parser(
+        "backtest",
+        help="score the load forecast on session files (ACN CSV) against two baselines",
+        description="Reconstruct 15-minute site power from sessions (ASAP rule), forecast each "
+        "test day at 00:00 local time from the previous 56 days and print name: value figures "
+        "for our method, seasonal naive and the 4-week same-weekday mean.",
+    )
+    backtest.add_argument(
+        "--sessions", nargs="+", required=True, metavar="FILE", help="ACN CSV files (or .gz)"
+    )
+    backtest.add_argument("--start", metavar="DATE", help="first test day (YYYY-MM-DD)")
+    backtest.add_argument("--end", metavar="DATE", help="last test day (YYYY-MM-DD)")
+    backtest.add_argument("--method", default="profile", help="profile (default) or an ablation")
+    backtest.add_argument(
+        "--power-kw", type=float, default=6.6, help="ASAP power per session (default 6.6)"
+    )
+    backtest.add_argument("--timezone", default="America/Los_Angeles", help="site time zone (IANA)")
+    backtest.add_argument(
+        "--holidays", nargs="+", metavar="DATE", help="local dates forecast like Sundays"
+    )
+    backtest.add_argument("--holidays-file", metavar="FILE", help="one date per line, # comments")
+    backtest.add_argument(
+        "--origin",
+        metavar="HH:MM",
+        help="intraday: forecast from this local time with the "
+        "plugged-in sessions (default: day-ahead at 00:00)",
+    )
+    backtest.set_defaults(func=_cmd_backtest)
+
+    warmup = sub.add_parser(
+        "warmup",
+        help="compile the forecaster's kernels into the cache under the state directory",
+    )
+    where = warmup.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", "-c", help="TOML configuration file (its state directory)")
+    where.add_argument("--state-dir", help="state directory")
+    warmup.set_defaults(func=_cmd_warmup)
     return parser
 
 
