@@ -60,7 +60,7 @@ def test_second_agent_on_same_state_refuses_to_start(config_file: Path) -> None:
 
 
 def test_secret_from_environment_is_not_logged(config_file: Path) -> None:
-    text = config_file.read_text().replace("enabled = false", 'enabled = false\nusername = "fb"')
+    text = config_file.read_text().replace("[mqtt]\n", '[mqtt]\nusername = "fb"\n')
     config_file.write_text(text)
     agent = AgentProcess(
         ["run", "--config", str(config_file)],
