@@ -199,6 +199,7 @@ def plan_periods(
 
     - Periods that ended before `now` are dropped; the current one starts at offset 0.
     - Before a schedule that starts in the future, `fill_limit_w` (the safe limit) applies.
+    - Offsets are whole seconds, rounded so that no moment gets a higher limit than asked.
     - Equal neighbours merge; beyond `max_periods` the profile ends (validTo) where the first
       dropped period starts, so the last kept limit never outlives its period: the safe layer
       rules until the caller refreshes with the next chunk.
@@ -227,10 +228,19 @@ def plan_periods(
     if current[0].start > now:
         raw.append((0, limit_in_unit(fill_limit_w, unit, electrical)))
     for period in current:
-        offset = 0 if period.start <= now else int((period.start - start).total_seconds())
         limit = limit_in_unit(period.limit_w, unit, electrical)
-        if raw and raw[-1][0] == offset:
-            raw[-1] = (offset, limit)  # sub-second neighbours: the later one rules
+        if period.start <= now:
+            offset = 0
+        else:
+            # startPeriod is whole seconds. A rise starts no earlier than asked (ceil), a drop
+            # no later (floor), so rounding never lets more through than the schedule does.
+            seconds = (period.start - start).total_seconds()
+            rising = not raw or limit > raw[-1][1]
+            offset = math.ceil(seconds) if rising else math.floor(seconds)
+        if raw and offset <= raw[-1][0]:
+            # Two changes within one second: the later one rules from that second on (a rise
+            # was rounded up to it, a drop only takes effect earlier).
+            raw[-1] = (raw[-1][0], limit)
         else:
             raw.append((offset, limit))
     merged: list[tuple[int, int]] = []
