@@ -21,10 +21,11 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -93,6 +94,7 @@ HOT_ACTIONS = {
     ),
 }
 EventCallback = Callable[[Event], Awaitable[None]]
+_T = TypeVar("_T")
 
 
 def identity_from_path(path: str) -> str | None:
@@ -204,6 +206,9 @@ class CentralSystem:
             weakref.WeakKeyDictionary()
         )
         self._credentials = CredentialCache()
+        # scrypt runs here, off the event loop: two threads use both cores of a gateway
+        # while bounding memory (each check takes 16 MiB; glibc keeps a heap per thread).
+        self._kdf: ThreadPoolExecutor | None = None
         self._refused_identities: set[str] = set()
         self._server: Server | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -221,6 +226,7 @@ class CentralSystem:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._kdf = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocpp-kdf")
         for version, actions in HOT_ACTIONS.items():
             schemas.warm_up(version, actions)
         profile = self.settings.security_profile
@@ -270,6 +276,9 @@ class CentralSystem:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
             self._consumer = None
+        if self._kdf is not None:
+            self._kdf.shutdown(wait=False, cancel_futures=True)
+            self._kdf = None
 
     async def events(self) -> AsyncIterator[Event]:
         if self._on_event is not None:
@@ -407,7 +416,7 @@ class CentralSystem:
             password_hash = None
             if password is not None:
                 try:
-                    password_hash = await asyncio.to_thread(hash_password, password)
+                    password_hash = await self._in_kdf_thread(hash_password, password)
                 except ValueError as exc:
                     return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, str(exc))
             record = await self.registry.register(identity, password_hash)
@@ -428,12 +437,15 @@ class CentralSystem:
         self._admitted[connection] = record
         return None
 
+    async def _in_kdf_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._kdf, function, *args)
+
     async def _password_ok(self, identity: str, password: str, stored: str) -> bool:
         if self._credentials.known(identity, password, stored):
             return True
         try:
             # scrypt costs tens of ms: off the loop, so other chargers keep being served.
-            ok = await asyncio.to_thread(verify_password, password, stored)
+            ok = await self._in_kdf_thread(verify_password, password, stored)
         except PasswordHashError as exc:
             log.error("charger %s: stored password hash unusable: %s", identity, exc)
             return False

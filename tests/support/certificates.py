@@ -44,12 +44,42 @@ class TestPki:
             )
         else:
             ext.write_text("extendedKeyUsage=clientAuth\n")
-        _run(self.openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={common_name}",
-             cwd=self.directory)
-        _run(self.openssl, "x509", "-req", "-in", str(csr), "-CA", str(self.ca_cert), "-CAkey",
-             str(self.ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
-             "-extfile", str(ext), cwd=self.directory)
+        _run(
+            self.openssl,
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={common_name}",
+            cwd=self.directory,
+        )
+        _run(
+            self.openssl,
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(self.ca_cert),
+            "-CAkey",
+            str(self.ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            cwd=self.directory,
+        )
         return cert, key
 
     def client_context(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -63,7 +93,23 @@ def make_pki(directory: Path, openssl: str) -> TestPki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = directory / "ca.key"
     ca_cert = directory / "ca.pem"
-    _run(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "2",
-         "-subj", "/CN=flexbridge test CA", cwd=directory)
+    _run(
+        openssl,
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_cert),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flexbridge test CA",
+        cwd=directory,
+    )
     return TestPki(directory, ca_cert, ca_key, openssl)

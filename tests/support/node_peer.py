@@ -79,10 +79,16 @@ class NodeCharger:
                 break
             if line.get("event") == event and all(line.get(k) == v for k, v in match.items()):
                 return line
-        raise AssertionError(f"charger.js never said {event!r} {match}; output:\n" + "\n".join(self.raw))
+        raise AssertionError(
+            f"charger.js never said {event!r} {match}; output:\n" + "\n".join(self.raw)
+        )
 
     def calls(self, method: str) -> list[dict[str, Any]]:
-        return [line["params"] for line in self.lines if line.get("event") == "call" and line.get("method") == method]
+        return [
+            line["params"]
+            for line in self.lines
+            if line.get("event") == "call" and line.get("method") == method
+        ]
 
     async def wait_for_call(
         self, method: str, predicate: Any = lambda params: True, timeout_s: float = 20.0
@@ -98,7 +104,9 @@ class NodeCharger:
                 raise AssertionError(f"no {method} call seen; output:\n" + "\n".join(self.raw))
             try:
                 if await self._read_line(remaining) is None:
-                    raise AssertionError(f"charger.js exited before {method}:\n" + "\n".join(self.raw))
+                    raise AssertionError(
+                        f"charger.js exited before {method}:\n" + "\n".join(self.raw)
+                    )
             except TimeoutError:
                 continue
 

@@ -18,6 +18,7 @@ from tests.support.sim_charger import basic_auth_header
 
 pytestmark = pytest.mark.integration
 
+STATUS_WITH_TEXT_CONNECTOR = {"connectorId": "one", "errorCode": "NoError", "status": "Available"}
 RECORDS = [ChargerRecord("BAD", test_hash()), ChargerRecord("GOOD", test_hash())]
 
 
@@ -41,6 +42,13 @@ async def reply(ws: ClientConnection) -> list[Any]:
         return message
 
 
+async def drain(ws: ClientConnection) -> None:
+    """Read (and answer) until the connection closes."""
+    async with asyncio.timeout(10):
+        while True:
+            await reply(ws)
+
+
 async def heartbeat_ok(ws: ClientConnection, unique_id: str = "hb") -> bool:
     await ws.send(json.dumps([2, unique_id, "Heartbeat", {}]))
     answer = await reply(ws)
@@ -57,25 +65,36 @@ async def heartbeat_ok(ws: ClientConnection, unique_id: str = "hb") -> bool:
         ("ocpp1.6", '[7, "m1", "Heartbeat", {}]', [4, "m1", "ProtocolError"]),
         ("ocpp1.6", '[2, "m2", "Heartbeat"]', [4, "m2", "ProtocolError"]),
         ("ocpp1.6", '[2, "m3", "Heartbeat", {"extra": 1}]', [4, "m3", "FormatViolation"]),
-        ("ocpp2.0.1", '[2, "m4", "BootNotification", {"reason": "PowerUp"}]', [4, "m4", "ProtocolError"]),
+        (
+            "ocpp2.0.1",
+            '[2, "m4", "BootNotification", {"reason": "PowerUp"}]',
+            [4, "m4", "ProtocolError"],
+        ),
         (
             "ocpp1.6",
-            '[2, "m5", "StatusNotification", {"connectorId": "one", "errorCode": "NoError", "status": "Available"}]',
+            json.dumps([2, "m5", "StatusNotification", STATUS_WITH_TEXT_CONNECTOR]),
             [4, "m5", "TypeConstraintViolation"],
         ),
         ("ocpp1.6", '[2, "m6", "FooBar", {}]', [4, "m6", "NotSupported"]),
-        ("ocpp1.6", '[2, "m7", "RemoteStartTransaction", {"idTag": "x"}]', [4, "m7", "NotImplemented"]),
+        (
+            "ocpp1.6",
+            '[2, "m7", "RemoteStartTransaction", {"idTag": "x"}]',
+            [4, "m7", "NotImplemented"],
+        ),
         ("ocpp2.0.1", '[2, "m8", "TransactionEvent", {}]', [4, "m8", "ProtocolError"]),
     ],
 )
-async def test_bad_frames_get_the_right_callerror(subprotocol: str, frame: str, expected: list[Any]) -> None:
+async def test_bad_frames_get_the_right_callerror(
+    subprotocol: str, frame: str, expected: list[Any]
+) -> None:
     async with run_bridge(records=RECORDS) as bridge:
         bad = await open_ws(bridge.url, "BAD", subprotocol)
         good = await open_ws(bridge.url, "GOOD", subprotocol)
         await bad.send(frame)
         answer = await reply(bad)
         assert answer[:3] == expected
-        assert len(answer) == 5 and isinstance(answer[4], dict)
+        assert len(answer) == 5
+        assert isinstance(answer[4], dict)
         # The same connection keeps working, and so does everybody else's.
         assert await heartbeat_ok(bad)
         assert await heartbeat_ok(good)
@@ -96,11 +115,13 @@ async def test_oversize_frame_closes_only_that_connection() -> None:
     async with run_bridge(settings, records=RECORDS) as bridge:
         bad = await open_ws(bridge.url, "BAD", "ocpp1.6")
         good = await open_ws(bridge.url, "GOOD", "ocpp1.6")
-        await bad.send(json.dumps([2, "big", "DataTransfer", {"vendorId": "x", "data": "y" * 10_000}]))
+        await bad.send(
+            json.dumps([2, "big", "DataTransfer", {"vendorId": "x", "data": "y" * 10_000}])
+        )
         with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                await reply(bad)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+            await drain(bad)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
         assert await heartbeat_ok(good)
         await good.close()
 
@@ -118,10 +139,12 @@ async def test_a_flood_is_refused_logged_once_and_spares_other_chargers(
             answers = [await reply(bad) for _ in range(60)]
             assert await heartbeat_ok(good)
         refused = [a for a in answers if a[0] == 4]
-        assert refused and all(a[2] == "GenericError" for a in refused)
+        assert refused
+        assert all(a[2] == "GenericError" for a in refused)
         assert sum(1 for a in answers if a[0] == 3) >= 10  # the burst was served
         flood_lines = [r for r in caplog.records if "flood" in r.getMessage()]
-        assert len(flood_lines) == 1 and "BAD" in flood_lines[0].getMessage()
+        assert len(flood_lines) == 1
+        assert "BAD" in flood_lines[0].getMessage()
         await bad.close()
         await good.close()
 

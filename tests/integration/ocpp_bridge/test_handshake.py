@@ -29,7 +29,11 @@ BOOT201 = {"chargingStation": {"model": "Raw", "vendorName": "Lab"}, "reason": "
 
 
 async def open_ws(
-    url: str, identity: str, subprotocols: list[str] | None, password: str | None = PASSWORD, user: str | None = None
+    url: str,
+    identity: str,
+    subprotocols: list[str] | None,
+    password: str | None = PASSWORD,
+    user: str | None = None,
 ) -> ClientConnection:
     headers = basic_auth_header(user or identity, password) if password is not None else None
     return await connect(
@@ -39,7 +43,9 @@ async def open_ws(
     )
 
 
-async def rpc(ws: ClientConnection, action: str, payload: dict[str, Any], unique_id: str = "1") -> Any:
+async def rpc(
+    ws: ClientConnection, action: str, payload: dict[str, Any], unique_id: str = "1"
+) -> Any:
     await ws.send(json.dumps([2, unique_id, action, payload]))
     while True:
         message = json.loads(await ws.recv())
@@ -50,12 +56,19 @@ async def rpc(ws: ClientConnection, action: str, payload: dict[str, Any], unique
             return message
 
 
+async def read_until_closed(ws: ClientConnection) -> None:
+    async with asyncio.timeout(5):
+        while True:  # the bridge's own CALLs may still be in flight
+            await ws.recv()
+
+
 async def test_both_offered_gives_2_0_1() -> None:
     async with run_bridge(records=[ChargerRecord("CP1", test_hash())]) as bridge:
         ws = await open_ws(bridge.url, "CP1", ["ocpp1.6", "ocpp2.0.1"])
         assert ws.subprotocol == "ocpp2.0.1"
         reply = await rpc(ws, "BootNotification", BOOT201)
-        assert reply[0] == 3 and reply[2]["status"] == "Accepted"
+        assert reply[0] == 3
+        assert reply[2]["status"] == "Accepted"
         event = await bridge.log.wait_for(lambda: bridge.log.of(ChargerConnected), what="connected")
         assert event[0].boot.protocol is ProtocolVersion.OCPP201
         assert event[0].boot.vendor == "Lab"
@@ -80,7 +93,8 @@ async def test_unsupported_offer_gets_a_handshake_and_a_clean_close() -> None:
         assert ws.subprotocol is None  # 101 without echoing a protocol we do not speak
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1002
 
 
 @pytest.mark.parametrize(
@@ -118,12 +132,15 @@ async def test_unknown_charger_rejected_by_default() -> None:
 
 
 async def test_unknown_charger_registered_with_its_password_hashed() -> None:
-    settings = BridgeSettings(host="127.0.0.1", port=0, unknown_chargers=UnknownChargerPolicy.REGISTER)
+    settings = BridgeSettings(
+        host="127.0.0.1", port=0, unknown_chargers=UnknownChargerPolicy.REGISTER
+    )
     async with run_bridge(settings, records=[]) as bridge:
         ws = await open_ws(bridge.url, "NEW1", ["ocpp2.0.1"])
         await ws.close()
         record = await bridge.registry.lookup("NEW1")
-        assert record is not None and record.password_hash is not None
+        assert record is not None
+        assert record.password_hash is not None
         assert verify_password(PASSWORD, record.password_hash)
         # From now on the charger is known and held to that password.
         with pytest.raises(InvalidStatus):
@@ -132,7 +149,10 @@ async def test_unknown_charger_registered_with_its_password_hashed() -> None:
 
 async def test_security_profile_0_only_when_allowed_and_then_without_credentials() -> None:
     settings = BridgeSettings(
-        host="127.0.0.1", port=0, security_profile=SecurityProfile.NONE, allow_security_profile_0=True
+        host="127.0.0.1",
+        port=0,
+        security_profile=SecurityProfile.NONE,
+        allow_security_profile_0=True,
     )
     async with run_bridge(settings, records=[ChargerRecord("CP0")]) as bridge:
         ws = await open_ws(bridge.url, "CP0", ["ocpp1.6"], password=None)
@@ -143,7 +163,10 @@ async def test_security_profile_0_only_when_allowed_and_then_without_credentials
 async def test_url_without_identity_is_not_found() -> None:
     async with run_bridge(records=[]) as bridge:
         with pytest.raises(InvalidStatus) as refused:
-            await connect(bridge.url.removesuffix("/ocpp") + "/", subprotocols=[websockets.Subprotocol("ocpp1.6")])
+            await connect(
+                bridge.url.removesuffix("/ocpp") + "/",
+                subprotocols=[websockets.Subprotocol("ocpp1.6")],
+            )
         assert refused.value.response.status_code == 404
 
 
@@ -153,9 +176,7 @@ async def test_a_new_connection_replaces_the_old_one() -> None:
         await rpc(old, "BootNotification", BOOT16)
         new = await open_ws(bridge.url, "CP1", ["ocpp1.6"])
         with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(5):
-                while True:  # the bridge's own CALLs may still be in flight
-                    await old.recv()
+            await read_until_closed(old)
         reply = await rpc(new, "Heartbeat", {}, "hb")
         assert "currentTime" in reply[2]
         [snapshot] = bridge.system.snapshot()

@@ -59,9 +59,7 @@ def profile_of(version: str, params: dict[str, Any]) -> dict[str, Any]:
     return params["csChargingProfiles"] if version == "ocpp1.6" else params["chargingProfile"]
 
 
-@pytest.mark.parametrize(
-    ("protocol", "identity"), [("ocpp1.6", "RPC16"), ("ocpp2.0.1", "RPC201")]
-)
+@pytest.mark.parametrize(("protocol", "identity"), [("ocpp1.6", "RPC16"), ("ocpp2.0.1", "RPC201")])
 async def test_independent_charger_in_strict_mode(
     node: str, bridge: RunningBridge, protocol: str, identity: str
 ) -> None:
@@ -74,22 +72,32 @@ async def test_independent_charger_in_strict_mode(
         # Boot data, capabilities and the safe layer (stack 0, station-wide, no validTo).
         log = bridge.log
         [boot] = await log.wait_for(lambda: log.of(ChargerConnected, charger_id=identity))
-        assert boot.boot.vendor == "Lab" and boot.boot.serial_number in ("S-16", "S-201")
+        assert boot.boot.vendor == "Lab"
+        assert boot.boot.serial_number in ("S-16", "S-201")
         assert boot.boot.protocol is ProtocolVersion(protocol.removeprefix("ocpp"))
         await log.wait_for(lambda: log.of(CapabilitiesKnown, charger_id=identity))
-        safe = profile_of(protocol, await charger.wait_for_call(
-            "SetChargingProfile", lambda p: profile_of(protocol, p)["stackLevel"] == 0
-        ))
+        safe = profile_of(
+            protocol,
+            await charger.wait_for_call(
+                "SetChargingProfile", lambda p: profile_of(protocol, p)["stackLevel"] == 0
+            ),
+        )
         assert "validTo" not in safe
-        assert safe["chargingProfilePurpose"] in ("ChargePointMaxProfile", "ChargingStationMaxProfile")
+        assert safe["chargingProfilePurpose"] in (
+            "ChargePointMaxProfile",
+            "ChargingStationMaxProfile",
+        )
 
         # Status, session and meter values as version-neutral events.
         await log.wait_for(
             lambda: log.of(EvseStatusChanged, charger_id=identity, status=ConnectorStatus.CHARGING),
             what="charging status",
         )
-        [started] = await log.wait_for(lambda: [e for e in log.of(SessionStarted) if e.session.charger_id == identity])
-        assert started.session.id_token == "RPC-TAG" and started.session.evse_id == 1
+        [started] = await log.wait_for(
+            lambda: [e for e in log.of(SessionStarted) if e.session.charger_id == identity]
+        )
+        assert started.session.id_token == "RPC-TAG"
+        assert started.session.evse_id == 1
         samples = await log.wait_for(
             lambda: [e for e in log.of(MeterSample, charger_id=identity) if e.power_w == 7000.0]
         )
@@ -104,29 +112,37 @@ async def test_independent_charger_in_strict_mode(
             now + timedelta(hours=1),
         )
         assert result.accepted, result.reason
-        dynamic = profile_of(protocol, await charger.wait_for_call(
-            "SetChargingProfile", lambda p: profile_of(protocol, p)["stackLevel"] > 0
-        ))
+        dynamic = profile_of(
+            protocol,
+            await charger.wait_for_call(
+                "SetChargingProfile", lambda p: profile_of(protocol, p)["stackLevel"] > 0
+            ),
+        )
         assert "validTo" in dynamic
         composite = await bridge.system.composite_schedule(identity, 0, 1800)
         assert composite.result.accepted, composite.result.reason
         assert composite.periods[0].limit_w == pytest.approx(11_040)
         cleared = await bridge.system.clear_dynamic_schedule(identity)
-        assert cleared.accepted and cleared.reason is None
+        assert cleared.accepted
+        assert cleared.reason is None
         await charger.wait_for_call("GetCompositeSchedule")
         await charger.wait_for_call("ClearChargingProfile")
 
         assert await charger.stop() == 0
-        [ended] = await log.wait_for(lambda: [e for e in log.of(SessionEnded) if e.session.charger_id == identity])
+        [ended] = await log.wait_for(
+            lambda: [e for e in log.of(SessionEnded) if e.session.charger_id == identity]
+        )
         assert ended.session.session_id == started.session.session_id
         assert ended.session.energy_wh == 1500.0
         assert ended.session.stop_reason == "EVDisconnected"
         if protocol == "ocpp2.0.1":
             needs = [
-                e for e in log.of(SessionUpdated)
+                e
+                for e in log.of(SessionUpdated)
                 if e.session.charger_id == identity and e.session.requested_energy_wh
             ]
-            assert needs and needs[0].session.requested_energy_wh == 20_000.0
+            assert needs
+            assert needs[0].session.requested_energy_wh == 20_000.0
             assert needs[0].session.departure_time == datetime(2030, 1, 1, 7, 30, tzinfo=UTC)
         assert charger.complaints() == []
     finally:

@@ -53,7 +53,9 @@ async def test_profile_2_still_refuses_a_wrong_password(pki: TestPki) -> None:
     settings = tls_settings(pki, SecurityProfile.TLS_BASIC)
     async with run_bridge(settings, records=[ChargerRecord("CP2", test_hash())]) as bridge:
         with pytest.raises(InvalidStatus) as refused:
-            async with running(SimCharger16, bridge.url, "CP2", "not-the-password", pki.client_context()):
+            async with running(
+                SimCharger16, bridge.url, "CP2", "not-the-password", pki.client_context()
+            ):
                 pass
         assert refused.value.response.status_code == 401
 
@@ -61,18 +63,24 @@ async def test_profile_2_still_refuses_a_wrong_password(pki: TestPki) -> None:
 async def test_profile_3_accepts_the_certificate_named_after_the_identity(pki: TestPki) -> None:
     settings = tls_settings(pki, SecurityProfile.MUTUAL_TLS)
     cert, key = pki.issue("cp3", "CP3")
-    async with run_bridge(settings, records=[ChargerRecord("CP3")]) as bridge:
-        async with running(SimCharger16, bridge.url, "CP3", None, pki.client_context(cert, key)) as sim:
-            assert (await sim.boot()).status == "Accepted"
-            await bridge.log.wait_for(lambda: bridge.log.of(ChargerConnected, charger_id="CP3"))
+    async with (
+        run_bridge(settings, records=[ChargerRecord("CP3")]) as bridge,
+        running(SimCharger16, bridge.url, "CP3", None, pki.client_context(cert, key)) as sim,
+    ):
+        assert (await sim.boot()).status == "Accepted"
+        await bridge.log.wait_for(lambda: bridge.log.of(ChargerConnected, charger_id="CP3"))
 
 
 async def test_profile_3_refuses_another_chargers_certificate(pki: TestPki) -> None:
     settings = tls_settings(pki, SecurityProfile.MUTUAL_TLS)
     cert, key = pki.issue("other", "OTHER")
-    async with run_bridge(settings, records=[ChargerRecord("CP3"), ChargerRecord("OTHER")]) as bridge:
+    async with run_bridge(
+        settings, records=[ChargerRecord("CP3"), ChargerRecord("OTHER")]
+    ) as bridge:
         with pytest.raises(InvalidStatus) as refused:
-            async with running(SimCharger16, bridge.url, "CP3", None, pki.client_context(cert, key)):
+            async with running(
+                SimCharger16, bridge.url, "CP3", None, pki.client_context(cert, key)
+            ):
                 pass
         assert refused.value.response.status_code == 403
 
@@ -86,7 +94,9 @@ async def test_profile_3_refuses_a_charger_without_certificate(pki: TestPki) -> 
         assert not bridge.log.of(ChargerConnected)
 
 
-async def test_profile_3_refuses_a_certificate_from_another_ca(pki: TestPki, tmp_path: Path) -> None:
+async def test_profile_3_refuses_a_certificate_from_another_ca(
+    pki: TestPki, tmp_path: Path
+) -> None:
     settings = tls_settings(pki, SecurityProfile.MUTUAL_TLS)
     stranger = make_pki(tmp_path / "stranger", pki.openssl)
     cert, key = stranger.issue("cp3", "CP3")

@@ -64,9 +64,13 @@ def test_session_energy_is_register_now_minus_register_at_start() -> None:
         1, [MeterReading(T0 + timedelta(minutes=5), power_w=7000.0, energy_wh=10_600.0)], T0
     )
     sample, updated = events
-    assert isinstance(sample, MeterSample) and sample.session_id == "CP1/77"
-    assert isinstance(updated, SessionUpdated) and updated.session.energy_wh == 600.0
-    [ended] = model.end_session("77", T0 + timedelta(hours=1), T0, register_wh=17_000.0, reason="EVDisconnected")
+    assert isinstance(sample, MeterSample)
+    assert sample.session_id == "CP1/77"
+    assert isinstance(updated, SessionUpdated)
+    assert updated.session.energy_wh == 600.0
+    [ended] = model.end_session(
+        "77", T0 + timedelta(hours=1), T0, register_wh=17_000.0, reason="EVDisconnected"
+    )
     assert isinstance(ended, SessionEnded)
     assert ended.session.energy_wh == 7_000.0
     assert ended.session.stop_reason == "EVDisconnected"
@@ -80,7 +84,8 @@ def test_a_transaction_first_seen_midway_still_becomes_a_session() -> None:
     assert events[0].session.started_at is None
     assert model.active_session(2) is not None
     later = model.update_session("T-9", T0, register_wh=800.0)
-    assert isinstance(later[0], SessionUpdated) and later[0].session.energy_wh == 300.0
+    assert isinstance(later[0], SessionUpdated)
+    assert later[0].session.energy_wh == 300.0
 
 
 def test_repeated_started_and_ended_are_idempotent() -> None:
@@ -96,10 +101,13 @@ def test_repeated_started_and_ended_are_idempotent() -> None:
 def test_power_is_derived_from_the_register_when_not_reported() -> None:
     model = booted_model()
     model.meter_readings(1, [MeterReading(T0, energy_wh=1000.0)], T0)
-    [sample] = model.meter_readings(1, [MeterReading(T0 + timedelta(minutes=6), energy_wh=1700.0)], T0)
+    [sample] = model.meter_readings(
+        1, [MeterReading(T0 + timedelta(minutes=6), energy_wh=1700.0)], T0
+    )
     assert isinstance(sample, MeterSample)
     assert sample.power_derived
-    assert sample.power_w is not None and abs(sample.power_w - 7000.0) < 1e-6
+    assert sample.power_w is not None
+    assert abs(sample.power_w - 7000.0) < 1e-6
 
 
 def test_ev_needs_update_the_active_session() -> None:

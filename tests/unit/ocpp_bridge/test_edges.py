@@ -25,7 +25,12 @@ from ocpp_bridge.events import (
     ProtocolVersion,
 )
 from ocpp_bridge.profiles import ElectricalData
-from ocpp_bridge.server import EventBuffer, basic_credentials, certificate_common_name, identity_from_path
+from ocpp_bridge.server import (
+    EventBuffer,
+    basic_credentials,
+    certificate_common_name,
+    identity_from_path,
+)
 from ocpp_bridge.settings import BridgeSettings, SecurityProfile, SettingsError, TlsSettings
 from ocpp_bridge.smart_charging import ScheduleIds, read_composite, validate_schedule
 
@@ -38,10 +43,25 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     ("version", "action", "payload", "error"),
     [
         (V201, "Heartbeat", {"extra": 1}, FormatViolationError),
-        (V16, "BootNotification", {"chargePointVendor": 5, "chargePointModel": "M"}, TypeConstraintViolationError),
-        (V16, "BootNotification", {"chargePointVendor": "x" * 21, "chargePointModel": "M"}, TypeConstraintViolationError),
+        (
+            V16,
+            "BootNotification",
+            {"chargePointVendor": 5, "chargePointModel": "M"},
+            TypeConstraintViolationError,
+        ),
+        (
+            V16,
+            "BootNotification",
+            {"chargePointVendor": "x" * 21, "chargePointModel": "M"},
+            TypeConstraintViolationError,
+        ),
         (V16, "BootNotification", {"chargePointModel": "M"}, ProtocolError),
-        (V16, "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Sleeping"}, PropertyConstraintViolationError),
+        (
+            V16,
+            "StatusNotification",
+            {"connectorId": 1, "errorCode": "NoError", "status": "Sleeping"},
+            PropertyConstraintViolationError,
+        ),
         (V201, "MeterValues", {"evseId": 1, "meterValue": []}, OccurrenceConstraintViolationError),
     ],
 )

@@ -38,8 +38,16 @@ def test_missing_measurand_is_the_energy_register_in_wh() -> None:
 def test_2_0_1_numbers_with_unit_of_measure_multiplier() -> None:
     reading = read_meter_value(
         mv(
-            {"value": 3.5, "measurand": "Energy.Active.Import.Register", "unit_of_measure": {"unit": "kWh"}},
-            {"value": 11, "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W", "multiplier": 3}},
+            {
+                "value": 3.5,
+                "measurand": "Energy.Active.Import.Register",
+                "unit_of_measure": {"unit": "kWh"},
+            },
+            {
+                "value": 11,
+                "measurand": "Power.Active.Import",
+                "unit_of_measure": {"unit": "W", "multiplier": 3},
+            },
         )
     )
     assert reading.energy_wh == 3_500.0
@@ -101,13 +109,18 @@ def test_unreadable_values_are_reported_not_guessed() -> None:
 
 def test_zone_less_timestamps_are_utc_and_unreadable_ones_drop_the_reading() -> None:
     readings = read_meter_values(
-        [mv({"value": "1"}, timestamp="2026-03-01T12:00:00"), mv({"value": "2"}, timestamp="yesterday")]
+        [
+            mv({"value": "1"}, timestamp="2026-03-01T12:00:00"),
+            mv({"value": "2"}, timestamp="yesterday"),
+        ]
     )
     assert [r.at for r in readings] == [AT]
 
 
 def test_power_derived_from_the_register() -> None:
-    assert derive_power_w((AT, 1000.0), (AT + timedelta(minutes=15), 2750.0)) == pytest.approx(7000.0)
+    assert derive_power_w((AT, 1000.0), (AT + timedelta(minutes=15), 2750.0)) == pytest.approx(
+        7000.0
+    )
 
 
 @pytest.mark.parametrize(

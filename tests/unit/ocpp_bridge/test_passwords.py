@@ -32,7 +32,8 @@ def test_parameters_travel_in_the_hash() -> None:
     stored = hash_password("another-password", ScryptParameters(n=2**11, r=4, p=2))
     params, salt, key = parse_password_hash(stored)
     assert params == ScryptParameters(n=2**11, r=4, p=2)
-    assert len(salt) == 16 and len(key) == 32
+    assert len(salt) == 16
+    assert len(key) == 32
     assert verify_password("another-password", stored)
 
 
@@ -43,7 +44,13 @@ def test_default_cost_is_scrypt_n_2_14() -> None:
 
 @pytest.mark.parametrize(
     "stored",
-    ["", "plain-text", "scrypt$n=1024$abc$def", "pbkdf2$n=1,r=1,p=1$AA==$AA==", "scrypt$n=1000,r=8,p=1$AA==$AA=="],
+    [
+        "",
+        "plain-text",
+        "scrypt$n=1024$abc$def",
+        "pbkdf2$n=1,r=1,p=1$AA==$AA==",
+        "scrypt$n=1000,r=8,p=1$AA==$AA==",
+    ],
 )
 def test_malformed_hashes_are_reported(stored: str) -> None:
     with pytest.raises(PasswordHashError):
