@@ -118,6 +118,28 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    """Hash a charger's Basic-auth password for ``ocpp.chargers[].password_hash``."""
+    import getpass
+
+    from ocpp_bridge.passwords import ScryptParameters, hash_password
+
+    # Never from the command line: it would end up in the shell history and in `ps`.
+    if sys.stdin.isatty():
+        password = getpass.getpass("charger password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return EX_FAILURE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(hash_password(password, ScryptParameters(n=args.scrypt_n)))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexbridge",
@@ -150,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", action="store_true", help="print the public key of an existing key file"
     )
     keys.set_defaults(func=_cmd_keys)
+
+    hashpw = sub.add_parser(
+        "hash-password",
+        help="hash a charger password (read from the terminal or stdin) for the config",
+    )
+    hashpw.add_argument(
+        "--scrypt-n",
+        type=int,
+        default=2**14,
+        help="scrypt cost (power of two; default 16384: ~50 ms and 16 MiB per check)",
+    )
+    hashpw.set_defaults(func=_cmd_hash_password)
     return parser
 
 

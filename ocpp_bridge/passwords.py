@@ -16,6 +16,7 @@ the KDF again per charger.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -135,8 +136,10 @@ class CredentialCache:
         )
 
     def remember(self, identity: str, password: str, stored: str) -> None:
+        # Called from the KDF worker threads too: single dict operations, atomic under the GIL.
         if len(self._verified) >= self._max_entries and identity not in self._verified:
-            self._verified.pop(next(iter(self._verified)))
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                self._verified.pop(next(iter(self._verified)))
         self._verified[identity] = self._digest(identity, password, stored)
 
     def forget(self, identity: str) -> None:

@@ -71,6 +71,8 @@ class BridgeSettings:
     ping_interval_s: float = 30.0
     ping_timeout_s: float = 30.0
     heartbeat_interval_s: int = 300
+    # Opening handshake incl. the password check (websockets' default is 10 s).
+    handshake_timeout_s: float = 120.0
     response_timeout_s: float = 30.0
     # Dynamic profiles carry validTo = now + this, refreshed when a third of it is left.
     dynamic_validity_s: float = 900.0
