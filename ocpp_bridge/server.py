@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -238,6 +238,7 @@ class CentralSystem:
         self._refused_identities: set[str] = set()
         self._server: Server | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._transaction_seq = 0
         self.port: int | None = None
 
@@ -284,6 +285,10 @@ class CentralSystem:
             self._consumer = asyncio.get_running_loop().create_task(
                 self._consume(self._on_event), name="ocpp-events"
             )
+        if not self.settings.ping_interval_s:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch_heartbeats(), name="ocpp-heartbeat-watchdog"
+            )
         log.info(
             "OCPP listener on %s:%s (security profile %d)",
             self.settings.host,
@@ -301,6 +306,9 @@ class CentralSystem:
                 task.cancel()
             if charger.connection is not None:
                 charger.connection.cancel_tasks()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -309,6 +317,24 @@ class CentralSystem:
         if self._kdf is not None:
             self._kdf.shutdown(wait=False, cancel_futures=True)
             self._kdf = None
+
+    async def _watch_heartbeats(self) -> None:
+        """Without websocket pings, a charger silent for two heartbeat intervals is offline.
+
+        (With pings on, websockets closes a dead connection itself, and a charger may rely on
+        pings instead of Heartbeat messages, so this check is off then.)
+        """
+        interval = self.settings.heartbeat_interval_s
+        allowed = timedelta(seconds=2 * interval + min(30, interval))
+        while True:
+            await asyncio.sleep(max(1.0, interval / 2))
+            now = self.clock()
+            for charger in list(self._chargers.values()):
+                connection = charger.connection
+                seen = charger.model.last_seen
+                if connection is not None and seen is not None and now - seen > allowed:
+                    connection.problems.report("silent", f"nothing received since {seen}")
+                    await connection._connection.close(1001, "no heartbeat")
 
     async def events(self) -> AsyncIterator[Event]:
         if self._on_event is not None:

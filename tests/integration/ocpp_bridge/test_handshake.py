@@ -182,3 +182,16 @@ async def test_a_new_connection_replaces_the_old_one() -> None:
         [snapshot] = bridge.system.snapshot()
         assert snapshot.online
         await new.close()
+
+
+async def test_without_pings_a_silent_charger_is_declared_offline() -> None:
+    settings = BridgeSettings(host="127.0.0.1", port=0, ping_interval_s=0, heartbeat_interval_s=1)
+    async with run_bridge(settings, records=[ChargerRecord("CP1", test_hash())]) as bridge:
+        ws = await open_ws(bridge.url, "CP1", ["ocpp1.6"])
+        await rpc(ws, "BootNotification", BOOT16)
+        # Say nothing more: after 2 x 1 s + 1 s grace the bridge gives up on the charger.
+        [gone] = await bridge.log.wait_for(
+            lambda: bridge.log.of(ChargerDisconnected), timeout_s=15, what="offline"
+        )
+        assert "1001" in gone.reason or "closed" in gone.reason
+        assert not bridge.system.snapshot()[0].online
