@@ -8,7 +8,7 @@ so the safe layer avoids those purposes. Pure functions: the shell does the call
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -84,82 +84,101 @@ class ChargerCapabilities:
 DEFAULTS = ChargerCapabilities()
 
 
-def _positive_int(name: str, value: object, problems: list[str], minimum: int = 0) -> int | None:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        problems.append(f"{name}={value!r} is not an integer; using the default")
-        return None
-    if number < minimum:
-        problems.append(f"{name}={number} is below {minimum}; using the default")
-        return None
-    return number
+# A reader turns a reported value into a field value, or None (with a problem noted).
+_Reader = Callable[[str, object, list[str]], object]
+
+
+def _integer(minimum: int) -> _Reader:
+    def read(name: str, value: object, problems: list[str]) -> int | None:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            problems.append(f"{name}={value!r} is not an integer; using the default")
+            return None
+        if number < minimum:
+            problems.append(f"{name}={number} is below {minimum}; using the default")
+            return None
+        return number
+
+    return read
 
 
 def _csl(value: object) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
-def _rate_units(
-    name: str, value: object, aliases: Mapping[str, RateUnit], problems: list[str]
-) -> tuple[RateUnit, ...] | None:
-    units: list[RateUnit] = []
-    for part in _csl(value):
-        unit = aliases.get(part)
-        if unit is None:
-            problems.append(f"{name} lists unknown unit {part!r}")
-        elif unit not in units:
-            units.append(unit)
-    if not units:
-        problems.append(f"{name}={value!r} names no usable unit; using the default")
-        return None
-    return tuple(units)
+def _rate_units(aliases: Mapping[str, RateUnit]) -> _Reader:
+    def read(name: str, value: object, problems: list[str]) -> tuple[RateUnit, ...] | None:
+        units: list[RateUnit] = []
+        for part in _csl(value):
+            unit = aliases.get(part)
+            if unit is None:
+                problems.append(f"{name} lists unknown unit {part!r}")
+            elif unit not in units:
+                units.append(unit)
+        if not units:
+            problems.append(f"{name}={value!r} names no usable unit; using the default")
+            return None
+        return tuple(units)
+
+    return read
 
 
-def _purposes(value: object, names: Mapping[str, Purpose]) -> frozenset[Purpose]:
-    return frozenset(names[p] for p in _csl(value) if p in names)
+def _purposes(names: Mapping[str, Purpose]) -> _Reader:
+    def read(name: str, value: object, problems: list[str]) -> frozenset[Purpose]:
+        return frozenset(names[p] for p in _csl(value) if p in names)
+
+    return read
 
 
-def from_v16_configuration(configuration_key: Iterable[Mapping[str, Any]]) -> ChargerCapabilities:
-    """Capabilities from a 1.6 GetConfiguration.conf ``configurationKey`` list."""
-    values = {str(item.get("key")): item.get("value") for item in configuration_key}
+def _read(
+    values: Mapping[str, object], table: Sequence[tuple[str, str, _Reader]]
+) -> ChargerCapabilities:
+    """Apply (reported name, field, reader) rows to the defaults."""
     problems: list[str] = []
-    caps = DEFAULTS
-    reported: set[str] = set()
-    if (v := values.get("ChargeProfileMaxStackLevel")) is not None and (
-        n := _positive_int("ChargeProfileMaxStackLevel", v, problems)
-    ) is not None:
-        caps = replace(caps, max_stack_level=n)
-        reported.add("max_stack_level")
-    if (v := values.get("ChargingScheduleAllowedChargingRateUnit")) is not None and (
-        units := _rate_units(
-            "ChargingScheduleAllowedChargingRateUnit",
-            v,
+    changes: dict[str, Any] = {}
+    for name, field_name, reader in table:
+        raw = values.get(name)
+        if raw is None:
+            continue
+        value = reader(name, raw, problems)
+        if value is not None:
+            changes[field_name] = value
+    return replace(DEFAULTS, **changes, reported=frozenset(changes), problems=tuple(problems))
+
+
+_V16_TABLE: tuple[tuple[str, str, _Reader], ...] = (
+    ("ChargeProfileMaxStackLevel", "max_stack_level", _integer(0)),
+    (
+        "ChargingScheduleAllowedChargingRateUnit",
+        "rate_units",
+        _rate_units(
             {
                 "Current": RateUnit.AMPS,
                 "Power": RateUnit.WATTS,
                 "A": RateUnit.AMPS,
                 "W": RateUnit.WATTS,
-            },
-            problems,
-        )
-    ) is not None:
-        caps = replace(caps, rate_units=units)
-        reported.add("rate_units")
-    if (v := values.get("ChargingScheduleMaxPeriods")) is not None and (
-        n := _positive_int("ChargingScheduleMaxPeriods", v, problems, minimum=1)
-    ) is not None:
-        caps = replace(caps, max_periods=n)
-        reported.add("max_periods")
-    if (v := values.get("MaxChargingProfilesInstalled")) is not None and (
-        n := _positive_int("MaxChargingProfilesInstalled", v, problems, minimum=1)
-    ) is not None:
-        caps = replace(caps, max_profiles=n)
-        reported.add("max_profiles")
-    if (v := values.get("IgnoredProfilePurposesOffline")) is not None:
-        caps = replace(caps, ignored_purposes_offline=_purposes(v, _V16_PURPOSES))
-        reported.add("ignored_purposes_offline")
-    return replace(caps, reported=frozenset(reported), problems=tuple(problems))
+            }
+        ),
+    ),
+    ("ChargingScheduleMaxPeriods", "max_periods", _integer(1)),
+    ("MaxChargingProfilesInstalled", "max_profiles", _integer(1)),
+    ("IgnoredProfilePurposesOffline", "ignored_purposes_offline", _purposes(_V16_PURPOSES)),
+)
+_V201_TABLE: tuple[tuple[str, str, _Reader], ...] = (
+    ("RateUnit", "rate_units", _rate_units({"A": RateUnit.AMPS, "W": RateUnit.WATTS})),
+    ("ProfileStackLevel", "max_stack_level", _integer(0)),
+    ("PeriodsPerSchedule", "max_periods", _integer(1)),
+    ("Entries", "installed_profiles", _integer(0)),
+    ("IgnoredProfilePurposesOffline", "ignored_purposes_offline", _purposes(_V201_PURPOSES)),
+)
+
+
+def from_v16_configuration(configuration_key: Iterable[Mapping[str, Any]]) -> ChargerCapabilities:
+    """Capabilities from a 1.6 GetConfiguration.conf ``configurationKey`` list."""
+    return _read(
+        {str(item.get("key")): item.get("value") for item in configuration_key}, _V16_TABLE
+    )
 
 
 def v201_get_variable_data() -> list[dict[str, Any]]:
@@ -187,30 +206,4 @@ def from_v201_variables(results: Sequence[Mapping[str, Any]]) -> ChargerCapabili
         value = item.get("attributeValue", item.get("attribute_value"))
         if value is not None:
             values[str(variable.get("name"))] = value
-    problems: list[str] = []
-    caps = DEFAULTS
-    reported: set[str] = set()
-    if (v := values.get("RateUnit")) is not None and (
-        units := _rate_units("RateUnit", v, {"A": RateUnit.AMPS, "W": RateUnit.WATTS}, problems)
-    ) is not None:
-        caps = replace(caps, rate_units=units)
-        reported.add("rate_units")
-    if (v := values.get("ProfileStackLevel")) is not None and (
-        n := _positive_int("ProfileStackLevel", v, problems)
-    ) is not None:
-        caps = replace(caps, max_stack_level=n)
-        reported.add("max_stack_level")
-    if (v := values.get("PeriodsPerSchedule")) is not None and (
-        n := _positive_int("PeriodsPerSchedule", v, problems, minimum=1)
-    ) is not None:
-        caps = replace(caps, max_periods=n)
-        reported.add("max_periods")
-    if (v := values.get("Entries")) is not None and (
-        n := _positive_int("Entries", v, problems)
-    ) is not None:
-        caps = replace(caps, installed_profiles=n)
-        reported.add("installed_profiles")
-    if (v := values.get("IgnoredProfilePurposesOffline")) is not None:
-        caps = replace(caps, ignored_purposes_offline=_purposes(v, _V201_PURPOSES))
-        reported.add("ignored_purposes_offline")
-    return replace(caps, reported=frozenset(reported), problems=tuple(problems))
+    return _read(values, _V201_TABLE)

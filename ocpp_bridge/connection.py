@@ -55,7 +55,7 @@ from ocpp.v201.enums import Action as Action201
 
 from ocpp_bridge import schemas
 from ocpp_bridge.events import BootInfo, Event, ProtocolVersion
-from ocpp_bridge.metering import read_meter_values
+from ocpp_bridge.metering import MeterReading, read_meter_values
 from ocpp_bridge.model import V16_STATUS, V201_CHARGING_STATE, V201_STATUS, ChargerModel
 from ocpp_bridge.timestamps import TimestampError, format_timestamp, parse_timestamp, utc_now
 
@@ -173,9 +173,14 @@ class ProblemLog:
 
 
 class Connection:
-    """Shared inbound path and outgoing CALLs; the version classes add the @on handlers."""
+    """Shared inbound path, outgoing CALLs and the handlers both versions spell alike.
+
+    The version classes add their own handlers; ``_library_class`` is the `ocpp` library's
+    ChargePoint they derive from.
+    """
 
     version: ProtocolVersion
+    _library_class: Any
     # The library's ChargePoint provides these.
     route_map: dict[str, dict[str, Any]]
     _call_lock: asyncio.Lock
@@ -186,14 +191,17 @@ class Connection:
     # Calls per connection beyond the budget by this factor (in a row) close it.
     FLOOD_CLOSE_AFTER = 1000
 
-    def _setup(
+    def __init__(
         self,
         model: ChargerModel,
+        websocket: Any,
         host: ChargerHost,
+        *,
         response_timeout_s: float,
         max_calls_per_s: float,
         call_burst: int,
     ) -> None:
+        self._library_class.__init__(self, model.charger_id, websocket, response_timeout_s)
         self.model = model
         self.host = host
         self.response_timeout_s = response_timeout_s
@@ -436,6 +444,41 @@ class Connection:
         if events:
             self.host.publish(events)
 
+    # --- handlers both versions spell alike -------------------------------------------------
+
+    @after("BootNotification")
+    def after_boot_notification(self, **kwargs: Any) -> None:
+        self._publish(self.model.booted(self._boot, utc_now()))
+        self.host.charger_ready(self)
+
+    @on("Heartbeat")
+    def on_heartbeat(self, **kwargs: Any) -> dict[str, Any]:
+        return {"currentTime": format_timestamp(utc_now())}
+
+    @on("DataTransfer")
+    def on_data_transfer(self, vendor_id: str, **kwargs: Any) -> dict[str, Any]:
+        return {"status": "UnknownVendorId"}
+
+    @on("FirmwareStatusNotification")
+    def on_firmware_status(self, **kwargs: Any) -> dict[str, Any]:
+        return {}
+
+    @on("SecurityEventNotification")
+    def on_security_event(self, type: str, **kwargs: Any) -> dict[str, Any]:
+        log.info("charger %s: security event %s", self.charger_id, type)
+        return {}
+
+    @on("LogStatusNotification")
+    def on_log_status(self, **kwargs: Any) -> dict[str, Any]:
+        return {}
+
+    def _readings(self, meter_value: Any) -> list[MeterReading]:
+        readings = read_meter_values(meter_value or ())
+        for reading in readings:
+            for problem in reading.problems:
+                self.problems.report("meter value skipped", problem)
+        return readings
+
 
 def _id_token_accepted_16() -> dict[str, Any]:
     # flexbridge is not an authorization system: the site's own access control (RFID lists
@@ -446,18 +489,7 @@ def _id_token_accepted_16() -> dict[str, Any]:
 class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
     version = ProtocolVersion.OCPP16
 
-    def __init__(
-        self,
-        model: ChargerModel,
-        websocket: Any,
-        host: ChargerHost,
-        *,
-        response_timeout_s: float,
-        max_calls_per_s: float,
-        call_burst: int,
-    ) -> None:
-        ChargePoint16.__init__(self, model.charger_id, websocket, response_timeout_s)
-        self._setup(model, host, response_timeout_s, max_calls_per_s, call_burst)
+    _library_class = ChargePoint16
 
     @on(Action16.boot_notification)
     def on_boot_notification(
@@ -476,15 +508,6 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
             interval=self.host.heartbeat_interval_s,
             status="Accepted",
         )
-
-    @after(Action16.boot_notification)
-    def after_boot_notification(self, **kwargs: Any) -> None:
-        self._publish(self.model.booted(self._boot, utc_now()))
-        self.host.charger_ready(self)
-
-    @on(Action16.heartbeat)
-    def on_heartbeat(self, **kwargs: Any) -> dict[str, Any]:
-        return {"currentTime": format_timestamp(utc_now())}
 
     @on(Action16.status_notification)
     def on_status_notification(
@@ -548,10 +571,7 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
     def on_meter_values(
         self, connector_id: int, meter_value: list[dict[str, Any]], **kwargs: Any
     ) -> dict[str, Any]:
-        readings = read_meter_values(meter_value)
-        for reading in readings:
-            for problem in reading.problems:
-                self.problems.report("meter value skipped", problem)
+        readings = self._readings(meter_value)
         transaction_id = kwargs.get("transaction_id")
         self._publish(
             self.model.meter_readings(
@@ -563,29 +583,12 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
         )
         return {}
 
-    @on(Action16.data_transfer)
-    def on_data_transfer(self, vendor_id: str, **kwargs: Any) -> dict[str, Any]:
-        return {"status": "UnknownVendorId"}
-
     @on(Action16.diagnostics_status_notification)
     def on_diagnostics_status(self, **kwargs: Any) -> dict[str, Any]:
         return {}
 
-    @on(Action16.firmware_status_notification)
-    def on_firmware_status(self, **kwargs: Any) -> dict[str, Any]:
-        return {}
-
-    @on(Action16.security_event_notification)
-    def on_security_event(self, type: str, **kwargs: Any) -> dict[str, Any]:
-        log.info("charger %s: security event %s", self.charger_id, type)
-        return {}
-
     @on(Action16.signed_firmware_status_notification)
     def on_signed_firmware_status(self, **kwargs: Any) -> dict[str, Any]:
-        return {}
-
-    @on(Action16.log_status_notification)
-    def on_log_status(self, **kwargs: Any) -> dict[str, Any]:
         return {}
 
 
@@ -599,18 +602,7 @@ def _id_token_text(id_token: Mapping[str, Any] | None) -> str | None:
 class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
     version = ProtocolVersion.OCPP201
 
-    def __init__(
-        self,
-        model: ChargerModel,
-        websocket: Any,
-        host: ChargerHost,
-        *,
-        response_timeout_s: float,
-        max_calls_per_s: float,
-        call_burst: int,
-    ) -> None:
-        ChargePoint201.__init__(self, model.charger_id, websocket, response_timeout_s)
-        self._setup(model, host, response_timeout_s, max_calls_per_s, call_burst)
+    _library_class = ChargePoint201
 
     @on(Action201.boot_notification)
     def on_boot_notification(
@@ -628,15 +620,6 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
             interval=self.host.heartbeat_interval_s,
             status="Accepted",
         )
-
-    @after(Action201.boot_notification)
-    def after_boot_notification(self, **kwargs: Any) -> None:
-        self._publish(self.model.booted(self._boot, utc_now()))
-        self.host.charger_ready(self)
-
-    @on(Action201.heartbeat)
-    def on_heartbeat(self, **kwargs: Any) -> dict[str, Any]:
-        return {"currentTime": format_timestamp(utc_now())}
 
     @on(Action201.status_notification)
     def on_status_notification(
@@ -670,10 +653,7 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
         if evse_id is None and known is not None:
             evse_id = known.evse_id
         id_token = _id_token_text(kwargs.get("id_token"))
-        readings = read_meter_values(kwargs.get("meter_value") or ())
-        for reading in readings:
-            for problem in reading.problems:
-                self.problems.report("meter value skipped", problem)
+        readings = self._readings(kwargs.get("meter_value"))
         events: list[Event] = []
         if event_type == "Started":
             events += self.model.start_session(
@@ -710,10 +690,7 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
     def on_meter_values(
         self, evse_id: int, meter_value: list[dict[str, Any]], **kwargs: Any
     ) -> dict[str, Any]:
-        readings = read_meter_values(meter_value)
-        for reading in readings:
-            for problem in reading.problems:
-                self.problems.report("meter value skipped", problem)
+        readings = self._readings(meter_value)
         self._publish(self.model.meter_readings(evse_id, readings, utc_now()))
         return {}
 
@@ -747,19 +724,6 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
     def on_notify_event(self, **kwargs: Any) -> dict[str, Any]:
         return {}
 
-    @on(Action201.security_event_notification)
-    def on_security_event(self, type: str, **kwargs: Any) -> dict[str, Any]:
-        log.info("charger %s: security event %s", self.charger_id, type)
-        return {}
-
-    @on(Action201.firmware_status_notification)
-    def on_firmware_status(self, **kwargs: Any) -> dict[str, Any]:
-        return {}
-
-    @on(Action201.log_status_notification)
-    def on_log_status(self, **kwargs: Any) -> dict[str, Any]:
-        return {}
-
     @on(Action201.notify_charging_limit)
     def on_notify_charging_limit(self, **kwargs: Any) -> dict[str, Any]:
         return {}
@@ -771,10 +735,6 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
     @on(Action201.report_charging_profiles)
     def on_report_charging_profiles(self, **kwargs: Any) -> dict[str, Any]:
         return {}
-
-    @on(Action201.data_transfer)
-    def on_data_transfer(self, vendor_id: str, **kwargs: Any) -> dict[str, Any]:
-        return {"status": "UnknownVendorId"}
 
 
 CONNECTION_CLASSES: Mapping[ProtocolVersion, Callable[..., Connection]] = {

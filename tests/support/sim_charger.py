@@ -145,6 +145,28 @@ class ProfileStore:
         return periods
 
 
+def stored_profile(
+    profile: dict[str, Any], schedule: dict[str, Any], profile_id: int, evse_id: int
+) -> StoredProfile:
+    """A received profile (snake_case, as the library hands it over) as the store keeps it."""
+    transaction_id = profile.get("transaction_id")
+    return StoredProfile(
+        profile_id=profile_id,
+        evse_id=evse_id,
+        stack_level=profile["stack_level"],
+        purpose=profile["charging_profile_purpose"],
+        valid_from=parse(profile["valid_from"]) if profile.get("valid_from") else None,
+        valid_to=parse(profile["valid_to"]) if profile.get("valid_to") else None,
+        start=parse(schedule["start_schedule"]),
+        unit=schedule["charging_rate_unit"],
+        periods=[
+            (p["start_period"], float(p["limit"]), p.get("number_phases", 3))
+            for p in schedule["charging_schedule_period"]
+        ],
+        transaction_id=None if transaction_id is None else str(transaction_id),
+    )
+
+
 class _Sim:
     store: ProfileStore
     refuse_purposes: set[str]
@@ -195,24 +217,12 @@ class SimCharger16(_Sim, CP16):  # type: ignore[misc]
         purpose = profile["charging_profile_purpose"]
         if purpose in self.refuse_purposes:
             return call_result.SetChargingProfile(status="NotSupported")
-        schedule = profile["charging_schedule"]
         self.store.install(
-            StoredProfile(
-                profile_id=profile["charging_profile_id"],
-                evse_id=connector_id,
-                stack_level=profile["stack_level"],
-                purpose=purpose,
-                valid_from=parse(profile["valid_from"]) if profile.get("valid_from") else None,
-                valid_to=parse(profile["valid_to"]) if profile.get("valid_to") else None,
-                start=parse(schedule["start_schedule"]),
-                unit=schedule["charging_rate_unit"],
-                periods=[
-                    (p["start_period"], float(p["limit"]), p.get("number_phases", 3))
-                    for p in schedule["charging_schedule_period"]
-                ],
-                transaction_id=str(profile.get("transaction_id"))
-                if profile.get("transaction_id") is not None
-                else None,
+            stored_profile(
+                profile,
+                profile["charging_schedule"],
+                profile["charging_profile_id"],
+                connector_id,
             )
         )
         return call_result.SetChargingProfile(status="Accepted")
@@ -344,23 +354,8 @@ class SimCharger201(_Sim, CP201):  # type: ignore[misc]
             return call_result.SetChargingProfile(
                 status="Rejected", status_info={"reasonCode": "UnsupportedPurpose"}
             )
-        schedule = profile["charging_schedule"][0]
         self.store.install(
-            StoredProfile(
-                profile_id=profile["id"],
-                evse_id=evse_id,
-                stack_level=profile["stack_level"],
-                purpose=purpose,
-                valid_from=parse(profile["valid_from"]) if profile.get("valid_from") else None,
-                valid_to=parse(profile["valid_to"]) if profile.get("valid_to") else None,
-                start=parse(schedule["start_schedule"]),
-                unit=schedule["charging_rate_unit"],
-                periods=[
-                    (p["start_period"], float(p["limit"]), p.get("number_phases", 3))
-                    for p in schedule["charging_schedule_period"]
-                ],
-                transaction_id=profile.get("transaction_id"),
-            )
+            stored_profile(profile, profile["charging_schedule"][0], profile["id"], evse_id)
         )
         return call_result.SetChargingProfile(status="Accepted")
 
