@@ -52,6 +52,7 @@ from ocpp.v16.enums import Action as Action16
 from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call_result as r201
 from ocpp.v201.enums import Action as Action201
+from websockets.exceptions import ConnectionClosed
 
 from ocpp_bridge import schemas
 from ocpp_bridge.events import BootInfo, Event, ProtocolVersion
@@ -78,6 +79,10 @@ def after(action: str) -> Callable[[_Handler], _Handler]:
 _IN_HANDLER: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "ocpp_bridge_in_handler", default=None
 )
+
+
+class ChargerOfflineError(ConnectionError):
+    """The charger's connection closed before or while a CALL was under way."""
 
 
 class CallFromHandlerError(RuntimeError):
@@ -211,6 +216,7 @@ class Connection:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boot: BootInfo | None = None
         self.setup_started = False
+        self.closed = asyncio.Event()
 
     @property
     def charger_id(self) -> str:
@@ -240,6 +246,11 @@ class Connection:
     def cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+    def connection_lost(self) -> None:
+        """Fail pending and future CALLs at once instead of letting them time out."""
+        self.closed.set()
+        self.cancel_tasks()
 
     async def _send(self, message: str) -> None:
         # The library logs every frame at INFO; this is the hot path.
@@ -405,7 +416,12 @@ class Connection:
         await validate_payload(call, self._ocpp_version)
         timeout = self.response_timeout_s if timeout_s is None else timeout_s
         async with self._call_lock:
-            await self._send(call.to_json())
+            if self.closed.is_set():
+                raise ChargerOfflineError(f"{self.charger_id} is not connected")
+            try:
+                await self._send(call.to_json())
+            except ConnectionClosed as exc:
+                raise ChargerOfflineError(f"{self.charger_id} disconnected") from exc
             response = await self._await_response(call.unique_id, timeout)
         if response.message_type_id == MessageType.CallError:
             raise response.to_exception()
@@ -420,10 +436,21 @@ class Connection:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TimeoutError(f"no response from {self.charger_id} in {timeout_s} s")
+            getter = asyncio.ensure_future(self._response_queue.get())
+            closed = asyncio.ensure_future(self.closed.wait())
             try:
-                response = await asyncio.wait_for(self._response_queue.get(), remaining)
-            except TimeoutError:
-                raise TimeoutError(f"no response from {self.charger_id} in {timeout_s} s") from None
+                await asyncio.wait(
+                    (getter, closed), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                closed.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if not getter.done() or getter.cancelled():
+                if self.closed.is_set():
+                    raise ChargerOfflineError(f"{self.charger_id} disconnected before answering")
+                raise TimeoutError(f"no response from {self.charger_id} in {timeout_s} s")
+            response = getter.result()
             if response.unique_id == unique_id:
                 return response
             # A late answer to a call that timed out before (mobilityhouse/ocpp#297).

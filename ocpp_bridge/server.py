@@ -572,7 +572,7 @@ class CentralSystem:
         charger.connection = connection
         if previous is not None:
             # The charger reconnected before we noticed the old socket died.
-            previous.cancel_tasks()
+            previous.connection_lost()
             charger.smart.connection_lost()
             await previous._connection.close(1000, "replaced by a new connection")
         charger.model.connection_opened(version, self.clock())
@@ -589,7 +589,7 @@ class CentralSystem:
         except ConnectionClosed as exc:
             reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         finally:
-            connection.cancel_tasks()
+            connection.connection_lost()
             if charger.connection is connection:
                 charger.connection = None
                 charger.smart.connection_lost()

@@ -26,7 +26,7 @@ from typing import Any
 from ocpp.exceptions import OCPPError
 
 from ocpp_bridge.capabilities import DEFAULTS, ChargerCapabilities, Purpose, RateUnit
-from ocpp_bridge.connection import Connection
+from ocpp_bridge.connection import ChargerOfflineError, Connection
 from ocpp_bridge.events import (
     CommandResult,
     CommandStatus,
@@ -156,6 +156,8 @@ class SmartCharging:
     async def _set(self, connection: Connection, built: BuiltProfile) -> _Outcome:
         try:
             response = await connection.call_raw("SetChargingProfile", built.payload)
+        except ChargerOfflineError as exc:
+            return _Outcome(CommandStatus.OFFLINE, str(exc))
         except TimeoutError as exc:
             return _Outcome(CommandStatus.TIMEOUT, str(exc))
         except OCPPError as exc:
@@ -199,8 +201,8 @@ class SmartCharging:
                         purpose.value,
                     )
                 return CommandResult(CommandStatus.ACCEPTED, outcome.reason, purpose.value), purpose
-            if outcome.status is CommandStatus.TIMEOUT:
-                return CommandResult(CommandStatus.TIMEOUT, outcome.reason, purpose.value), None
+            if outcome.status in (CommandStatus.TIMEOUT, CommandStatus.OFFLINE):
+                return CommandResult(outcome.status, outcome.reason, purpose.value), None
             reasons.append(f"{purpose.value}: {outcome.reason}")
             if outcome.unsupported:
                 refused_now.append(purpose)
@@ -373,6 +375,8 @@ class SmartCharging:
                 )
                 try:
                     response = await connection.call_raw("ClearChargingProfile", payload)
+                except ChargerOfflineError as exc:
+                    return CommandResult(CommandStatus.OFFLINE, str(exc))
                 except TimeoutError as exc:
                     return CommandResult(CommandStatus.TIMEOUT, str(exc))
                 except OCPPError as exc:
@@ -400,6 +404,8 @@ class SmartCharging:
             payload = {"evseId": evse_id, "duration": duration_s, "chargingRateUnit": unit.value}
         try:
             response = await connection.call_raw("GetCompositeSchedule", payload)
+        except ChargerOfflineError as exc:
+            return CompositeSchedule(CommandResult(CommandStatus.OFFLINE, str(exc)), evse_id)
         except TimeoutError as exc:
             return CompositeSchedule(CommandResult(CommandStatus.TIMEOUT, str(exc)), evse_id)
         except OCPPError as exc:

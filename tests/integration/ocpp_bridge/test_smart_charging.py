@@ -257,3 +257,26 @@ async def test_a_call_from_inside_a_handler_is_refused_not_deadlocked() -> None:
                 )
         finally:
             _IN_HANDLER.reset(token)
+
+
+async def test_a_charger_that_drops_mid_call_is_offline_not_a_timeout() -> None:
+    slow = BridgeSettings(host="127.0.0.1", port=0, response_timeout_s=60)
+    async with (
+        run_bridge(slow, records=[record()]) as bridge,
+        running(SimCharger201, bridge.url, "CP1", PASSWORD) as sim,
+    ):
+        await booted(bridge, sim)
+
+        async def hang_up(**kwargs: Any) -> Any:
+            await sim._connection.close()
+            await asyncio.sleep(3600)  # never answers
+
+        sim.route_map["GetCompositeSchedule"]["_on_action"] = hang_up
+        async with asyncio.timeout(10):  # far below the 60 s response timeout
+            composite = await bridge.system.composite_schedule("CP1", 0, 60)
+        assert composite.result.status is CommandStatus.OFFLINE
+        now = utc_now()
+        later = await bridge.system.set_dynamic_schedule(
+            "CP1", [PowerPeriod(now, 5_000)], now + timedelta(minutes=5)
+        )
+        assert later.status is CommandStatus.OFFLINE  # kept, and sent on the next connect
