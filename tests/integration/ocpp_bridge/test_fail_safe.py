@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("sim_class", [SimCharger16, SimCharger201])
 async def test_charger_falls_back_to_the_safe_layer_after_the_bridge_dies(sim_class: Any) -> None:
-    validity_s = 2.0
+    validity_s = 3.0
     bridge_settings = BridgeSettings(host="127.0.0.1", port=0, dynamic_validity_s=validity_s)
     async with (
         run_bridge(bridge_settings, records=[record(safe_w=4_140)]) as bridge,

@@ -99,7 +99,7 @@ async def test_dynamic_schedule_applies_reads_back_in_watts_and_clears(sim_class
 @pytest.mark.parametrize("sim_class", SIMS)
 async def test_dynamic_layer_is_refreshed_under_the_same_id_before_valid_to(sim_class: Any) -> None:
     async with (
-        run_bridge(settings(validity_s=1.5), records=[record()]) as bridge,
+        run_bridge(settings(validity_s=3.0), records=[record()]) as bridge,
         running(sim_class, bridge.url, "CP1", PASSWORD) as sim,
     ):
         await booted(bridge, sim)
