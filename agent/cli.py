@@ -184,6 +184,27 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
     print(f"kernels_compiled: {report.compiled}")
     print(f"kernels_loaded: {report.loaded}")
     print(f"warmup_s: {report.seconds:.3f}")
+
+
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    """Hash a charger's Basic-auth password for ``ocpp.chargers[].password_hash``."""
+    import getpass
+
+    from ocpp_bridge.passwords import ScryptParameters, hash_password
+
+    # Never from the command line: it would end up in the shell history and in `ps`.
+    if sys.stdin.isatty():
+        password = getpass.getpass("charger password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return EX_FAILURE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(hash_password(password, ScryptParameters(n=args.scrypt_n)))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_FAILURE
     return EX_OK
 
 
@@ -257,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", "-c", help="TOML configuration file (its state directory)")
     where.add_argument("--state-dir", help="state directory")
     warmup.set_defaults(func=_cmd_warmup)
+
+    hashpw = sub.add_parser(
+        "hash-password",
+        help="hash a charger password (read from the terminal or stdin) for the config",
+    )
+    hashpw.add_argument(
+        "--scrypt-n",
+        type=int,
+        default=2**14,
+        help="scrypt cost (power of two; default 16384: ~50 ms and 16 MiB per check)",
+    )
+    hashpw.set_defaults(func=_cmd_hash_password)
     return parser
 
 

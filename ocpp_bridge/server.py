@@ -1,0 +1,693 @@
+"""The central system: one websocket listener for OCPP 1.6J and 2.0.1, events up, commands down.
+
+Handshake (OCPP-J 1.6 §3, 2.0.1 Part 4 §3 and Security Whitepaper / Part 2 A00):
+- identity = last path segment (``ws://host:port/ocpp/CP001`` -> ``CP001``);
+- subprotocol: the first of ``ocpp2.0.1``, ``ocpp1.6`` the charger offers; a charger that
+  offers none is a legacy 1.6 charger; one that offers only others gets the 101 without a
+  subprotocol and an immediate close (1002), as OCPP-J 2.0.1 §3.2 asks, not a bare HTTP 400;
+- security profile 1/2: HTTP Basic with user == identity (A00.FR.204) checked against the
+  registry's hashed password; 3: the client certificate's CN must equal the identity;
+  0 only when explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http import HTTPStatus
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from ocpp_bridge import schemas
+from ocpp_bridge.capabilities import (
+    DEFAULTS,
+    V16_KEYS,
+    ChargerCapabilities,
+    from_v16_configuration,
+    from_v201_variables,
+    v201_get_variable_data,
+)
+from ocpp_bridge.connection import CONNECTION_CLASSES, Connection
+from ocpp_bridge.events import (
+    ChargerSnapshot,
+    CommandResult,
+    CommandStatus,
+    CompositeSchedule,
+    Event,
+    MeterSample,
+    PowerPeriod,
+    ProtocolVersion,
+)
+from ocpp_bridge.model import ChargerModel
+from ocpp_bridge.passwords import CredentialCache, PasswordHashError, hash_password, verify_password
+from ocpp_bridge.settings import (
+    CHARGER_ID_PATTERN,
+    BridgeSettings,
+    ChargerRecord,
+    ChargerRegistry,
+    SecurityProfile,
+    UnknownChargerPolicy,
+)
+from ocpp_bridge.smart_charging import DynamicSchedule, SmartCharging, validate_schedule
+from ocpp_bridge.timestamps import utc_now
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOLS: dict[str, ProtocolVersion] = {
+    "ocpp2.0.1": ProtocolVersion.OCPP201,
+    "ocpp1.6": ProtocolVersion.OCPP16,
+}
+HOT_ACTIONS = {
+    ProtocolVersion.OCPP16: (
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        "MeterValues",
+        "StartTransaction",
+        "StopTransaction",
+        "Authorize",
+    ),
+    ProtocolVersion.OCPP201: (
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        "MeterValues",
+        "TransactionEvent",
+        "Authorize",
+        "NotifyEVChargingNeeds",
+    ),
+}
+EventCallback = Callable[[Event], Awaitable[None]]
+_T = TypeVar("_T")
+
+
+def identity_from_path(path: str) -> str | None:
+    """The charger identity: the last non-empty path segment, percent-decoded."""
+    segments = [s for s in urlsplit(path).path.split("/") if s]
+    if not segments:
+        return None
+    identity = unquote(segments[-1])
+    return identity if CHARGER_ID_PATTERN.match(identity) else None
+
+
+def basic_credentials(headers: Headers) -> tuple[str, str] | None:
+    header = headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def certificate_common_name(peercert: Any) -> str | None:
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to give back
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_kdf_memory() -> None:
+    """Give scrypt's working memory back to the OS after a burst of password checks.
+
+    Each check allocates 16 MiB; glibc then raises its mmap threshold and keeps such blocks in
+    the worker threads' heaps, which left ~64 MB resident for good after 1,000 chargers
+    logged in (bench/ocpp.py). malloc_trim returns the free pages.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+class EventBuffer:
+    """Bounded hand-over between OCPP handling and the application.
+
+    Policy: OCPP handling never waits for the consumer. When `capacity` events are waiting,
+    new meter samples are dropped (and counted in `dropped`); lifecycle events (connect,
+    status, sessions, capabilities) are still queued up to 4 x capacity, beyond which they
+    are dropped too, loudly, because a consumer that far behind is broken.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.dropped = 0
+        self._items: deque[Event] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Event) -> None:
+        size = len(self._items)
+        if size >= self.capacity and (isinstance(event, MeterSample) or size >= 4 * self.capacity):
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "event consumer is behind: %d events waiting, %d dropped so far",
+                    size,
+                    self.dropped,
+                )
+            return
+        self._items.append(event)
+        self._ready.set()
+
+    async def get(self) -> Event:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
+@dataclass
+class _Charger:
+    model: ChargerModel
+    record: ChargerRecord
+    smart: SmartCharging
+    connection: Connection | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class CentralSystem:
+    """The OCPP listener as a service component: ``await start()``, ``await stop()``.
+
+    Events: pass `on_event` (awaited one at a time by a consumer task) or iterate `events()`
+    (one consumer). Commands are coroutines returning a `CommandResult`; they may be called
+    from any task except inside an OCPP ``@on`` handler.
+    """
+
+    name = "ocpp"
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        registry: ChargerRegistry,
+        on_event: EventCallback | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock
+        self._on_event = on_event
+        self._events = EventBuffer(settings.event_queue_size)
+        self._chargers: dict[str, _Charger] = {}
+        self._admitted: weakref.WeakKeyDictionary[ServerConnection, ChargerRecord] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._credentials = CredentialCache()
+        # scrypt runs here, off the event loop: two threads use both cores of a gateway
+        # while bounding memory (each check takes 16 MiB; glibc keeps a heap per thread).
+        self._kdf: ThreadPoolExecutor | None = None
+        self._kdf_jobs = 0
+        self._refused_identities: set[str] = set()
+        self._server: Server | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._transaction_seq = 0
+        self.port: int | None = None
+
+    @property
+    def heartbeat_interval_s(self) -> int:
+        return self.settings.heartbeat_interval_s
+
+    @property
+    def dropped_events(self) -> int:
+        return self._events.dropped
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._kdf = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocpp-kdf")
+        for version, actions in HOT_ACTIONS.items():
+            schemas.warm_up(version, actions)
+        profile = self.settings.security_profile
+        ssl_context = None
+        if profile >= SecurityProfile.TLS_BASIC:
+            assert self.settings.tls is not None
+            ssl_context = self.settings.tls.server_context(profile is SecurityProfile.MUTUAL_TLS)
+        ping = self.settings.ping_interval_s or None
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            subprotocols=[Subprotocol(p) for p in SUBPROTOCOLS],
+            select_subprotocol=self._select_subprotocol,
+            process_request=self._admit,
+            ssl=ssl_context,
+            ping_interval=ping,
+            ping_timeout=self.settings.ping_timeout_s if ping else None,
+            max_size=self.settings.max_frame_bytes,
+            # The handshake includes the password check; after a restart hundreds of chargers
+            # queue for the KDF at once, and a charger that waits is better than one that is
+            # dropped and retries (paying for its check again).
+            open_timeout=self.settings.handshake_timeout_s,
+            server_header="flexbridge",
+        )
+        sockets = list(self._server.sockets)
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        if self._on_event is not None:
+            self._consumer = asyncio.get_running_loop().create_task(
+                self._consume(self._on_event), name="ocpp-events"
+            )
+        if not self.settings.ping_interval_s:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch_heartbeats(), name="ocpp-heartbeat-watchdog"
+            )
+        log.info(
+            "OCPP listener on %s:%s (security profile %d)",
+            self.settings.host,
+            self.port,
+            int(profile),
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+        for charger in self._chargers.values():
+            for task in list(charger.tasks):
+                task.cancel()
+            if charger.connection is not None:
+                charger.connection.cancel_tasks()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+            self._consumer = None
+        if self._kdf is not None:
+            self._kdf.shutdown(wait=False, cancel_futures=True)
+            self._kdf = None
+
+    async def _watch_heartbeats(self) -> None:
+        """Without websocket pings, a charger silent for two heartbeat intervals is offline.
+
+        (With pings on, websockets closes a dead connection itself, and a charger may rely on
+        pings instead of Heartbeat messages, so this check is off then.)
+        """
+        interval = self.settings.heartbeat_interval_s
+        allowed = timedelta(seconds=2 * interval + min(30, interval))
+        while True:
+            await asyncio.sleep(max(1.0, interval / 2))
+            now = self.clock()
+            for charger in list(self._chargers.values()):
+                connection = charger.connection
+                seen = charger.model.last_seen
+                if connection is not None and seen is not None and now - seen > allowed:
+                    connection.problems.report("silent", f"nothing received since {seen}")
+                    await connection._connection.close(1001, "no heartbeat")
+
+    async def events(self) -> AsyncIterator[Event]:
+        if self._on_event is not None:
+            raise RuntimeError("events() is not available when an on_event callback is set")
+        while True:
+            yield await self._events.get()
+
+    async def _consume(self, callback: EventCallback) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                await callback(event)
+            except Exception:
+                log.exception("event callback failed for %s", type(event).__name__)
+
+    # --- ChargerHost (called by connections) --------------------------------------------------
+
+    def publish(self, events: list[Event]) -> None:
+        for event in events:
+            self._events.put(event)
+
+    def new_transaction_id(self, charger_id: str) -> int:
+        # 1.6 transactionId is an integer chosen by us; unique across restarts while fewer
+        # than one transaction per second starts on average (see smart_charging.ScheduleIds).
+        self._transaction_seq = max(self._transaction_seq + 1, int(time.time()) - 1_700_000_000)
+        return self._transaction_seq
+
+    def charger_ready(self, connection: Connection) -> None:
+        if connection.setup_started:
+            return
+        connection.setup_started = True
+        charger = self._chargers.get(connection.charger_id)
+        if charger is None or charger.connection is not connection:
+            return
+        if not connection.model.ready:
+            self.publish(connection.model.booted(None, self.clock()))
+        connection.spawn(self._set_up(charger, connection), "setup")
+
+    def transaction_started(self, connection: Connection, evse_id: int) -> None:
+        charger = self._chargers.get(connection.charger_id)
+        if charger is not None and charger.connection is connection:
+            connection.spawn(charger.smart.transaction_started(connection, evse_id), "tx-profile")
+
+    async def _set_up(self, charger: _Charger, connection: Connection) -> None:
+        """After boot: capabilities, safe layer, dynamic layer, then keep it refreshed."""
+        caps = await self._read_capabilities(connection)
+        self.publish(charger.model.capabilities_known(caps, self.clock()))
+        await charger.smart.apply_safe(connection)
+        for evse_id in list(charger.smart.dynamic):
+            await charger.smart.apply_dynamic(connection, evse_id)
+        await charger.smart.refresh_forever(connection)
+
+    async def _read_capabilities(self, connection: Connection) -> ChargerCapabilities:
+        try:
+            if connection.version is ProtocolVersion.OCPP16:
+                response = await connection.call_raw("GetConfiguration", {"key": list(V16_KEYS)})
+                caps = from_v16_configuration(response.get("configurationKey") or ())
+            else:
+                response = await connection.call_raw(
+                    "GetVariables", {"getVariableData": v201_get_variable_data()}
+                )
+                caps = from_v201_variables(response.get("getVariableResult") or ())
+        except Exception as exc:  # timeout, CALLERROR, invalid response: defaults it is
+            connection.problems.report("capabilities unreadable", f"{type(exc).__name__}: {exc}")
+            return DEFAULTS
+        for problem in caps.problems:
+            connection.problems.report("capability value", problem)
+        return caps
+
+    # --- handshake ----------------------------------------------------------------------------
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        for name in SUBPROTOCOLS:
+            if name in offered:
+                return Subprotocol(name)
+        return None  # handled in _handle: legacy 1.6 or close
+
+    def _refuse(
+        self, connection: ServerConnection, status: HTTPStatus, identity: str | None, why: str
+    ) -> Response:
+        key = f"{identity}:{why}"
+        if key not in self._refused_identities and len(self._refused_identities) < 10_000:
+            self._refused_identities.add(key)
+            log.warning(
+                "refused charger %s: %s",
+                identity or "<no identity>",
+                why,
+                extra={"charger_id": identity},
+            )
+        response = connection.respond(status, f"{why}\n")
+        if status is HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Basic realm="flexbridge", charset="UTF-8"'
+        return response
+
+    async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        identity = identity_from_path(request.path)
+        if identity is None:
+            return self._refuse(
+                connection, HTTPStatus.NOT_FOUND, None, "no valid charger identity in the URL path"
+            )
+        profile = self.settings.security_profile
+        password: str | None = None
+        if profile is SecurityProfile.MUTUAL_TLS:
+            peercert = connection.transport.get_extra_info("peercert")
+            common_name = certificate_common_name(peercert)
+            if common_name != identity:
+                return self._refuse(
+                    connection,
+                    HTTPStatus.FORBIDDEN,
+                    identity,
+                    f"client certificate CN {common_name!r} is not the identity",
+                )
+        elif profile in (SecurityProfile.BASIC, SecurityProfile.TLS_BASIC):
+            credentials = basic_credentials(request.headers)
+            if credentials is None:
+                return self._refuse(
+                    connection, HTTPStatus.UNAUTHORIZED, identity, "HTTP Basic credentials missing"
+                )
+            user, password = credentials
+            if user != identity:
+                return self._refuse(
+                    connection,
+                    HTTPStatus.UNAUTHORIZED,
+                    identity,
+                    f"Basic auth user {user!r} is not the identity (A00.FR.204)",
+                )
+        record = await self.registry.lookup(identity)
+        if record is None:
+            if self.settings.unknown_chargers is UnknownChargerPolicy.REJECT:
+                return self._refuse(
+                    connection, HTTPStatus.UNAUTHORIZED, identity, "unknown charger"
+                )
+            password_hash = None
+            if password is not None:
+                try:
+                    password_hash = await self._in_kdf_thread(hash_password, password)
+                except ValueError as exc:
+                    return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, str(exc))
+            record = await self.registry.register(identity, password_hash)
+            if record is None:
+                return self._refuse(
+                    connection, HTTPStatus.UNAUTHORIZED, identity, "registry refused the charger"
+                )
+            log.info("registered new charger %s", identity, extra={"charger_id": identity})
+            if password is not None and password_hash is not None:
+                self._credentials.remember(identity, password, password_hash)
+        elif password is not None:
+            if record.password_hash is None:
+                return self._refuse(
+                    connection, HTTPStatus.UNAUTHORIZED, identity, "no password configured"
+                )
+            if not await self._password_ok(identity, password, record.password_hash):
+                return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, "wrong password")
+        self._admitted[connection] = record
+        return None
+
+    async def _in_kdf_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        self._kdf_jobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._kdf, function, *args)
+        finally:
+            self._kdf_jobs -= 1
+            if self._kdf_jobs == 0 and self._kdf is not None:
+                # A burst of checks is over (e.g. every charger after a restart).
+                self._kdf.submit(release_kdf_memory)
+
+    async def _password_ok(self, identity: str, password: str, stored: str) -> bool:
+        if self._credentials.known(identity, password, stored):
+            return True
+        try:
+            # scrypt costs tens of ms: off the loop, so other chargers keep being served.
+            return await self._in_kdf_thread(self._verify_and_remember, identity, password, stored)
+        except PasswordHashError as exc:
+            log.error("charger %s: stored password hash unusable: %s", identity, exc)
+            return False
+
+    def _verify_and_remember(self, identity: str, password: str, stored: str) -> bool:
+        """In the KDF thread: a result is kept even if the waiting handshake gave up."""
+        ok = verify_password(password, stored)
+        if ok:
+            self._credentials.remember(identity, password, stored)
+        return ok
+
+    # --- connections --------------------------------------------------------------------------
+
+    def _charger_for(self, record: ChargerRecord) -> _Charger:
+        charger = self._chargers.get(record.charger_id)
+        if charger is None:
+            model = ChargerModel(record.charger_id)
+            smart = SmartCharging(
+                model,
+                record.electrical,
+                record.safe_power_w,
+                self.settings.dynamic_validity_s,
+                self.clock,
+            )
+            charger = _Charger(model, record, smart)
+            self._chargers[record.charger_id] = charger
+        else:
+            charger.record = record
+            charger.smart.electrical = record.electrical
+        return charger
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        record = self._admitted.pop(websocket, None)
+        if record is None:  # cannot happen: _admit runs first
+            await websocket.close(1011, "not admitted")
+            return
+        if websocket.subprotocol is None:
+            if websocket.request is not None and websocket.request.headers.get_all(
+                "Sec-WebSocket-Protocol"
+            ):
+                log.warning(
+                    "charger %s offered no supported OCPP version (%s); closing",
+                    record.charger_id,
+                    ", ".join(websocket.request.headers.get_all("Sec-WebSocket-Protocol")),
+                )
+                await websocket.close(1002, "supported subprotocols: ocpp2.0.1, ocpp1.6")
+                return
+            version = ProtocolVersion.OCPP16  # legacy charger that offers no subprotocol
+        else:
+            version = SUBPROTOCOLS[websocket.subprotocol]
+        charger = self._charger_for(record)
+        previous = charger.connection
+        connection = CONNECTION_CLASSES[version](
+            charger.model,
+            websocket,
+            self,
+            response_timeout_s=self.settings.response_timeout_s,
+            max_calls_per_s=self.settings.max_calls_per_s,
+            call_burst=self.settings.call_burst,
+        )
+        charger.connection = connection
+        if previous is not None:
+            # The charger reconnected before we noticed the old socket died.
+            previous.connection_lost()
+            charger.smart.connection_lost()
+            await previous._connection.close(1000, "replaced by a new connection")
+        charger.model.connection_opened(version, self.clock())
+        log.info(
+            "charger %s connected (OCPP %s)",
+            record.charger_id,
+            version,
+            extra={"charger_id": record.charger_id},
+        )
+        reason = "closed"
+        try:
+            async for raw in websocket:
+                await connection.route_message(raw)
+        except ConnectionClosed as exc:
+            reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+        finally:
+            connection.connection_lost()
+            if charger.connection is connection:
+                charger.connection = None
+                charger.smart.connection_lost()
+                self.publish(charger.model.connection_closed(self.clock(), reason))
+            if connection.problems.counts:
+                log.info(
+                    "charger %s disconnected; problems: %s",
+                    record.charger_id,
+                    connection.problems.summary(),
+                    extra={"charger_id": record.charger_id},
+                )
+
+    # --- commands -----------------------------------------------------------------------------
+
+    async def _known(self, charger_id: str) -> _Charger | None:
+        charger = self._chargers.get(charger_id)
+        if charger is not None:
+            return charger
+        record = await self.registry.lookup(charger_id)
+        return None if record is None else self._charger_for(record)
+
+    @staticmethod
+    def _online(charger: _Charger) -> Connection | None:
+        connection = charger.connection
+        return connection if connection is not None and charger.model.ready else None
+
+    async def set_safe_limit(self, charger_id: str, limit_w: float) -> CommandResult:
+        """The charger's static safe limit (W); kept and re-sent on every reconnect."""
+        if not limit_w >= 0 or limit_w == float("inf"):
+            raise ValueError(f"safe limit must be a finite number >= 0 W, got {limit_w}")
+        charger = await self._known(charger_id)
+        if charger is None:
+            return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
+        charger.smart.safe_limit_w = limit_w
+        connection = self._online(charger)
+        if connection is None:
+            return CommandResult(CommandStatus.OFFLINE, "sent when the charger connects")
+        return await charger.smart.apply_safe(connection)
+
+    async def set_dynamic_schedule(
+        self,
+        charger_id: str,
+        periods: Sequence[PowerPeriod],
+        valid_until: datetime,
+        evse_id: int = 0,
+    ) -> CommandResult:
+        """A schedule of (start, W) periods until `valid_until` for the charger or one EVSE."""
+        validate_schedule(periods, valid_until)
+        if evse_id < 0:
+            raise ValueError(f"EVSE id must be >= 0, got {evse_id}")
+        charger = await self._known(charger_id)
+        if charger is None:
+            return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
+        charger.smart.dynamic[evse_id] = DynamicSchedule(evse_id, tuple(periods), valid_until)
+        charger.smart.changed.set()
+        connection = self._online(charger)
+        if connection is None:
+            return CommandResult(CommandStatus.OFFLINE, "sent when the charger connects")
+        return await charger.smart.apply_dynamic(connection, evse_id)
+
+    async def clear_dynamic_schedule(self, charger_id: str, evse_id: int = 0) -> CommandResult:
+        charger = await self._known(charger_id)
+        if charger is None:
+            return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
+        return await charger.smart.clear_dynamic(self._online(charger), evse_id)
+
+    async def composite_schedule(
+        self, charger_id: str, evse_id: int = 0, duration_s: int = 3600
+    ) -> CompositeSchedule:
+        """What the charger will allow (GetCompositeSchedule), converted to W."""
+        if duration_s <= 0:
+            # libocpp#1169: duration 0 returns default limits, not the schedule.
+            raise ValueError(f"duration must be positive, got {duration_s}")
+        charger = await self._known(charger_id)
+        if charger is None:
+            return CompositeSchedule(
+                CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}"), evse_id
+            )
+        connection = self._online(charger)
+        if connection is None:
+            return CompositeSchedule(CommandResult(CommandStatus.OFFLINE), evse_id)
+        return await charger.smart.composite(connection, evse_id, duration_s)
+
+    def snapshot(self) -> tuple[ChargerSnapshot, ...]:
+        return tuple(
+            ChargerSnapshot(
+                charger_id=charger_id,
+                online=charger.model.online,
+                boot=charger.model.boot,
+                last_seen=charger.model.last_seen,
+                capabilities=charger.model.capabilities,
+                safe_limit_w=charger.smart.safe_limit_w,
+                safe_purpose=charger.smart.safe_purpose.value
+                if charger.smart.safe_purpose
+                else None,
+                evses=charger.model.evses(),
+                dynamic=charger.smart.snapshot(),
+                rejected_purposes=tuple(sorted(p.value for p in charger.smart.refused)),
+            )
+            for charger_id, charger in sorted(self._chargers.items())
+        )
