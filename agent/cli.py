@@ -184,6 +184,7 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
     print(f"kernels_compiled: {report.compiled}")
     print(f"kernels_loaded: {report.loaded}")
     print(f"warmup_s: {report.seconds:.3f}")
+    return EX_OK
 
 
 def _cmd_hash_password(args: argparse.Namespace) -> int:
