@@ -76,9 +76,24 @@ class EnergyAccumulator:
         for bucket, wh in split_energy(last.at, at, delta, self.isp_seconds):
             self._pending[(meter, bucket)] += wh
 
+    def restore(self, meter: str, at: datetime, register_wh: float) -> None:
+        """Start from a baseline saved before a restart, so the energy counted while the agent
+        was down is not lost: the next reading's advance is spread over the gap."""
+        last = self._last.get(meter)
+        if last is None or last.at < at:
+            self._last[meter] = Reading(at, register_wh)
+
+    def baselines(self) -> list[tuple[str, datetime, float]]:
+        return [(m, r.at, r.register_wh) for m, r in self._last.items()]
+
     def forget(self, meter: str) -> None:
         """Drop the baseline (the meter went offline); the next reading starts a new one."""
         self._last.pop(meter, None)
+
+    def give_back(self, drained: dict[tuple[str, datetime], float]) -> None:
+        """Return totals taken by `drain` whose write failed, to go out with the next batch."""
+        for key, wh in drained.items():
+            self._pending[key] += wh
 
     def drain(self) -> dict[tuple[str, datetime], float]:
         pending = dict(self._pending)

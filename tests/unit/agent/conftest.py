@@ -1,0 +1,26 @@
+"""Agent test fixtures: a valid configuration and a started database on a real file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.db import Database
+from agent.demo import demo_config
+from agent.store import SCHEMA
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return demo_config(tmp_path / "state")
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "agent.sqlite", SCHEMA)
+    await database.start()
+    yield database
+    await database.stop()

@@ -1,0 +1,157 @@
+"""The site model: live state from bridge events, energy per ISP, sessions in the store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent import store
+from agent.clock import Clock
+from agent.config import Config
+from agent.db import Database
+from agent.site import Site
+from agent.store import SCHEMA
+from ocpp_bridge import (
+    BootInfo,
+    ChargerConnected,
+    ChargerDisconnected,
+    ConnectorStatus,
+    EvseStatusChanged,
+    MeterSample,
+    ProtocolVersion,
+    SessionEnded,
+    SessionInfo,
+    SessionStarted,
+)
+
+T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+CP = "ean.871685900012636543"
+
+
+class FixedClock:
+    def __init__(self, now: datetime) -> None:
+        self.moment = now
+
+    def now(self) -> datetime:
+        return self.moment
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+
+        await asyncio.sleep(3600)  # the flush loop waits; tests flush by hand
+
+
+def boot(cid: str, at: datetime = T0) -> ChargerConnected:
+    return ChargerConnected(cid, at, BootInfo("Lab", "Sim", "SN1", "1.0", ProtocolVersion.OCPP16))
+
+
+def session(cid: str, tx: str, **kw: object) -> SessionInfo:
+    return SessionInfo(
+        session_id=f"{cid}/{tx}",
+        charger_id=cid,
+        evse_id=1,
+        transaction_id=tx,
+        id_token="04A1B2C3",
+        started_at=T0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def meter(cid: str, at: datetime, wh: float, w: float, evse: int = 1) -> MeterSample:
+    return MeterSample(cid, evse, at, f"{cid}/1" if evse else None, w, energy_wh=wh)
+
+
+async def test_live_state_follows_events(config: Config, db: Database) -> None:
+    clock: Clock = FixedClock(T0)
+    site = Site(config, db, clock)
+    site.apply(boot("DEMO-001"))
+    site.apply(EvseStatusChanged("DEMO-001", 1, 1, ConnectorStatus.CHARGING, T0))
+    site.apply(SessionStarted(session("DEMO-001", "1"), T0))
+    site.apply(meter("DEMO-001", T0, 1000, 7000))
+    assert site.chargers["DEMO-001"].online
+    assert site.power_w() == 7000
+    assert site.power_w(CP) == 7000
+    assert [s.info.session_id for s in site.active_sessions(CP)] == ["DEMO-001/1"]
+    site.apply(ChargerDisconnected("DEMO-001", T0, "closed"))
+    assert site.power_w() == 0
+
+
+async def test_energy_per_isp_and_sessions_reach_the_store(config: Config, db: Database) -> None:
+    site = Site(config, db, FixedClock(T0))
+    site.apply(boot("DEMO-001"))
+    site.apply(SessionStarted(session("DEMO-001", "7", requested_energy_wh=20_000), T0))
+    site.apply(meter("DEMO-001", T0 + timedelta(minutes=10), 10_000, 6000))
+    site.apply(meter("DEMO-001", T0 + timedelta(minutes=20), 11_000, 6000))
+    await site.flush()
+    energy = await db.read(
+        lambda c: store.congestion_point_energy(c, CP, T0, T0 + timedelta(hours=1))
+    )
+    start = int(T0.timestamp())
+    assert energy == {start: pytest.approx(500.0), start + 900: pytest.approx(500.0)}
+    rows = await db.read(store.open_sessions)
+    assert [(r.session_id, r.requested_energy_wh) for r in rows] == [("DEMO-001/7", 20_000)]
+    assert rows[0].id_token_hash is not None
+    assert "04A1" not in rows[0].id_token_hash
+    chargers = await db.read(store.chargers)
+    assert [(c.charger_id, c.vendor) for c in chargers] == [("DEMO-001", "Lab")]
+
+    ended = session("DEMO-001", "7", ended_at=T0 + timedelta(minutes=30), energy_wh=1000.0)
+    site.apply(SessionEnded(ended, T0 + timedelta(minutes=30)))
+    await site.flush()
+    assert await db.read(store.open_sessions) == []
+    assert site.active_sessions() == []
+
+
+async def test_main_meter_is_not_counted_twice(config: Config, db: Database) -> None:
+    site = Site(config, db, FixedClock(T0))
+    for minutes, wh in ((0, 0), (15, 1000)):
+        at = T0 + timedelta(minutes=minutes)
+        site.apply(meter("DEMO-002", at, 50_000 + wh, 4000, evse=0))
+        site.apply(meter("DEMO-002", at, 10_000 + wh, 4000, evse=1))
+    await site.flush()
+    energy = await db.read(lambda c: store.charger_energy(c, "DEMO-002", T0, T0 + timedelta(1)))
+    assert sum(energy.values()) == pytest.approx(1000.0)
+
+
+async def test_restart_keeps_the_register_baseline(config: Config, tmp_path: Path) -> None:
+    path = tmp_path / "restart.sqlite"
+    db = Database(path, SCHEMA)
+    await db.start()
+    site = Site(config, db, FixedClock(T0))
+    await site.start()
+    site.apply(SessionStarted(session("DEMO-003", "1"), T0))
+    site.apply(meter("DEMO-003", T0, 5_000, 7000))
+    await site.stop()
+    await db.stop()
+
+    db = Database(path, SCHEMA)  # a new process: nothing in memory
+    await db.start()
+    site = Site(config, db, FixedClock(T0 + timedelta(minutes=30)))
+    await site.start()
+    assert [s.info.session_id for s in site.active_sessions()] == ["DEMO-003/1"]
+    site.apply(meter("DEMO-003", T0 + timedelta(minutes=30), 8_000, 7000))
+    await site.stop()
+    energy = await db.read(lambda c: store.charger_energy(c, "DEMO-003", T0, T0 + timedelta(1)))
+    assert sum(energy.values()) == pytest.approx(3_000.0)  # counted across the restart
+    assert len(energy) == 2
+    await db.stop()
+
+
+async def test_failed_flush_keeps_the_data(config: Config, db: Database) -> None:
+    site = Site(config, db, FixedClock(T0))
+    site.apply(meter("DEMO-004", T0, 0, 1000))
+    site.apply(meter("DEMO-004", T0 + timedelta(minutes=5), 100, 1000))
+    real = db.transaction
+
+    async def broken(fn: object) -> object:
+        raise OSError("disk full")
+
+    db.transaction = broken  # type: ignore[method-assign, assignment]
+    with pytest.raises(OSError, match="disk full"):
+        await site.flush()
+    db.transaction = real  # type: ignore[method-assign]
+    await site.flush()
+    energy = await db.read(lambda c: store.charger_energy(c, "DEMO-004", T0, T0 + timedelta(1)))
+    assert sum(energy.values()) == pytest.approx(100.0)
