@@ -93,6 +93,14 @@ def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> web
     return web.Response(status=status, text=text + "\n", headers=headers)
 
 
+def _refuse_unread(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    """Refuse without reading the body; the connection closes after the response (a client
+    may have a 50 MB body still in flight)."""
+    response = _plain(status, text, headers)
+    response.force_close()
+    return response
+
+
 class HttpEndpoint:
     """One UFTP message route on an aiohttp server; `start()` returns once the port is bound."""
 
@@ -133,7 +141,9 @@ class HttpEndpoint:
         # client_max_size is a second fence behind the Content-Length check below.
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post(self._path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # lingering_time=0: after refusing a body unread, close instead of reading (and
+        # discarding) the rest of it for another ten seconds.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=0)
         await self._runner.setup()
         ssl_context = server_ssl_context(self._tls) if self._tls else None
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=ssl_context)
@@ -152,21 +162,25 @@ class HttpEndpoint:
             wait = self._limiter.allow(request.remote or "?")
             if wait > 0:
                 retry_after = str(max(1, math.ceil(wait)))
-                return _plain(429, "rate limit exceeded", {"Retry-After": retry_after})
+                return _refuse_unread(429, "rate limit exceeded", {"Retry-After": retry_after})
         if self._authorize is not None and not await self._authorize(
             request.headers.get("Authorization")
         ):
-            return _plain(401, "missing or invalid bearer token")
+            return _refuse_unread(401, "missing or invalid bearer token")
         if request.content_type not in ACCEPTED_CONTENT_TYPES:
-            return _plain(400, f"Content-Type must be text/xml, not {request.content_type!r}")
+            return _refuse_unread(
+                400, f"Content-Type must be text/xml, not {request.content_type!r}"
+            )
         charset = request.charset
         if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
-            return _plain(400, f"charset must be UTF-8, not {charset!r}")
+            return _refuse_unread(400, f"charset must be UTF-8, not {charset!r}")
         length = request.content_length
         if length is None:
-            return _plain(411, "Content-Length is required")
+            return _refuse_unread(411, "Content-Length is required")
         if length > self._max_body:
-            return _plain(413, f"body of {length} bytes exceeds the limit of {self._max_body}")
+            return _refuse_unread(
+                413, f"body of {length} bytes exceeds the limit of {self._max_body}"
+            )
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

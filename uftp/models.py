@@ -96,9 +96,23 @@ def _whole_minutes(value: timedelta) -> timedelta:
     return value
 
 
+# Characters XML 1.0 can carry at all (the Char production); anything else cannot be sent.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(value: str) -> str:
+    bad = _NOT_XML_CHAR.search(value)
+    if bad:
+        raise ValueError(f"character {bad.group()!r} cannot appear in an XML document")
+    return value
+
+
+XmlText = Annotated[str, AfterValidator(_xml_text)]
 MessageId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 InternetDomain = Annotated[str, StringConstraints(pattern=INTERNET_DOMAIN_PATTERN)]
-EntityAddress = Annotated[str, StringConstraints(pattern=ENTITY_ADDRESS_PATTERN)]
+EntityAddress = Annotated[
+    str, StringConstraints(pattern=ENTITY_ADDRESS_PATTERN), AfterValidator(_xml_text)
+]
 TimeZoneName = Annotated[str, StringConstraints(pattern=TIME_ZONE_PATTERN)]
 Currency = Annotated[str, StringConstraints(pattern=CURRENCY_PATTERN)]
 SpecVersion = Annotated[str, StringConstraints(pattern=SPEC_VERSION_PATTERN)]
@@ -203,7 +217,7 @@ class PayloadMessageResponse(PayloadMessage):
     reference_field: ClassVar[str] = ""
 
     result: AcceptedRejected = Field(alias="Result")
-    rejection_reason: str | None = Field(default=None, alias="RejectionReason")
+    rejection_reason: XmlText | None = Field(default=None, alias="RejectionReason")
 
     @property
     def reference_message_id(self) -> str:
@@ -311,8 +325,8 @@ class DPrognosisResponse(PayloadMessageResponse):
 class FlexReservationUpdate(FlexMessage):
     xml_name: ClassVar[str] = "FlexReservationUpdate"
 
-    contract_id: str = Field(alias="ContractID")
-    reference: str = Field(alias="Reference")
+    contract_id: XmlText = Field(alias="ContractID")
+    reference: XmlText = Field(alias="Reference")
     isps: tuple[PowerISP, ...] = Field(alias="ISP", min_length=1)
 
 
@@ -328,8 +342,8 @@ class FlexRequest(FlexMessage):
 
     revision: Long = Field(alias="Revision")
     expiration_date_time: UtcDatetime = Field(alias="ExpirationDateTime")
-    contract_id: str | None = Field(default=None, alias="ContractID")
-    service_type: str | None = Field(default=None, alias="ServiceType")
+    contract_id: XmlText | None = Field(default=None, alias="ContractID")
+    service_type: XmlText | None = Field(default=None, alias="ServiceType")
     isps: tuple[FlexRequestISP, ...] = Field(alias="ISP", min_length=1)
 
 
@@ -344,7 +358,7 @@ class FlexOfferOption(UftpModel):
     xml_name: ClassVar[str] = "OfferOption"
 
     # Required by the XSD even when the offer has a single option.
-    option_reference: str = Field(alias="OptionReference")
+    option_reference: XmlText = Field(alias="OptionReference")
     # Total for the option, not per ISP.
     price: Amount = Field(alias="Price")
     min_activation_factor: ActivationFactor = Field(
@@ -359,9 +373,9 @@ class FlexOffer(FlexMessage):
     expiration_date_time: UtcDatetime = Field(alias="ExpirationDateTime")
     unsolicited: bool | None = Field(default=None, alias="Unsolicited")
     flex_request_message_id: MessageId | None = Field(default=None, alias="FlexRequestMessageID")
-    contract_id: str | None = Field(default=None, alias="ContractID")
+    contract_id: XmlText | None = Field(default=None, alias="ContractID")
     d_prognosis_message_id: MessageId | None = Field(default=None, alias="D-PrognosisMessageID")
-    baseline_reference: str | None = Field(default=None, alias="BaselineReference")
+    baseline_reference: XmlText | None = Field(default=None, alias="BaselineReference")
     currency: Currency = Field(alias="Currency")
     offer_options: tuple[FlexOfferOption, ...] = Field(alias="OfferOption", min_length=1)
 
@@ -398,14 +412,14 @@ class FlexOrder(FlexMessage):
     unsolicited: bool | None = Field(default=None, alias="Unsolicited")
     # Optional since 3.1.0 (direct orders); required in 3.0.0.
     flex_offer_message_id: MessageId | None = Field(default=None, alias="FlexOfferMessageID")
-    service_type: str | None = Field(default=None, alias="ServiceType")
-    contract_id: str | None = Field(default=None, alias="ContractID")
+    service_type: XmlText | None = Field(default=None, alias="ServiceType")
+    contract_id: XmlText | None = Field(default=None, alias="ContractID")
     d_prognosis_message_id: MessageId | None = Field(default=None, alias="D-PrognosisMessageID")
-    baseline_reference: str | None = Field(default=None, alias="BaselineReference")
+    baseline_reference: XmlText | None = Field(default=None, alias="BaselineReference")
     price: Amount = Field(alias="Price")
     currency: Currency = Field(alias="Currency")
-    order_reference: str = Field(alias="OrderReference")
-    option_reference: str | None = Field(default=None, alias="OptionReference")
+    order_reference: XmlText = Field(alias="OrderReference")
+    option_reference: XmlText | None = Field(default=None, alias="OptionReference")
     activation_factor: ActivationFactor = Field(default=Decimal("1.00"), alias="ActivationFactor")
     isps: tuple[PowerISP, ...] = Field(alias="ISP", min_length=1)
 
@@ -432,11 +446,11 @@ class FlexOrderSettlementISP(UftpModel):
 class FlexOrderSettlement(UftpModel):
     xml_name: ClassVar[str] = "FlexOrderSettlement"
 
-    order_reference: str | None = Field(default=None, alias="OrderReference")
+    order_reference: XmlText | None = Field(default=None, alias="OrderReference")
     period: date = Field(alias="Period")
-    contract_id: str | None = Field(default=None, alias="ContractID")
+    contract_id: XmlText | None = Field(default=None, alias="ContractID")
     d_prognosis_message_id: MessageId | None = Field(default=None, alias="D-PrognosisMessageID")
-    baseline_reference: str | None = Field(default=None, alias="BaselineReference")
+    baseline_reference: XmlText | None = Field(default=None, alias="BaselineReference")
     congestion_point: EntityAddress = Field(alias="CongestionPoint")
     price: Amount = Field(alias="Price")
     penalty: Amount = Field(default=Decimal(0), alias="Penalty")
@@ -466,7 +480,7 @@ class ContractSettlementPeriod(UftpModel):
 class ContractSettlement(UftpModel):
     xml_name: ClassVar[str] = "ContractSettlement"
 
-    contract_id: str | None = Field(default=None, alias="ContractID")
+    contract_id: XmlText | None = Field(default=None, alias="ContractID")
     periods: tuple[ContractSettlementPeriod, ...] = Field(alias="Period", min_length=1)
 
 
@@ -477,7 +491,7 @@ class FlexSettlement(PayloadMessage):
     xml_name: ClassVar[str] = "FlexSettlement"
 
     result: AcceptedRejected = Field(default=AcceptedRejected.ACCEPTED, alias="Result")
-    rejection_reason: str | None = Field(default=None, alias="RejectionReason")
+    rejection_reason: XmlText | None = Field(default=None, alias="RejectionReason")
     period_start: date = Field(alias="PeriodStart")
     period_end: date = Field(alias="PeriodEnd")
     currency: Currency = Field(alias="Currency")
@@ -492,9 +506,9 @@ class FlexSettlement(PayloadMessage):
 class FlexOrderSettlementStatus(UftpModel):
     xml_name: ClassVar[str] = "FlexOrderSettlementStatus"
 
-    order_reference: str | None = Field(default=None, alias="OrderReference")
+    order_reference: XmlText | None = Field(default=None, alias="OrderReference")
     disposition: AcceptedDisputed = Field(alias="Disposition")
-    dispute_reason: str | None = Field(default=None, alias="DisputeReason")
+    dispute_reason: XmlText | None = Field(default=None, alias="DisputeReason")
 
 
 class FlexSettlementResponse(PayloadMessageResponse):
