@@ -141,8 +141,11 @@ class OutboxSender:
             except Exception:
                 log.exception("outbox dispatch failed; retrying shortly")
                 delay = self._retry.first_delay_s
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives while the event is being set, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _dispatch(self) -> float:
         """Start a delivery for every peer whose oldest pending message is due; return how

@@ -464,7 +464,8 @@ class Participant:
     async def wait_inbound(self, wait_s: float | None = None) -> bool:
         """Wait until a new valid message is pending (True) or `wait_s` passes (False)."""
         try:
-            await asyncio.wait_for(self._inbound_arrived.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await self._inbound_arrived.wait()
         except TimeoutError:
             return False
         self._inbound_arrived.clear()
@@ -554,7 +555,8 @@ class Participant:
                 raise TimeoutError(f"no matching outcome within {wait_s} s")
             self._handled_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._handled_changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._handled_changed.wait()
 
     @property
     def handled(self) -> list[object]:

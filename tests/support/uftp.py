@@ -332,9 +332,11 @@ class RecordingPeer:
     """A bare HTTP endpoint that stores every POST body and answers a fixed status: a peer
     whose behaviour a test controls completely (delivery failures, what we sent)."""
 
-    def __init__(self, port: int, status: int = 200) -> None:
+    def __init__(self, port: int, status: int = 200, script: Sequence[int] = ()) -> None:
         self.port = port
         self.status = status
+        # Statuses to answer first, one per request, before falling back to `status`.
+        self.script = list(script)
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         self._runner: Any = None
@@ -345,7 +347,8 @@ class RecordingPeer:
         async def handle(request: web.Request) -> web.Response:
             self.bodies.append(await request.read())
             self.headers.append(dict(request.headers))
-            return web.Response(status=self.status)
+            status = self.script.pop(0) if self.script else self.status
+            return web.Response(status=status)
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post(PATH, handle)
