@@ -8,9 +8,11 @@ GOPACS requires a bearer token on every message posted to it; the spec's optiona
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
+from urllib.parse import quote_plus
 
 import aiohttp
 
@@ -19,6 +21,12 @@ from uftp.settings import OAuthSettings
 # Without expires_in the server gives no lifetime; do not trust a token for long.
 DEFAULT_LIFETIME_S = 60.0
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
+
+
+def _basic(client_id: str, client_secret: str) -> str:
+    """RFC 6749 §2.3.1: form-encode both parts, then HTTP Basic."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 class OAuthError(RuntimeError):
@@ -63,9 +71,9 @@ class TokenSource:
         form = {"grant_type": "client_credentials"}
         if self.settings.scope:
             form["scope"] = self.settings.scope
-        auth = None
+        headers: dict[str, str] = {}
         if self.settings.client_auth == "basic":
-            auth = aiohttp.BasicAuth(self.settings.client_id, self.settings.client_secret)
+            headers["Authorization"] = _basic(self.settings.client_id, self.settings.client_secret)
         else:
             form["client_id"] = self.settings.client_id
             form["client_secret"] = self.settings.client_secret
@@ -73,7 +81,7 @@ class TokenSource:
         started = self._clock()
         try:
             async with self._session.post(
-                url, data=form, auth=auth, timeout=self._timeout
+                url, data=form, headers=headers, timeout=self._timeout
             ) as response:
                 text = await response.content.read(MAX_TOKEN_RESPONSE_BYTES)
                 status = response.status
