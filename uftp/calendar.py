@@ -178,22 +178,25 @@ def coverage_problems(spans: Iterable[tuple[int, int]], count: int) -> list[str]
     that runs past the last ISP of the day. "ISP conflict": an ISP covered twice.
     """
     problems: list[str] = []
-    seen: set[int] = set()
-    conflicts: set[int] = set()
-    empty = True
+    inside: list[tuple[int, int]] = []
     for start, duration in spans:
-        empty = False
         if start < 1 or duration < 1 or start + duration - 1 > count:
             problems.append(
                 f"{reasons.ISPS_OUT_OF_BOUNDS}: Start={start} Duration={duration} is outside "
                 f"ISPs 1..{count} of the Period"
             )
-            continue
-        covered = range(start, start + duration)
-        conflicts.update(i for i in covered if i in seen)
-        seen.update(covered)
-    if empty:
+        else:
+            inside.append((start, start + duration - 1))
+    if not inside and not problems:
         problems.append(f"{reasons.ISPS_OUT_OF_BOUNDS}: the message has no ISPs")
+    # Sorted by start, two elements overlap exactly when one starts before the previous ends.
+    inside.sort()
+    conflicts: set[int] = set()
+    reach = 0
+    for first, last in inside:
+        if first <= reach:
+            conflicts.update(range(first, min(last, reach) + 1))
+        reach = max(reach, last)
     if conflicts:
         listed = ", ".join(str(i) for i in sorted(conflicts)[:10])
         problems.append(f"{reasons.ISP_CONFLICT}: ISP(s) {listed} defined more than once")

@@ -96,6 +96,9 @@ class _Child:
     tag: str
     model: type[UftpModel]
     many: bool
+    # Whether the child element needs more than its attributes copied (children of its own,
+    # or values to normalise).
+    nested: bool
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class _Plan:
     datetimes: frozenset[str]
     dates: frozenset[str]
     binaries: frozenset[str]
+    special: bool  # some attribute needs normalising before validation
+    by_tag: dict[str, _Child]
 
 
 def _unwrap(tp: Any) -> tuple[Any, list[Any]]:
@@ -179,17 +184,24 @@ def _plan(cls: type[UftpModel]) -> _Plan:
         many = typing.get_origin(tp) is tuple
         inner = typing.get_args(tp)[0] if many else tp
         if isinstance(inner, type) and issubclass(inner, UftpModel):
-            children.append(_Child(name, xml, inner, many))
+            child_plan = _plan(inner)
+            nested = bool(child_plan.children) or child_plan.special
+            children.append(_Child(name, xml, inner, many, nested))
         else:
             inner, more = _unwrap(inner)
             writer = _writer(inner, [*info.metadata, *metadata, *more])
             attributes.append(_Attribute(name, xml, writer, inner))
+    datetimes = frozenset(a.xml for a in attributes if a.kind is datetime)
+    dates = frozenset(a.xml for a in attributes if a.kind is date)
+    binaries = frozenset(a.xml for a in attributes if a.kind is bytes)
     return _Plan(
         attributes=tuple(attributes),
         children=tuple(children),
-        datetimes=frozenset(a.xml for a in attributes if a.kind is datetime),
-        dates=frozenset(a.xml for a in attributes if a.kind is date),
-        binaries=frozenset(a.xml for a in attributes if a.kind is bytes),
+        datetimes=datetimes,
+        dates=dates,
+        binaries=binaries,
+        special=bool(datetimes or dates or binaries),
+        by_tag={child.tag: child for child in children},
     )
 
 
@@ -284,7 +296,26 @@ def _validate(root: etree._Element) -> None:
 
 def _data(element: etree._Element, cls: type[UftpModel]) -> dict[str, Any]:
     plan = _plan(cls)
-    data: dict[str, Any] = dict(element.attrib)
+    data: dict[str, Any] = dict(element.items())
+    if plan.special:
+        _normalise(data, plan)
+    if plan.children:
+        by_tag = plan.by_tag
+        for sub in element:
+            tag = sub.tag
+            if not isinstance(tag, str):
+                continue
+            child = by_tag[tag]
+            # Leaf elements (ISPs, 96 of them in a prognosis) are plain attribute dicts.
+            value = _data(sub, child.model) if child.nested else dict(sub.items())
+            if child.many:
+                data.setdefault(tag, []).append(value)
+            else:
+                data[tag] = value
+    return data
+
+
+def _normalise(data: dict[str, Any], plan: _Plan) -> None:
     for name in plan.datetimes & data.keys():
         text = data[name].strip()
         # 3.1.0 makes the offset optional (xs:dateTime); a value without one is read as UTC.
@@ -299,18 +330,6 @@ def _data(element: etree._Element, cls: type[UftpModel]) -> dict[str, Any]:
             data[name] = binascii.a2b_base64(data[name].encode("ascii"))
         except (binascii.Error, UnicodeEncodeError) as exc:
             raise ContentError(f"{name} is not base64: {exc}") from None
-    if plan.children:
-        by_tag = {child.tag: child for child in plan.children}
-        for sub in element:
-            if not isinstance(sub.tag, str):
-                continue
-            child = by_tag[sub.tag]
-            value = _data(sub, child.model)
-            if child.many:
-                data.setdefault(child.tag, []).append(value)
-            else:
-                data[child.tag] = value
-    return data
 
 
 def _tag(element: etree._Element) -> str:

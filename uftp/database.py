@@ -124,21 +124,39 @@ class Database:
     def _commit_batch(
         self, works: list[Callable[[sqlite3.Connection], Any]]
     ) -> list[tuple[bool, Any]]:
+        """All works in one transaction. Optimistically without savepoints: every statement is
+        a trip through the GIL, which this thread must win back from a busy event loop each
+        time. Only if a work fails is the batch redone with a savepoint around each work."""
         conn = self._connection()
-        outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            for work in works:
-                conn.execute("SAVEPOINT uftp_op")
-                try:
-                    outcomes.append((True, work(conn)))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO uftp_op")
-                    outcomes.append((False, exc))
-                conn.execute("RELEASE uftp_op")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes: list[tuple[bool, Any]] = [(True, work(conn)) for work in works]
+            except Exception:
+                conn.execute("ROLLBACK")
+                if len(works) == 1:
+                    raise
+                return self._commit_isolated(conn, works)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return outcomes
+
+    @staticmethod
+    def _commit_isolated(
+        conn: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for work in works:
+            conn.execute("SAVEPOINT uftp_op")
+            try:
+                outcomes.append((True, work(conn)))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO uftp_op")
+                outcomes.append((False, exc))
+            conn.execute("RELEASE uftp_op")
+        conn.execute("COMMIT")
         return outcomes

@@ -250,24 +250,19 @@ def admit_inbound(
     it is pending for the application. `replies` (the rejection or the automatic answer) are
     enqueued in the same transaction, linked to the new row, and only for a NEW message.
     """
-    existing = conn.execute(
-        "SELECT content_sha256 FROM uftp_inbox WHERE sender_domain = ? AND message_id = ?",
-        (record.sender_domain, record.message_id),
-    ).fetchone()
-    if existing is not None:
-        if bytes(existing[0]) == record.content_sha256:
-            return Admitted(Admission.ALREADY_SUBMITTED, None)
-        return Admitted(Admission.DUPLICATE_IDENTIFIER, None)
     if rejection_reason is not None:
         status, processed_at = InboundStatus.REJECTED, _ts(now)
     elif processed:
         status, processed_at = InboundStatus.PROCESSED, _ts(now)
     else:
         status, processed_at = InboundStatus.PENDING, None
+    content = record.content_sha256
+    # One statement in the common case; the unique (sender_domain, message_id) index decides.
     cursor = conn.execute(
         "INSERT INTO uftp_inbox (sender_domain, sender_role, message_id, conversation_id, "
         "message_type, reference_id, content_sha256, sealed, received_at, status, "
-        "rejection_reason, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "rejection_reason, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (sender_domain, message_id) DO NOTHING",
         (
             record.sender_domain,
             str(record.sender_role),
@@ -275,7 +270,7 @@ def admit_inbound(
             record.conversation_id,
             record.message_type,
             record.reference_id,
-            record.content_sha256,
+            content,
             record.sealed,
             _ts(now),
             str(status),
@@ -283,6 +278,14 @@ def admit_inbound(
             processed_at,
         ),
     )
+    if cursor.rowcount == 0:
+        existing = conn.execute(
+            "SELECT content_sha256 FROM uftp_inbox WHERE sender_domain = ? AND message_id = ?",
+            (record.sender_domain, record.message_id),
+        ).fetchone()
+        if bytes(existing[0]) == content:
+            return Admitted(Admission.ALREADY_SUBMITTED, None)
+        return Admitted(Admission.DUPLICATE_IDENTIFIER, None)
     inbox_id = int(cursor.lastrowid or 0)
     for reply in replies:
         enqueue_outbound(conn, reply, now, reply_to=inbox_id)

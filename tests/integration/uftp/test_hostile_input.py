@@ -256,3 +256,26 @@ async def test_rate_limit(tmp_path: Path) -> None:
         assert len(stored) == 2
     finally:
         await agr.stop()
+
+
+async def test_a_large_settlement_is_decoded_off_the_event_loop(target: Target) -> None:
+    """A month of orders is hundreds of kB: valid, within the body limit, stored."""
+    offers = [build.flex_offer(fresh_request(target)) for _ in range(30)]
+    orders = [
+        build.flex_order(
+            offer,
+            order_reference=f"ORD-{i}",
+            isps=[models.PowerISP(power=-100 - j, start=j) for j in range(1, 97)],
+        )
+        for i, offer in enumerate(offers)
+    ]
+    period = orders[0].period
+    settlement = build.flex_settlement(orders, period, period, time_stamp=target.agr.now())
+    body = target.from_dso(settlement)
+    assert 64 * 1024 < len(body) < 1_048_576
+    assert await target.post(body) == 200
+    (stored,) = await target.agr.pending()
+    assert stored.message_type == "FlexSettlement"
+    message = stored.message()
+    assert isinstance(message, models.FlexSettlement)
+    assert len(message.flex_order_settlements) == 30
