@@ -27,7 +27,9 @@ transaction), then calls `wake_outbox()`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import sqlite3
@@ -43,6 +45,8 @@ from uftp.codec import CodecError, envelope_from_xml, from_xml, to_xml
 from uftp.database import Database
 from uftp.http import Authorize, HttpEndpoint, TransportRejection
 from uftp.models import (
+    RESPONSE_TYPES,
+    SPEC_VERSION,
     FlexOffer,
     FlexOfferRevocation,
     FlexOrder,
@@ -73,21 +77,11 @@ Handler = Callable[[sqlite3.Connection, store.InboundMessage], object]
 # `python -m bench uftp`). Larger ones (a month's FlexSettlement can be megabytes) go to a
 # worker thread so the loop, which also serves the chargers, never stalls for long.
 INLINE_DECODE_BYTES = 64 * 1024
+HANDLED_KEPT = 1000
 
-# Which request type each response answers, for the "known reference" check of responses.
-_ANSWERS: dict[str, str] = {
-    "D-PrognosisResponse": "D-Prognosis",
-    "FlexRequestResponse": "FlexRequest",
-    "FlexOfferResponse": "FlexOffer",
-    "FlexOfferRevocationResponse": "FlexOfferRevocation",
-    "FlexOrderResponse": "FlexOrder",
-    "FlexReservationUpdateResponse": "FlexReservationUpdate",
-    "FlexSettlementResponse": "FlexSettlement",
-    "MeteringResponse": "Metering",
-    "AGRPortfolioUpdateResponse": "AGRPortfolioUpdate",
-    "AGRPortfolioQueryResponse": "AGRPortfolioQuery",
-    "DSOPortfolioUpdateResponse": "DSOPortfolioUpdate",
-    "DSOPortfolioQueryResponse": "DSOPortfolioQuery",
+# Response type name -> the request type it answers, for the "known reference" check.
+_ANSWERS: dict[str, type[PayloadMessage]] = {
+    response.xml_name: request for request, response in RESPONSE_TYPES.items()
 }
 
 
@@ -105,10 +99,6 @@ class Receipt:
     @property
     def accepted(self) -> bool:
         return self.admission is store.Admission.NEW and not self.rejections
-
-
-def _reference_attribute(request_type: str) -> str:
-    return f"{request_type}MessageID"
 
 
 class Participant:
@@ -161,7 +151,8 @@ class Participant:
         self._decoders: ThreadPoolExecutor | None = None
         self._inbound_arrived = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
-        self._handled: list[object] = []
+        # The latest handler outcomes, for `wait_handled`; bounded for long demo runs.
+        self._handled: collections.deque[object] = collections.deque(maxlen=HANDLED_KEPT)
         self._handled_changed = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -205,14 +196,7 @@ class Participant:
     def set_congestion_points(self, congestion_points: Iterable[str] | None) -> None:
         """Update the congestion points we are active at (e.g. from AGRPortfolioQueryResponse)."""
         points = None if congestion_points is None else frozenset(congestion_points)
-        self.context = InboundContext(
-            own_domain=self.context.own_domain,
-            own_role=self.context.own_role,
-            market=self.context.market,
-            supported_versions=self.context.supported_versions,
-            congestion_points=points,
-            period_horizon_days=self.context.period_horizon_days,
-        )
+        self.context = dataclasses.replace(self.context, congestion_points=points)
 
     def now(self) -> datetime:
         return self._clock()
@@ -321,9 +305,10 @@ class Participant:
         )
 
     def _reply_version(self, request: PayloadMessage) -> str:
-        if request.version in self.settings.supported_versions:
-            return request.version
-        return max(self.settings.supported_versions)
+        """Answer in the request's version when we speak it (the content is 3.1.0 either way)."""
+        return (
+            request.version if request.version in self.settings.supported_versions else SPEC_VERSION
+        )
 
     # --- inbound --------------------------------------------------------------------------------
 
@@ -454,10 +439,11 @@ class Participant:
         envelope: SignedMessage,
     ) -> list[str]:
         """A response must answer a message we sent to its sender, in the same conversation."""
-        request_type = _ANSWERS.get(response.xml_name)
-        if request_type is None:
+        request = _ANSWERS.get(response.xml_name)
+        if request is None:
             return []
-        attribute = _reference_attribute(request_type)
+        request_type = request.xml_name
+        attribute = type(response).model_fields[response.reference_field].alias or "reference"
         sent = store.find_outbound(conn, response.reference_message_id)
         if (
             sent is None
@@ -564,18 +550,17 @@ class Participant:
     async def wait_handled(
         self, predicate: Callable[[object], bool], wait_s: float = 10.0
     ) -> object:
-        """Wait until the handler produced an outcome matching `predicate` (tests, the demo)."""
+        """The first kept handler outcome matching `predicate`, waiting for one if needed
+        (tests, the demo)."""
         deadline = asyncio.get_running_loop().time() + wait_s
-        seen = 0
         while True:
-            for outcome in self._handled[seen:]:
+            self._handled_changed.clear()
+            for outcome in list(self._handled):
                 if predicate(outcome):
                     return outcome
-            seen = len(self._handled)
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TimeoutError(f"no matching outcome within {wait_s} s")
-            self._handled_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._handled_changed.wait()

@@ -303,15 +303,17 @@ def database(tmp_path: Path, name: str) -> Path:
     return tmp_path / f"{name}.sqlite"
 
 
-def agr_handler(participant: Any) -> Any:
+def agr_handler(get_participant: Any) -> Any:
     """What the agent does with pending messages, reduced to the protocol: check a FlexRequest
     and a FlexOrder (against the offer uftp remembers sending) and answer; note the rest.
-    Returns the handler; each handled message becomes an outcome ``(message, rejections)``."""
+    `get_participant()` returns the AgrParticipant (created after its handler). Each handled
+    message becomes an outcome ``(message, rejections)``."""
     from uftp.models import FlexOrder as _FlexOrder
     from uftp.models import FlexRequest as _FlexRequest
     from uftp.validation import check_flex_order, check_flex_request
 
     def handle(conn: Any, inbound: Any) -> tuple[Any, list[str]]:
+        participant = get_participant()
         message = inbound.message()
         rejections: list[str] = []
         if isinstance(message, _FlexRequest):

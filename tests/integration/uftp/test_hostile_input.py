@@ -279,3 +279,20 @@ async def test_a_large_settlement_is_decoded_off_the_event_loop(target: Target) 
     message = stored.message()
     assert isinstance(message, models.FlexSettlement)
     assert len(message.flex_order_settlements) == 30
+
+
+async def test_a_response_to_a_message_we_never_sent(target: Target) -> None:
+    answer = models.FlexOfferResponse(
+        sender_domain=build.DSO,
+        recipient_domain=build.AGR,
+        time_stamp=target.agr.now(),
+        result=models.AcceptedRejected.ACCEPTED,
+        flex_offer_message_id=models.new_message_id(),
+    )
+    assert await target.post(target.from_dso(answer)) == 200
+    (stored,) = await target.inbox()
+    assert stored.status is store.InboundStatus.REJECTED
+    assert stored.rejection_reason is not None
+    assert stored.rejection_reason.startswith(reasons.unknown_reference("FlexOfferMessageID"))
+    assert await target.agr.pending() == []
+    assert target.peer.bodies == []  # responses are never answered

@@ -69,8 +69,11 @@ async def interop(tmp_path: Path) -> AsyncIterator[Interop]:
         [build.peer(build.DSO, models.Role.DSO, dso_key, dso_port)],
         congestion_points=frozenset({build.CONGESTION_POINT}),
     )
-    agr = AgrParticipant(settings, tmp_path / "agr.sqlite")
-    agr._handler = build.agr_handler(agr)  # the agent's part, reduced to protocol checks
+    participants: list[AgrParticipant] = []
+    # The agent's part, reduced to protocol checks.
+    handler = build.agr_handler(lambda: participants[0])
+    agr = AgrParticipant(settings, tmp_path / "agr.sqlite", handler=handler)
+    participants.append(agr)
     await agr.start()
     await asyncio.to_thread(dso.run_in_thread)
     try:
