@@ -279,14 +279,7 @@ class Participant:
         """Answer a pending request (Accepted without rejections) and mark it handled, in the
         caller's transaction."""
         request = request if request is not None else inbound.message()
-        response = build_response(
-            request,
-            self.settings.domain,
-            rejections,
-            recipient_domain=inbound.sender_domain,
-            version=self._reply_version(request),
-            **fields,
-        )
+        response = self._response(request, inbound.sender_domain, rejections, **fields)
         if response is not None:
             self.enqueue(conn, response, reply_to=inbound)
         store.mark_processed(
@@ -304,10 +297,22 @@ class Participant:
             conn, inbound.id, self._clock(), rejection_reason=reasons.join(rejections) or None
         )
 
-    def _reply_version(self, request: PayloadMessage) -> str:
-        """Answer in the request's version when we speak it (the content is 3.1.0 either way)."""
-        return (
-            request.version if request.version in self.settings.supported_versions else SPEC_VERSION
+    def _response(
+        self,
+        request: PayloadMessage,
+        recipient_domain: str,
+        rejections: Sequence[str],
+        **fields: Any,
+    ) -> PayloadMessage | None:
+        # Answer in the request's version when we speak it (the content is 3.1.0 either way).
+        supported = request.version in self.settings.supported_versions
+        return build_response(
+            request,
+            self.settings.domain,
+            rejections,
+            recipient_domain=recipient_domain,
+            version=request.version if supported else SPEC_VERSION,
+            **fields,
         )
 
     # --- inbound --------------------------------------------------------------------------------
@@ -418,13 +423,7 @@ class Participant:
         if not needs_response(message):
             return []
         try:
-            response = build_response(
-                message,
-                self.settings.domain,
-                rejections,
-                recipient_domain=envelope.sender_domain,
-                version=self._reply_version(message),
-            )
+            response = self._response(message, envelope.sender_domain, rejections)
         except ValueError:
             log.warning("cannot build a response to %s", message.xml_name, exc_info=True)
             return []

@@ -261,6 +261,36 @@ def _expiration_problems(expiration: datetime, last_isp_end: datetime, now: date
     return []
 
 
+def _reference_problems(message: FlexMessage, referenced: FlexMessage, attribute: str) -> list[str]:
+    """A message answering an earlier one stays in its conversation, Period and congestion
+    point (message-validation.md "Reference Period mismatch"; Java issue #61 for the
+    conversation)."""
+    kind, own = referenced.xml_name, message.xml_name
+    problems: list[str] = []
+    if referenced.conversation_id != message.conversation_id:
+        problems.append(
+            explain(
+                reasons.unknown_reference(attribute),
+                f"the {kind} belongs to another ConversationID",
+            )
+        )
+    if referenced.period != message.period:
+        problems.append(
+            explain(
+                reasons.REFERENCE_PERIOD_MISMATCH,
+                f"{own} Period {message.period}, {kind} Period {referenced.period}",
+            )
+        )
+    if referenced.congestion_point != message.congestion_point:
+        problems.append(
+            explain(
+                reasons.INVALID_CONGESTION_POINT,
+                f"{own} {message.congestion_point}, {kind} {referenced.congestion_point}",
+            )
+        )
+    return problems
+
+
 def _last_isp_end(message: FlexMessage, spans: Iterable[tuple[int, int]]) -> datetime:
     return calendar.spans_end(message.period, message.time_zone, message.isp_minutes, spans)
 
@@ -365,27 +395,7 @@ def check_flex_order(
                 f"FlexOffer {order.flex_offer_message_id} was not offered to {order.sender_domain}",
             )
         )
-    if offer.conversation_id != order.conversation_id:
-        problems.append(
-            explain(
-                reasons.unknown_reference("FlexOfferMessageID"),
-                "the FlexOffer belongs to another ConversationID",
-            )
-        )
-    if offer.period != order.period:
-        problems.append(
-            explain(
-                reasons.REFERENCE_PERIOD_MISMATCH,
-                f"order Period {order.period}, offer Period {offer.period}",
-            )
-        )
-    if offer.congestion_point != order.congestion_point:
-        problems.append(
-            explain(
-                reasons.INVALID_CONGESTION_POINT,
-                f"order {order.congestion_point}, offer {offer.congestion_point}",
-            )
-        )
+    problems += _reference_problems(order, offer, "FlexOfferMessageID")
     # A revocation and an order crossing in flight: the revocation wins (validate-phase.md).
     if state.revoked:
         problems.append(explain(reasons.REFERENCE_MESSAGE_REVOKED, "the FlexOffer was revoked"))
@@ -713,27 +723,7 @@ def check_flex_offer(
             )
         )
         return problems
-    if request.conversation_id != offer.conversation_id:
-        problems.append(
-            explain(
-                reasons.unknown_reference("FlexRequestMessageID"),
-                "the FlexRequest belongs to another ConversationID",
-            )
-        )
-    if request.period != offer.period:
-        problems.append(
-            explain(
-                reasons.REFERENCE_PERIOD_MISMATCH,
-                f"offer Period {offer.period}, request Period {request.period}",
-            )
-        )
-    if request.congestion_point != offer.congestion_point:
-        problems.append(
-            explain(
-                reasons.INVALID_CONGESTION_POINT,
-                f"offer {offer.congestion_point}, request {request.congestion_point}",
-            )
-        )
+    problems += _reference_problems(offer, request, "FlexRequestMessageID")
     if request.expiration_date_time <= now:
         problems.append(explain(reasons.REFERENCE_MESSAGE_EXPIRED, "the FlexRequest has expired"))
     requested = {(i.start, i.duration) for i in request.isps if i.requested}

@@ -7,6 +7,7 @@ Each builder returns a message that passes every check for "now"; tests change o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +39,7 @@ from uftp.models import (
     MeteringUnit,
     PowerISP,
     Role,
+    utc_now,
 )
 from uftp.settings import (
     MarketSettings,
@@ -271,6 +273,16 @@ def metering(now: datetime = NOW, **overrides: Any) -> Metering:
 
 
 # --- participants -----------------------------------------------------------------------------
+
+
+@dataclass
+class Clock:
+    """Real time plus an offset a test can move forward (participants take it as `clock`)."""
+
+    offset: timedelta = field(default_factory=timedelta)
+
+    def __call__(self) -> datetime:
+        return utc_now() + self.offset
 
 
 def peer(domain: str, role: Role, key: SigningKey, port: int, **kwargs: Any) -> PeerSettings:

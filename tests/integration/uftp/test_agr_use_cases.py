@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +19,7 @@ from tests.support import uftp as build
 from tests.support.ports import free_port
 from uftp import calendar, models, reasons, store
 from uftp.dso import DsoParticipant, Received
-from uftp.models import Role, utc_now
+from uftp.models import Role
 from uftp.participant import AgrParticipant
 from uftp.validation import (
     ReservationContract,
@@ -31,14 +31,6 @@ from uftp.validation import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Clock:
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return utc_now() + self.offset
 
 
 class AgrApp:
@@ -104,7 +96,7 @@ class Market:
     agr: AgrParticipant
     dso: DsoParticipant
     app: AgrApp
-    clock: Clock
+    clock: build.Clock
 
     def now(self) -> datetime:
         return self.clock()
@@ -140,6 +132,13 @@ class Market:
         now = self.now()
         return build.flex_request(now, time_stamp=now, period=self.tomorrow(), **overrides)
 
+    async def requested_offer(self) -> models.FlexOffer:
+        """The DSO requests, the AGR accepts the request and offers, the DSO accepts the offer."""
+        request = self.request()
+        await self.dso.send(request)
+        await self.agr_outcome(models.FlexRequest)
+        return await self.offer_for(request)
+
     async def offer_for(self, request: models.FlexRequest, **overrides: Any) -> models.FlexOffer:
         offer = build.flex_offer(request, self.now(), time_stamp=self.now(), **overrides)
         await self.agr.send(offer)
@@ -154,7 +153,7 @@ class Market:
 async def market(tmp_path: Path) -> AsyncIterator[Market]:
     agr_key, dso_key = SigningKey.generate(), SigningKey.generate()
     agr_port, dso_port = free_port(), free_port()
-    clock, app = Clock(), AgrApp()
+    clock, app = build.Clock(), AgrApp()
     agr = AgrParticipant(
         build.settings(
             build.AGR,
@@ -252,10 +251,7 @@ async def test_flex_request_accepted_and_rejected(market: Market) -> None:
 
 
 async def test_offer_and_full_order(market: Market) -> None:
-    request = market.request()
-    await market.dso.send(request)
-    await market.agr_outcome(models.FlexRequest)
-    offer = await market.offer_for(request)
+    offer = await market.requested_offer()
     order = await market.dso.order_offer(offer, order_reference="ORD-FULL")
     _, rejections = await market.agr_outcome(models.FlexOrder)
     assert rejections == []
@@ -265,10 +261,7 @@ async def test_offer_and_full_order(market: Market) -> None:
 
 
 async def test_partial_activation_and_ordering_twice(market: Market) -> None:
-    request = market.request()
-    await market.dso.send(request)
-    await market.agr_outcome(models.FlexRequest)
-    offer = await market.offer_for(request)  # MinActivationFactor 0.50
+    offer = await market.requested_offer()  # MinActivationFactor 0.50
     order = await market.dso.order_offer(offer, activation_factor=Decimal("0.75"))
     assert order.isps[0].power == -6000
     assert order.price == Decimal("9.3750")
@@ -303,10 +296,7 @@ async def test_offer_in_the_wrong_granularity_is_a_request_mismatch(market: Mark
 
 
 async def test_revocation_wins_over_a_crossing_order(market: Market) -> None:
-    request = market.request()
-    await market.dso.send(request)
-    await market.agr_outcome(models.FlexRequest)
-    offer = await market.offer_for(request)
+    offer = await market.requested_offer()
     revocation = models.FlexOfferRevocation(
         sender_domain=build.AGR,
         recipient_domain=build.DSO,
@@ -325,10 +315,7 @@ async def test_revocation_wins_over_a_crossing_order(market: Market) -> None:
 
 
 async def test_revoking_an_ordered_offer_is_flexibility_procured(market: Market) -> None:
-    request = market.request()
-    await market.dso.send(request)
-    await market.agr_outcome(models.FlexRequest)
-    offer = await market.offer_for(request)
+    offer = await market.requested_offer()
     await market.dso.order_offer(offer)
     await market.agr_outcome(models.FlexOrder)
     revocation = models.FlexOfferRevocation(
@@ -371,10 +358,7 @@ async def test_flex_reservation_update(market: Market) -> None:
 
 
 async def test_settlement_with_a_disputed_item(market: Market) -> None:
-    request = market.request()
-    await market.dso.send(request)
-    await market.agr_outcome(models.FlexRequest)
-    offer = await market.offer_for(request)
+    offer = await market.requested_offer()
     order = await market.dso.order_offer(offer, order_reference="ORD-S1")
     await market.agr_outcome(models.FlexOrder)
 

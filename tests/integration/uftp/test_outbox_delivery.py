@@ -4,8 +4,8 @@ back-off on temporary failures, final 4xx, redirects, FIFO per peer, restarts, g
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,20 +15,10 @@ from nacl.signing import SigningKey
 from tests.support import uftp as build
 from tests.support.ports import free_port
 from uftp import models, store
-from uftp.models import Role, utc_now
+from uftp.models import Role
 from uftp.participant import AgrParticipant
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Clock:
-    """Real time plus an offset a test can move forward."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return utc_now() + self.offset
 
 
 @dataclass
@@ -36,7 +26,7 @@ class Sender:
     agr: AgrParticipant
     key: SigningKey
     peer_port: int
-    clock: Clock
+    clock: build.Clock
     failed: list[store.OutboundMessage]
 
     def test_message(self) -> models.TestMessage:
@@ -54,7 +44,7 @@ def make_agr(
     tmp_path: Path,
     key: SigningKey,
     peer_port: int,
-    clock: Clock,
+    clock: build.Clock,
     failed: list[store.OutboundMessage],
 ) -> AgrParticipant:
     settings = build.settings(
@@ -71,7 +61,7 @@ def make_agr(
 
 @pytest.fixture
 async def sender(tmp_path: Path) -> AsyncIterator[Sender]:
-    key, port, clock, failed = SigningKey.generate(), free_port(), Clock(), []
+    key, port, clock, failed = SigningKey.generate(), free_port(), build.Clock(), []
     agr = make_agr(tmp_path, key, port, clock, failed)
     await agr.start()
     try:
@@ -211,7 +201,7 @@ async def test_gives_up_after_the_retry_window(sender: Sender) -> None:
 
 
 async def test_pending_messages_survive_a_restart(tmp_path: Path) -> None:
-    key, port, clock, failed = SigningKey.generate(), free_port(), Clock(), []
+    key, port, clock, failed = SigningKey.generate(), free_port(), build.Clock(), []
     first_run = make_agr(tmp_path, key, port, clock, failed)
     await first_run.start()
     messages = [
