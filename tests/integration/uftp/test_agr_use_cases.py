@@ -132,6 +132,24 @@ class Market:
         now = self.now()
         return build.flex_request(now, time_stamp=now, period=self.tomorrow(), **overrides)
 
+    async def answer_reason(self, kind: type[models.PayloadMessage], message_id: str) -> str | None:
+        """The spec reason of the AGR's answer to a DSO message (None when Accepted)."""
+        answer = await self.dso_outcome(kind, message_id)
+        assert isinstance(answer.message, models.PayloadMessageResponse)
+        reason = answer.message.rejection_reason
+        return None if reason is None else reasons.reason_of(reason)
+
+    async def revoke(self, offer: models.FlexOffer) -> models.FlexOfferRevocation:
+        revocation = models.FlexOfferRevocation(
+            sender_domain=build.AGR,
+            recipient_domain=build.DSO,
+            time_stamp=self.now(),
+            conversation_id=offer.conversation_id,
+            flex_offer_message_id=offer.message_id,
+        )
+        await self.agr.send(revocation)
+        return revocation
+
     async def requested_offer(self) -> models.FlexOffer:
         """The DSO requests, the AGR accepts the request and offers, the DSO accepts the offer."""
         request = self.request()
@@ -269,10 +287,10 @@ async def test_partial_activation_and_ordering_twice(market: Market) -> None:
     assert rejections == []
 
     again = await market.dso.order_offer(offer)
-    answer = await market.dso_outcome(models.FlexOrderResponse, again.message_id)
-    assert isinstance(answer.message, models.FlexOrderResponse)
-    assert answer.message.rejection_reason is not None
-    assert reasons.reason_of(answer.message.rejection_reason) == reasons.OFFER_ALREADY_ORDERED
+    assert (
+        await market.answer_reason(models.FlexOrderResponse, again.message_id)
+        == reasons.OFFER_ALREADY_ORDERED
+    )
 
 
 async def test_offer_in_the_wrong_granularity_is_a_request_mismatch(market: Market) -> None:
@@ -297,35 +315,21 @@ async def test_offer_in_the_wrong_granularity_is_a_request_mismatch(market: Mark
 
 async def test_revocation_wins_over_a_crossing_order(market: Market) -> None:
     offer = await market.requested_offer()
-    revocation = models.FlexOfferRevocation(
-        sender_domain=build.AGR,
-        recipient_domain=build.DSO,
-        time_stamp=market.now(),
-        conversation_id=offer.conversation_id,
-        flex_offer_message_id=offer.message_id,
-    )
-    await market.agr.send(revocation)
+    revocation = await market.revoke(offer)
     assert (await market.dso_outcome(models.FlexOfferRevocation, revocation.message_id)).accepted
     # The DSO orders anyway (the messages crossed): the AGR rejects it.
     order = await market.dso.order_offer(offer)
-    answer = await market.dso_outcome(models.FlexOrderResponse, order.message_id)
-    assert isinstance(answer.message, models.FlexOrderResponse)
-    assert answer.message.rejection_reason is not None
-    assert reasons.reason_of(answer.message.rejection_reason) == reasons.REFERENCE_MESSAGE_REVOKED
+    assert (
+        await market.answer_reason(models.FlexOrderResponse, order.message_id)
+        == reasons.REFERENCE_MESSAGE_REVOKED
+    )
 
 
 async def test_revoking_an_ordered_offer_is_flexibility_procured(market: Market) -> None:
     offer = await market.requested_offer()
     await market.dso.order_offer(offer)
     await market.agr_outcome(models.FlexOrder)
-    revocation = models.FlexOfferRevocation(
-        sender_domain=build.AGR,
-        recipient_domain=build.DSO,
-        time_stamp=market.now(),
-        conversation_id=offer.conversation_id,
-        flex_offer_message_id=offer.message_id,
-    )
-    await market.agr.send(revocation)
+    revocation = await market.revoke(offer)
     rejected = await market.dso_outcome(models.FlexOfferRevocation, revocation.message_id)
     assert [reasons.reason_of(r) for r in rejected.rejections] == [reasons.FLEXIBILITY_PROCURED]
 
@@ -348,10 +352,10 @@ async def test_flex_reservation_update(market: Market) -> None:
         now, time_stamp=now, period=market.tomorrow(), isps=[models.PowerISP(power=-9000, start=69)]
     )
     await market.dso.send(too_much)
-    answer = await market.dso_outcome(models.FlexReservationUpdateResponse, too_much.message_id)
-    assert isinstance(answer.message, models.FlexReservationUpdateResponse)
-    assert answer.message.rejection_reason is not None
-    assert reasons.reason_of(answer.message.rejection_reason) == reasons.POWER_VALUE_REJECTION
+    assert (
+        await market.answer_reason(models.FlexReservationUpdateResponse, too_much.message_id)
+        == reasons.POWER_VALUE_REJECTION
+    )
 
 
 # --- Settlement and metering --------------------------------------------------------------------
