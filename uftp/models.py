@@ -645,12 +645,8 @@ class AGRPortfolioQueryResponse(PayloadMessageResponse):
 # --- CRO <-> DSO (UFTP-cro-dso.xsd) -------------------------------------------------------------
 
 
-class DSOPortfolioUpdateConnection(UftpModel):
-    xml_name: ClassVar[str] = "Connection"
-
-    entity_address: EntityAddress = Field(alias="EntityAddress")
-    start_period: date = Field(alias="StartPeriod")
-    end_period: date | None = Field(default=None, alias="EndPeriod")
+# DSOPortfolioUpdateConnectionType has the same attributes as AGRPortfolioUpdateConnection.
+DSOPortfolioUpdateConnection = AGRPortfolioUpdateConnection
 
 
 class DSOPortfolioUpdateCongestionPoint(UftpModel):
