@@ -50,6 +50,21 @@ def parse_public_key(text: str) -> VerifyKey:
     raise KeyFormatError(f"public key decodes to {len(raw)} bytes; expected 32")
 
 
+def parse_public_keys(text: str) -> list[VerifyKey]:
+    """One or two space-separated keys, as a ``_<ROLE>._usef.<domain>`` TXT record lists them
+    during a key rotation (message-transport-mechanism.md: "up to two ... public key strings")."""
+    parts = text.split()
+    if not 1 <= len(parts) <= 2:
+        raise KeyFormatError(f"expected one or two public keys, got {len(parts)}")
+    return [parse_public_key(part) for part in parts]
+
+
+def libsodium_secret_key_b64(key: SigningKey) -> str:
+    """base64 of the 64-byte libsodium secret key (seed ‖ public key): the form
+    shapeshifter-uftp and `shapeshifter-keypair` use for a signing key."""
+    return base64.b64encode(bytes(key) + bytes(key.verify_key)).decode("ascii")
+
+
 def parse_signing_key(data: bytes) -> SigningKey:
     """Read a private key in any form we or our peers write.
 

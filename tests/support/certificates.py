@@ -38,12 +38,17 @@ class TestPki:
         csr = self.directory / f"{name}.csr"
         cert = self.directory / f"{name}.pem"
         ext = self.directory / f"{name}.ext"
+        # Full leaf extensions: strict verifiers (Python 3.13's VERIFY_X509_STRICT) need them.
+        common = (
+            "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
+            "keyUsage=critical,digitalSignature\n"
+        )
         if server:
             ext.write_text(
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+                common + "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
             )
         else:
-            ext.write_text("extendedKeyUsage=clientAuth\n")
+            ext.write_text(common + "extendedKeyUsage=clientAuth\n")
         _run(
             self.openssl,
             "req",
@@ -110,6 +115,31 @@ def make_pki(directory: Path, openssl: str) -> TestPki:
         "2",
         "-subj",
         "/CN=flexbridge test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         cwd=directory,
     )
     return TestPki(directory, ca_cert, ca_key, openssl)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A CA with one server certificate (127.0.0.1/localhost) and one client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_certificates(directory: Path) -> Certificates:
+    openssl = find_openssl()
+    if openssl is None:
+        raise RuntimeError(MISSING)
+    pki = make_pki(directory, openssl)
+    server_cert, server_key = pki.issue("server", "server", server=True)
+    client_cert, client_key = pki.issue("client", "client")
+    return Certificates(pki.ca_cert, server_cert, server_key, client_cert, client_key)

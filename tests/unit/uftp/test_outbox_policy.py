@@ -1,0 +1,41 @@
+"""Delivery policy (message-transport-mechanism.md "Transmission"): which HTTP outcomes are
+final, and how long to wait before the next try."""
+
+from __future__ import annotations
+
+import pytest
+
+from uftp.outbox import backoff_delay, classify
+from uftp.settings import RetryPolicy, SettingsError
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_success(status: int) -> None:
+    assert classify(status).delivered
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 524, 404, 408, 419, 425, 429, 600, 199])
+def test_temporary(status: int) -> None:
+    outcome = classify(status)
+    assert not outcome.delivered
+    assert not outcome.final
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 405, 411, 413, 415, 422])
+def test_final(status: int) -> None:
+    outcome = classify(status)
+    assert (outcome.delivered, outcome.final) == (False, True)
+
+
+def test_exponential_backoff_with_cap() -> None:
+    policy = RetryPolicy(first_delay_s=2, max_delay_s=300)
+    assert [backoff_delay(policy, n) for n in range(1, 10)] == [2, 4, 8, 16, 32, 64, 128, 256, 300]
+    assert backoff_delay(policy, 1, jitter=0.75) == 1.5
+    assert backoff_delay(policy, 10_000) == 300  # no overflow
+
+
+def test_retry_window_is_at_least_an_hour() -> None:
+    with pytest.raises(SettingsError, match="one hour"):
+        RetryPolicy(give_up_after_s=1800)
+    with pytest.raises(SettingsError):
+        RetryPolicy(first_delay_s=10, max_delay_s=5)
