@@ -1,13 +1,166 @@
-"""Composition root: turns a validated Config into the service's components, in start order."""
+"""Composition root: turns a validated Config into the service's components, in start order.
+
+This is the one place that knows every library. Each library gets its own settings object
+built from the configuration (the libraries never import `agent`), and the same `Clock`, so a
+demo running on simulated time is consistent from OCPP profile timestamps to UFTP expiry.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from agent.clock import Clock, SystemClock
 from agent.config import Config
+from agent.db import Database
+from agent.dispatch import Dispatcher
+from agent.forecasting import SiteForecaster
+from agent.prognosis import PrognosisService
+from agent.registry import StoreRegistry
 from agent.service import Component
+from agent.site import Site
 from agent.statedir import StateDirectory
-from agent.systemd import SystemdWatchdog
+from agent.store import SCHEMA
+from agent.systemd import NamedProbe, SystemdWatchdog
+from agent.trader import Trader
+from ocpp_bridge import BridgeSettings, CentralSystem, SecurityProfile, UnknownChargerPolicy
+from ocpp_bridge import TlsSettings as OcppTls
+from uftp import store as uftp_store
+from uftp.keys import load_signing_key
+from uftp.models import Role
+from uftp.participant import AgrParticipant
+from uftp.settings import (
+    MarketSettings,
+    OAuthSettings,
+    ParticipantSettings,
+    PeerSettings,
+)
+from uftp.settings import TlsSettings as UftpTls
+
+
+def bridge_settings(config: Config) -> BridgeSettings:
+    ocpp = config.ocpp
+    tls = None
+    if ocpp.tls is not None:
+        tls = OcppTls(ocpp.tls.cert_file, ocpp.tls.key_file, ocpp.tls.ca_file)
+    return BridgeSettings(
+        host=ocpp.host,
+        port=ocpp.port,
+        security_profile=SecurityProfile(ocpp.security_profile),
+        allow_security_profile_0=ocpp.allow_security_profile_0,
+        tls=tls,
+        unknown_chargers=UnknownChargerPolicy(ocpp.unknown_chargers),
+        ping_interval_s=ocpp.ping_interval_s,
+        heartbeat_interval_s=ocpp.heartbeat_interval_s,
+        response_timeout_s=ocpp.response_timeout_s,
+        dynamic_validity_s=float(ocpp.dynamic_profile_validity_s),
+    )
+
+
+def participant_settings(config: Config) -> ParticipantSettings:
+    u = config.uftp
+    peers = tuple(
+        PeerSettings(
+            domain=p.domain,
+            role=Role(p.role),
+            public_keys=tuple(p.public_keys),
+            endpoint=p.endpoint,
+            oauth=None
+            if p.oauth is None
+            else OAuthSettings(
+                token_url=p.oauth.token_url,
+                client_id=p.oauth.client_id,
+                client_secret=p.oauth.client_secret.get_secret_value(),
+                scope=p.oauth.scope,
+            ),
+        )
+        for p in u.peers
+    )
+    return ParticipantSettings(
+        domain=u.domain,
+        role=Role.AGR,
+        signing_key=load_signing_key(u.signing_key_file),
+        peers=peers,
+        market=MarketSettings(u.market_timezone, u.isp_duration_min),
+        host=u.host,
+        port=u.port,
+        tls=None if u.tls is None else UftpTls(u.tls.cert_file, u.tls.key_file, u.tls.ca_file),
+        max_body_bytes=u.max_body_bytes,
+        congestion_points=frozenset(cp.entity_address for cp in config.congestion_points),
+    )
+
+
+@dataclass
+class Agent:
+    """The wired agent; the components in start order plus handles tests and the demo use."""
+
+    config: Config
+    clock: Clock
+    db: Database
+    site: Site
+    participant: AgrParticipant
+    bridge: CentralSystem
+    forecaster: SiteForecaster
+    prognosis: PrognosisService
+    trader: Trader
+    dispatcher: Dispatcher
+    components: list[Component] = field(default_factory=list)
+
+
+def build_agent(config: Config, clock: Clock | None = None) -> Agent:
+    clock = clock or SystemClock()
+
+    def now() -> datetime:
+        return clock.now()
+
+    db = Database(config.storage.database_path, SCHEMA, extra_migrations=[uftp_store.migrate])
+    site = Site(config, db, clock)
+    participant = AgrParticipant(
+        participant_settings(config), config.storage.database_path, clock=now
+    )
+    registry = StoreRegistry(config, db, clock)
+    bridge = CentralSystem(bridge_settings(config), registry, on_event=site.handle, clock=now)
+    forecaster = SiteForecaster(config, db, clock)
+    prognosis = PrognosisService(config, db, participant, forecaster, site, clock)
+    dispatcher = Dispatcher(config, db, site, bridge, forecaster, clock)
+    trader = Trader(
+        config, db, participant, forecaster, prognosis, site, clock, on_order=dispatcher.wake
+    )
+
+    async def database_ok() -> str | None:
+        await db.read(lambda c: c.execute("SELECT 1").fetchone())
+        return None
+
+    async def ocpp_ok() -> str | None:
+        return None if bridge.port is not None else "OCPP listener is not serving"
+
+    async def uftp_ok() -> str | None:
+        return None if participant.endpoint.bound_port is not None else "UFTP endpoint down"
+
+    watchdog = SystemdWatchdog(
+        [
+            NamedProbe("database", database_ok),
+            NamedProbe("ocpp", ocpp_ok),
+            NamedProbe("uftp", uftp_ok),
+        ]
+    )
+    agent = Agent(
+        config, clock, db, site, participant, bridge, forecaster, prognosis, trader, dispatcher
+    )
+    agent.components = [
+        StateDirectory(config.storage.state_directory),
+        db,
+        site,
+        participant,
+        bridge,
+        prognosis,
+        trader,
+        dispatcher,
+        # Last: READY=1 tells systemd that everything before it is serving.
+        watchdog,
+    ]
+    return agent
 
 
 def build_components(config: Config) -> list[Component]:
-    # The watchdog comes last: READY=1 means every component before it is serving.
-    return [StateDirectory(config.storage.state_directory), SystemdWatchdog()]
+    return build_agent(config).components

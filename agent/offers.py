@@ -142,7 +142,7 @@ def plan_offer(
     scenarios: Sequence[SessionSet],
     limit_w: Sequence[float] | float,
     *,
-    reserved_w: Sequence[float] | None = None,
+    reserved_w: Sequence[float] | np.ndarray | None = None,
     first_index: int = 1,
     isp_minutes: int = 15,
     pricing: Pricing,

@@ -110,6 +110,7 @@ class Site:
         self._boots: list[tuple[str, datetime, BootInfo]] = []
         self._listeners: list[SiteListener] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.started_at = clock.now()
         self._flush_lock = asyncio.Lock()
         self._cp_of = {c.id: config.congestion_point_of(c) for c in config.ocpp.chargers}
         self._default_cp = (
@@ -314,8 +315,6 @@ class Site:
             boots = list(self._boots)
             self._boots.clear()
             baselines = self._energy.baselines()
-            if not (drained or sessions or boots):
-                return
             now = self.clock.now()
             per_charger: dict[tuple[str, int], float] = {}
             for (meter, bucket), wh in drained.items():
@@ -343,6 +342,7 @@ class Site:
                         protocol=str(boot.protocol),
                     )
                 store.save_meter_baselines(conn, baselines)
+                store.record_alive(conn, self.started_at, now)
 
             try:
                 await self.db.transaction(write)

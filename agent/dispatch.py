@@ -1,0 +1,417 @@
+"""Dispatch: accepted FlexOrders and the site's capacity turned into per-charger limits.
+
+Every control round (and at once when an order arrives, an EV plugs in or leaves, a charger
+connects) the dispatcher
+
+1. builds the site's power cap per ISP over the horizon: the connection capacity, and in ordered
+   ISPs the order's baseline (the D-prognosis the DSO measures against) plus the ordered change;
+   an order that raises load sets a floor instead;
+2. allocates the cap to the plugged-in EVs with the forecaster (least laxity first, every EV's
+   energy by its calibrated departure where physics allows, 0-or-at-least-minimum per charger);
+3. gives idle chargers the minimum charging power while the cap has room, so a new EV starts at
+   once instead of waiting for the next round;
+4. pushes each charger's schedule through the OCPP bridge as its dynamic layer (station-wide,
+   short validTo, refreshed by the bridge) and re-reads a sample of composite schedules to see
+   that chargers applied it.
+
+The dispatcher holds no state that matters across a restart: everything is recomputed from the
+store (orders, prognoses) and the live site, so after a crash chargers get their limits back in
+the first round. Limits are finite and never negative; a charger the dispatcher does not reach
+keeps its static safe profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from agent import store
+from agent.clock import Clock
+from agent.config import Config
+from agent.db import Database
+from agent.forecasting import SessionNeed, SiteForecaster
+from agent.market import Market
+from agent.site import Site
+from forecaster.flexibility import SessionSet, allocate
+from ocpp_bridge import (
+    CentralSystem,
+    ChargerConnected,
+    CommandResult,
+    Event,
+    PowerPeriod,
+    SessionEnded,
+    SessionStarted,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_HORIZON = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class OrderedIsp:
+    """What the orders ask of one ISP: the cap (or floor) on the congestion point's power."""
+
+    start: datetime
+    index: int
+    baseline_w: float
+    change_w: float
+
+    @property
+    def target_w(self) -> float:
+        return max(0.0, self.baseline_w + self.change_w)
+
+
+@dataclass
+class DispatchRound:
+    at: datetime
+    grid: list[datetime]
+    cap_w: list[float]
+    floor_w: list[float]
+    schedules: dict[str, list[float]]
+    unmet_wh: float
+    pushed: dict[str, CommandResult] = field(default_factory=dict)
+
+
+def ordered_isps(
+    orders: Sequence[store.OrderRow],
+    baselines: dict[str, store.PrognosisRow],
+    market: Market,
+) -> dict[datetime, OrderedIsp]:
+    """Per ISP start: the strictest reduction (lowest cap) or strongest raise of the orders.
+
+    Each order's changes are relative to the prognosis its offer referred to; a later offer's
+    baseline already includes earlier orders, so the lowest cap is the binding one.
+    """
+    out: dict[datetime, OrderedIsp] = {}
+    for order in orders:
+        baseline = baselines.get(order.baseline_message_id or "")
+        starts = {isp.index: isp.start for isp in market.isps(order.period)}
+        for index, change in order.change_per_isp().items():
+            start = starts.get(index)
+            if start is None:
+                continue
+            base = float(baseline.power_w[index - 1]) if baseline is not None else math.nan
+            if math.isnan(base):
+                log.error("order %s has no baseline prognosis; cannot cap", order.order_reference)
+                continue
+            candidate = OrderedIsp(start, index, base, float(change))
+            current = out.get(start)
+            if current is None or _binds_more(candidate, current):
+                out[start] = candidate
+    return out
+
+
+def _binds_more(candidate: OrderedIsp, current: OrderedIsp) -> bool:
+    if candidate.change_w < 0:
+        return current.change_w >= 0 or candidate.target_w < current.target_w
+    return current.change_w > 0 and candidate.target_w > current.target_w
+
+
+class Dispatcher:
+    """Service component: keeps every online charger on the limits the site and orders need."""
+
+    name = "dispatch"
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        site: Site,
+        bridge: CentralSystem,
+        forecaster: SiteForecaster,
+        clock: Clock,
+        *,
+        control_s: float = 60.0,
+        verify_sample: int = 5,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.site = site
+        self.bridge = bridge
+        self.forecaster = forecaster
+        self.clock = clock
+        self.market = Market(config.uftp.market_timezone, config.uftp.isp_duration_min)
+        self.isp_seconds = config.uftp.isp_duration_min * 60
+        self.control_s = control_s
+        self.verify_sample = verify_sample
+        self.capacity_w = float(config.site.connection_capacity_w)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sent: dict[str, tuple[tuple[PowerPeriod, ...], datetime]] = {}
+        self._verifiers: set[asyncio.Task[None]] = set()
+        self.last_round: DispatchRound | None = None
+        self.rounds = 0
+        self._chargers = {c.id: c for c in config.ocpp.chargers}
+        site.subscribe(self._site_event)
+
+    async def start(self) -> None:
+        self._wake.set()  # first round at once: limits back right after a restart
+        self._task = asyncio.create_task(self._run(), name="dispatch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for task in list(self._verifiers):
+            task.cancel()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def _site_event(self, event: Event) -> None:
+        if isinstance(event, SessionStarted | SessionEnded | ChargerConnected):
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.dispatch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch round failed; chargers keep their current limits")
+            sleeper = asyncio.create_task(self.clock.sleep(self.control_s))
+            waker = asyncio.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    # --- one round --------------------------------------------------------------------------------
+
+    def _grid(self, now: datetime, last_ordered: datetime | None) -> list[datetime]:
+        epoch = int(now.timestamp())
+        first = datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
+        end = now + MIN_HORIZON
+        if last_ordered is not None:
+            end = max(end, last_ordered + timedelta(seconds=self.isp_seconds))
+        count = max(1, math.ceil((end - first).total_seconds() / self.isp_seconds))
+        return [first + timedelta(seconds=k * self.isp_seconds) for k in range(count)]
+
+    async def _orders(self, now: datetime) -> dict[datetime, OrderedIsp]:
+        today = self.market.today(now)
+
+        def read(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[store.OrderRow], dict[str, store.PrognosisRow]]:
+            orders = store.accepted_orders(
+                conn, since=today - timedelta(days=1), until=today + timedelta(days=1)
+            )
+            baselines: dict[str, store.PrognosisRow] = {}
+            for order in orders:
+                if order.baseline_message_id and order.baseline_message_id not in baselines:
+                    row = store.prognosis_by_message(conn, order.baseline_message_id)
+                    if row is not None:
+                        baselines[row.message_id] = row
+            return orders, baselines
+
+        orders, baselines = await self.db.read(read)
+        current = datetime.fromtimestamp(
+            int(now.timestamp()) - int(now.timestamp()) % self.isp_seconds, UTC
+        )
+        return {
+            start: isp
+            for start, isp in ordered_isps(orders, baselines, self.market).items()
+            if start >= current
+        }
+
+    async def dispatch_once(self) -> DispatchRound:
+        now = self.clock.now()
+        ordered = await self._orders(now)
+        grid = self._grid(now, max(ordered) if ordered else None)
+        horizon = len(grid)
+        cap = np.full(horizon, self.capacity_w)
+        floor = np.zeros(horizon)
+        position = {start: k for k, start in enumerate(grid)}
+        for start, isp in ordered.items():
+            k = position.get(start)
+            if k is None:
+                continue
+            if isp.change_w < 0:
+                cap[k] = min(cap[k], isp.target_w)
+            else:
+                floor[k] = min(self.capacity_w, isp.target_w)
+
+        calibration = await self.forecaster.calibration()
+        online = {cid for cid, c in self.site.chargers.items() if c.online}
+        sessions = [s for s in self.site.active_sessions() if s.info.charger_id in online]
+        needs = self.forecaster.needs(sessions, now, calibration)
+        schedules, unmet = await asyncio.to_thread(self._allocate, needs, grid, cap, floor, online)
+        round_ = DispatchRound(
+            now,
+            grid,
+            cap.tolist(),
+            floor.tolist(),
+            {k: v.tolist() for k, v in schedules.items()},
+            unmet,
+        )
+        await self._push(round_)
+        self.last_round = round_
+        self.rounds += 1
+        return round_
+
+    def _allocate(
+        self,
+        needs: Sequence[SessionNeed],
+        grid: list[datetime],
+        cap: np.ndarray,
+        floor: np.ndarray,
+        online: set[str],
+    ) -> tuple[dict[str, np.ndarray], float]:
+        horizon = len(grid)
+        schedules: dict[str, np.ndarray] = {cid: np.zeros(horizon) for cid in online}
+        unmet = 0.0
+        if needs:
+            sessions = SessionSet.from_instants(
+                grid[0],
+                self.config.uftp.isp_duration_min,
+                [grid[0]] * len(needs),
+                [n.leave for n in needs],
+                [n.energy_wh for n in needs],
+                [n.pmin_w for n in needs],
+                [n.pmax_w for n in needs],
+            )
+            # As much as the cap allows: that also serves a raise order's floor as far as the
+            # EVs can take energy (nobody can be made to charge a full battery).
+            result = allocate(sessions, cap, cap, self.config.uftp.isp_duration_min)
+            unmet = float(result.unmet_wh.sum())
+            for need, row in zip(needs, result.schedule_w, strict=True):
+                cid = need.session.info.charger_id
+                schedules[cid] = schedules.get(cid, np.zeros(horizon)) + row
+        busy = {n.session.info.charger_id for n in needs}
+        used = sum(schedules.values(), np.zeros(horizon))
+        for cid in sorted(online - busy):
+            # An idle charger may start an EV at its minimum power while the cap has room.
+            minimum = self._min_power(cid)
+            room = cap - used
+            allowance = np.where(room >= minimum, minimum, 0.0)
+            schedules[cid] = allowance
+            used = used + allowance
+        return schedules, unmet
+
+    def _min_power(self, charger_id: str) -> float:
+        charger = self._chargers.get(charger_id)
+        if charger is None:
+            return 6.0 * 230.0 * 3
+        return charger.min_current_a * charger.nominal_voltage_v * charger.phases
+
+    async def _push(self, round_: DispatchRound) -> None:
+        valid_until = round_.grid[-1] + timedelta(seconds=self.isp_seconds)
+        jobs: dict[str, asyncio.Task[CommandResult]] = {}
+        for cid, values in round_.schedules.items():
+            periods = _periods(round_.grid, values, round_.at)
+            previous = self._sent.get(cid)
+            if (
+                previous is not None
+                and _same_from(previous[0], periods, round_.at)
+                and (previous[1] >= valid_until - timedelta(seconds=self.isp_seconds))
+            ):
+                continue
+            jobs[cid] = asyncio.create_task(
+                self.bridge.set_dynamic_schedule(cid, periods, valid_until)
+            )
+            self.site.charger(cid).limit_w = periods[0].limit_w
+        if not jobs:
+            return
+        results = await asyncio.gather(*jobs.values(), return_exceptions=True)
+        rejected: list[str] = []
+        for (cid, _), result in zip(jobs.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("dynamic schedule for %s failed: %s", cid, result)
+                continue
+            round_.pushed[cid] = result
+            if result.accepted:
+                periods = _periods(round_.grid, round_.schedules[cid], round_.at)
+                self._sent[cid] = (tuple(periods), valid_until)
+            else:
+                rejected.append(f"{cid}: {result.status} {result.reason or ''}".strip())
+        if rejected:
+            log.warning(
+                "chargers did not take their dynamic schedule",
+                extra={"chargers": "; ".join(rejected[:10])},
+            )
+        accepted = [cid for cid, r in round_.pushed.items() if r.accepted]
+        if accepted:
+            task = asyncio.create_task(self._verify(accepted[: self.verify_sample], round_))
+            self._verifiers.add(task)
+            task.add_done_callback(self._verifiers.discard)
+
+    async def _verify(self, charger_ids: list[str], round_: DispatchRound) -> None:
+        """Re-read composite schedules: did the chargers apply what we sent?"""
+        for cid in charger_ids:
+            composite = await self.bridge.composite_schedule(cid, 0, self.isp_seconds)
+            if not composite.result.accepted or not composite.periods:
+                continue
+            sent = round_.schedules[cid][0]
+            applied = composite.periods[0].limit_w
+            # The composite may be lower (safe layer, EV) but never above what we sent.
+            if applied > sent + max(250.0, 0.05 * sent):
+                log.error("charger %s reports %.0f W allowed, we sent %.0f W", cid, applied, sent)
+
+    # --- delivery -------------------------------------------------------------------------------
+
+    async def delivery(self, order: store.OrderRow) -> list[tuple[int, float, float, float]]:
+        """Per ordered ISP: (index, baseline W, ordered change W, measured W so far)."""
+        start, end = self.market.bounds(order.period)
+
+        def read(conn: sqlite3.Connection) -> tuple[store.PrognosisRow | None, dict[int, float]]:
+            base = store.prognosis_by_message(conn, order.baseline_message_id or "")
+            energy = store.congestion_point_energy(conn, order.congestion_point, start, end)
+            return base, energy
+
+        baseline, energy = await self.db.read(read)
+        starts = {isp.index: isp.start for isp in self.market.isps(order.period)}
+        to_w = 3600.0 / self.isp_seconds
+        out = []
+        for index, change in sorted(order.change_per_isp().items()):
+            isp_start = starts[index]
+            base = float(baseline.power_w[index - 1]) if baseline is not None else math.nan
+            measured = energy.get(int(isp_start.timestamp()), 0.0) * to_w
+            out.append((index, base, float(change), measured))
+        return out
+
+
+def _periods(
+    grid: list[datetime], values: np.ndarray | list[float], now: datetime
+) -> list[PowerPeriod]:
+    """Merge equal neighbours; the first period starts now (the charger applies it at once)."""
+    periods: list[PowerPeriod] = []
+    for start, value in zip(grid, values, strict=True):
+        limit = float(max(0.0, round(float(value))))
+        begin = max(start, now.replace(microsecond=0))
+        if periods and periods[-1].limit_w == limit:
+            continue
+        if periods and begin <= periods[-1].start:
+            periods[-1] = PowerPeriod(periods[-1].start, limit)
+            continue
+        periods.append(PowerPeriod(begin, limit))
+    return periods
+
+
+def _same_from(old: Sequence[PowerPeriod], new: Sequence[PowerPeriod], now: datetime) -> bool:
+    """Whether two schedules allow the same from `now` on."""
+
+    def at(periods: Sequence[PowerPeriod], moment: datetime) -> float:
+        value = periods[0].limit_w
+        for p in periods:
+            if p.start <= moment:
+                value = p.limit_w
+        return value
+
+    moments = sorted(
+        {now, *(p.start for p in old if p.start > now), *(p.start for p in new if p.start > now)}
+    )
+    return all(at(old, m) == at(new, m) for m in moments)

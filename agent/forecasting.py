@@ -1,0 +1,384 @@
+"""The agent's use of `forecaster`: history from the store, forecasts, session scenarios.
+
+`forecaster` is pure numerics over arrays; this module turns the agent's records into those
+arrays and back. Three products:
+
+- **Load forecasts** per congestion point at the market's ISPs (day-ahead, or intraday with the
+  plugged-in EVs), P10/P50/P90 in W. An ISP the agent measured without energy had zero load; one
+  from before the agent ran is a gap, so a fresh install forecasts from what it has.
+- **Session calibration** from finished sessions: how late drivers leave compared to what they
+  said, how much of what they request they take (FORECASTING.md §5).
+- **Scenarios** for offer sizing and revocation: the EVs plugged in now (calibrated departure and
+  energy) plus the arrivals of the last comparable days, on a period's ISP grid.
+
+Numerics run in a worker thread (the kernels release the GIL), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+
+from agent import store
+from agent.clock import Clock
+from agent.config import ChargerConfig, Config
+from agent.db import Database
+from agent.site import ActiveSession
+from forecaster.calendar import SiteCalendar
+from forecaster.flexibility import SessionSet
+from forecaster.forecast import (
+    EmptyHistoryError,
+    ForecastSettings,
+    PowerHistory,
+    QuantileForecast,
+    fit_profiles,
+)
+from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STAY_S = 8 * 3600.0
+DEFAULT_ENERGY_WH = 15_000.0
+SCENARIO_DAYS = 4
+
+
+@dataclass(frozen=True)
+class Bands:
+    """One congestion point's forecast at the requested ISPs (W)."""
+
+    p10: list[float]
+    p50: list[float]
+    p90: list[float]
+    days_of_history: int
+
+
+@dataclass(frozen=True)
+class SessionNeed:
+    session: ActiveSession
+    leave: datetime
+    energy_wh: float
+    pmin_w: float
+    pmax_w: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Medians the scenarios use, and the forecaster's full calibration when there is one."""
+
+    departure_residual_s: float
+    stay_s: float
+    energy_ratio: float
+    energy_wh: float
+    samples: SessionCalibration | None
+
+
+def _finished_arrays(
+    rows: Sequence[store.SessionRow], power_w: float
+) -> tuple[np.ndarray, ...] | None:
+    rows = [r for r in rows if r.started_at and r.ended_at and r.ended_at > r.started_at]
+    rows = [r for r in rows if (r.energy_wh or 0) > 0]
+    if not rows:
+        return None
+    arrival = np.array([int(r.started_at.timestamp()) for r in rows if r.started_at])
+    departure = np.array([int(r.ended_at.timestamp()) for r in rows if r.ended_at])
+    delivered = np.array([float(r.energy_wh or 0.0) for r in rows])
+    requested = np.array(
+        [float(r.requested_energy_wh) if r.requested_energy_wh else np.nan for r in rows]
+    )
+    stated = np.array(
+        [float(r.departure_at.timestamp()) if r.departure_at else np.nan for r in rows]
+    )
+    return arrival, departure, delivered, requested, stated, np.full(len(rows), power_w)
+
+
+class SiteForecaster:
+    def __init__(self, config: Config, db: Database, clock: Clock) -> None:
+        self.config = config
+        self.db = db
+        self.clock = clock
+        self.isp_minutes = config.uftp.isp_duration_min
+        self.isp_seconds = self.isp_minutes * 60
+        holidays = [date.fromisoformat(d) for d in config.forecast.holidays]
+        self.calendar = SiteCalendar.of(config.site.timezone, self.isp_minutes, holidays)
+        self.settings = ForecastSettings(history_days=config.forecast.history_days)
+        self._chargers = {c.id: c for c in config.ocpp.chargers}
+
+    # --- history ----------------------------------------------------------------------------
+
+    def _grid_start(self, until: datetime) -> datetime:
+        days = self.config.forecast.history_days + 2
+        start = until - timedelta(days=days)
+        epoch = int(start.timestamp())
+        return datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
+
+    async def history(self, congestion_points: Sequence[str], until: datetime) -> PowerHistory:
+        """Power per ISP (S, T) up to `until` (exclusive), NaN where the agent did not measure."""
+        start = self._grid_start(until)
+        length = int((until - start).total_seconds()) // self.isp_seconds
+
+        def read(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[tuple[datetime, datetime]], list[dict[int, float]]]:
+            alive = store.uptime(conn, start, until)
+            energy = [
+                store.congestion_point_energy(conn, cp, start, until) for cp in congestion_points
+            ]
+            return alive, energy
+
+        alive, energy = await self.db.read(read)
+        values = np.full((len(congestion_points), length), np.nan)
+        origin = int(start.timestamp())
+        for began, ended in alive:
+            first = max(0, math.ceil((began.timestamp() - origin) / self.isp_seconds))
+            last = min(length, int((ended.timestamp() - origin) // self.isp_seconds))
+            if last > first:
+                values[:, first:last] = 0.0
+        to_w = 3600.0 / self.isp_seconds
+        for s, per_isp in enumerate(energy):
+            for isp_start, wh in per_isp.items():
+                t = (isp_start - origin) // self.isp_seconds
+                if 0 <= t < length:
+                    values[s, t] = (0.0 if np.isnan(values[s, t]) else values[s, t]) + wh * to_w
+        return PowerHistory(start, self.isp_minutes, values)
+
+    # --- forecasts --------------------------------------------------------------------------
+
+    async def forecast(
+        self,
+        congestion_points: Sequence[str],
+        targets: Sequence[datetime],
+        *,
+        origin: datetime | None = None,
+        sessions: Sequence[ActiveSession] = (),
+    ) -> dict[str, Bands]:
+        """P10/P50/P90 per congestion point at `targets` (UTC ISP starts).
+
+        Day-ahead when `origin` is None (all history known); intraday from `origin` (an ISP
+        start) with the plugged-in `sessions` added. A congestion point without any history
+        forecasts zero load, with a warning: it has nothing to learn from yet.
+        """
+        until = origin if origin is not None else self.clock.now()
+        epoch = int(until.timestamp())
+        until = datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
+        history = await self.history(congestion_points, until)
+        calibration = await self.calibration() if origin is not None else None
+        known = self._known(congestion_points, sessions) if origin is not None else None
+
+        def run() -> QuantileForecast:
+            if origin is not None and calibration is not None and calibration.samples:
+                assert known is not None
+                return forecast_intraday(
+                    history,
+                    until,
+                    list(targets),
+                    self.calendar,
+                    known,
+                    calibration.samples,
+                    self.settings,
+                )
+            return fit_profiles(history, self.calendar, self.settings).forecast(list(targets))
+
+        try:
+            result = await asyncio.to_thread(run)
+        except EmptyHistoryError as exc:
+            empty = {congestion_points[i] for i in exc.series}
+            log.warning(
+                "no load history yet for %s: forecasting zero load", ", ".join(sorted(empty))
+            )
+            zero = Bands([0.0] * len(targets), [0.0] * len(targets), [0.0] * len(targets), 0)
+            rest = [cp for cp in congestion_points if cp not in empty]
+            out = dict.fromkeys(empty, zero)
+            if rest:
+                out.update(await self.forecast(rest, targets, origin=origin, sessions=sessions))
+            return out
+        return {
+            cp: Bands(
+                [float(v) for v in result.p10[s]],
+                [float(v) for v in result.p50[s]],
+                [float(v) for v in result.p90[s]],
+                int(result.days_pooled[s].max()),
+            )
+            for s, cp in enumerate(congestion_points)
+        }
+
+    def _charger(self, charger_id: str) -> ChargerConfig | None:
+        return self._chargers.get(charger_id)
+
+    def _pmax(self, charger_id: str) -> float:
+        charger = self._charger(charger_id)
+        return float(charger.max_power_w) if charger else 11_040.0
+
+    def _pmin(self, charger_id: str) -> float:
+        charger = self._charger(charger_id)
+        if charger is None:
+            return 6.0 * 230.0 * 3
+        return charger.min_current_a * charger.nominal_voltage_v * charger.phases
+
+    def _known(
+        self, congestion_points: Sequence[str], sessions: Sequence[ActiveSession]
+    ) -> KnownSessions:
+        index = {cp: i for i, cp in enumerate(congestion_points)}
+        rows = [s for s in sessions if s.congestion_point in index and s.info.started_at]
+        if not rows:
+            return KnownSessions.none()
+
+        def stamp(moment: datetime | None) -> float:
+            return np.nan if moment is None else moment.timestamp()
+
+        return KnownSessions(
+            series=np.array([index[s.congestion_point or ""] for s in rows]),
+            arrival=np.array([int(stamp(s.info.started_at)) for s in rows]),
+            expected_departure=np.array([stamp(s.info.departure_time) for s in rows]),
+            needed_wh=np.array(
+                [
+                    max(0.0, (s.info.requested_energy_wh or np.nan) - (s.info.energy_wh or 0.0))
+                    if s.info.requested_energy_wh
+                    else np.nan
+                    for s in rows
+                ]
+            ),
+            delivered_wh=np.array(
+                [s.info.energy_wh if s.info.energy_wh is not None else np.nan for s in rows]
+            ),
+            pmax_w=np.array([self._pmax(s.info.charger_id) for s in rows]),
+            power_now_w=np.array([s.power_w for s in rows]),
+        )
+
+    # --- calibration and scenarios ----------------------------------------------------------
+
+    async def calibration(self) -> Calibration:
+        now = self.clock.now()
+        since = now - timedelta(days=self.config.forecast.history_days)
+        rows = await self.db.read(lambda c: store.finished_sessions(c, since, now))
+        arrays = _finished_arrays(rows, 7_000.0)
+        if arrays is None:
+            return Calibration(0.0, DEFAULT_STAY_S, 1.0, DEFAULT_ENERGY_WH, None)
+        samples = await asyncio.to_thread(SessionCalibration.fit, self.calendar, *arrays)
+        arrival, departure, delivered, _, _, _ = arrays
+        return Calibration(
+            departure_residual_s=float(np.median(samples.departure_residual_s)),
+            stay_s=float(np.median(departure - arrival)),
+            energy_ratio=float(np.median(samples.energy_ratio)),
+            energy_wh=float(np.median(delivered)),
+            samples=samples,
+        )
+
+    async def scenarios(
+        self,
+        congestion_point: str,
+        grid_start: datetime,
+        horizon: int,
+        sessions: Sequence[ActiveSession],
+        *,
+        now: datetime | None = None,
+        days: int = SCENARIO_DAYS,
+    ) -> list[SessionSet]:
+        """Session sets on the grid [grid_start, + horizon ISPs): plugged-in EVs plus the
+        arrivals after `now` of each of the last `days` days of the same day type."""
+        now = now or self.clock.now()
+        calibration = await self.calibration()
+        plugged = [s for s in sessions if s.congestion_point == congestion_point]
+        rows = [
+            (now, need.leave, need.energy_wh, need.pmin_w, need.pmax_w)
+            for need in self.needs(plugged, now, calibration)
+        ]
+
+        target_day = grid_start.astimezone(self.calendar.zone).date()
+        target_type = self.calendar.day_types(np.array([target_day.toordinal()], dtype=np.int64))[0]
+        past_days: list[date] = []
+        probe = target_day - timedelta(days=1)
+        while len(past_days) < days and (target_day - probe).days <= 28:
+            kind = self.calendar.day_types(np.array([probe.toordinal()], dtype=np.int64))[0]
+            if kind == target_type:
+                past_days.append(probe)
+            probe -= timedelta(days=1)
+
+        def read(conn: sqlite3.Connection) -> list[list[store.SessionRow]]:
+            out = []
+            for day in past_days:
+                start = datetime.combine(day, datetime.min.time(), self.calendar.zone)
+                end = start + timedelta(days=1)
+                out.append(
+                    [
+                        r
+                        for r in store.finished_sessions(
+                            conn, start.astimezone(UTC), end.astimezone(UTC)
+                        )
+                        if r.congestion_point == congestion_point
+                    ]
+                )
+            return out
+
+        history_days = await self.db.read(read) if past_days else []
+        grid_end = grid_start + timedelta(seconds=horizon * self.isp_seconds)
+        scenarios: list[SessionSet] = []
+        for day, finished in zip(past_days, history_days, strict=True):
+            shift = target_day - day
+            extra: list[tuple[datetime, datetime, float, float, float]] = []
+            for r in finished:
+                if r.started_at is None or r.ended_at is None or not r.energy_wh:
+                    continue
+                arrive = _same_local_time(r.started_at, shift, self.calendar)
+                leave = arrive + (r.ended_at - r.started_at)
+                if arrive < now or arrive >= grid_end:
+                    continue
+                cid = r.charger_id
+                extra.append((arrive, leave, float(r.energy_wh), self._pmin(cid), self._pmax(cid)))
+            scenarios.append(self._session_set(grid_start, rows + extra))
+        if not scenarios:
+            scenarios.append(self._session_set(grid_start, rows))
+        return scenarios
+
+    def needs(
+        self, sessions: Sequence[ActiveSession], now: datetime, calibration: Calibration
+    ) -> list[SessionNeed]:
+        """What each plugged-in EV still needs and until when, calibrated against history:
+        drivers leave later than they say and take less than they request (§5)."""
+        out: list[SessionNeed] = []
+        for s in sessions:
+            info = s.info
+            arrived = info.started_at or now
+            if info.departure_time is not None:
+                leave = info.departure_time + timedelta(seconds=calibration.departure_residual_s)
+            else:
+                leave = arrived + timedelta(seconds=calibration.stay_s)
+            leave = max(leave, now + timedelta(seconds=self.isp_seconds))
+            delivered = info.energy_wh or 0.0
+            if info.requested_energy_wh:
+                wanted = info.requested_energy_wh * calibration.energy_ratio
+            else:
+                wanted = calibration.energy_wh
+            if s.power_w == 0 and delivered > 0 and s.updated_at is not None:
+                wanted = delivered  # drawing nothing after charging: the car is full
+            cid = info.charger_id
+            out.append(
+                SessionNeed(
+                    s, leave, max(0.0, wanted - delivered), self._pmin(cid), self._pmax(cid)
+                )
+            )
+        return out
+
+    def _session_set(
+        self, grid_start: datetime, rows: Sequence[tuple[datetime, datetime, float, float, float]]
+    ) -> SessionSet:
+        if not rows:
+            empty = np.zeros(0)
+            return SessionSet(empty.astype(np.int64), empty.astype(np.int64), empty, empty, empty)
+        arrive, leave, energy, pmin, pmax = zip(*rows, strict=True)
+        return SessionSet.from_instants(
+            grid_start, self.isp_minutes, list(arrive), list(leave), energy, pmin, pmax
+        )
+
+
+def _same_local_time(instant: datetime, shift: timedelta, calendar: SiteCalendar) -> datetime:
+    """The instant `shift` days later at the same local clock time (DST-safe)."""
+    local = instant.astimezone(calendar.zone)
+    moved = (local.replace(tzinfo=None) + shift).replace(tzinfo=calendar.zone)
+    return moved.astimezone(UTC)

@@ -1,0 +1,329 @@
+"""D-prognoses: what we tell the DSO each congestion point will draw, per ISP, per day.
+
+When a revision goes out:
+- **day-ahead** for tomorrow at `trading.prognosis_time` (local market time), and for today as
+  soon as the agent runs without one;
+- **after every accepted FlexOrder**, so the prognosis includes the order (the DSO's baseline for
+  the next offers and the check that the order was taken into account);
+- **intraday** when the forecast with the plugged-in EVs moves more than
+  `trading.intraday_threshold_w` away from the prognosis in a future ISP;
+- again after the DSO rejected one for "Subordinate sequence number".
+
+A revision covers every ISP of the day (92/96/100). ISPs that have begun keep the value of the
+previous revision: the past cannot be re-forecast. Revisions only grow: the next one is computed
+inside the transaction that records it, from the highest stored, so a restart or two tasks
+racing cannot reuse a number. After "Subordinate sequence number" (our database was restored, or
+another system used the numbers) the next revision jumps to the current Unix time, which is above
+any counter the DSO can have seen from us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from agent import store
+from agent.clock import Clock
+from agent.config import Config
+from agent.db import Database
+from agent.forecasting import SiteForecaster
+from agent.market import Market
+from agent.site import Site
+from uftp import calendar
+from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
+from uftp.participant import Participant
+
+log = logging.getLogger(__name__)
+
+SUBORDINATE = "Subordinate sequence number"
+
+
+def prognosis_power(
+    forecast_w: Sequence[float],
+    previous: store.PrognosisRow | None,
+    first_open: int,
+    order_changes: dict[int, int],
+) -> tuple[list[int], list[int]]:
+    """(power, baseline) per ISP: the forecast plus accepted orders, past ISPs frozen.
+
+    `first_open` is the first ISP (1-based) that has not begun; before it the previous
+    revision's values stand. Power never goes below zero: the site only consumes.
+    """
+    baseline = [max(0, round(f)) for f in forecast_w]
+    power: list[int] = []
+    for index in range(1, len(baseline) + 1):
+        if previous is not None and index < first_open and index <= len(previous.power_w):
+            baseline[index - 1] = previous.baseline_w[index - 1]
+            power.append(previous.power_w[index - 1])
+        else:
+            power.append(max(0, baseline[index - 1] + order_changes.get(index, 0)))
+    return power, baseline
+
+
+def order_changes(orders: Sequence[store.OrderRow]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for order in orders:
+        for index, change in order.change_per_isp().items():
+            total[index] = total.get(index, 0) + change
+    return total
+
+
+@dataclass
+class _Wanted:
+    reason: str
+
+
+class PrognosisService:
+    """Service component that keeps every congestion point's D-prognoses current."""
+
+    name = "prognosis"
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        participant: Participant,
+        forecaster: SiteForecaster,
+        site: Site,
+        clock: Clock,
+        *,
+        tick_s: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.participant = participant
+        self.forecaster = forecaster
+        self.site = site
+        self.clock = clock
+        self.market = Market(config.uftp.market_timezone, config.uftp.isp_duration_min)
+        self.tick_s = tick_s
+        self._dso = {cp.entity_address: cp.dso_domain for cp in config.congestion_points}
+        self._wanted: dict[tuple[str, date], _Wanted] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._last_intraday: dict[str, int] = {}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="prognosis")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # --- triggers -------------------------------------------------------------------------------
+
+    def request(self, congestion_point: str, period: date, reason: str) -> None:
+        """Ask for a new revision soon (after an order, after a rejection)."""
+        self._wanted[(congestion_point, period)] = _Wanted(reason)
+        self._wake.set()
+
+    def response_received(self, conn: sqlite3.Connection, response: DPrognosisResponse) -> None:
+        """Record the DSO's answer (in the caller's transaction) and act on a rejection."""
+        sent = store.prognosis_by_message(conn, response.d_prognosis_message_id)
+        if sent is None:
+            log.warning("D-PrognosisResponse for an unknown D-Prognosis")
+            return
+        if response.accepted:
+            store.set_prognosis_status(conn, sent.message_id, "accepted", None)
+            for status in response.flex_order_statuses:
+                if not status.is_validated:
+                    log.warning(
+                        "the DSO says revision %d does not reflect FlexOrder %s",
+                        sent.revision,
+                        status.flex_order_message_id,
+                        extra={"congestion_point": sent.congestion_point},
+                    )
+            return
+        reason = response.rejection_reason or "no reason given"
+        store.set_prognosis_status(conn, sent.message_id, "rejected", reason)
+        log.error(
+            "the DSO rejected D-Prognosis revision %d for %s: %s",
+            sent.revision,
+            sent.period,
+            reason,
+            extra={"congestion_point": sent.congestion_point},
+        )
+        if SUBORDINATE in reason:
+            floor = int(self.clock.now().timestamp())
+            store.set_meta(conn, _floor_key(sent.congestion_point, sent.period), str(floor))
+            self.request(sent.congestion_point, sent.period, "resend")
+        # Other reasons (ISP duration, time zone, congestion point) are configuration
+        # mismatches a new revision cannot fix: they stay logged and visible in the status.
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("D-prognosis round failed; retrying at the next tick")
+            self._wake.clear()
+            sleeper = asyncio.create_task(self.clock.sleep(self.tick_s))
+            waker = asyncio.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    async def tick(self) -> None:
+        now = self.clock.now()
+        today = self.market.today(now)
+        tomorrow = today + timedelta(days=1)
+        day_ahead_due = now >= self.market.local(today, self.config.trading.prognosis_time)
+        for cp in self._dso:
+            wanted: list[tuple[date, str]] = []
+            if await self._latest(cp, today) is None:
+                wanted.append((today, "day-ahead"))
+            if day_ahead_due and await self._latest(cp, tomorrow) is None:
+                wanted.append((tomorrow, "day-ahead"))
+            for period, reason in wanted:
+                await self.send(cp, period, reason)
+        for (cp, period), want in list(self._wanted.items()):
+            del self._wanted[(cp, period)]
+            await self.send(cp, period, want.reason)
+        await self._intraday(now, today)
+
+    async def _latest(self, congestion_point: str, period: date) -> store.PrognosisRow | None:
+        return await self.db.read(lambda c: store.latest_prognosis(c, congestion_point, period))
+
+    async def ensure(self, congestion_point: str, period: date) -> store.PrognosisRow:
+        """The current prognosis of the day, sending one first if there is none."""
+        latest = await self._latest(congestion_point, period)
+        return (
+            latest if latest is not None else await self.send(congestion_point, period, "day-ahead")
+        )
+
+    async def _intraday(self, now: datetime, today: date) -> None:
+        period, current = self.market.locate(now)
+        if period != today:
+            return
+        isps = self.market.isps(today)
+        if current >= len(isps):
+            return
+        origin = isps[current - 1].start
+        targets = [isp.start for isp in isps[current:]]
+        sessions = self.site.active_sessions()
+        for cp in self._dso:
+            if self._last_intraday.get(cp) == current:
+                continue  # once per ISP is enough
+            latest = await self._latest(cp, today)
+            if latest is None:
+                continue
+            self._last_intraday[cp] = current
+            bands = await self.forecaster.forecast([cp], targets, origin=origin, sessions=sessions)
+            forecast = bands[cp].p50
+            drift = max(
+                abs(forecast[k] - latest.baseline_w[current + k]) for k in range(len(forecast))
+            )
+            if drift > self.config.trading.intraday_threshold_w:
+                log.info(
+                    "intraday forecast moved %.0f W from the prognosis: new revision",
+                    drift,
+                    extra={"congestion_point": cp},
+                )
+                full = list(latest.baseline_w[:current]) + forecast
+                await self.send(cp, today, "intraday", forecast_w=full, first_open=current + 1)
+
+    # --- sending --------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        congestion_point: str,
+        period: date,
+        reason: str,
+        *,
+        forecast_w: Sequence[float] | None = None,
+        first_open: int | None = None,
+    ) -> store.PrognosisRow:
+        """Send the next revision of the day's prognosis; returns what was recorded."""
+        async with self._lock:
+            now = self.clock.now()
+            isps = self.market.isps(period)
+            if forecast_w is None:
+                bands = await self.forecaster.forecast([congestion_point], [i.start for i in isps])
+                forecast_w = bands[congestion_point].p50
+            if first_open is None:
+                first_open = 1
+                located, index = self.market.locate(now)
+                if located == period:
+                    first_open = index + 1
+                elif located > period:
+                    first_open = len(isps) + 1
+            dso = self._dso[congestion_point]
+            forecast = list(forecast_w)
+            opened = first_open
+
+            def write(conn: sqlite3.Connection) -> store.PrognosisRow:
+                floor = int(store.get_meta(conn, _floor_key(congestion_point, period)) or 0)
+                revision = max(store.highest_revision(conn, congestion_point, period) + 1, floor)
+                previous = store.latest_prognosis(conn, congestion_point, period)
+                orders = store.accepted_orders(
+                    conn, congestion_point=congestion_point, period=period
+                )
+                power, baseline = prognosis_power(forecast, previous, opened, order_changes(orders))
+                message = DPrognosis(
+                    sender_domain=self.config.uftp.domain,
+                    recipient_domain=dso,
+                    time_stamp=now,
+                    conversation_id=str(uuid.uuid4()),
+                    isp_duration=timedelta(minutes=self.market.isp_minutes),
+                    time_zone=self.market.time_zone,
+                    period=period,
+                    congestion_point=congestion_point,
+                    revision=revision,
+                    isps=tuple(
+                        DPrognosisISP(power=run.value, start=run.start, duration=run.duration)
+                        for run in calendar.compress_runs(power)
+                    ),
+                )
+                self.participant.enqueue(conn, message)
+                row = store.PrognosisRow(
+                    congestion_point=congestion_point,
+                    period=period,
+                    revision=revision,
+                    message_id=message.message_id,
+                    conversation_id=message.conversation_id,
+                    dso_domain=dso,
+                    created_at=now,
+                    reason=reason,
+                    power_w=power,
+                    baseline_w=baseline,
+                    orders=[o.message_id for o in orders],
+                    status="sent",
+                    rejection_reason=None,
+                )
+                store.insert_prognosis(conn, row)
+                return row
+
+            row = await self.db.transaction(write)
+            self.participant.wake_outbox()
+            log.info(
+                "D-Prognosis sent",
+                extra={
+                    "congestion_point": congestion_point,
+                    "period": period.isoformat(),
+                    "revision": row.revision,
+                    "why": reason,
+                    "isps": len(row.power_w),
+                    "energy_kwh": round(sum(row.power_w) * self.market.isp_minutes / 60_000, 1),
+                },
+            )
+            return row
+
+
+def _floor_key(congestion_point: str, period: date) -> str:
+    return f"prognosis-revision-floor:{congestion_point}:{period.isoformat()}"
