@@ -1,0 +1,294 @@
+"""The AGR end to end over real sockets: prognosis, request, offer, order, new revision,
+settlement, against our simulated DSO (the interop with shapeshifter-uftp has its own test)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from agent import store
+from agent.app import Agent, build_agent
+from agent.market import Market
+from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from uftp import calendar
+from uftp.dso import DsoParticipant, Received
+from uftp.models import (
+    AvailableRequested,
+    ContractSettlement,
+    ContractSettlementISP,
+    ContractSettlementPeriod,
+    DPrognosis,
+    FlexOffer,
+    FlexOrderSettlement,
+    FlexOrderSettlementISP,
+    FlexRequest,
+    FlexRequestISP,
+    FlexSettlement,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Env, Agent, DsoParticipant]]:
+    env = make_env(tmp_path)
+    today = calendar.today(TZ, datetime.now(UTC))
+    seed_history(env.config, today)
+    dso = env.dso()
+    await dso.start()
+    agent = build_agent(env.config)
+    started = []
+    try:
+        for component in agent.components:
+            await component.start()
+            started.append(component)
+        yield env, agent, dso
+    finally:
+        for component in reversed(started):
+            await component.stop()
+        await dso.stop()
+
+
+def received(kind: type, **where: object):  # type: ignore[no-untyped-def]
+    def match(outcome: object) -> bool:
+        if not isinstance(outcome, Received) or not isinstance(outcome.message, kind):
+            return False
+        return all(getattr(outcome.message, k) == v for k, v in where.items())
+
+    return match
+
+
+def request_for(period, requested: range) -> FlexRequest:  # type: ignore[no-untyped-def]
+    count = calendar.isp_count(period, TZ, 15)
+    first, last = requested.start, requested.stop - 1
+    isps = [
+        FlexRequestISP(
+            disposition=AvailableRequested.AVAILABLE,
+            min_power=0,
+            max_power=60_000,
+            start=1,
+            duration=first - 1,
+        ),
+        FlexRequestISP(
+            disposition=AvailableRequested.REQUESTED,
+            min_power=-60_000,
+            max_power=-5_000,
+            start=first,
+            duration=last - first + 1,
+        ),
+        FlexRequestISP(
+            disposition=AvailableRequested.AVAILABLE,
+            min_power=0,
+            max_power=60_000,
+            start=last + 1,
+            duration=count - last,
+        ),
+    ]
+    now = datetime.now(UTC)
+    return FlexRequest(
+        sender_domain=DSO,
+        recipient_domain="agr.flexbridge-test.org",
+        isp_duration="PT15M",
+        time_zone=TZ,
+        period=period,
+        congestion_point=CP,
+        revision=1,
+        expiration_date_time=now + timedelta(hours=2),
+        isps=isps,
+    )
+
+
+async def test_request_offer_order_and_the_revision_that_includes_it(
+    running: tuple[Env, Agent, DsoParticipant],
+) -> None:
+    env, _agent, dso = running
+    now = datetime.now(UTC)
+    market = Market(TZ, 15)
+    today = market.today(now)
+    tomorrow = today + timedelta(days=1)
+
+    first = await dso.wait_handled(received(DPrognosis, period=today), 30)
+    assert isinstance(first, Received)
+    assert first.accepted, first.rejections
+    prognosis = first.message
+    assert isinstance(prognosis, DPrognosis)
+    assert sum(i.duration for i in prognosis.isps) == market.count(today)
+
+    # Congestion at 09:00-10:00 tomorrow, when the seeded EVs charge.
+    request = request_for(tomorrow, range(37, 41))
+    await dso.send(request)
+    outcome = await dso.wait_handled(received(FlexOffer), 60)
+    assert isinstance(outcome, Received)
+    offer = outcome.message
+    assert isinstance(offer, FlexOffer)
+    assert outcome.accepted, outcome.rejections
+    assert offer.flex_request_message_id == request.message_id
+    assert offer.conversation_id == request.conversation_id
+    option = offer.offer_options[0]
+    # The request's exact (Start, Duration) and a reduction within its bounds.
+    assert [(i.start, i.duration) for i in option.isps] == [(37, 4)]
+    assert -60_000 <= option.isps[0].power <= -5_000
+    assert option.price == (Decimal("2.00") + Decimal("0.25") * abs(option.isps[0].power) / 1000)
+    assert offer.d_prognosis_message_id is not None
+
+    await dso.order_offer(offer, order_reference="ORD-42")
+    revision = await dso.wait_handled(
+        lambda o: (
+            isinstance(o, Received)
+            and isinstance(o.message, DPrognosis)
+            and o.message.period == tomorrow
+            and o.message.revision >= 2
+        ),
+        60,
+    )
+    assert isinstance(revision, Received)
+    assert revision.accepted
+    assert isinstance(revision.message, DPrognosis)
+    powers = calendar.expand_runs((i.start, i.duration, i.power) for i in revision.message.isps)
+
+    conn = connection(env.config)
+    try:
+        orders = store.accepted_orders(conn, period=tomorrow)
+        base = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+        latest = store.latest_prognosis(conn, CP, tomorrow)
+    finally:
+        conn.close()
+    assert [o.order_reference for o in orders] == ["ORD-42"]
+    assert base is not None
+    assert latest is not None
+    assert latest.reason == "order"
+    for index in range(37, 41):
+        assert powers[index] == max(0, base.power_w[index - 1] + option.isps[0].power)
+
+    # A second identical request finds the flexibility taken by the first order.
+    await dso.send(request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2}))
+    await asyncio.sleep(2)
+    conn = connection(env.config)
+    try:
+        latest_requests = store.recent_requests(conn, 1)
+    finally:
+        conn.close()
+    assert latest_requests[0].revision == 2
+
+
+def _order_row(period, reference: str, message_id: str) -> store.OrderRow:  # type: ignore[no-untyped-def]
+    return store.OrderRow(
+        message_id=message_id,
+        conversation_id=message_id[:-4] + "9999",
+        offer_message_id=None,
+        dso_domain=DSO,
+        congestion_point=CP,
+        period=period,
+        order_reference=reference,
+        option_reference="A",
+        activation_factor=1.0,
+        price="3.2500",
+        currency="EUR",
+        isps=[[37, 4, -5000]],
+        baseline_message_id=None,
+        received_at=datetime.now(UTC) - timedelta(days=1),
+        status="accepted",
+        reason=None,
+    )
+
+
+def _settlement(period, actual: dict[int, int], reference: str) -> FlexSettlement:  # type: ignore[no-untyped-def]
+    return FlexSettlement(
+        sender_domain=DSO,
+        recipient_domain="agr.flexbridge-test.org",
+        period_start=period,
+        period_end=period,
+        currency="EUR",
+        flex_order_settlements=[
+            FlexOrderSettlement(
+                order_reference=reference,
+                period=period,
+                congestion_point=CP,
+                price=Decimal("3.25"),
+                net_settlement=Decimal("3.25"),
+                isps=[
+                    FlexOrderSettlementISP(
+                        start=i,
+                        baseline_power=actual[i] + 5000,
+                        ordered_flex_power=-5000,
+                        actual_power=actual[i],
+                        delivered_flex_power=-5000,
+                    )
+                    for i in range(37, 41)
+                ],
+            )
+        ],
+        contract_settlements=[
+            ContractSettlement(
+                contract_id="C-1",
+                periods=[
+                    ContractSettlementPeriod(
+                        period=period, isps=[ContractSettlementISP(start=1, reserved_power=0)]
+                    )
+                ],
+            )
+        ],
+    )
+
+
+async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
+    running: tuple[Env, Agent, DsoParticipant],
+) -> None:
+    env, _agent, dso = running
+    market = Market(TZ, 15)
+    yesterday = market.today(datetime.now(UTC)) - timedelta(days=1)
+    before = yesterday - timedelta(days=1)
+    conn = connection(env.config)
+    conn.execute("BEGIN")
+    store.insert_order(conn, _order_row(yesterday, "ORD-Y", "11111111-1111-4111-8111-111111111111"))
+    store.insert_order(conn, _order_row(before, "ORD-B", "44444444-4444-4444-8444-444444444444"))
+    conn.execute("COMMIT")
+
+    def actual(period) -> dict[int, int]:  # type: ignore[no-untyped-def]
+        measured = store.congestion_point_energy(conn, CP, *market.bounds(period))
+        starts = {i.index: i.start for i in market.isps(period)}
+        return {i: round(measured.get(int(starts[i].timestamp()), 0.0) * 4) for i in range(37, 41)}
+
+    agreed = _settlement(yesterday, actual(yesterday), "ORD-Y")
+    contradicted = _settlement(before, {i: v + 7_000 for i, v in actual(before).items()}, "ORD-B")
+    conn.close()
+    await dso.send(agreed)
+    await dso.send(contradicted)
+    rows: list[dict[str, object]] = []
+    for _ in range(100):
+        conn = connection(env.config)
+        rows = store.recent_settlements(conn)
+        conn.close()
+        if len(rows) == 2:
+            break
+        await asyncio.sleep(0.2)
+    by_id = {r["message_id"]: r for r in rows}
+    ok = by_id[agreed.message_id]
+    assert ok["result"] == "Accepted"
+    assert ok["items"] == [
+        {"order_reference": "ORD-Y", "disposition": "Accepted", "dispute_reason": None}
+    ]  # type: ignore[comparison-overlap]
+    disputed = by_id[contradicted.message_id]
+    assert disputed["result"] == "Accepted"  # disputes are items, not a rejection
+    (item,) = disputed["items"]  # type: ignore[misc]
+    assert item["disposition"] == "Disputed"
+    assert "ActualPower differs from the AGR's metering: ISP 37" in item["dispute_reason"]
+
+    # The same period again: rejected as a whole, the DSO must not settle twice.
+    again = _settlement(yesterday, actual_again := dict.fromkeys(range(37, 41), 0), "ORD-Y")
+    del actual_again
+    await dso.send(again)
+    for _ in range(100):
+        conn = connection(env.config)
+        rows = store.recent_settlements(conn)
+        conn.close()
+        if len(rows) == 3:
+            break
+        await asyncio.sleep(0.2)
+    third = {r["message_id"]: r for r in rows}[again.message_id]
+    assert third["result"] == "Rejected"

@@ -1,0 +1,149 @@
+"""An agent wired to a simulated DSO on loopback, with history in its store.
+
+The history is plain and known: every day the same EVs arrive in the morning and charge as soon
+as they can, so forecasts, offers and settlements have something real to work from.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from nacl.signing import SigningKey
+
+from agent import store
+from agent.config import Config
+from agent.db import connect
+from agent.energy import split_energy
+from agent.store import SCHEMA
+from tests.support.ports import free_port
+from tests.support.uftp import peer, settings, url
+from uftp import keys
+from uftp import store as uftp_store
+from uftp.dso import DsoParticipant
+from uftp.models import Role
+from uftp.settings import RetryPolicy
+
+AGR = "agr.flexbridge-test.org"
+DSO = "dso.flexbridge-test.org"
+CP = "ean.871685900012636543"
+TZ = "Europe/Amsterdam"
+CHARGERS = [f"CP-{i:02d}" for i in range(1, 9)]
+FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.5, request_timeout_s=5.0)
+
+
+@dataclass
+class Env:
+    config: Config
+    dso_key: SigningKey
+    agr_key: SigningKey
+    dso_port: int
+    agr_port: int
+    dso_db: Path
+
+    def dso(self, **kwargs: Any) -> DsoParticipant:
+        agr = peer(AGR, Role.AGR, self.agr_key, self.agr_port)
+        return DsoParticipant(
+            settings(DSO, Role.DSO, self.dso_key, self.dso_port, [agr], retry=FAST_RETRY),
+            self.dso_db,
+            **kwargs,
+        )
+
+
+def make_env(tmp_path: Path, **overrides: Any) -> Env:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    agr_key, dso_key = SigningKey.generate(), SigningKey.generate()
+    key_file = state / "agr.key"
+    keys.write_signing_key(key_file, agr_key)
+    dso_port, agr_port, ocpp_port = free_port(), free_port(), free_port()
+    raw: dict[str, Any] = {
+        "site": {"id": "test", "timezone": TZ, "connection_capacity_w": 150_000},
+        "ocpp": {
+            "host": "127.0.0.1",
+            "port": ocpp_port,
+            "chargers": [{"id": c, "max_current_a": 16} for c in CHARGERS],
+        },
+        "uftp": {
+            "domain": AGR,
+            "signing_key_file": str(key_file),
+            "host": "127.0.0.1",
+            "port": agr_port,
+            "market_timezone": TZ,
+            "peers": [
+                {
+                    "domain": DSO,
+                    "role": "DSO",
+                    "public_keys": [keys.public_key_b64(dso_key)],
+                    "endpoint": url(dso_port),
+                }
+            ],
+        },
+        "congestion_points": [{"entity_address": CP, "dso_domain": DSO}],
+        "storage": {"state_directory": str(state)},
+        "trading": {"offer_lead_time_min": 0, "offer_validity_min": 120},
+    }
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return Env(
+        Config.model_validate(raw), dso_key, agr_key, dso_port, agr_port, tmp_path / "dso.sqlite"
+    )
+
+
+def seed_history(config: Config, today: date, days: int = 28) -> None:
+    """`days` of finished sessions and measured energy before `today`: each charger gets one
+    EV at 08:00 + 15 min x its number, 20 kWh at 11 kW, leaving 8 h later."""
+    zone = ZoneInfo(config.site.timezone)
+    conn = connect(config.storage.database_path)
+    from agent.db import apply_migrations
+
+    apply_migrations(conn, "agent_schema", SCHEMA)
+    uftp_store.migrate(conn)
+    first = today - timedelta(days=days)
+    start = datetime.combine(first, time(0), zone).astimezone(UTC)
+    end = datetime.combine(today, time(0), zone).astimezone(UTC)
+    conn.execute("BEGIN")
+    store.record_alive(conn, start, end)
+    entries: list[tuple[str, int, str | None, float]] = []
+    for d in range(days):
+        day = first + timedelta(days=d)
+        for n, charger in enumerate(CHARGERS):
+            arrive = datetime.combine(day, time(8, 0), zone).astimezone(UTC) + timedelta(
+                minutes=15 * n
+            )
+            leave = arrive + timedelta(hours=8)
+            energy, power = 20_000.0, 11_040.0
+            store.upsert_session(
+                conn,
+                store.SessionRow(
+                    session_id=f"{charger}/{day.isoformat()}",
+                    charger_id=charger,
+                    evse_id=1,
+                    congestion_point=CP,
+                    started_at=arrive,
+                    ended_at=leave,
+                    energy_wh=energy,
+                    requested_energy_wh=None,
+                    departure_at=None,
+                    soc_percent=None,
+                    id_token_hash=None,
+                    stop_reason="EVDisconnected",
+                ),
+                leave,
+            )
+            charged = arrive + timedelta(hours=energy / power)
+            entries += [
+                (charger, int(isp.timestamp()), CP, wh)
+                for isp, wh in split_energy(arrive, charged, energy, 900)
+            ]
+    store.add_isp_energy(conn, entries)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def connection(config: Config) -> sqlite3.Connection:
+    return connect(config.storage.database_path)
