@@ -567,6 +567,27 @@ def share_current(demands_a: Sequence[float], cap_a: float, min_a: float) -> lis
     return shares
 
 
+def _raise_if_cancelling() -> None:
+    """Python 3.11's asyncio.wait_for (used by the `ocpp` library for every CALL) can swallow
+    a cancellation that races with the response (gh-86296); loops check for it themselves."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _finish(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel tasks and wait until they are done, cancelling again any that swallowed it."""
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a link that died is reported where it is noticed
+
+
 def ev_current_a(ev_max_power_w: float, phases: int, volts: float) -> float:
     return ev_max_power_w / (volts * phases)
 
@@ -859,7 +880,8 @@ class SimCharger16(_Sim, CP16):  # type: ignore[misc]
                 timestamp=ts(moment),
                 transaction_id=transaction_id,
                 reason=reason,
-                transaction_data=[meter_value_16(moment, float(meter_stop), None, (), "End")],
+                # The EV has stopped drawing: say so rather than leave power to be derived.
+                transaction_data=[meter_value_16(moment, float(meter_stop), 0.0, (), "End")],
             ),
             suppress=False,
         )
@@ -1443,6 +1465,7 @@ class SimulatedStation:
         self.evses = {i: EvseState(i) for i in range(1, spec.evse_count + 1)}
         self.sessions: list[EvSession] = []  # finished ones, in order
         self.connections = 0  # successful websocket handshakes so far
+        self.heartbeats_sent = 0
         self.heartbeat_interval_s: float | None = None
         self.charger: SimCharger16 | SimCharger201 | None = None
         self._outbox: deque[_Outgoing] = deque()
@@ -1479,11 +1502,7 @@ class SimulatedStation:
     async def stop(self) -> None:
         """Power off: the link drops, sessions freeze as they are."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _finish(tasks)
         self._ready.clear()
 
     async def wait_ready(self) -> None:
@@ -1502,6 +1521,7 @@ class SimulatedStation:
     async def _life(self) -> None:
         attempt = 0
         while True:
+            _raise_if_cancelling()
             try:
                 ws = await open_connection(
                     self.url,
@@ -1552,11 +1572,7 @@ class SimulatedStation:
                 if failure is not None and not isinstance(failure, ConnectionClosed):
                     log.warning("%s: link failed: %r", self.charger_id, failure)
         finally:
-            for task in (reader, worker):
-                task.cancel()
-            for task in (reader, worker):
-                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, Exception):
-                    await task
+            await _finish((reader, worker))
 
     async def _converse(self, charger: SimCharger16 | SimCharger201) -> None:
         """Boot (first connection, or every one if so configured), statuses, then the outbox
@@ -1590,20 +1606,21 @@ class SimulatedStation:
         try:
             await self._drain(charger)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await heartbeat
+            await _finish((heartbeat,))
 
     async def _heartbeats(self, charger: SimCharger16 | SimCharger201) -> None:
         while True:
+            _raise_if_cancelling()
             await self.clock.sleep(self.heartbeat_interval_s or 300.0)
-            with contextlib.suppress(asyncio.TimeoutError, OCPPError):
+            with contextlib.suppress(TimeoutError, OCPPError):
                 await charger.heartbeat()
+                self.heartbeats_sent += 1
 
     async def _drain(self, charger: SimCharger16 | SimCharger201) -> None:
         """Send queued messages in order; transaction messages wait out a lost connection and
         go first after reconnecting (1.6 §4.8 / 2.0.1 E12: none are lost)."""
         while True:
+            _raise_if_cancelling()
             while not self._outbox:
                 self._outbox_changed.clear()
                 await self._outbox_changed.wait()
@@ -2004,6 +2021,7 @@ class SimulatedStation:
 
     async def _physics(self) -> None:
         while True:
+            _raise_if_cancelling()
             now = self.clock.now()
             wake = self._step(now)
             self._wake.clear()
