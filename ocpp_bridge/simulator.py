@@ -25,6 +25,7 @@ passes in a minute; network timeouts stay in real time.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -32,7 +33,10 @@ import json
 import logging
 import math
 import random
+import signal
 import ssl
+import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -600,7 +604,7 @@ class ProfileListener(Protocol):
 
     def profiles_changing(self) -> None: ...
 
-    def profiles_changed(self) -> None: ...
+    def profiles_changed(self, installed: StoredProfile | None = None) -> None: ...
 
 
 class _Sim:
@@ -652,7 +656,7 @@ class _Sim:
             self.listener.profiles_changing()
         self.store.install(profile)
         if self.listener is not None:
-            self.listener.profiles_changed()
+            self.listener.profiles_changed(profile)
 
     def _clear(self, **criteria: Any) -> bool:
         if self.listener is not None:
@@ -1439,8 +1443,12 @@ class SimulatedStation:
         strict: bool = True,
         response_timeout_s: float = 30.0,
         seed: int | None = None,
+        on_profile: Callable[[SimulatedStation, StoredProfile], None] | None = None,
     ) -> None:
+        """`on_profile` is called for every profile the station accepts (benchmarks time
+        the arrival of a dispatch with it)."""
         self.spec = spec
+        self.on_profile = on_profile
         self.url = url
         self.password = password
         self.clock: SimClock = clock or RealClock()
@@ -1856,9 +1864,11 @@ class SimulatedStation:
     def profiles_changing(self) -> None:
         self._advance(self.clock.now())
 
-    def profiles_changed(self) -> None:
+    def profiles_changed(self, installed: StoredProfile | None = None) -> None:
         self._recompute(self.clock.now())
         self._wake.set()
+        if installed is not None and self.on_profile is not None:
+            self.on_profile(self, installed)
 
     def _advance(self, now: datetime) -> None:
         """Integrate every EVSE's energy from the last step to `now` at the power it had."""
@@ -2068,3 +2078,103 @@ class SimulatedStation:
     @property
     def pending_messages(self) -> int:
         return len(self._outbox)
+
+
+# --- a fleet in its own process ----------------------------------------------------------------
+
+
+async def run_fleet(
+    url: str,
+    specs: Sequence[StationSpec],
+    password: str | None,
+    *,
+    strict: bool = True,
+    report_profiles: bool = False,
+    out: Callable[[str], None] = print,
+) -> None:
+    """Run stations until cancelled; print ``ready <n>`` once all booted and, if asked,
+    ``accepted <charger> <evse> <profile id> <stack level> <unix time>`` per profile."""
+
+    def report(station: SimulatedStation, profile: StoredProfile) -> None:
+        out(
+            f"accepted {station.charger_id} {profile.evse_id} {profile.profile_id} "
+            f"{profile.stack_level} {time.time():.6f}"
+        )
+
+    stations = [
+        SimulatedStation(
+            spec,
+            url,
+            password=password,
+            strict=strict,
+            on_profile=report if report_profiles else None,
+        )
+        for spec in specs
+    ]
+    try:
+        for station in stations:
+            await station.start()
+        await asyncio.gather(*(s.wait_ready() for s in stations))
+        out(f"ready {len(stations)}")
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.gather(*(s.stop() for s in stations))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m ocpp_bridge.simulator --url ws://127.0.0.1:9000/ocpp --count 500``: a fleet
+    of simulated stations in a process of its own, so a benchmark of the CSMS does not pay
+    for the stations' CPU. Stops on SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ocpp_bridge.simulator", description=main.__doc__
+    )
+    parser.add_argument("--url", required=True, help="CSMS URL without the identity")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--prefix", default="SIM-", help="identities <prefix>0001 onwards")
+    parser.add_argument("--protocol", choices=("1.6", "2.0.1", "mixed"), default="mixed")
+    parser.add_argument("--evses", type=int, default=1)
+    parser.add_argument("--password", default=None, help="HTTP Basic password (profile 1/2)")
+    parser.add_argument(
+        "--no-strict", action="store_true", help="skip schema validation (less CPU per station)"
+    )
+    parser.add_argument("--report-profiles", action="store_true")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be >= 1")
+
+    def protocol(i: int) -> ProtocolName:
+        if args.protocol == "mixed":
+            return ProtocolName.OCPP16 if i % 2 == 0 else ProtocolName.OCPP201
+        return ProtocolName.OCPP16 if args.protocol == "1.6" else ProtocolName.OCPP201
+
+    specs = [
+        StationSpec(f"{args.prefix}{i + 1:04d}", protocol(i), evse_count=args.evses)
+        for i in range(args.count)
+    ]
+
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    async def run() -> None:
+        task = asyncio.ensure_future(
+            run_fleet(
+                args.url,
+                specs,
+                args.password,
+                strict=not args.no_strict,
+                report_profiles=args.report_profiles,
+                out=out,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
+import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -36,6 +40,7 @@ from ocpp_bridge.simulator import (
     SimulatedStation,
     StationSpec,
 )
+from ocpp_bridge.timestamps import utc_now
 from tests.integration.ocpp_bridge.conftest import PASSWORD, RunningBridge, run_bridge, test_hash
 from tests.support.ports import free_port
 
@@ -312,3 +317,49 @@ async def test_after_the_bridge_dies_the_safe_layer_rules_and_a_restart_gets_eve
             )
     finally:
         await station.stop()
+
+
+async def test_a_fleet_in_its_own_process_reports_each_accepted_profile() -> None:
+    """What a CSMS benchmark uses: stations whose CPU is not the bridge's."""
+    records = [ChargerRecord(f"FLEET-{i:04d}", test_hash()) for i in range(1, 5)]
+    async with run_bridge(settings(), records=records) as bridge:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ocpp_bridge.simulator",
+            *("--url", bridge.url, "--count", "4", "--prefix", "FLEET-"),
+            *("--password", PASSWORD, "--report-profiles", "--no-strict"),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stdout = process.stdout
+        assert stdout is not None
+        try:
+            lines: list[list[str]] = []
+
+            async def until(done: Any) -> None:
+                async with asyncio.timeout(30):
+                    while not done():
+                        lines.append((await stdout.readline()).decode().split())
+
+            await until(lambda: ["ready", "4"] in lines)
+            sent = time.time()
+            now = utc_now()
+            results = await asyncio.gather(
+                *(
+                    bridge.system.set_dynamic_schedule(
+                        r.charger_id, [PowerPeriod(now, 7_000)], now + timedelta(minutes=10)
+                    )
+                    for r in records
+                )
+            )
+            assert all(r.accepted for r in results)
+
+            def dynamic() -> list[list[str]]:
+                return [line for line in lines if line[:1] == ["accepted"] and line[4] != "0"]
+
+            await until(lambda: len(dynamic()) == 4)
+            assert {line[1] for line in dynamic()} == {r.charger_id for r in records}
+            assert all(sent <= float(line[5]) <= time.time() for line in dynamic())
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 20) == 0
