@@ -622,16 +622,24 @@ class _Sim:
     _pending_starts: dict[str, tuple[int, datetime]]
     last_id_tag_status: str | None
 
-    def _init_sim(
+    _library_class: Any  # the `ocpp` library's ChargePoint of the version
+
+    def __init__(
         self,
-        refuse_purposes: set[str] | None,
-        store: ProfileStore | None,
-        clock: SimClock | None,
-        listener: ProfileListener | None,
-        strict: bool,
-        default_store: Callable[[], ProfileStore],
+        charger_id: str,
+        connection: Any,
+        refuse_purposes: set[str] | None = None,
+        *,
+        store: ProfileStore | None = None,
+        clock: SimClock | None = None,
+        listener: ProfileListener | None = None,
+        strict: bool = True,
+        response_timeout_s: float = 10.0,
     ) -> None:
-        self.store = store if store is not None else default_store()
+        self._library_class.__init__(
+            self, charger_id, connection, response_timeout=response_timeout_s, logger=_frame_log
+        )
+        self.store = store if store is not None else self._default_store()
         self.refuse_purposes = set(refuse_purposes or ())
         self.calls_received = []
         self.clock = clock or RealClock()
@@ -642,6 +650,14 @@ class _Sim:
         if not strict:
             for route in self.route_map.values():
                 route["_skip_schema_validation"] = True
+        self._advertise(self.store.limits)
+
+    @staticmethod
+    def _default_store() -> ProfileStore:
+        return ProfileStore()
+
+    def _advertise(self, limits: StoreLimits) -> None:
+        """The configuration keys (1.6) or variables (2.0.1) that tell the CSMS the limits."""
 
     async def call(self, payload: Any, suppress: bool = True, **kwargs: Any) -> Any:
         kwargs.setdefault("skip_schema_validation", not self.strict)
@@ -700,23 +716,10 @@ class _Sim:
 class SimCharger16(_Sim, CP16):  # type: ignore[misc]
     """One OCPP 1.6J connection of a simulated charge point."""
 
-    def __init__(
-        self,
-        charger_id: str,
-        connection: Any,
-        refuse_purposes: set[str] | None = None,
-        *,
-        store: ProfileStore | None = None,
-        clock: SimClock | None = None,
-        listener: ProfileListener | None = None,
-        strict: bool = True,
-        response_timeout_s: float = 10.0,
-    ) -> None:
-        CP16.__init__(
-            self, charger_id, connection, response_timeout=response_timeout_s, logger=_frame_log
-        )
-        self._init_sim(refuse_purposes, store, clock, listener, strict, ProfileStore)
-        limits = self.store.limits
+    _library_class = CP16
+    configuration: dict[str, str]
+
+    def _advertise(self, limits: StoreLimits) -> None:
         self.configuration = {
             "ChargeProfileMaxStackLevel": str(limits.max_stack_level),
             "ChargingScheduleAllowedChargingRateUnit": ",".join(
@@ -866,7 +869,7 @@ class SimCharger16(_Sim, CP16):  # type: ignore[misc]
             c16.MeterValues(
                 connector_id=connector_id,
                 transaction_id=transaction_id,
-                meter_value=[meter_value_16(at or self._now(), wh, w, amps)],
+                meter_value=[meter_value(ProtocolName.OCPP16, at or self._now(), wh, w, amps)],
             )
         )
 
@@ -885,7 +888,9 @@ class SimCharger16(_Sim, CP16):  # type: ignore[misc]
                 transaction_id=transaction_id,
                 reason=reason,
                 # The EV has stopped drawing: say so rather than leave power to be derived.
-                transaction_data=[meter_value_16(moment, float(meter_stop), 0.0, (), "End")],
+                transaction_data=[
+                    meter_value(ProtocolName.OCPP16, moment, meter_stop, 0.0, (), "Transaction.End")
+                ],
             ),
             suppress=False,
         )
@@ -894,124 +899,57 @@ class SimCharger16(_Sim, CP16):  # type: ignore[misc]
                 self.store.transaction_ended(evse_id)
 
 
-def meter_value_16(
+def meter_value(
+    protocol: ProtocolName,
     at: datetime,
     wh: float,
     w: float | None,
-    amps: Sequence[float],
-    context: str = "Periodic",
-) -> dict[str, Any]:
-    """One 1.6 MeterValue: energy register, total power, current per phase (strings, §7.33)."""
-    ctx = {"Periodic": "Sample.Periodic", "End": "Transaction.End", "Begin": "Transaction.Begin"}
-    sampled: list[dict[str, Any]] = [
-        {
-            "value": f"{wh:.1f}",
-            "context": ctx[context],
-            "measurand": "Energy.Active.Import.Register",
-            "location": "Outlet",
-            "unit": "Wh",
-        }
-    ]
-    if w is not None:
-        sampled.append(
-            {
-                "value": f"{w:.1f}",
-                "context": ctx[context],
-                "measurand": "Power.Active.Import",
-                "location": "Outlet",
-                "unit": "W",
-            }
-        )
-    for phase, current in zip(("L1", "L2", "L3"), amps, strict=False):
-        sampled.append(
-            {
-                "value": f"{current:.2f}",
-                "context": ctx[context],
-                "measurand": "Current.Import",
-                "location": "Outlet",
-                "phase": phase,
-                "unit": "A",
-            }
-        )
-    return {"timestamp": ts(at), "sampledValue": sampled}
-
-
-def meter_value_201(
-    at: datetime,
-    wh: float,
-    w: float | None,
-    amps: Sequence[float],
+    amps: Sequence[float] = (),
     context: str = "Sample.Periodic",
 ) -> dict[str, Any]:
-    """One 2.0.1 MeterValue: numbers with unitOfMeasure (2.0.1 Part 2 §2.x SampledValueType)."""
-    sampled: list[dict[str, Any]] = [
-        {
-            "value": round(wh, 1),
-            "context": context,
-            "measurand": "Energy.Active.Import.Register",
-            "location": "Outlet",
-            "unitOfMeasure": {"unit": "Wh"},
-        }
+    """One MeterValue: energy register, total power, current per phase in use.
+
+    1.6 writes values as strings with a ``unit`` (§7.33 SampledValue), 2.0.1 as numbers with
+    ``unitOfMeasure`` (SampledValueType); the measurands and contexts are spelled alike.
+    """
+    samples: list[tuple[str, float, str, str | None, int]] = [
+        ("Energy.Active.Import.Register", wh, "Wh", None, 1)
     ]
     if w is not None:
-        sampled.append(
-            {
-                "value": round(w, 1),
-                "context": context,
-                "measurand": "Power.Active.Import",
-                "location": "Outlet",
-                "unitOfMeasure": {"unit": "W"},
-            }
-        )
-    for phase, current in zip(("L1", "L2", "L3"), amps, strict=False):
-        sampled.append(
-            {
-                "value": round(current, 2),
-                "context": context,
-                "measurand": "Current.Import",
-                "location": "Outlet",
-                "phase": phase,
-                "unitOfMeasure": {"unit": "A"},
-            }
-        )
+        samples.append(("Power.Active.Import", w, "W", None, 1))
+    for line, current in zip(("L1", "L2", "L3"), amps, strict=False):
+        samples.append(("Current.Import", current, "A", line, 2))
+    sampled: list[dict[str, Any]] = []
+    for measurand, value, unit, phase, decimals in samples:
+        item: dict[str, Any] = {"context": context, "measurand": measurand, "location": "Outlet"}
+        if protocol is ProtocolName.OCPP16:
+            item.update(value=f"{value:.{decimals}f}", unit=unit)
+        else:
+            item.update(value=round(value, decimals), unitOfMeasure={"unit": unit})
+        if phase is not None:
+            item["phase"] = phase
+        sampled.append(item)
     return {"timestamp": ts(at), "sampledValue": sampled}
 
 
 class SimCharger201(_Sim, CP201):  # type: ignore[misc]
     """One OCPP 2.0.1 connection of a simulated charging station."""
 
-    def __init__(
-        self,
-        charger_id: str,
-        connection: Any,
-        refuse_purposes: set[str] | None = None,
-        *,
-        store: ProfileStore | None = None,
-        clock: SimClock | None = None,
-        listener: ProfileListener | None = None,
-        strict: bool = True,
-        response_timeout_s: float = 10.0,
-    ) -> None:
-        CP201.__init__(
-            self, charger_id, connection, response_timeout=response_timeout_s, logger=_frame_log
+    _library_class = CP201
+    variables: dict[str, str]
+
+    @staticmethod
+    def _default_store() -> ProfileStore:
+        return ProfileStore(
+            limits=StoreLimits(max_stack_level=4, units=frozenset({"A", "W"})), strict_2_0_1=True
         )
-        self._init_sim(
-            refuse_purposes,
-            store,
-            clock,
-            listener,
-            strict,
-            lambda: ProfileStore(
-                limits=StoreLimits(max_stack_level=4, units=frozenset({"A", "W"})),
-                strict_2_0_1=True,
-            ),
-        )
-        limits = self.store.limits
+
+    def _advertise(self, limits: StoreLimits) -> None:
         self.variables = {
             "RateUnit": ",".join(sorted(limits.units)),
             "ProfileStackLevel": str(limits.max_stack_level),
             "PeriodsPerSchedule": str(limits.max_periods),
-            "Entries": str(limits.max_installed),
+            "Entries": "0",  # the installed count, answered live
             "IgnoredProfilePurposesOffline": "",
         }
 
@@ -1219,7 +1157,7 @@ class SimCharger201(_Sim, CP201):  # type: ignore[misc]
                 seq_no=seq_no,
                 transaction_info=info,
                 evse={"id": evse_id, "connector_id": 1},
-                meter_value=[meter_value_201(moment, wh, w, amps, context)],
+                meter_value=[meter_value(ProtocolName.OCPP201, moment, wh, w, amps, context)],
                 id_token=None if id_token is None else {"id_token": id_token, "type": "ISO14443"},
                 offline=offline or None,
                 number_of_phases_used=phases_used,
@@ -1929,9 +1867,15 @@ class SimulatedStation:
         if self.spec.protocol is ProtocolName.OCPP16:
             self._status_changed(evse)
             return
-        if ev.transaction_id is None:
-            return
+        self._enqueue_updated(evse, ev, now, "ChargingStateChanged", "state")
+
+    def _enqueue_updated(
+        self, evse: EvseState, ev: EvSession, now: datetime, trigger: str, what: str
+    ) -> None:
+        """A 2.0.1 TransactionEvent Updated carrying the meter as it is now."""
         transaction_id = ev.transaction_id
+        if transaction_id is None:
+            return
         seq = ev.next_seq_no()
         register, power, amps = evse.register_wh, evse.power_w, self._phase_currents(evse)
         state = evse.state
@@ -1944,7 +1888,7 @@ class SimulatedStation:
                 seq,
                 register,
                 evse.evse_id,
-                trigger_reason="ChargingStateChanged",
+                trigger_reason=trigger,
                 w=power,
                 amps=amps,
                 charging_state=state,
@@ -1952,7 +1896,7 @@ class SimulatedStation:
                 at=now,
             )
 
-        self._enqueue(updated, f"state {transaction_id} {state}", transactional=True)
+        self._enqueue(updated, f"{what} {transaction_id}", transactional=True)
 
     def _phase_currents(self, evse: EvseState) -> tuple[float, ...]:
         ev = evse.ev
@@ -1974,27 +1918,7 @@ class SimulatedStation:
 
             self._enqueue(values16, f"meter {evse.evse_id}", transactional=True)
             return
-        transaction_id = ev.transaction_id
-        assert transaction_id is not None
-        seq = ev.next_seq_no()
-        state = evse.state
-        offline = not self.online
-
-        async def values201(charger: SimCharger201) -> None:
-            await charger.transaction_event(
-                "Updated",
-                transaction_id,
-                seq,
-                register,
-                evse.evse_id,
-                w=power,
-                amps=amps,
-                charging_state=state,
-                offline=offline,
-                at=now,
-            )
-
-        self._enqueue(values201, f"meter {transaction_id}", transactional=True)
+        self._enqueue_updated(evse, ev, now, "MeterValuePeriodic", "meter")
 
     def _next_sample_after(self, moment: datetime) -> datetime:
         interval = self.spec.meter_interval_s
