@@ -1810,7 +1810,10 @@ class SimulatedStation:
 
     def _advance(self, now: datetime) -> None:
         """Integrate every EVSE's energy from the last step to `now` at the power it had."""
-        last = self._last_advance or now
+        last = self._last_advance
+        if last is None:  # not started yet: the meter starts counting now
+            self._last_advance = now
+            return
         seconds = (now - last).total_seconds()
         if seconds <= 0:
             return

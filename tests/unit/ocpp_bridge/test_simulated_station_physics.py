@@ -45,7 +45,6 @@ def station(
         "ws://127.0.0.1:1/ocpp",
         clock=clock,
     )
-    sim._last_advance = T0
     return sim, clock
 
 
