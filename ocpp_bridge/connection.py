@@ -58,7 +58,7 @@ from ocpp_bridge import schemas
 from ocpp_bridge.events import BootInfo, Event, ProtocolVersion
 from ocpp_bridge.metering import MeterReading, read_meter_values
 from ocpp_bridge.model import V16_STATUS, V201_CHARGING_STATE, V201_STATUS, ChargerModel
-from ocpp_bridge.timestamps import TimestampError, format_timestamp, parse_timestamp, utc_now
+from ocpp_bridge.timestamps import TimestampError, format_timestamp, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class ChargerHost(Protocol):
     """What a connection needs from the central system that owns it."""
 
     heartbeat_interval_s: int
+    # The central system's clock: a scaled one in the demo, so every timestamp agrees.
+    clock: Callable[[], datetime]
 
     def publish(self, events: list[Event]) -> None: ...
 
@@ -268,7 +270,7 @@ class Connection:
         return FormatViolationError(description=description)
 
     async def route_message(self, raw_msg: str | bytes) -> None:
-        now = utc_now()
+        now = self.host.clock()
         self.model.seen(now)
         if isinstance(raw_msg, bytes):
             self.problems.report("binary frame", f"{len(raw_msg)} bytes; OCPP-J uses text frames")
@@ -460,12 +462,12 @@ class Connection:
 
     def _timestamp(self, text: str | None) -> datetime:
         if text is None:
-            return utc_now()
+            return self.host.clock()
         try:
             return parse_timestamp(text)
         except TimestampError as exc:
             self.problems.report("unreadable timestamp", str(exc))
-            return utc_now()
+            return self.host.clock()
 
     def _publish(self, events: list[Event]) -> None:
         if events:
@@ -475,12 +477,12 @@ class Connection:
 
     @after("BootNotification")
     def after_boot_notification(self, **kwargs: Any) -> None:
-        self._publish(self.model.booted(self._boot, utc_now()))
+        self._publish(self.model.booted(self._boot, self.host.clock()))
         self.host.charger_ready(self)
 
     @on("Heartbeat")
     def on_heartbeat(self, **kwargs: Any) -> dict[str, Any]:
-        return {"currentTime": format_timestamp(utc_now())}
+        return {"currentTime": format_timestamp(self.host.clock())}
 
     @on("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **kwargs: Any) -> dict[str, Any]:
@@ -531,7 +533,7 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
             protocol=self.version,
         )
         return r16.BootNotification(
-            current_time=format_timestamp(utc_now()),
+            current_time=format_timestamp(self.host.clock()),
             interval=self.host.heartbeat_interval_s,
             status="Accepted",
         )
@@ -564,7 +566,12 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
         started = self._timestamp(timestamp)
         self._publish(
             self.model.start_session(
-                connector_id, str(transaction_id), id_tag, started, float(meter_start), utc_now()
+                connector_id,
+                str(transaction_id),
+                id_tag,
+                started,
+                float(meter_start),
+                self.host.clock(),
             )
         )
         return {"transactionId": transaction_id, "idTagInfo": _id_token_accepted_16()}
@@ -577,7 +584,7 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
     def on_stop_transaction(
         self, meter_stop: int, timestamp: str, transaction_id: int, **kwargs: Any
     ) -> dict[str, Any]:
-        now = utc_now()
+        now = self.host.clock()
         session = self.model.session(str(transaction_id))
         evse_id = session.evse_id if session else None
         readings = read_meter_values(kwargs.get("transaction_data") or ())
@@ -604,7 +611,7 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
             self.model.meter_readings(
                 connector_id,
                 readings,
-                utc_now(),
+                self.host.clock(),
                 None if transaction_id is None else str(transaction_id),
             )
         )
@@ -643,7 +650,7 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
             protocol=self.version,
         )
         return r201.BootNotification(
-            current_time=format_timestamp(utc_now()),
+            current_time=format_timestamp(self.host.clock()),
             interval=self.host.heartbeat_interval_s,
             status="Accepted",
         )
@@ -671,7 +678,7 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
         transaction_info: dict[str, Any],
         **kwargs: Any,
     ) -> dict[str, Any]:
-        now = utc_now()
+        now = self.host.clock()
         at = self._timestamp(timestamp)
         transaction_id = str(transaction_info["transaction_id"])
         evse = kwargs.get("evse") or {}
@@ -718,7 +725,7 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
         self, evse_id: int, meter_value: list[dict[str, Any]], **kwargs: Any
     ) -> dict[str, Any]:
         readings = self._readings(meter_value)
-        self._publish(self.model.meter_readings(evse_id, readings, utc_now()))
+        self._publish(self.model.meter_readings(evse_id, readings, self.host.clock()))
         return {}
 
     @on(Action201.notify_ev_charging_needs)
@@ -736,7 +743,7 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
                 soc = float(params["state_of_charge"])
         departure_text = charging_needs.get("departure_time")
         departure = self._timestamp(departure_text) if departure_text else None
-        self._publish(self.model.ev_needs(evse_id, utc_now(), energy, departure, soc))
+        self._publish(self.model.ev_needs(evse_id, self.host.clock(), energy, departure, soc))
         return {"status": "Accepted"}
 
     @on(Action201.notify_ev_charging_schedule)

@@ -67,7 +67,7 @@ from ocpp_bridge.settings import (
     UnknownChargerPolicy,
 )
 from ocpp_bridge.smart_charging import DynamicSchedule, SmartCharging, validate_schedule
-from ocpp_bridge.timestamps import utc_now
+from ocpp_bridge.timestamps import real_sleep, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,14 @@ class CentralSystem:
         registry: ChargerRegistry,
         on_event: EventCallback | None = None,
         clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = real_sleep,
     ) -> None:
+        """`clock` and `sleep` are one time base (e.g. `agent.clock.ScaledClock`'s ``now`` and
+        ``sleep``): profile times, event times and the refresh timers all follow it."""
         self.settings = settings
         self.registry = registry
         self.clock = clock
+        self.sleep = sleep
         self._on_event = on_event
         self._events = EventBuffer(settings.event_queue_size)
         self._chargers: dict[str, _Charger] = {}
@@ -327,7 +331,7 @@ class CentralSystem:
         interval = self.settings.heartbeat_interval_s
         allowed = timedelta(seconds=2 * interval + min(30, interval))
         while True:
-            await asyncio.sleep(max(1.0, interval / 2))
+            await self.sleep(max(1.0, interval / 2))
             now = self.clock()
             for charger in list(self._chargers.values()):
                 connection = charger.connection
@@ -532,6 +536,7 @@ class CentralSystem:
                 record.safe_power_w,
                 self.settings.dynamic_validity_s,
                 self.clock,
+                self.sleep,
             )
             charger = _Charger(model, record, smart)
             self._chargers[record.charger_id] = charger

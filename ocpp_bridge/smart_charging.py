@@ -15,10 +15,9 @@ reason never disables a purpose for good.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,7 +47,7 @@ from ocpp_bridge.profiles import (
     build_safe_profile,
     limit_to_watts,
 )
-from ocpp_bridge.timestamps import TimestampError, parse_timestamp, utc_now
+from ocpp_bridge.timestamps import TimestampError, parse_timestamp, real_sleep, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +124,14 @@ class SmartCharging:
         safe_limit_w: float,
         dynamic_validity_s: float,
         clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = real_sleep,
     ) -> None:
         self.model = model
         self.electrical = electrical
         self.safe_limit_w = safe_limit_w
         self.validity = timedelta(seconds=dynamic_validity_s)
         self.clock = clock
+        self.sleep = sleep  # in the clock's time: the refresh timer must follow a scaled clock
         self.safe_purpose: Purpose | None = None  # accepted on the current connection
         self.dynamic: dict[int, DynamicSchedule] = {}
         self.refused: set[Purpose] = set()
@@ -457,9 +458,18 @@ class SmartCharging:
                     connection.problems.report("dynamic refresh failed", str(result.reason))
             wakeup = self.next_wakeup(self.clock())
             self.changed.clear()
-            timeout = None if wakeup is None else max(0.05, (wakeup - self.clock()).total_seconds())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout)
+            if wakeup is None:
+                await self.changed.wait()
+                continue
+            timer = asyncio.ensure_future(
+                self.sleep(max(0.05, (wakeup - self.clock()).total_seconds()))
+            )
+            changed = asyncio.ensure_future(self.changed.wait())
+            try:
+                await asyncio.wait((timer, changed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+                changed.cancel()
 
     def snapshot(self) -> tuple[DynamicScheduleSnapshot, ...]:
         return tuple(

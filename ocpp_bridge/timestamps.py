@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 
@@ -45,3 +46,8 @@ def parse_timestamp(text: str) -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+async def real_sleep(seconds: float) -> None:
+    """The system clock's sleep, the default partner of `utc_now`."""
+    await asyncio.sleep(max(0.0, seconds))

@@ -81,11 +81,17 @@ async def run_bridge(
     settings: BridgeSettings | None = None,
     records: list[ChargerRecord] | None = None,
     registry: InMemoryRegistry | None = None,
+    clock: Any = None,
 ) -> AsyncIterator[RunningBridge]:
+    """`clock`: an `agent.clock` clock (now/sleep) for the bridge's whole time base."""
     log = EventLog()
     registry = registry or InMemoryRegistry(records or [])
+    timing: dict[str, Any] = {} if clock is None else {"clock": clock.now, "sleep": clock.sleep}
     system = CentralSystem(
-        settings or BridgeSettings(host="127.0.0.1", port=0), registry, on_event=log.record
+        settings or BridgeSettings(host="127.0.0.1", port=0),
+        registry,
+        on_event=log.record,
+        **timing,
     )
     await system.start()
     try:

@@ -13,8 +13,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord
+from ocpp_bridge.simulator import basic_auth_header
 from tests.integration.ocpp_bridge.conftest import PASSWORD, run_bridge, test_hash
-from tests.support.sim_charger import basic_auth_header
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import pytest
 
 from ocpp_bridge.events import PowerPeriod
 from ocpp_bridge.settings import BridgeSettings
+from ocpp_bridge.simulator import SimCharger16, SimCharger201, running
 from ocpp_bridge.timestamps import utc_now
 from tests.integration.ocpp_bridge.conftest import PASSWORD, run_bridge
 from tests.integration.ocpp_bridge.test_smart_charging import record
-from tests.support.sim_charger import SimCharger16, SimCharger201, running
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from ocpp_bridge.settings import (
     SecurityProfile,
     UnknownChargerPolicy,
 )
+from ocpp_bridge.simulator import basic_auth_header
 from tests.integration.ocpp_bridge.conftest import PASSWORD, run_bridge, test_hash
-from tests.support.sim_charger import basic_auth_header
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ import websockets
 
 from ocpp_bridge.events import ChargerConnected, MeterSample, SessionEnded, SessionStarted
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord
+from ocpp_bridge.simulator import SimCharger16, SimCharger201, basic_auth_header
 from tests.integration.ocpp_bridge.conftest import PASSWORD, run_bridge, test_hash
 from tests.support.ports import free_port
-from tests.support.sim_charger import SimCharger16, SimCharger201, basic_auth_header
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,9 +12,9 @@ from ocpp_bridge.connection import _IN_HANDLER, CallFromHandlerError
 from ocpp_bridge.events import CapabilitiesKnown, CommandStatus, PowerPeriod
 from ocpp_bridge.profiles import DYNAMIC_PROFILE_ID_BASE, SAFE_PROFILE_ID, ElectricalData
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord
+from ocpp_bridge.simulator import SimCharger16, SimCharger201, running
 from ocpp_bridge.timestamps import utc_now
 from tests.integration.ocpp_bridge.conftest import PASSWORD, RunningBridge, run_bridge, test_hash
-from tests.support.sim_charger import SimCharger16, SimCharger201, running
 
 pytestmark = pytest.mark.integration
 

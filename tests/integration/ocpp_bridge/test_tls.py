@@ -10,10 +10,10 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from ocpp_bridge.events import ChargerConnected
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord, SecurityProfile, TlsSettings
+from ocpp_bridge.simulator import SimCharger16, SimCharger201, running
 from tests.conftest import in_ci
 from tests.integration.ocpp_bridge.conftest import PASSWORD, run_bridge, test_hash
 from tests.support.certificates import MISSING, TestPki, find_openssl, make_pki
-from tests.support.sim_charger import SimCharger16, SimCharger201, running
 
 pytestmark = pytest.mark.integration
 
