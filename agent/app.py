@@ -119,7 +119,9 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         participant_settings(config), config.storage.database_path, clock=now
     )
     registry = StoreRegistry(config, db, clock)
-    bridge = CentralSystem(bridge_settings(config), registry, on_event=site.handle, clock=now)
+    bridge = CentralSystem(
+        bridge_settings(config), registry, on_event=site.handle, clock=now, sleep=clock.sleep
+    )
     forecaster = SiteForecaster(config, db, clock)
     prognosis = PrognosisService(config, db, participant, forecaster, site, clock)
     dispatcher = Dispatcher(config, db, site, bridge, forecaster, clock)

@@ -85,12 +85,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import demo_config, demo_state_dir
+    from agent.demo import DemoError, demo_state_dir, numba_cache_dir, run_demo
+    from forecaster.cache import point_cache_at
 
+    point_cache_at(numba_cache_dir())
     state_dir = Path(args.state_dir) if args.state_dir else demo_state_dir()
-    config = demo_config(state_dir)
-    print(f"flexbridge demo: state in {state_dir}; press Ctrl-C to stop", file=sys.stderr)
-    return _run_config(config)
+    configure_logging("INFO" if args.verbose else "WARNING", "human")
+    print(f"flexbridge demo: state in {state_dir} (Ctrl-C stops it)", flush=True)
+    try:
+        result = asyncio.run(
+            run_demo(
+                state_dir,
+                speed=args.speed,
+                seed=args.seed,
+                keep_running=args.keep_running,
+            )
+        )
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    print(f"done in {result.real_seconds:.0f} s")
+    return EX_OK
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -221,8 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="TOML configuration file")
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser("demo", help="run on embedded defaults: a simulated site and DSO")
+    demo = sub.add_parser(
+        "demo",
+        help="a day of trading on embedded defaults: simulated chargers and DSO, real agent",
+    )
     demo.add_argument("--state-dir", help="keep the demo's state here (default: a new temp dir)")
+    demo.add_argument(
+        "--speed", type=float, default=360.0, help="simulated seconds per real second (360)"
+    )
+    demo.add_argument("--seed", type=int, default=7, help="seed of the simulated sessions")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep the agent (and its status page) running after the story, until Ctrl-C",
+    )
+    demo.add_argument("--verbose", action="store_true", help="show the agent's info logs")
     demo.set_defaults(func=_cmd_demo)
 
     check = sub.add_parser("check-config", help="validate a configuration file and explain errors")

@@ -58,6 +58,13 @@ class ScaledClock:
     async def sleep_until(self, instant: datetime) -> None:
         await self.sleep((instant - self.now()).total_seconds())
 
+    def advance(self, seconds: float) -> None:
+        """Jump ahead (the demo skips a quiet night); sleepers wake at their real deadline
+        and find later simulated time, as after a suspended laptop."""
+        if seconds < 0:
+            raise ValueError("simulated time does not run backwards")
+        self.start += timedelta(seconds=seconds)
+
 
 async def sleep_until(clock: Clock, instant: datetime) -> None:
     await clock.sleep((instant - clock.now()).total_seconds())

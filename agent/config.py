@@ -262,8 +262,10 @@ class TradingConfig(Model):
     # Day-ahead D-prognoses go out at this local market time on D-1. UFTP recommends at the
     # latest 2 h before the national day-ahead gate closure (12:00 in NL), hence 09:00.
     prognosis_time: Annotated[str, Field(pattern=LOCAL_TIME)] = "09:00"
-    # Intraday: a new revision when the forecast for any future ISP moves more than this.
+    # Intraday: a new revision when the forecast for any future ISP moves more than this,
+    # at most one per interval (a DSO wants a baseline, not a stream of them).
     intraday_threshold_w: Annotated[int, Field(ge=0)] = 5_000
+    intraday_min_interval_min: Annotated[int, Field(ge=0, le=24 * 60)] = 60
     # Offers stay valid this long, and never past the start of their first ISP minus the lead.
     offer_validity_min: Annotated[int, Field(ge=1, le=24 * 60)] = 60
     offer_lead_time_min: Annotated[int, Field(ge=0, le=240)] = 5

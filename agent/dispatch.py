@@ -39,6 +39,7 @@ from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SessionNeed, SiteForecaster
 from agent.market import Market
+from agent.orders import OrderedIsp, load_context
 from agent.site import Site
 from forecaster.flexibility import SessionSet, allocate
 from ocpp_bridge import (
@@ -56,64 +57,18 @@ log = logging.getLogger(__name__)
 MIN_HORIZON = timedelta(hours=2)
 
 
-@dataclass(frozen=True)
-class OrderedIsp:
-    """What the orders ask of one ISP: the cap (or floor) on the congestion point's power."""
-
-    start: datetime
-    index: int
-    baseline_w: float
-    change_w: float
-
-    @property
-    def target_w(self) -> float:
-        return max(0.0, self.baseline_w + self.change_w)
-
-
 @dataclass
 class DispatchRound:
     at: datetime
     grid: list[datetime]
     cap_w: list[float]
     floor_w: list[float]
+    # Station-wide limit per charger (EVSE 0)
     schedules: dict[str, list[float]]
     unmet_wh: float
-    pushed: dict[str, CommandResult] = field(default_factory=dict)
-
-
-def ordered_isps(
-    orders: Sequence[store.OrderRow],
-    baselines: dict[str, store.PrognosisRow],
-    market: Market,
-) -> dict[datetime, OrderedIsp]:
-    """Per ISP start: the strictest reduction (lowest cap) or strongest raise of the orders.
-
-    Each order's changes are relative to the prognosis its offer referred to; a later offer's
-    baseline already includes earlier orders, so the lowest cap is the binding one.
-    """
-    out: dict[datetime, OrderedIsp] = {}
-    for order in orders:
-        baseline = baselines.get(order.baseline_message_id or "")
-        starts = {isp.index: isp.start for isp in market.isps(order.period)}
-        for index, change in order.change_per_isp().items():
-            start = starts.get(index)
-            if start is None:
-                continue
-            base = float(baseline.power_w[index - 1]) if baseline is not None else math.nan
-            if math.isnan(base):
-                log.error("order %s has no baseline prognosis; cannot cap", order.order_reference)
-                continue
-            candidate = OrderedIsp(start, index, base, float(change))
-            current = out.get(start)
-            if current is None or _binds_more(candidate, current):
-                out[start] = candidate
-    return out
-
-
-def _binds_more(candidate: OrderedIsp, current: OrderedIsp) -> bool:
-    if candidate.change_w < 0:
-        return current.change_w >= 0 or candidate.target_w < current.target_w
-    return current.change_w > 0 and candidate.target_w > current.target_w
+    # Per EVSE of chargers with several: each EVSE's own share of its station's limit
+    evse_schedules: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    pushed: dict[tuple[str, int], CommandResult] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -146,7 +101,7 @@ class Dispatcher:
         self.capacity_w = float(config.site.connection_capacity_w)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sent: dict[str, tuple[tuple[PowerPeriod, ...], datetime]] = {}
+        self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
         self._verifiers: set[asyncio.Task[None]] = set()
         self.last_round: DispatchRound | None = None
         self.rounds = 0
@@ -201,36 +156,25 @@ class Dispatcher:
         count = max(1, math.ceil((end - first).total_seconds() / self.isp_seconds))
         return [first + timedelta(seconds=k * self.isp_seconds) for k in range(count)]
 
-    async def _orders(self, now: datetime) -> dict[datetime, OrderedIsp]:
+    async def _orders(
+        self, now: datetime
+    ) -> tuple[dict[datetime, OrderedIsp], dict[datetime, float]]:
+        """Targets of ordered ISPs from the current one on, and the DSO's room elsewhere."""
         today = self.market.today(now)
-
-        def read(
-            conn: sqlite3.Connection,
-        ) -> tuple[list[store.OrderRow], dict[str, store.PrognosisRow]]:
-            orders = store.accepted_orders(
-                conn, since=today - timedelta(days=1), until=today + timedelta(days=1)
+        context = await self.db.read(
+            lambda c: load_context(
+                c, since=today - timedelta(days=1), until=today + timedelta(days=1)
             )
-            baselines: dict[str, store.PrognosisRow] = {}
-            for order in orders:
-                if order.baseline_message_id and order.baseline_message_id not in baselines:
-                    row = store.prognosis_by_message(conn, order.baseline_message_id)
-                    if row is not None:
-                        baselines[row.message_id] = row
-            return orders, baselines
-
-        orders, baselines = await self.db.read(read)
-        current = datetime.fromtimestamp(
-            int(now.timestamp()) - int(now.timestamp()) % self.isp_seconds, UTC
         )
-        return {
-            start: isp
-            for start, isp in ordered_isps(orders, baselines, self.market).items()
-            if start >= current
-        }
+        epoch = int(now.timestamp())
+        current = datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
+        targets = {s: i for s, i in context.targets(self.market).items() if s >= current}
+        room = {s: w for s, w in context.room(self.market).items() if s >= current}
+        return targets, room
 
     async def dispatch_once(self) -> DispatchRound:
         now = self.clock.now()
-        ordered = await self._orders(now)
+        ordered, room = await self._orders(now)
         grid = self._grid(now, max(ordered) if ordered else None)
         horizon = len(grid)
         cap = np.full(horizon, self.capacity_w)
@@ -244,12 +188,18 @@ class Dispatcher:
                 cap[k] = min(cap[k], isp.target_w)
             else:
                 floor[k] = min(self.capacity_w, isp.target_w)
+        for start, most in room.items():
+            k = position.get(start)
+            if k is not None:
+                cap[k] = min(cap[k], max(most, floor[k]))
 
         calibration = await self.forecaster.calibration()
         online = {cid for cid, c in self.site.chargers.items() if c.online}
         sessions = [s for s in self.site.active_sessions() if s.info.charger_id in online]
         needs = self.forecaster.needs(sessions, now, calibration)
-        schedules, unmet = await asyncio.to_thread(self._allocate, needs, grid, cap, floor, online)
+        schedules, per_evse, unmet = await asyncio.to_thread(
+            self._allocate, needs, grid, cap, floor, online
+        )
         round_ = DispatchRound(
             now,
             grid,
@@ -257,6 +207,7 @@ class Dispatcher:
             floor.tolist(),
             {k: v.tolist() for k, v in schedules.items()},
             unmet,
+            {k: v.tolist() for k, v in per_evse.items()},
         )
         await self._push(round_)
         self.last_round = round_
@@ -270,9 +221,10 @@ class Dispatcher:
         cap: np.ndarray,
         floor: np.ndarray,
         online: set[str],
-    ) -> tuple[dict[str, np.ndarray], float]:
+    ) -> tuple[dict[str, np.ndarray], dict[tuple[str, int], np.ndarray], float]:
         horizon = len(grid)
         schedules: dict[str, np.ndarray] = {cid: np.zeros(horizon) for cid in online}
+        per_evse: dict[tuple[str, int], np.ndarray] = {}
         unmet = 0.0
         if needs:
             sessions = SessionSet.from_instants(
@@ -290,9 +242,18 @@ class Dispatcher:
             unmet = float(result.unmet_wh.sum())
             for need, row in zip(needs, result.schedule_w, strict=True):
                 cid = need.session.info.charger_id
-                schedules[cid] = schedules.get(cid, np.zeros(horizon)) + row
+                # Allocated in watts the EV draws; the charger's limit per phase must let a
+                # one-phase car draw them (its per-phase amps are a third of the 3-phase W).
+                limit = row * need.limit_factor
+                schedules[cid] = schedules.get(cid, np.zeros(horizon)) + limit
+                # A station with several EVSEs shares its station-wide limit as it sees fit
+                # (typically equally, pausing every EV below 6 A): each EVSE gets its own.
+                if self._evse_count(cid) > 1:
+                    per_evse[(cid, need.session.info.evse_id)] = limit
         busy = {n.session.info.charger_id for n in needs}
-        used = sum(schedules.values(), np.zeros(horizon))
+        used = np.zeros(horizon)
+        if needs:
+            used = result.site_w.copy()
         for cid in sorted(online - busy):
             # An idle charger may start an EV at its minimum power while the cap has room.
             minimum = self._min_power(cid)
@@ -300,7 +261,11 @@ class Dispatcher:
             allowance = np.where(room >= minimum, minimum, 0.0)
             schedules[cid] = allowance
             used = used + allowance
-        return schedules, unmet
+        return schedules, per_evse, unmet
+
+    def _evse_count(self, charger_id: str) -> int:
+        state = self.site.chargers.get(charger_id)
+        return 0 if state is None else sum(1 for e in state.evses if e > 0)
 
     def _min_power(self, charger_id: str) -> float:
         charger = self._chargers.get(charger_id)
@@ -310,40 +275,48 @@ class Dispatcher:
 
     async def _push(self, round_: DispatchRound) -> None:
         valid_until = round_.grid[-1] + timedelta(seconds=self.isp_seconds)
-        jobs: dict[str, asyncio.Task[CommandResult]] = {}
+        wanted: dict[tuple[str, int], list[PowerPeriod]] = {}
         for cid, values in round_.schedules.items():
-            periods = _periods(round_.grid, values, round_.at)
-            previous = self._sent.get(cid)
+            wanted[(cid, 0)] = _periods(round_.grid, values, round_.at)
+        for key, values in round_.evse_schedules.items():
+            wanted[key] = _periods(round_.grid, values, round_.at)
+        jobs: dict[tuple[str, int], asyncio.Task[CommandResult]] = {}
+        for (cid, evse_id), periods in wanted.items():
+            previous = self._sent.get((cid, evse_id))
             if (
                 previous is not None
                 and _same_from(previous[0], periods, round_.at)
                 and (previous[1] >= valid_until - timedelta(seconds=self.isp_seconds))
             ):
                 continue
-            jobs[cid] = asyncio.create_task(
-                self.bridge.set_dynamic_schedule(cid, periods, valid_until)
+            jobs[(cid, evse_id)] = asyncio.create_task(
+                self.bridge.set_dynamic_schedule(cid, periods, valid_until, evse_id)
             )
-            self.site.charger(cid).limit_w = periods[0].limit_w
+            if evse_id == 0:
+                self.site.charger(cid).limit_w = periods[0].limit_w
+        # An EVSE whose EV left keeps no limit of its own: the station-wide one rules again.
+        for key in [k for k in self._sent if k[1] > 0 and k not in wanted]:
+            del self._sent[key]
+            jobs[key] = asyncio.create_task(self.bridge.clear_dynamic_schedule(*key))
         if not jobs:
             return
         results = await asyncio.gather(*jobs.values(), return_exceptions=True)
         rejected: list[str] = []
-        for (cid, _), result in zip(jobs.items(), results, strict=True):
+        for key, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
-                log.error("dynamic schedule for %s failed: %s", cid, result)
+                log.error("dynamic schedule for %s EVSE %d failed: %s", key[0], key[1], result)
                 continue
-            round_.pushed[cid] = result
-            if result.accepted:
-                periods = _periods(round_.grid, round_.schedules[cid], round_.at)
-                self._sent[cid] = (tuple(periods), valid_until)
+            round_.pushed[key] = result
+            if result.accepted and key in wanted:
+                self._sent[key] = (tuple(wanted[key]), valid_until)
             else:
-                rejected.append(f"{cid}: {result.status} {result.reason or ''}".strip())
+                rejected.append(f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip())
         if rejected:
             log.warning(
                 "chargers did not take their dynamic schedule",
                 extra={"chargers": "; ".join(rejected[:10])},
             )
-        accepted = [cid for cid, r in round_.pushed.items() if r.accepted]
+        accepted = [cid for (cid, evse), r in round_.pushed.items() if r.accepted and evse == 0]
         if accepted:
             task = asyncio.create_task(self._verify(accepted[: self.verify_sample], round_))
             self._verifiers.add(task)
@@ -402,7 +375,9 @@ def _periods(
 
 
 def _same_from(old: Sequence[PowerPeriod], new: Sequence[PowerPeriod], now: datetime) -> bool:
-    """Whether two schedules allow the same from `now` on."""
+    """Whether `new` may be skipped because the charger already holds `old`: never when a
+    limit goes down (the site cap depends on it), and not when one goes up by more than
+    max(250 W, 5 %) (small rises are not worth a SetChargingProfile per charger per round)."""
 
     def at(periods: Sequence[PowerPeriod], moment: datetime) -> float:
         value = periods[0].limit_w
@@ -414,4 +389,8 @@ def _same_from(old: Sequence[PowerPeriod], new: Sequence[PowerPeriod], now: date
     moments = sorted(
         {now, *(p.start for p in old if p.start > now), *(p.start for p in new if p.start > now)}
     )
-    return all(at(old, m) == at(new, m) for m in moments)
+    for moment in moments:
+        before, after = at(old, moment), at(new, moment)
+        if after < before or after - before > max(250.0, 0.05 * before):
+            return False
+    return True

@@ -23,9 +23,21 @@ def isp_start(instant: datetime, isp_seconds: int) -> datetime:
 
 
 def split_energy(
-    start: datetime, end: datetime, energy_wh: float, isp_seconds: int
+    start: datetime,
+    end: datetime,
+    energy_wh: float,
+    isp_seconds: int,
+    power_at_start_w: float | None = None,
+    power_at_end_w: float | None = None,
 ) -> list[tuple[datetime, float]]:
-    """Spread `energy_wh` evenly over [start, end) and return (ISP start, Wh) per ISP touched."""
+    """Split `energy_wh` drawn over [start, end) into (ISP start, Wh) per ISP touched.
+
+    Without power readings the energy is spread evenly. With the power reported at both ends,
+    the first ISP's part is weighted by the power at the start and the last ISP's by the power
+    at the end: chargers change power at ISP boundaries (that is where their profile periods
+    begin), so a reading interval that straddles a boundary would otherwise smear a cap into
+    the ISP before it. Either way the parts add up to `energy_wh` exactly.
+    """
     if end < start:
         raise ValueError(f"interval ends before it starts: {start} .. {end}")
     if energy_wh < 0:
@@ -33,21 +45,36 @@ def split_energy(
     total = (end - start).total_seconds()
     if total == 0:
         return [(isp_start(start, isp_seconds), energy_wh)] if energy_wh else []
-    parts: list[tuple[datetime, float]] = []
+    segments: list[tuple[datetime, float]] = []
     cursor = start
     while cursor < end:
         bucket = isp_start(cursor, isp_seconds)
         bucket_end = min(end, bucket + timedelta(seconds=isp_seconds))
-        share = energy_wh * (bucket_end - cursor).total_seconds() / total
-        parts.append((bucket, share))
+        segments.append((bucket, (bucket_end - cursor).total_seconds()))
         cursor = bucket_end
-    return parts
+    weights = [seconds for _, seconds in segments]
+    if (
+        len(segments) > 1
+        and power_at_start_w is not None
+        and power_at_end_w is not None
+        and power_at_start_w >= 0
+        and power_at_end_w >= 0
+    ):
+        middle = (power_at_start_w + power_at_end_w) / 2
+        powered = [seconds * middle for _, seconds in segments]
+        powered[0] = segments[0][1] * power_at_start_w
+        powered[-1] = segments[-1][1] * power_at_end_w
+        if sum(powered) > 0:
+            weights = powered
+    scale = energy_wh / sum(weights)
+    return [(bucket, weight * scale) for (bucket, _), weight in zip(segments, weights, strict=True)]
 
 
 @dataclass(frozen=True)
 class Reading:
     at: datetime
     register_wh: float
+    power_w: float | None = None
 
 
 class EnergyAccumulator:
@@ -59,21 +86,25 @@ class EnergyAccumulator:
         self._pending: defaultdict[tuple[str, datetime], float] = defaultdict(float)
         self.resets = 0
 
-    def add(self, meter: str, at: datetime, register_wh: float) -> None:
-        """Record a register reading of `meter` (a charger, an EVSE) at `at`."""
+    def add(
+        self, meter: str, at: datetime, register_wh: float, power_w: float | None = None
+    ) -> None:
+        """Record a register reading of `meter` (a charger, an EVSE) at `at`, with the power
+        the meter reported at that moment where it did."""
         if at.tzinfo is None:
             raise ValueError("readings need timezone-aware instants")
         last = self._last.get(meter)
         if last is not None and at < last.at:
             return  # a late, out-of-order reading: the interval is already accounted for
-        self._last[meter] = Reading(at, register_wh)
+        self._last[meter] = Reading(at, register_wh, power_w)
         if last is None:
             return
         delta = register_wh - last.register_wh
         if delta < 0:
             self.resets += 1
             return
-        for bucket, wh in split_energy(last.at, at, delta, self.isp_seconds):
+        parts = split_energy(last.at, at, delta, self.isp_seconds, last.power_w, power_w)
+        for bucket, wh in parts:
             self._pending[(meter, bucket)] += wh
 
     def restore(self, meter: str, at: datetime, register_wh: float) -> None:

@@ -61,11 +61,20 @@ class Bands:
 
 @dataclass(frozen=True)
 class SessionNeed:
+    """What one plugged-in EV needs, in watts it really draws."""
+
     session: ActiveSession
     leave: datetime
     energy_wh: float
     pmin_w: float
     pmax_w: float
+    # Charger limit per W the EV draws: 3 for a one-phase car on a three-phase charger,
+    # whose limit in amps per phase lets it draw only a third of the three-phase watts.
+    limit_factor: float = 1.0
+
+
+TOP_UP_WH = 2_000.0
+"""A car still charging past every calibrated estimate wants at least this much more."""
 
 
 @dataclass(frozen=True)
@@ -351,18 +360,24 @@ class SiteForecaster:
                 leave = arrived + timedelta(seconds=calibration.stay_s)
             leave = max(leave, now + timedelta(seconds=self.isp_seconds))
             delivered = info.energy_wh or 0.0
-            if info.requested_energy_wh:
-                wanted = info.requested_energy_wh * calibration.energy_ratio
+            if s.ev_suspended and delivered > 0:
+                # The charger reports SuspendedEV after charging: the car takes no more.
+                # (A car we paused shows SuspendedEVSE instead and keeps its need.)
+                wanted = delivered
             else:
-                wanted = calibration.energy_wh
-            if s.power_w == 0 and delivered > 0 and s.updated_at is not None:
-                wanted = delivered  # drawing nothing after charging: the car is full
+                wanted = _still_wanted(info.requested_energy_wh, delivered, calibration)
             cid = info.charger_id
-            out.append(
-                SessionNeed(
-                    s, leave, max(0.0, wanted - delivered), self._pmin(cid), self._pmax(cid)
-                )
-            )
+            charger = self._charger(cid)
+            phases = charger.phases if charger else 3
+            factor = 1.0
+            if s.ev_phases is not None and s.ev_phases < phases:
+                factor = phases / s.ev_phases
+            pmin, pmax = self._pmin(cid) / factor, self._pmax(cid) / factor
+            if s.ev_max_w is not None:
+                # The car took less than its charger allowed: that is the car's own maximum
+                # (with a margin, so a car that can take more is noticed again).
+                pmax = min(pmax, max(pmin, s.ev_max_w * 1.1 + 300.0))
+            out.append(SessionNeed(s, leave, max(0.0, wanted - delivered), pmin, pmax, factor))
         return out
 
     def _session_set(
@@ -375,6 +390,28 @@ class SiteForecaster:
         return SessionSet.from_instants(
             grid_start, self.isp_minutes, list(arrive), list(leave), energy, pmin, pmax
         )
+
+
+def _still_wanted(
+    requested_wh: float | None, delivered_wh: float, calibration: Calibration
+) -> float:
+    """The energy a car that is still charging will take in all, given what it has taken.
+
+    Drivers take about half of what they request (§5), but a car still charging past that
+    is one of those taking more: the estimate is the median of the calibrated outcomes above
+    what it already took, or a top-up when it is past all of them.
+    """
+    samples = calibration.samples
+    if samples is None:
+        outcomes = np.array(
+            [requested_wh * calibration.energy_ratio if requested_wh else calibration.energy_wh]
+        )
+    elif requested_wh:
+        outcomes = requested_wh * samples.energy_ratio
+    else:
+        outcomes = samples.energy_wh
+    above = outcomes[outcomes > delivered_wh]
+    return float(np.median(above)) if above.size else delivered_wh + TOP_UP_WH
 
 
 def _same_local_time(instant: datetime, shift: timedelta, calendar: SiteCalendar) -> datetime:

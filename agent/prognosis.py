@@ -24,7 +24,7 @@ import contextlib
 import logging
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -34,6 +34,7 @@ from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SiteForecaster
 from agent.market import Market
+from agent.orders import OrderedIsp, load_context, prognosis_with_orders
 from agent.site import Site
 from uftp import calendar
 from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
@@ -48,30 +49,24 @@ def prognosis_power(
     forecast_w: Sequence[float],
     previous: store.PrognosisRow | None,
     first_open: int,
-    order_changes: dict[int, int],
+    targets: Mapping[int, OrderedIsp],
 ) -> tuple[list[int], list[int]]:
-    """(power, baseline) per ISP: the forecast plus accepted orders, past ISPs frozen.
+    """(power, baseline) per ISP: the forecast with the accepted orders, past ISPs frozen.
 
     `first_open` is the first ISP (1-based) that has not begun; before it the previous
-    revision's values stand. Power never goes below zero: the site only consumes.
+    revision's values stand. An ordered ISP says what the order makes of it: the order's
+    target where it reduces (never above the forecast), at least the target where it raises.
     """
     baseline = [max(0, round(f)) for f in forecast_w]
+    ordered = prognosis_with_orders(baseline, targets)
     power: list[int] = []
     for index in range(1, len(baseline) + 1):
         if previous is not None and index < first_open and index <= len(previous.power_w):
             baseline[index - 1] = previous.baseline_w[index - 1]
             power.append(previous.power_w[index - 1])
         else:
-            power.append(max(0, baseline[index - 1] + order_changes.get(index, 0)))
+            power.append(ordered[index - 1])
     return power, baseline
-
-
-def order_changes(orders: Sequence[store.OrderRow]) -> dict[int, int]:
-    total: dict[int, int] = {}
-    for order in orders:
-        for index, change in order.change_per_isp().items():
-            total[index] = total.get(index, 0) + change
-    return total
 
 
 @dataclass
@@ -223,6 +218,9 @@ class PrognosisService:
             latest = await self._latest(cp, today)
             if latest is None:
                 continue
+            interval = timedelta(minutes=self.config.trading.intraday_min_interval_min)
+            if now - latest.created_at < interval:
+                continue
             self._last_intraday[cp] = current
             bands = await self.forecaster.forecast([cp], targets, origin=origin, sessions=sessions)
             forecast = bands[cp].p50
@@ -271,10 +269,10 @@ class PrognosisService:
                 floor = int(store.get_meta(conn, _floor_key(congestion_point, period)) or 0)
                 revision = max(store.highest_revision(conn, congestion_point, period) + 1, floor)
                 previous = store.latest_prognosis(conn, congestion_point, period)
-                orders = store.accepted_orders(
-                    conn, congestion_point=congestion_point, period=period
-                )
-                power, baseline = prognosis_power(forecast, previous, opened, order_changes(orders))
+                context = load_context(conn, congestion_point=congestion_point, period=period)
+                orders = context.orders
+                targets = {t.index: t for t in context.targets(self.market).values()}
+                power, baseline = prognosis_power(forecast, previous, opened, targets)
                 message = DPrognosis(
                     sender_domain=self.config.uftp.domain,
                     recipient_domain=dso,

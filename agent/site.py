@@ -79,6 +79,14 @@ class ActiveSession:
     congestion_point: str | None
     power_w: float = 0.0
     updated_at: datetime | None = None
+    # The most the EV drew while its charger allowed more: what the car itself can take
+    # (a one-phase 3.7 kW car on an 11 kW charger). None until such a moment was seen.
+    ev_max_w: float | None = None
+    # The charger says the EV takes nothing now (OCPP SuspendedEV): full, or done for now.
+    ev_suspended: bool = False
+    # Phases the EV draws on (from per-phase currents): a one-phase car on a three-phase
+    # charger draws a third of a limit given in three-phase watts.
+    ev_phases: int | None = None
 
 
 SiteListener = Callable[[Event], None]
@@ -222,6 +230,9 @@ class Site:
                 evse.status = status
                 if status in (ConnectorStatus.AVAILABLE, ConnectorStatus.UNAVAILABLE):
                     evse.power_w = 0.0
+                active = self.sessions.get(evse.session_id or "")
+                if active is not None:
+                    active.ev_suspended = status is ConnectorStatus.SUSPENDED_EV
             case SessionStarted(session=info, at=at) | SessionUpdated(session=info, at=at):
                 self._session_changed(info, at)
             case SessionEnded(session=info, at=at):
@@ -293,6 +304,12 @@ class Site:
             active = self.sessions[sample.session_id]
             active.power_w = evse.power_w
             active.updated_at = sample.at
+            limit = charger.limit_w
+            if evse.power_w > 0 and (limit is None or evse.power_w < 0.9 * limit):
+                active.ev_max_w = max(active.ev_max_w or 0.0, evse.power_w)
+            in_use = sum(1 for a in sample.current_per_phase_a if a is not None and a > 0.5)
+            if in_use:
+                active.ev_phases = max(active.ev_phases or 0, in_use)
         if sample.energy_wh is None:
             return
         evse.energy_wh = sample.energy_wh
@@ -302,7 +319,10 @@ class Site:
             self._main_meter.add(cid)
         elif cid in self._main_meter:
             return
-        self._energy.add(f"{cid}/{sample.evse_id}", sample.at, sample.energy_wh)
+        # A power derived from the register tells nothing about where in the interval the
+        # energy went; only a reported power does.
+        power = None if sample.power_derived else sample.power_w
+        self._energy.add(f"{cid}/{sample.evse_id}", sample.at, sample.energy_wh, power)
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -354,8 +374,9 @@ class Site:
                 raise
 
     async def _flush_forever(self) -> None:
+        # Real seconds, whatever the clock: batching is about disk writes, not market time.
         while True:
-            await self.clock.sleep(self.flush_interval_s)
+            await asyncio.sleep(self.flush_interval_s)
             try:
                 await self.flush()
             except Exception:

@@ -69,3 +69,30 @@ def test_energy_is_conserved(steps: list[tuple[int, float]]) -> None:
     assert sum(drained.values()) == pytest.approx(register - 1000.0, rel=1e-9, abs=1e-6)
     assert all(v >= 0 for v in drained.values())
     assert all(isp_start(b, ISP) == b for (_, b) in drained)
+
+
+def test_reported_power_puts_a_cap_in_its_own_isp() -> None:
+    # 30 kW until the boundary at 08:15, 10 kW after it; readings at 08:14 and 08:16.
+    before, after = T0 + timedelta(minutes=14), T0 + timedelta(minutes=16)
+    wh = 30_000 / 60 + 10_000 / 60
+    parts = split_energy(before, after, wh, ISP, 30_000, 10_000)
+    assert parts == [
+        (T0, pytest.approx(500.0)),
+        (T0 + timedelta(minutes=15), pytest.approx(10_000 / 60)),
+    ]
+
+
+@given(
+    st.integers(0, 3600),
+    st.integers(1, 7200),
+    st.floats(0, 50_000),
+    st.floats(0, 50_000),
+    st.floats(0, 50_000),
+)
+def test_weighted_split_conserves_energy(
+    offset: int, length: int, wh: float, p0: float, p1: float
+) -> None:
+    start = T0 + timedelta(seconds=offset)
+    parts = split_energy(start, start + timedelta(seconds=length), wh, ISP, p0, p1)
+    assert sum(v for _, v in parts) == pytest.approx(wh, rel=1e-9, abs=1e-9)
+    assert all(v >= 0 for _, v in parts)

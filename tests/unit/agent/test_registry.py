@@ -47,7 +47,10 @@ async def test_plain_password_from_the_environment_is_hashed(config: Config, db:
 async def test_registration_shares_what_is_left_of_the_safe_limit(
     config: Config, tmp_path: Path
 ) -> None:
-    # 20 configured chargers share 120 kW of safe limit: nothing is left for strangers.
+    # 20 configured chargers share the 100 kW safe limit: nothing is left for strangers.
+    config = config.model_copy(
+        update={"ocpp": config.ocpp.model_copy(update={"unknown_chargers": "register"})}
+    )
     db = Database(tmp_path / "r.sqlite", SCHEMA)
     await db.start()
     registry = StoreRegistry(config, db, Clock())
@@ -58,8 +61,8 @@ async def test_registration_shares_what_is_left_of_the_safe_limit(
     assert again is not None
     assert again.safe_power_w == 0.0
 
-    # With room left (20 x 5 kW of 120 kW promised), a stranger gets the minimum charging power.
-    modest = [c.model_copy(update={"safe_power_w": 5_000}) for c in config.ocpp.chargers]
+    # With room left (20 x 4 kW of 100 kW promised), a stranger gets the minimum charging power.
+    modest = [c.model_copy(update={"safe_power_w": 4_000}) for c in config.ocpp.chargers]
     roomy = config.model_copy(update={"ocpp": config.ocpp.model_copy(update={"chargers": modest})})
     registry = StoreRegistry(roomy, db, Clock())
     share = (await registry.register("STRANGER-2", None)).safe_power_w  # type: ignore[union-attr]
