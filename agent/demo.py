@@ -136,7 +136,13 @@ def numba_cache_dir() -> Path:
 # --- history -------------------------------------------------------------------------------------
 
 
-def seed_history(config: Config, generator: Any, today: date, days: int = HISTORY_DAYS) -> int:
+def seed_history(
+    config: Config,
+    generator: Any,
+    today: date,
+    days: int = HISTORY_DAYS,
+    congestion_point: str = DEMO_CONGESTION_POINT,
+) -> int:
     """Write `days` of uncontrolled charging before `today` into the store: finished sessions
     (for calibration and offer scenarios), energy per ISP per charger and the uptime that says
     those ISPs were measured. Returns the number of sessions."""
@@ -148,7 +154,7 @@ def seed_history(config: Config, generator: Any, today: date, days: int = HISTOR
     isp_s = config.uftp.isp_duration_min * 60
     start = history.start
     end = start + timedelta(seconds=isp_s * history.values.shape[1])
-    cp = DEMO_CONGESTION_POINT
+    cp = congestion_point
     specs = {spec.charger_id: spec for spec in generator.fleet}
     conn = connect(config.storage.database_path)
     try:

@@ -326,6 +326,8 @@ class Dispatcher:
         """Re-read composite schedules: did the chargers apply what we sent?"""
         for cid in charger_ids:
             composite = await self.bridge.composite_schedule(cid, 0, self.isp_seconds)
+            if self.last_round is not round_:
+                return  # a newer round is (re)setting limits: its own check will tell
             if not composite.result.accepted or not composite.periods:
                 continue
             sent = round_.schedules[cid][0]
