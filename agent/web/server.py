@@ -19,7 +19,6 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent import store
 from agent.metrics import AgentMetrics
@@ -35,6 +34,9 @@ HealthCheck = Callable[[], Awaitable[list[str]]]
 """Returns the problems found (empty: healthy)."""
 
 DISPATCH_WAIT_S = 30.0
+# The classic text format generate_latest() writes; every Prometheus version parses it
+# (prometheus-client >= 0.22 names 1.0.0 "latest", which Prometheus 2.x does not know).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _error(status: int, message: str, **headers: str) -> web.HTTPException:
@@ -138,7 +140,7 @@ class StatusServer:
     async def get_metrics(self, _request: web.Request) -> web.Response:
         body = await self.metrics.exposition()
         response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 
     async def get_site(self, _request: web.Request) -> web.Response:
