@@ -154,7 +154,8 @@ async def trading_agent(tmp_path: Path, **http: Any) -> AsyncIterator[Trading]:
     async with running_agent(env) as (agent, dso):
         today = market.today(now)
         first = await dso.wait_handled(_is(DPrognosis, period=today), 60)
-        assert isinstance(first, Received) and first.accepted, first
+        assert isinstance(first, Received)
+        assert first.accepted, first.rejections
         tomorrow = today + timedelta(days=1)
         await dso.send(flex_request(tomorrow, 37, 40))
         outcome = await dso.wait_handled(_is(FlexOffer), 60)
