@@ -217,6 +217,11 @@ class TradeSnapshot:
     ordered_now_w: int = 0
 
 
+def _isps(runs: list[list[int]]) -> list[JsonObject]:
+    """UFTP's (Start, Duration, Power) runs of ISPs, named."""
+    return [{"start": s, "duration": d, "power_w": p} for s, d, p in runs]
+
+
 def _offer_view(offer: store.OfferRow) -> JsonObject:
     return {
         "message_id": offer.message_id,
@@ -232,7 +237,7 @@ def _offer_view(offer: store.OfferRow) -> JsonObject:
             {
                 "reference": o["reference"],
                 "price": o["price"],
-                "isps": [{"start": s, "duration": d, "power_w": p} for s, d, p in o["isps"]],
+                "isps": _isps(o["isps"]),
             }
             for o in offer.options
         ],
@@ -249,7 +254,7 @@ def _order_view(order: store.OrderRow) -> JsonObject:
         "price": order.price,
         "currency": order.currency,
         "received_at": iso(order.received_at),
-        "isps": [{"start": s, "duration": d, "power_w": p} for s, d, p in order.isps],
+        "isps": _isps(order.isps),
     }
 
 

@@ -137,6 +137,24 @@ class Device:
         return out
 
 
+def power_sensor(key: str, name: str, state_topic: str, field: str) -> Entity:
+    """A power reading in W, as Home Assistant's energy dashboard and statistics expect."""
+    return Entity(
+        "sensor",
+        key,
+        name,
+        state_topic,
+        f"{{{{ value_json.{field} }}}}",
+        "power",
+        "measurement",
+        "W",
+    )
+
+
+def count_sensor(key: str, name: str, state_topic: str, template: str, icon: str) -> Entity:
+    return Entity("sensor", key, name, state_topic, template, state_class="measurement", icon=icon)
+
+
 class HomeAssistant:
     """Discovery messages for one site under `discovery_prefix`."""
 
@@ -194,83 +212,44 @@ class HomeAssistant:
         device = self.site_device(site_name)
         state = self.topics.site_state
         entities = [
-            Entity(
-                "sensor",
-                "power",
-                "Power",
-                state,
-                "{{ value_json.power_w }}",
-                "power",
-                "measurement",
-                "W",
-            ),
-            Entity(
-                "sensor",
-                "cap",
-                "Power cap",
-                state,
-                "{{ value_json.cap_w }}",
-                "power",
-                "measurement",
-                "W",
-            ),
-            Entity(
-                "sensor",
-                "ordered",
-                "Ordered flexibility",
-                state,
-                "{{ value_json.ordered_w }}",
-                "power",
-                "measurement",
-                "W",
-            ),
-            Entity(
-                "sensor",
+            power_sensor("power", "Power", state, "power_w"),
+            power_sensor("cap", "Power cap", state, "cap_w"),
+            power_sensor("ordered", "Ordered flexibility", state, "ordered_w"),
+            count_sensor(
                 "chargers_online",
                 "Chargers online",
                 state,
                 "{{ value_json.chargers_online }}",
-                state_class="measurement",
-                icon="mdi:ev-station",
+                "mdi:ev-station",
             ),
-            Entity(
-                "sensor",
+            count_sensor(
                 "sessions",
                 "Charging sessions",
                 state,
                 "{{ value_json.sessions }}",
-                state_class="measurement",
-                icon="mdi:car-electric",
+                "mdi:car-electric",
             ),
-            Entity(
-                "sensor",
+            count_sensor(
                 "open_offers",
                 "Open flex offers",
                 self.topics.offers,
                 "{{ value_json.count }}",
-                state_class="measurement",
-                icon="mdi:handshake",
+                "mdi:handshake",
             ),
-            Entity(
-                "sensor",
+            count_sensor(
                 "orders",
                 "Flex orders",
                 self.topics.orders,
                 "{{ value_json.count }}",
-                state_class="measurement",
-                icon="mdi:file-document-check",
+                "mdi:file-document-check",
             ),
         ]
         entities.extend(
-            Entity(
-                "sensor",
+            power_sensor(
                 f"prognosis_{object_id(cp)}",
                 f"Prognosis {cp}",
                 self.topics.prognosis(cp),
-                "{{ value_json.current_w }}",
-                "power",
-                "measurement",
-                "W",
+                "current_w",
             )
             for cp in congestion_points
         )
@@ -299,26 +278,8 @@ class HomeAssistant:
         )
         state = self.topics.charger_state(charger_id)
         entities = [
-            Entity(
-                "sensor",
-                "power",
-                "Power",
-                state,
-                "{{ value_json.power_w }}",
-                "power",
-                "measurement",
-                "W",
-            ),
-            Entity(
-                "sensor",
-                "limit",
-                "Power limit",
-                state,
-                "{{ value_json.limit_w }}",
-                "power",
-                "measurement",
-                "W",
-            ),
+            power_sensor("power", "Power", state, "power_w"),
+            power_sensor("limit", "Power limit", state, "limit_w"),
             Entity(
                 "sensor",
                 "session_energy",
