@@ -10,6 +10,10 @@ restarted without persistence gets the full picture back at once, and messages a
 while disconnected (stale bursts help nobody; the cache has the latest value). Availability uses
 a retained last will: ``<prefix>/<site>/status`` is ``online`` while we are connected and
 ``offline`` when we stop or the broker loses us.
+
+Subscriptions (`subscribe`) are renewed on every connect; their handlers run on paho's thread
+and must only hand the message over (the telemetry publisher reads back its own retained Home
+Assistant discovery this way, to clear that of chargers that are gone).
 """
 
 from __future__ import annotations
