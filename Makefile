@@ -56,8 +56,8 @@ venv: $(VENV)/.installed-test
 
 # --- System packages the tests use as real peers ---------------------------------------------
 # mosquitto (MQTT broker), nodejs + npm (the independent OCPP charger in tests/peers),
-# systemd (systemd-analyze verifies the unit file).
-SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm systemd-analyze:systemd
+# systemd (systemd-analyze verifies the unit file), chromium (renders the status page headless).
+SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm systemd-analyze:systemd chromium:chromium
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  tool=$${pair%%:*}; pkg=$${pair##*:}; \

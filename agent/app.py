@@ -7,6 +7,7 @@ demo running on simulated time is consistent from OCPP profile timestamps to UFT
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,6 +16,7 @@ from agent.config import Config
 from agent.db import Database
 from agent.dispatch import Dispatcher
 from agent.forecasting import SiteForecaster
+from agent.metrics import AgentMetrics
 from agent.prognosis import PrognosisService
 from agent.registry import StoreRegistry
 from agent.service import Component
@@ -22,7 +24,11 @@ from agent.site import Site
 from agent.statedir import StateDirectory
 from agent.store import SCHEMA
 from agent.systemd import NamedProbe, SystemdWatchdog
+from agent.telemetry.mqtt import MqttSettings, MqttTelemetry
+from agent.telemetry.publisher import TelemetryPublisher
+from agent.telemetry.topics import Topics
 from agent.trader import Trader
+from agent.web.server import StatusServer
 from ocpp_bridge import BridgeSettings, CentralSystem, SecurityProfile, UnknownChargerPolicy
 from ocpp_bridge import TlsSettings as OcppTls
 from uftp import store as uftp_store
@@ -105,6 +111,59 @@ class Agent:
     trader: Trader
     dispatcher: Dispatcher
     components: list[Component] = field(default_factory=list)
+    metrics: AgentMetrics | None = None
+    mqtt: MqttTelemetry | None = None
+    telemetry: TelemetryPublisher | None = None
+    web: StatusServer | None = None
+
+
+StatusServerHealth = Callable[[], Awaitable[list[str]]]
+
+
+def mqtt_settings(config: Config) -> MqttSettings:
+    m = config.mqtt
+    return MqttSettings(
+        host=m.host,
+        port=m.port,
+        client_id=m.client_id or f"flexbridge-{config.site.id}",
+        username=m.username,
+        password=None if m.password is None else m.password.get_secret_value(),
+        tls=m.tls,
+        ca_file=m.ca_file,
+        keepalive_s=m.keepalive_s,
+    )
+
+
+def operations_components(agent: Agent, health: StatusServerHealth) -> list[Component]:
+    """MQTT telemetry and the HTTP status page, as configured (docs/operations.md)."""
+    config = agent.config
+    components: list[Component] = []
+    if config.mqtt.enabled:
+        topics = Topics(config.mqtt.topic_prefix, config.site.id)
+        agent.mqtt = MqttTelemetry(mqtt_settings(config), topics.status)
+        agent.telemetry = TelemetryPublisher(
+            agent,
+            agent.mqtt,
+            topics,
+            config.mqtt.discovery_prefix,
+            min_interval_s=config.mqtt.min_interval_s,
+            refresh_s=float(config.mqtt.refresh_interval_s),
+        )
+        components += [agent.mqtt, agent.telemetry]
+    agent.metrics = AgentMetrics(agent, agent.mqtt)
+    agent.metrics.attach()
+    if config.http.enabled:
+        token = config.http.token
+        agent.web = StatusServer(
+            agent,
+            agent.metrics,
+            health,
+            host=config.http.host,
+            port=config.http.port,
+            token=None if token is None else token.get_secret_value(),
+        )
+        components.append(agent.web)
+    return components
 
 
 def build_agent(config: Config, clock: Clock | None = None) -> Agent:
@@ -158,6 +217,7 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         prognosis,
         trader,
         dispatcher,
+        *operations_components(agent, watchdog.check),
         # Last: READY=1 tells systemd that everything before it is serving.
         watchdog,
     ]

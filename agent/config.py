@@ -248,6 +248,10 @@ class MqttConfig(Model):
     topic_prefix: str = "flexbridge"
     discovery_prefix: str = "homeassistant"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    # Throttle: a topic gets at most one message per interval; everything is published again
+    # every refresh interval even if unchanged (docs/operations.md).
+    min_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
+    refresh_interval_s: Annotated[int, Field(ge=10, le=86400)] = 300
 
 
 class LoggingConfig(Model):

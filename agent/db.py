@@ -21,6 +21,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,6 +130,9 @@ class Database:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._thread_id: int | None = None
+        # (kind, seconds) of every transaction and read, for agent.metrics; called on the
+        # database thread.
+        self.observe: Callable[[str, float], None] = lambda _kind, _seconds: None
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexbridge-db")
@@ -183,6 +187,7 @@ class Database:
 
         def run() -> T:
             conn = self.connection
+            started = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
@@ -190,6 +195,7 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self.observe("transaction", time.perf_counter() - started)
             return result
 
         return await self._submit(run)
@@ -199,10 +205,12 @@ class Database:
 
         def run() -> T:
             conn = self.connection
+            started = time.perf_counter()
             conn.execute("BEGIN")
             try:
                 return fn(conn)
             finally:
                 conn.execute("COMMIT")
+                self.observe("read", time.perf_counter() - started)
 
         return await self._submit(run)

@@ -23,11 +23,12 @@ keeps its static safe profile.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +40,7 @@ from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SessionNeed, SiteForecaster
 from agent.market import Market
+from agent.metrics import Observe, discard, timed
 from agent.orders import OrderedIsp, load_context
 from agent.site import Site
 from forecaster.flexibility import SessionSet, allocate
@@ -105,6 +107,10 @@ class Dispatcher:
         self._verifiers: set[asyncio.Task[None]] = set()
         self.last_round: DispatchRound | None = None
         self.rounds = 0
+        # agent.metrics hooks: round and command durations, command outcomes.
+        self.observe: Observe = discard
+        self.command_results: collections.Counter[str] = collections.Counter()
+        self._round_finished = asyncio.Event()
         self._chargers = {c.id: c for c in config.ocpp.chargers}
         site.subscribe(self._site_event)
 
@@ -124,6 +130,16 @@ class Dispatcher:
     def wake(self, *_: object) -> None:
         self._wake.set()
 
+    async def round_now(self) -> DispatchRound:
+        """Ask for a round at once and return the first one that began after the asking."""
+        asked = self.clock.now()
+        while True:
+            finished = self._round_finished
+            self.wake()
+            await finished.wait()
+            if self.last_round is not None and self.last_round.at >= asked:
+                return self.last_round
+
     def _site_event(self, event: Event) -> None:
         if isinstance(event, SessionStarted | SessionEnded | ChargerConnected):
             self._wake.set()
@@ -137,6 +153,8 @@ class Dispatcher:
                 raise
             except Exception:
                 log.exception("dispatch round failed; chargers keep their current limits")
+            self._round_finished.set()
+            self._round_finished = asyncio.Event()
             sleeper = asyncio.create_task(self.clock.sleep(self.control_s))
             waker = asyncio.create_task(self._wake.wait())
             try:
@@ -173,6 +191,10 @@ class Dispatcher:
         return targets, room
 
     async def dispatch_once(self) -> DispatchRound:
+        with timed(self.observe, "round"):
+            return await self._dispatch_once()
+
+    async def _dispatch_once(self) -> DispatchRound:
         now = self.clock.now()
         ordered, room = await self._orders(now)
         grid = self._grid(now, max(ordered) if ordered else None)
@@ -290,14 +312,14 @@ class Dispatcher:
             ):
                 continue
             jobs[(cid, evse_id)] = asyncio.create_task(
-                self.bridge.set_dynamic_schedule(cid, periods, valid_until, evse_id)
+                self._command(self.bridge.set_dynamic_schedule(cid, periods, valid_until, evse_id))
             )
             if evse_id == 0:
                 self.site.charger(cid).limit_w = periods[0].limit_w
         # An EVSE whose EV left keeps no limit of its own: the station-wide one rules again.
         for key in [k for k in self._sent if k[1] > 0 and k not in wanted]:
             del self._sent[key]
-            jobs[key] = asyncio.create_task(self.bridge.clear_dynamic_schedule(*key))
+            jobs[key] = asyncio.create_task(self._command(self.bridge.clear_dynamic_schedule(*key)))
         if not jobs:
             return
         results = await asyncio.gather(*jobs.values(), return_exceptions=True)
@@ -321,6 +343,16 @@ class Dispatcher:
             task = asyncio.create_task(self._verify(accepted[: self.verify_sample], round_))
             self._verifiers.add(task)
             task.add_done_callback(self._verifiers.discard)
+
+    async def _command(self, command: Awaitable[CommandResult]) -> CommandResult:
+        status = "error"
+        try:
+            with timed(self.observe, "set_dynamic_schedule"):
+                result = await command
+            status = str(result.status)
+            return result
+        finally:
+            self.command_results[status] += 1
 
     async def _verify(self, charger_ids: list[str], round_: DispatchRound) -> None:
         """Re-read composite schedules: did the chargers apply what we sent?"""

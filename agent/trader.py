@@ -30,6 +30,7 @@ from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SiteForecaster
 from agent.market import Market
+from agent.metrics import Observe, discard, timed
 from agent.offers import OfferPlan, Pricing, RequestElement, plan_offer
 from agent.prognosis import PrognosisService
 from agent.site import Site
@@ -107,6 +108,8 @@ class Trader:
         self._offer_wake = asyncio.Event()
         self._housekeeping_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # agent.metrics hook: how long each inbound message took to handle, by type.
+        self.observe: Observe = discard
         site.subscribe(self._site_event)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -154,7 +157,8 @@ class Trader:
                 return handled
             for inbound in batch:
                 try:
-                    await self.db.transaction(functools.partial(self._handle, inbound=inbound))
+                    with timed(self.observe, inbound.message_type):
+                        await self.db.transaction(functools.partial(self._handle, inbound=inbound))
                 except Exception as exc:
                     log.exception(
                         "could not handle %s %s", inbound.message_type, inbound.message_id

@@ -10,6 +10,10 @@ restarted without persistence gets the full picture back at once, and messages a
 while disconnected (stale bursts help nobody; the cache has the latest value). Availability uses
 a retained last will: ``<prefix>/<site>/status`` is ``online`` while we are connected and
 ``offline`` when we stop or the broker loses us.
+
+Subscriptions (`subscribe`) are renewed on every connect; their handlers run on paho's thread
+and must only hand the message over (the telemetry publisher reads back its own retained Home
+Assistant discovery this way, to clear that of chargers that are gone).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger(__name__)
 
 Payload = str | bytes | dict[str, object] | list[object] | int | float
+# (topic, payload, retained): called on paho's network thread, so it must only hand over.
+MessageHandler = Callable[[str, bytes, bool], None]
 
 
 def encode(payload: Payload) -> bytes:
@@ -80,6 +86,7 @@ class MqttTelemetry:
         # Extra retained messages (Home Assistant discovery) to (re)send on every connect.
         self._on_connect_messages = on_connect
         self._retained: dict[str, bytes] = {}
+        self._subscriptions: dict[str, MessageHandler] = {}
         self._lock = threading.Lock()
         self.stats = MqttStats()
         self._client = self._make_client()
@@ -97,6 +104,7 @@ class MqttTelemetry:
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
         return client
 
     # --- paho thread ------------------------------------------------------------------------
@@ -115,6 +123,11 @@ class MqttTelemetry:
             return
         self.stats.connects += 1
         client.publish(self.availability_topic, b"online", qos=1, retain=True)
+        # A clean session forgets subscriptions: renew them on every connect.
+        with self._lock:
+            filters = list(self._subscriptions)
+        for topic_filter in filters:
+            client.subscribe(topic_filter, qos=1)
         extra = list(self._on_connect_messages()) if self._on_connect_messages else []
         for topic, payload in extra:
             client.publish(topic, encode(payload), qos=1, retain=True)
@@ -141,6 +154,19 @@ class MqttTelemetry:
         if was_connected:
             self.stats.disconnects += 1
             log.warning("MQTT connection lost (%s); reconnecting with back-off", reason)
+
+    def _handle_message(
+        self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage
+    ) -> None:
+        with self._lock:
+            handlers = [
+                h for f, h in self._subscriptions.items() if mqtt.topic_matches_sub(f, msg.topic)
+            ]
+        for handler in handlers:
+            try:
+                handler(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("MQTT message handler failed on %s", msg.topic)
 
     # --- event loop -------------------------------------------------------------------------
 
@@ -172,6 +198,13 @@ class MqttTelemetry:
             return
         self._client.publish(topic, data, qos=qos, retain=retain)
         self.stats.published += 1
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Receive messages on `topic_filter` (now and after every reconnect) in `handler`."""
+        with self._lock:
+            self._subscriptions[topic_filter] = handler
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=1)
 
     def clear_retained(self, topic: str) -> None:
         """Remove a retained topic (an entity that no longer exists)."""

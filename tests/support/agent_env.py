@@ -6,11 +6,13 @@ as they can, so forecasts, offers and settlements have something real to work fr
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from nacl.signing import SigningKey
@@ -19,6 +21,7 @@ from agent import store
 from agent.config import Config
 from agent.db import connect
 from agent.energy import split_energy
+from agent.service import Component
 from agent.store import SCHEMA
 from tests.support.ports import free_port
 from tests.support.uftp import peer, settings, url
@@ -33,6 +36,9 @@ DSO = "dso.flexbridge-test.org"
 CP = "ean.871685900012636543"
 TZ = "Europe/Amsterdam"
 CHARGERS = [f"CP-{i:02d}" for i in range(1, 9)]
+if TYPE_CHECKING:
+    from agent.app import Agent
+
 FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.5, request_timeout_s=5.0)
 
 
@@ -86,6 +92,8 @@ def make_env(tmp_path: Path, **overrides: Any) -> Env:
         "congestion_points": [{"entity_address": CP, "dso_domain": DSO}],
         "storage": {"state_directory": str(state)},
         "trading": {"offer_lead_time_min": 0, "offer_validity_min": 120},
+        # The status page on its own free port: never the default 8080 another run may hold.
+        "http": {"host": "127.0.0.1", "port": free_port()},
     }
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
@@ -147,3 +155,23 @@ def seed_history(config: Config, today: date, days: int = 28) -> None:
 
 def connection(config: Config) -> sqlite3.Connection:
     return connect(config.storage.database_path)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(env: Env) -> AsyncIterator[tuple[Agent, DsoParticipant]]:
+    """The simulated DSO and the whole agent started in order; stopped in reverse."""
+    from agent.app import build_agent
+
+    dso = env.dso()
+    await dso.start()
+    agent = build_agent(env.config)
+    started: list[Component] = []
+    try:
+        for component in agent.components:
+            await component.start()
+            started.append(component)
+        yield agent, dso
+    finally:
+        for component in reversed(started):
+            await component.stop()
+        await dso.stop()

@@ -6,51 +6,17 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent.telemetry.mqtt import MqttSettings, MqttTelemetry
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.mqtt_watcher import Watcher
 
 pytestmark = pytest.mark.integration
 
 AVAIL = "flexbridge/t/status"
-
-
-class Watcher:
-    """A plain paho subscriber that records the last payload per topic."""
-
-    def __init__(self, broker: MosquittoBroker, topic: str = "#") -> None:
-        self.last: dict[str, bytes] = {}
-        self.changed = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect_async(broker.host, broker.port)
-        self.client.loop_start()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self.changed:
-            self.last[msg.topic] = msg.payload
-            self.changed.notify_all()
-
-    def wait_for(self, topic: str, payload: bytes, timeout_s: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        with self.changed:
-            while self.last.get(topic) != payload:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{topic} = {self.last.get(topic)!r}, wanted {payload!r}")
-                self.changed.wait(left)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from agent import store
 from agent.app import Agent, build_agent
 from agent.market import Market
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.trade_history import flex_request
 from uftp import calendar
 from uftp.dso import DsoParticipant, Received
 from uftp.models import (
-    AvailableRequested,
     ContractSettlement,
     ContractSettlementISP,
     ContractSettlementPeriod,
@@ -27,7 +27,6 @@ from uftp.models import (
     FlexOrderSettlement,
     FlexOrderSettlementISP,
     FlexRequest,
-    FlexRequestISP,
     FlexSettlement,
 )
 
@@ -64,43 +63,7 @@ def received(kind: type, **where: object):  # type: ignore[no-untyped-def]
 
 
 def request_for(period, requested: range) -> FlexRequest:  # type: ignore[no-untyped-def]
-    count = calendar.isp_count(period, TZ, 15)
-    first, last = requested.start, requested.stop - 1
-    isps = [
-        FlexRequestISP(
-            disposition=AvailableRequested.AVAILABLE,
-            min_power=0,
-            max_power=60_000,
-            start=1,
-            duration=first - 1,
-        ),
-        FlexRequestISP(
-            disposition=AvailableRequested.REQUESTED,
-            min_power=-60_000,
-            max_power=-5_000,
-            start=first,
-            duration=last - first + 1,
-        ),
-        FlexRequestISP(
-            disposition=AvailableRequested.AVAILABLE,
-            min_power=0,
-            max_power=60_000,
-            start=last + 1,
-            duration=count - last,
-        ),
-    ]
-    now = datetime.now(UTC)
-    return FlexRequest(
-        sender_domain=DSO,
-        recipient_domain="agr.flexbridge-test.org",
-        isp_duration="PT15M",
-        time_zone=TZ,
-        period=period,
-        congestion_point=CP,
-        revision=1,
-        expiration_date_time=now + timedelta(hours=2),
-        isps=isps,
-    )
+    return flex_request(period, requested.start, requested.stop - 1)
 
 
 async def test_request_offer_order_and_the_revision_that_includes_it(
