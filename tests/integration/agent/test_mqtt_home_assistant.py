@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from agent import __version__
+from ocpp_bridge.simulator import SimCharger16, running
 from tests.support.agent_env import CHARGERS, CP, TZ, make_env, running_agent, seed_history
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_watcher import Watcher
-from ocpp_bridge.simulator import SimCharger16, running
 from uftp import calendar
 
 pytestmark = pytest.mark.integration
