@@ -374,6 +374,8 @@ async def run_demo(
             f"agent up: {len(fleet)} stations configured, {HISTORY_DAYS} days of history "
             f"({seeded} sessions), DSO {DEMO_DSO_DOMAIN}, time x{speed:g}"
         )
+        if agent.web is not None:
+            say.say(f"status page: http://127.0.0.1:{http_port}/")
         site = SimulatedSite(
             f"ws://127.0.0.1:{ocpp_port}/ocpp", fleet, clock, password=DEFAULT_PASSWORD
         )

@@ -76,13 +76,3 @@ def test_secret_from_environment_is_not_logged(config_file: Path) -> None:
         assert not any("very-secret-value" in line for line in agent.lines)
     finally:
         agent.kill()
-
-
-def test_demo_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    agent = AgentProcess(["demo", "--state-dir", str(tmp_path / "demo")])
-    try:
-        agent.wait_for("flexbridge running", timeout_s=60)
-        agent.proc.send_signal(signal.SIGINT)
-        assert agent.finish() == 0
-    finally:
-        agent.kill()

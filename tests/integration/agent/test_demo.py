@@ -1,0 +1,75 @@
+"""`flexbridge demo`, the README's first command, as a real process: the whole story runs,
+the status page shows the day's chart while it does (seen by headless Chromium), the report is
+written, and Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from tests.integration.agent.test_status_page_browser import (
+    MEASURED_GREEN,
+    PROGNOSIS_BLUE,
+    find_chromium,
+    screenshot,
+)
+from tests.support.png import read_png
+from tests.support.processes import AgentProcess
+
+pytestmark = pytest.mark.integration
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+async def test_the_demo_tells_the_whole_story_and_the_status_page_shows_it(
+    tmp_path: Path,
+) -> None:
+    chromium = find_chromium()
+    state = tmp_path / "demo"
+    demo = AgentProcess(["demo", "--state-dir", str(state), "--keep-running"])
+    try:
+        line = await asyncio.to_thread(demo.wait_for, "status page: http://", 120)
+        match = re.search(r"status page: (http://\S+)", line)
+        assert match is not None
+        url = match.group(1)
+        # Once the site is capped the morning has history, a prognosis and an order.
+        await asyncio.to_thread(demo.wait_for, "dispatch: site capped", 120)
+        shot = tmp_path / "status.png"
+        log = await screenshot(chromium, url, shot, tmp_path / "chromium-profile")
+        image = read_png(shot.read_bytes())
+        assert image.count_near(PROGNOSIS_BLUE) > 500, log
+        assert image.count_near(MEASURED_GREEN) > 50, log
+
+        await asyncio.to_thread(demo.wait_for, "the agent keeps running", 180)
+        demo.proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(demo.finish, 60)
+    finally:
+        demo.kill()
+    output = "\n".join(demo.lines)
+    assert code in (0, 130), output
+    assert "Traceback" not in output, output
+    # Today's real date: 92 or 100 ISPs on a DST Sunday.
+    assert re.search(r"D-Prognosis revision 1: (92|96|100) ISPs", output), output
+    for step in (
+        "DSO FlexRequest:",
+        "FlexOffer:",
+        "; DSO: accepted",
+        "DSO FlexOrder DEMO-ORD-1",
+        "with the order included",
+        "dispatch: site capped",
+        "delivered: on average",
+        "FlexSettlement answered Accepted",
+    ):
+        assert step in output, f"{step!r} missing from:\n{output}"
+    report = state / "report.html"
+    html = report.read_text()
+    start, end = html.index("<svg"), html.index("</svg>") + len("</svg>")
+    svg = etree.fromstring(html[start:end].encode())
+    assert svg.findall(f".//{SVG}path[@class='series-measured']")
+    ordered = [r for r in svg.iter(f"{SVG}rect") if r.get("class", "").startswith("series-ordered")]
+    assert ordered, "the ordered flexibility shows as bars"
