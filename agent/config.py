@@ -506,7 +506,7 @@ def problems_from_validation(exc: ValidationError) -> list[ConfigProblem]:
 
 
 # Variables with the prefix that configure the process, not the file.
-_NOT_OVERRIDES = {"CONFIG"}
+_NOT_OVERRIDES = {"CONFIG", "FAILPOINT"}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> Iterator[tuple[str, list[str], str]]:

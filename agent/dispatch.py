@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from agent import store
+from agent import failpoints, store
 from agent.clock import Clock
 from agent.config import Config
 from agent.db import Database
@@ -320,8 +320,21 @@ class Dispatcher:
         for key in [k for k in self._sent if k[1] > 0 and k not in wanted]:
             del self._sent[key]
             jobs[key] = asyncio.create_task(self._command(self.bridge.clear_dynamic_schedule(*key)))
+        log.debug(
+            "dispatch round",
+            extra={
+                "chargers": len(round_.schedules),
+                "pushes": len(jobs),
+                "lowest_cap_w": round(min(round_.cap_w)),
+                "unmet_wh": round(round_.unmet_wh),
+            },
+        )
         if not jobs:
             return
+        if len(jobs) > 1 and min(round_.cap_w) < self.capacity_w:
+            # Crash-safety tests die here: one charger has its new limit, the others not.
+            await asyncio.wait(jobs.values(), return_when=asyncio.FIRST_COMPLETED)
+            failpoints.hit(failpoints.DISPATCH_MID_PUSH)
         results = await asyncio.gather(*jobs.values(), return_exceptions=True)
         rejected: list[str] = []
         for key, result in zip(jobs, results, strict=True):

@@ -104,8 +104,10 @@ class PrognosisService:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._last_intraday: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="prognosis")
 
     async def stop(self) -> None:
@@ -118,7 +120,14 @@ class PrognosisService:
     # --- triggers -------------------------------------------------------------------------------
 
     def request(self, congestion_point: str, period: date, reason: str) -> None:
-        """Ask for a new revision soon (after an order, after a rejection)."""
+        """Ask for a new revision soon (after an order, after a rejection).
+
+        Safe from any thread: the trader calls it inside database transactions, which run on
+        the database thread, and asyncio primitives only work on their own loop.
+        """
+        if self._loop is not None and not _on_loop(self._loop):
+            self._loop.call_soon_threadsafe(self.request, congestion_point, period, reason)
+            return
         self._wanted[(congestion_point, period)] = _Wanted(reason)
         self._wake.set()
 
@@ -185,12 +194,31 @@ class PrognosisService:
                 wanted.append((today, "day-ahead"))
             if day_ahead_due and await self._latest(cp, tomorrow) is None:
                 wanted.append((tomorrow, "day-ahead"))
+            # An accepted order the latest revision does not include yet (also after a crash
+            # between accepting the order and sending its revision: the store says so).
+            for period in await self._periods_missing_orders(cp, today):
+                if all(p != period for p, _ in wanted):
+                    wanted.append((period, "order"))
             for period, reason in wanted:
+                self._wanted.pop((cp, period), None)
                 await self.send(cp, period, reason)
         for (cp, period), want in list(self._wanted.items()):
             del self._wanted[(cp, period)]
             await self.send(cp, period, want.reason)
         await self._intraday(now, today)
+
+    async def _periods_missing_orders(self, congestion_point: str, today: date) -> list[date]:
+        def read(conn: sqlite3.Connection) -> list[date]:
+            missing: list[date] = []
+            orders = store.accepted_orders(conn, congestion_point=congestion_point, since=today)
+            for period in sorted({o.period for o in orders}):
+                latest = store.latest_prognosis(conn, congestion_point, period)
+                included = set(latest.orders) if latest else set()
+                if any(o.period == period and o.message_id not in included for o in orders):
+                    missing.append(period)
+            return missing
+
+        return await self.db.read(read)
 
     async def _latest(self, congestion_point: str, period: date) -> store.PrognosisRow | None:
         return await self.db.read(lambda c: store.latest_prognosis(c, congestion_point, period))
@@ -321,6 +349,13 @@ class PrognosisService:
                 },
             )
             return row
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _floor_key(congestion_point: str, period: date) -> str:

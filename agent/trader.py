@@ -24,7 +24,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from agent import store
+from agent import failpoints, store
 from agent.clock import Clock
 from agent.config import Config
 from agent.db import Database
@@ -108,13 +108,23 @@ class Trader:
         self._offer_wake = asyncio.Event()
         self._housekeeping_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         # agent.metrics hook: how long each inbound message took to handle, by type.
         self.observe: Observe = discard
         site.subscribe(self._site_event)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    def _soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Run `callback` on the event loop: message handling runs on the database thread,
+        where asyncio primitives (events to wake other tasks) must not be touched."""
+        if self._loop is None:
+            callback(*args)
+        else:
+            self._loop.call_soon_threadsafe(callback, *args)
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._offer_wake.set()  # requests left 'todo' by an earlier run
         self._tasks = [
             asyncio.create_task(self._inbound_loop(), name="trader-inbound"),
@@ -156,9 +166,14 @@ class Trader:
             if not batch:
                 return handled
             for inbound in batch:
+                order = inbound.message_type == "FlexOrder"
+                if order:
+                    failpoints.hit(failpoints.TRADER_BEFORE_ORDER)
                 try:
                     with timed(self.observe, inbound.message_type):
                         await self.db.transaction(functools.partial(self._handle, inbound=inbound))
+                    if order:
+                        failpoints.hit(failpoints.TRADER_AFTER_ORDER_COMMIT)
                 except Exception as exc:
                     log.exception(
                         "could not handle %s %s", inbound.message_type, inbound.message_id
@@ -258,7 +273,7 @@ class Trader:
             },
         )
         if not problems:
-            self._offer_wake.set()
+            self._soon(self._offer_wake.set)
 
     def _flex_order(
         self,
@@ -316,7 +331,7 @@ class Trader:
         # After the commit: dispatch the order and send the prognosis that includes it.
         self.prognosis.request(order.congestion_point, order.period, "order")
         if self.on_order is not None:
-            self.on_order(row)
+            self._soon(self.on_order, row)
 
     def _offer_response(self, conn: sqlite3.Connection, response: FlexOfferResponse) -> None:
         offer = store.find_offer(conn, response.flex_offer_message_id)

@@ -102,9 +102,11 @@ def make_env(tmp_path: Path, **overrides: Any) -> Env:
     )
 
 
-def seed_history(config: Config, today: date, days: int = 28) -> None:
+def seed_history(
+    config: Config, today: date, days: int = 28, first_arrival: time = time(8, 0)
+) -> None:
     """`days` of finished sessions and measured energy before `today`: each charger gets one
-    EV at 08:00 + 15 min x its number, 20 kWh at 11 kW, leaving 8 h later."""
+    EV at `first_arrival` + 15 min x its number, 20 kWh at 11 kW, leaving 8 h later."""
     zone = ZoneInfo(config.site.timezone)
     conn = connect(config.storage.database_path)
     from agent.db import apply_migrations
@@ -120,7 +122,7 @@ def seed_history(config: Config, today: date, days: int = 28) -> None:
     for d in range(days):
         day = first + timedelta(days=d)
         for n, charger in enumerate(CHARGERS):
-            arrive = datetime.combine(day, time(8, 0), zone).astimezone(UTC) + timedelta(
+            arrive = datetime.combine(day, first_arrival, zone).astimezone(UTC) + timedelta(
                 minutes=15 * n
             )
             leave = arrive + timedelta(hours=8)

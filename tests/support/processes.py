@@ -53,6 +53,12 @@ class AgentProcess:
             + "\n".join(self.lines)
         )
 
+    def drain(self) -> list[str]:
+        """Everything printed so far (for failure messages)."""
+        while not self._queue.empty():
+            self.lines.append(self._queue.get_nowait())
+        return self.lines
+
     def finish(self, timeout_s: float = 20.0) -> int:
         code = self.proc.wait(timeout=timeout_s)
         time.sleep(0.05)

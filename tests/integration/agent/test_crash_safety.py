@@ -1,0 +1,330 @@
+"""kill -9 in the middle of the order flow, restart, and nothing is lost or done twice.
+
+The agent runs as a real process (`flexbridge run`) with simulated stations and the simulated
+DSO in the test process. A failpoint (agent/failpoints.py) makes it SIGKILL itself at one of the
+moments that matter:
+
+- after the FlexOrder was stored and acknowledged (HTTP 200) but before it was handled,
+- after the order was accepted and its answer queued, before anything was sent,
+- in the middle of pushing the order's limits to the chargers.
+
+After a restart: the order is accepted exactly once (one FlexOrderResponse at the DSO, one
+order in the store), the D-prognosis revision with the order goes out, the outbox drains, and
+the chargers are back under the ordered cap within one control period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent import failpoints, store
+from agent.market import Market
+from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
+from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.processes import AgentProcess
+from uftp import calendar
+from uftp import store as uftp_store
+from uftp.dso import DsoParticipant, Received
+from uftp.models import (
+    AvailableRequested,
+    DPrognosis,
+    FlexOffer,
+    FlexOrderResponse,
+    FlexRequest,
+    FlexRequestISP,
+)
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "crash-test-password-0123"
+STATIONS = [
+    StationSpec("CP-01", protocol=ProtocolName.OCPP16, meter_interval_s=10.0),
+    StationSpec("CP-02", protocol=ProtocolName.OCPP201, meter_interval_s=10.0),
+]
+
+
+def toml(env: Env) -> str:
+    c = env.config
+    chargers = "\n".join(
+        f'[[ocpp.chargers]]\nid = "{s.charger_id}"\nmax_current_a = 16\npassword = "{PASSWORD}"\n'
+        for s in STATIONS
+    )
+    peer = c.uftp.peers[0]
+    return f"""
+[site]
+id = "crash"
+timezone = "{TZ}"
+connection_capacity_w = 50000
+
+[ocpp]
+host = "127.0.0.1"
+port = {c.ocpp.port}
+heartbeat_interval_s = 60
+{chargers}
+[uftp]
+domain = "{c.uftp.domain}"
+signing_key_file = "{c.uftp.signing_key_file}"
+host = "127.0.0.1"
+port = {c.uftp.port}
+market_timezone = "{TZ}"
+
+[[uftp.peers]]
+domain = "{peer.domain}"
+role = "DSO"
+public_keys = ["{peer.public_keys[0]}"]
+endpoint = "{peer.endpoint}"
+
+[[congestion_points]]
+entity_address = "{CP}"
+dso_domain = "{DSO}"
+
+[storage]
+state_directory = "{c.storage.state_directory}"
+
+[trading]
+offer_lead_time_min = 0
+offer_validity_min = 60
+min_offer_power_w = 500
+
+[http]
+enabled = false
+
+[logging]
+level = "INFO"
+format = "logfmt"
+"""
+
+
+@dataclass
+class Rig:
+    env: Env
+    config_file: Path
+    dso: DsoParticipant
+    stations: list[SimulatedStation]
+
+    def agent(self, failpoint: str | None = None) -> AgentProcess:
+        extra = {failpoints.ENV: failpoint} if failpoint else {}
+        # The order window lies minutes ahead: control rounds every few seconds keep up.
+        return AgentProcess(["run", "--config", str(self.config_file)], env=extra)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    env = make_env(tmp_path)
+    # History with EVs charging at this time of day, so the prognosis has load to reduce.
+    local = datetime.now(UTC).astimezone(ZoneInfo(TZ)) - timedelta(hours=1)
+    seed_history(env.config, calendar.today(TZ, datetime.now(UTC)), first_arrival=local.time())
+    config_file = tmp_path / "flexbridge.toml"
+    config_file.write_text(toml(env))
+    dso = env.dso()
+    await dso.start()
+    url = f"ws://127.0.0.1:{env.config.ocpp.port}/ocpp"
+    fast = ReconnectPolicy(wait_minimum_s=0.5, random_range_s=0.5, repeat_times=2)
+    stations = [SimulatedStation(s, url, password=PASSWORD, reconnect=fast) for s in STATIONS]
+    try:
+        yield Rig(env, config_file, dso, stations)
+    finally:
+        for station in stations:
+            with contextlib.suppress(Exception):
+                await station.stop()
+        await dso.stop()
+
+
+def request_now(market: Market) -> FlexRequest:
+    """Reduce in the next two ISPs (so the order is dispatched at once); room elsewhere."""
+    now = datetime.now(UTC)
+    period, index = market.locate(now)
+    count = market.count(period)
+    first = index + 1
+    isps = [
+        FlexRequestISP(
+            disposition=AvailableRequested.REQUESTED,
+            # Up to everything the prognosis has: the cap must bind on the two EVs here.
+            min_power=-100_000,
+            max_power=-1_000,
+            start=first,
+            duration=2,
+        )
+    ]
+    if first > 1:
+        isps.insert(
+            0,
+            FlexRequestISP(
+                disposition=AvailableRequested.AVAILABLE,
+                min_power=0,
+                max_power=50_000,
+                start=1,
+                duration=first - 1,
+            ),
+        )
+    if first + 2 <= count:
+        isps.append(
+            FlexRequestISP(
+                disposition=AvailableRequested.AVAILABLE,
+                min_power=0,
+                max_power=50_000,
+                start=first + 2,
+                duration=count - first - 1,
+            )
+        )
+    return FlexRequest(
+        sender_domain=DSO,
+        recipient_domain="agr.flexbridge-test.org",
+        isp_duration="PT15M",
+        time_zone=TZ,
+        period=period,
+        congestion_point=CP,
+        revision=1,
+        expiration_date_time=now + timedelta(minutes=30),
+        isps=isps,
+    )
+
+
+def scheduled_limit_a(station: SimulatedStation, moment: datetime) -> float | None:
+    """The station-wide limit (A per phase) its dynamic layer schedules for `moment`."""
+    dynamic = [
+        p
+        for p in station.store.profiles
+        if p.evse_id == 0 and p.stack_level > min(q.stack_level for q in station.store.profiles)
+    ]
+    if not dynamic:
+        return None
+    top = max(dynamic, key=lambda p: p.stack_level)
+    return replace(top, valid_to=None).limit_a_at(moment)
+
+
+async def order_responses(dso: DsoParticipant, order_id: str) -> list[uftp_store.InboundMessage]:
+    return await dso.database.read(
+        lambda c: uftp_store.inbound_messages(
+            c, message_type=FlexOrderResponse.xml_name, reference_id=order_id
+        )
+    )
+
+
+async def eventually(check, timeout_s: float = 30.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        if await check():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        failpoints.TRADER_BEFORE_ORDER,
+        failpoints.TRADER_AFTER_ORDER_COMMIT,
+        failpoints.DISPATCH_MID_PUSH,
+    ],
+)
+async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> None:
+    market = Market(TZ, 15)
+    async with rig(tmp_path) as r:
+        first = r.agent(failpoint)
+        try:
+            await asyncio.to_thread(first.wait_for, "flexbridge running", 60)
+            for station in r.stations:
+                await station.start()
+            await asyncio.gather(*(s.wait_ready() for s in r.stations))
+            leave = datetime.now(UTC) + timedelta(hours=6)
+            for n, station in enumerate(r.stations):
+                station.plug_in(1, 15_000, 11_000, leave, f"TOKEN{n}", stated_departure=leave)
+            await r.dso.wait_handled(
+                lambda o: isinstance(o, Received) and isinstance(o.message, DPrognosis), 60
+            )
+            request = request_now(market)
+            await r.dso.send(request)
+            offered = await r.dso.wait_handled(
+                lambda o: isinstance(o, Received) and isinstance(o.message, FlexOffer), 60
+            )
+            assert isinstance(offered, Received)
+            offer = offered.message
+            assert isinstance(offer, FlexOffer)
+            order = await r.dso.order_offer(offer, order_reference="ORD-CRASH")
+            # The failpoint fires: the process dies by SIGKILL, nothing gets to clean up.
+            try:
+                code = await asyncio.to_thread(first.finish, 60)
+            except Exception as exc:
+                raise AssertionError("\n".join(first.drain()[-40:])) from exc
+            assert code == -signal.SIGKILL, "\n".join(first.lines)
+        finally:
+            first.kill()
+
+        second = r.agent()
+        try:
+            await asyncio.to_thread(second.wait_for, "flexbridge running", 60)
+
+            async def answered_once() -> bool:
+                return len(await order_responses(r.dso, order.message_id)) >= 1
+
+            await eventually(answered_once, 60, "the FlexOrderResponse")
+            await asyncio.sleep(2.0)  # time for a second answer, if one were to come
+            responses = await order_responses(r.dso, order.message_id)
+            assert len(responses) == 1
+            response = responses[0].message()
+            assert isinstance(response, FlexOrderResponse)
+            assert response.accepted, response.rejection_reason
+
+            async def revision_with_order() -> bool:
+                conn = connection(r.env.config)
+                try:
+                    latest = store.latest_prognosis(conn, CP, order.period)
+                finally:
+                    conn.close()
+                return latest is not None and order.message_id in latest.orders
+
+            await eventually(revision_with_order, 60, "a D-prognosis revision with the order")
+
+            async def outbox_drained() -> bool:
+                conn = connection(r.env.config)
+                try:
+                    pending = uftp_store.outbound_messages(
+                        conn, status=uftp_store.OutboundStatus.PENDING
+                    )
+                finally:
+                    conn.close()
+                return not pending
+
+            await eventually(outbox_drained, 60, "an empty outbox")
+
+            conn = connection(r.env.config)
+            try:
+                orders = store.accepted_orders(conn, period=order.period)
+                baseline = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+            finally:
+                conn.close()
+            assert [o.message_id for o in orders] == [order.message_id]
+            assert baseline is not None
+
+            # The chargers hold the order's cap for its first ISP again within one control
+            # round: read from the dynamic profile each one installed. Its validTo is short
+            # and refreshed by the bridge, so the schedule is read as it would stand then.
+            start = min(i.start for i in order.isps)
+            inside = market.start_of(order.period, start) + timedelta(minutes=5)
+            cap = max(0, baseline.power_w[start - 1] + order.isps[0].power)
+
+            async def capped() -> bool:
+                allowed = 0.0
+                for station in r.stations:
+                    limit = scheduled_limit_a(station, inside)
+                    if limit is None:
+                        return False
+                    allowed += limit * station.spec.nominal_voltage_v * station.spec.phases
+                return allowed <= cap + 500
+
+            await eventually(capped, 90, f"stations scheduled within {cap} W in total")
+        finally:
+            second.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(second.finish, 60)
+            second.kill()
