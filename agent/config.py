@@ -284,6 +284,9 @@ class TradingConfig(Model):
     partial_option_fractions: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         default_factory=lambda: [0.5]
     )
+    # ContractIDs of agreements under which the DSO may send direct FlexOrders (3.1.0
+    # Unsolicited, no offer). Empty: direct orders are rejected, nobody can order blindly.
+    direct_order_contracts: list[str] = Field(default_factory=list)
     # Settlement: an ISP whose ActualPower differs from our measurement by more than this is
     # disputed.
     settlement_tolerance_w: Annotated[int, Field(ge=0)] = 500

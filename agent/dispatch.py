@@ -105,6 +105,11 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
         self._verifiers: set[asyncio.Task[None]] = set()
+        # Profiles in flight at once: enough to reach every charger of a large site within a
+        # second, bounded so a round does not open thousands of OCPP calls in one burst.
+        self.push_concurrency = 100
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_size = 0
         self.last_round: DispatchRound | None = None
         self.rounds = 0
         # agent.metrics hooks: round and command durations, command outcomes.
@@ -358,6 +363,16 @@ class Dispatcher:
             task.add_done_callback(self._verifiers.discard)
 
     async def _command(self, command: Awaitable[CommandResult]) -> CommandResult:
+        async with self._push_slots():
+            return await self._command_now(command)
+
+    def _push_slots(self) -> asyncio.Semaphore:
+        if self._slots is None or self._slots_size != self.push_concurrency:
+            self._slots = asyncio.Semaphore(self.push_concurrency)
+            self._slots_size = self.push_concurrency
+        return self._slots
+
+    async def _command_now(self, command: Awaitable[CommandResult]) -> CommandResult:
         status = "error"
         try:
             with timed(self.observe, "set_dynamic_schedule"):

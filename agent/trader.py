@@ -284,7 +284,9 @@ class Trader:
     ) -> None:
         baseline = order.d_prognosis_message_id
         if order.flex_offer_message_id is None and order.unsolicited:
-            problems = check_direct_flex_order(order, None)
+            problems = check_direct_flex_order(
+                order, set(self.config.trading.direct_order_contracts)
+            )
         else:
             offer, state = self.participant.offer_for_order(conn, order)
             problems = check_flex_order(order, offer, state, now)

@@ -2017,10 +2017,14 @@ async def run_fleet(
     *,
     strict: bool = True,
     report_profiles: bool = False,
+    plug_in_wh: float = 0.0,
     out: Callable[[str], None] = print,
 ) -> None:
     """Run stations until cancelled; print ``ready <n>`` once all booted and, if asked,
-    ``accepted <charger> <evse> <profile id> <stack level> <unix time>`` per profile."""
+    ``accepted <charger> <evse> <profile id> <stack level> <unix time>`` per profile.
+
+    With `plug_in_wh` every EVSE gets an EV needing that much (11 kW, leaving in 8 h) once
+    the fleet is ready, so a CSMS has sessions to dispatch."""
 
     def report(station: SimulatedStation, profile: StoredProfile) -> None:
         out(
@@ -2042,6 +2046,11 @@ async def run_fleet(
         for station in stations:
             await station.start()
         await asyncio.gather(*(s.wait_ready() for s in stations))
+        if plug_in_wh > 0:
+            for n, station in enumerate(stations):
+                leave = station.clock.now() + timedelta(hours=8)
+                for evse_id in station.evses:
+                    station.plug_in(evse_id, plug_in_wh, 11_000.0, leave, f"FLEET{n:05d}{evse_id}")
         out(f"ready {len(stations)}")
         await asyncio.Event().wait()
     finally:
@@ -2065,6 +2074,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--no-strict", action="store_true", help="skip schema validation (less CPU per station)"
     )
     parser.add_argument("--report-profiles", action="store_true")
+    parser.add_argument(
+        "--plug-in-wh", type=float, default=0.0, help="an EV needing this much on every EVSE"
+    )
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be >= 1")
@@ -2091,6 +2103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args.password,
                 strict=not args.no_strict,
                 report_profiles=args.report_profiles,
+                plug_in_wh=args.plug_in_wh,
                 out=out,
             )
         )
