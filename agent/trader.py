@@ -19,7 +19,7 @@ import functools
 import logging
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
@@ -30,6 +30,7 @@ from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SiteForecaster
 from agent.market import Market
+from agent.metering import metering_message
 from agent.metrics import Observe, discard, timed
 from agent.offers import OfferPlan, Pricing, RequestElement, plan_offer
 from agent.prognosis import PrognosisService
@@ -642,8 +643,68 @@ class Trader:
                 sleeper.cancel()
                 waker.cancel()
 
+    async def send_metering(self) -> list[date]:
+        """Metering for the finished days of the last three not yet sent (when configured)."""
+        metering = self.config.metering
+        if not metering.enabled or metering.ean is None or not self.config.congestion_points:
+            return []
+        now = self.clock.now()
+        today = self.market.today(now)
+        if now < self.market.local(today, "01:00"):
+            return []  # let the last ISPs of yesterday be flushed and measured first
+        dso = self.config.congestion_points[0].dso_domain
+        points = [cp.entity_address for cp in self.config.congestion_points]
+        sent: list[date] = []
+        for back in (3, 2, 1):
+            period = today - timedelta(days=back)
+            write = functools.partial(
+                self._metering_day, period=period, ean=metering.ean, dso=dso, points=points, now=now
+            )
+            if await self.db.transaction(write):
+                sent.append(period)
+        if sent:
+            self.participant.wake_outbox()
+            log.info("Metering sent", extra={"days": ",".join(d.isoformat() for d in sent)})
+        return sent
+
+    def _metering_day(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        period: date,
+        ean: str,
+        dso: str,
+        points: list[str],
+        now: datetime,
+    ) -> bool:
+        if store.highest_metering_revision(conn, ean, period):
+            return False
+        start, end = self.market.bounds(period)
+        energy: dict[int, float] = {}
+        for cp in points:
+            for isp, wh in store.congestion_point_energy(conn, cp, start, end).items():
+                energy[isp] = energy.get(isp, 0.0) + wh
+        message = metering_message(
+            sender=self.config.uftp.domain,
+            recipient=dso,
+            ean=ean,
+            period=period,
+            revision=1,
+            time_zone=self.market.time_zone,
+            isps=self.market.isps(period),
+            energy_wh=energy,
+            measured=store.uptime(conn, start, end),
+            now=now,
+        )
+        if message is None:
+            return False
+        self.participant.enqueue(conn, message)
+        store.record_metering(conn, ean, period, 1, message.message_id, now)
+        return True
+
     async def housekeeping(self) -> list[str]:
         """Expire old offers; revoke open ones whose flexibility is gone. Returns revoked ids."""
+        await self.send_metering()
         now = self.clock.now()
         expired = await self.db.transaction(lambda c: store.expire_offers(c, now))
         if expired:
