@@ -123,6 +123,43 @@ def demo_config(
     )
 
 
+def simulated_dso(
+    domain: str,
+    key: SigningKey,
+    agr_domain: str,
+    agr_key: SigningKey,
+    agr_port: int,
+    port: int,
+    database: Path,
+    *,
+    time_zone: str = DEMO_TIMEZONE,
+    clock: Callable[[], datetime] | None = None,
+) -> Any:
+    """`uftp`'s simulated DSO, peered with one AGR on loopback (the demo, benchmarks)."""
+    from uftp.dso import DsoParticipant
+    from uftp.models import Role
+    from uftp.settings import MarketSettings, ParticipantSettings, PeerSettings
+
+    settings = ParticipantSettings(
+        domain=domain,
+        role=Role.DSO,
+        signing_key=key,
+        peers=(
+            PeerSettings(
+                agr_domain,
+                Role.AGR,
+                (keys.public_key_b64(agr_key),),
+                f"http://127.0.0.1:{agr_port}/shapeshifter/api/v3/message",
+            ),
+        ),
+        market=MarketSettings(time_zone, 15),
+        port=port,
+    )
+    if clock is None:
+        return DsoParticipant(settings, database)
+    return DsoParticipant(settings, database, clock=clock)
+
+
 def demo_state_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="flexbridge-demo-"))
 
@@ -301,7 +338,7 @@ async def run_demo(
     from forecaster.cache import warm_up
     from uftp import calendar
     from uftp import store as uftp_store
-    from uftp.dso import DsoParticipant, Received
+    from uftp.dso import Received
     from uftp.models import (
         AvailableRequested,
         ContractSettlement,
@@ -314,9 +351,7 @@ async def run_demo(
         FlexRequest,
         FlexRequestISP,
         FlexSettlement,
-        Role,
     )
-    from uftp.settings import MarketSettings, ParticipantSettings, PeerSettings
 
     began = wall.monotonic()
     market = Market(DEMO_TIMEZONE, 15)
@@ -336,23 +371,13 @@ async def run_demo(
     await asyncio.to_thread(warm_up)
     clock = ScaledClock(datetime.combine(today, time(6, 0), _zone()), speed)
     say = Timeline(clock, DEMO_TIMEZONE, out)
-    agr_key = keys.load_signing_key(config.uftp.signing_key_file)
-    dso = DsoParticipant(
-        ParticipantSettings(
-            domain=DEMO_DSO_DOMAIN,
-            role=Role.DSO,
-            signing_key=dso_key,
-            peers=(
-                PeerSettings(
-                    DEMO_AGR_DOMAIN,
-                    Role.AGR,
-                    (keys.public_key_b64(agr_key),),
-                    f"http://127.0.0.1:{agr_port}/shapeshifter/api/v3/message",
-                ),
-            ),
-            market=MarketSettings(DEMO_TIMEZONE, 15),
-            port=dso_port,
-        ),
+    dso = simulated_dso(
+        DEMO_DSO_DOMAIN,
+        dso_key,
+        DEMO_AGR_DOMAIN,
+        keys.load_signing_key(config.uftp.signing_key_file),
+        agr_port,
+        dso_port,
         state_dir / "dso.sqlite",
         clock=clock.now,
     )

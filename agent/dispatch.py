@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import sqlite3
@@ -35,13 +34,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from agent import failpoints, store
-from agent.clock import Clock
+from agent.clock import Clock, sleep_or_wake
 from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SessionNeed, SiteForecaster
 from agent.market import Market
 from agent.metrics import Observe, discard, timed
 from agent.orders import OrderedIsp, load_context
+from agent.service import cancel_and_wait
 from agent.site import Site
 from forecaster.flexibility import SessionSet, allocate
 from ocpp_bridge import (
@@ -124,11 +124,8 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="dispatch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for task in list(self._verifiers):
             task.cancel()
 
@@ -160,13 +157,7 @@ class Dispatcher:
                 log.exception("dispatch round failed; chargers keep their current limits")
             self._round_finished.set()
             self._round_finished = asyncio.Event()
-            sleeper = asyncio.create_task(self.clock.sleep(self.control_s))
-            waker = asyncio.create_task(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+            await sleep_or_wake(self.clock, self.control_s, self._wake)
 
     # --- one round --------------------------------------------------------------------------------
 

@@ -64,7 +64,9 @@ def split_energy(
         powered = [seconds * middle for _, seconds in segments]
         powered[0] = segments[0][1] * power_at_start_w
         powered[-1] = segments[-1][1] * power_at_end_w
-        if sum(powered) > 0:
+        # Below a milliwatt the readings say nothing about where the energy went (and a
+        # denormal weight would overflow the scale below).
+        if sum(powered) > 1e-3:
             weights = powered
     scale = energy_wh / sum(weights)
     return [(bucket, weight * scale) for (bucket, _), weight in zip(segments, weights, strict=True)]

@@ -20,7 +20,6 @@ any counter the DSO can have seen from us.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import uuid
@@ -29,12 +28,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from agent import store
-from agent.clock import Clock
+from agent.clock import Clock, sleep_or_wake
 from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SiteForecaster
 from agent.market import Market
 from agent.orders import OrderedIsp, load_context, prognosis_with_orders
+from agent.service import cancel_and_wait
 from agent.site import Site
 from uftp import calendar
 from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
@@ -111,11 +111,8 @@ class PrognosisService:
         self._task = asyncio.create_task(self._run(), name="prognosis")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -175,13 +172,7 @@ class PrognosisService:
             except Exception:
                 log.exception("D-prognosis round failed; retrying at the next tick")
             self._wake.clear()
-            sleeper = asyncio.create_task(self.clock.sleep(self.tick_s))
-            waker = asyncio.create_task(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+            await sleep_or_wake(self.clock, self.tick_s, self._wake)
 
     async def tick(self) -> None:
         now = self.clock.now()

@@ -12,7 +12,6 @@ of being lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from agent.clock import Clock
 from agent.config import Config
 from agent.db import Database
 from agent.energy import EnergyAccumulator
+from agent.service import cancel_and_wait
 from ocpp_bridge import (
     BootInfo,
     CapabilitiesKnown,
@@ -160,11 +160,8 @@ class Site:
         self._flusher = asyncio.create_task(self._flush_forever(), name="site-flush")
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await cancel_and_wait(self._flusher)
+        self._flusher = None
         await self.flush()
 
     def subscribe(self, listener: SiteListener) -> None:

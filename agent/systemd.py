@@ -10,12 +10,13 @@ database not answering) even though the process is still alive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+from agent.service import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,8 @@ class SystemdWatchdog:
 
     async def stop(self) -> None:
         self.notifier.send(STOPPING="1", STATUS="stopping")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.notifier.close()
 
     async def check(self) -> list[str]:

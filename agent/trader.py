@@ -14,7 +14,6 @@ too resumes after a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import sqlite3
@@ -25,7 +24,7 @@ from decimal import Decimal
 import numpy as np
 
 from agent import failpoints, store
-from agent.clock import Clock
+from agent.clock import Clock, sleep_or_wake
 from agent.config import Config
 from agent.db import Database
 from agent.forecasting import SiteForecaster
@@ -34,6 +33,7 @@ from agent.metering import metering_message
 from agent.metrics import Observe, discard, timed
 from agent.offers import OfferPlan, Pricing, RequestElement, plan_offer
 from agent.prognosis import PrognosisService
+from agent.service import cancel_and_wait
 from agent.site import Site
 from ocpp_bridge import ChargerDisconnected, Event, SessionEnded
 from uftp import reasons
@@ -135,10 +135,7 @@ class Trader:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
 
     def _site_event(self, event: Event) -> None:
@@ -635,13 +632,7 @@ class Trader:
             except Exception:
                 log.exception("offer housekeeping failed")
             self._housekeeping_wake.clear()
-            sleeper = asyncio.create_task(self.clock.sleep(self.housekeeping_s))
-            waker = asyncio.create_task(self._housekeeping_wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+            await sleep_or_wake(self.clock, self.housekeeping_s, self._housekeeping_wake)
 
     async def send_metering(self) -> list[date]:
         """Metering for the finished days of the last three not yet sent (when configured)."""

@@ -99,11 +99,10 @@ async def run_case(count: int, concurrency: int, work: Path) -> list[float]:
 
     from agent.app import build_agent
     from agent.config import Config
+    from agent.demo import simulated_dso
     from ocpp_bridge import hash_password
     from uftp import keys
-    from uftp.dso import DsoParticipant
-    from uftp.models import FlexOrder, PowerISP, Role
-    from uftp.settings import MarketSettings, ParticipantSettings, PeerSettings
+    from uftp.models import FlexOrder, PowerISP
 
     state = work / f"state-{count}-{concurrency}"
     state.mkdir()
@@ -144,23 +143,8 @@ async def run_case(count: int, concurrency: int, work: Path) -> list[float]:
             "http": {"enabled": False},
         }
     )
-    dso = DsoParticipant(
-        ParticipantSettings(
-            domain=DSO,
-            role=Role.DSO,
-            signing_key=dso_key,
-            peers=(
-                PeerSettings(
-                    AGR,
-                    Role.AGR,
-                    (keys.public_key_b64(agr_key),),
-                    f"http://127.0.0.1:{agr_port}/shapeshifter/api/v3/message",
-                ),
-            ),
-            market=MarketSettings(TZ, 15),
-            port=dso_port,
-        ),
-        state / "dso.sqlite",
+    dso = simulated_dso(
+        DSO, dso_key, AGR, agr_key, agr_port, dso_port, state / "dso.sqlite", time_zone=TZ
     )
     agent = build_agent(config)
     agent.dispatcher.push_concurrency = concurrency

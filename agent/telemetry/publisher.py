@@ -37,6 +37,7 @@ from ocpp_bridge import ChargerConnected, Event, MeterSample
 
 if TYPE_CHECKING:
     from agent.app import Agent
+from agent.service import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,8 @@ class TelemetryPublisher:
         self._task = asyncio.create_task(self._run(), name="telemetry")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
