@@ -83,16 +83,26 @@ def _gather_day(
 
 @njit(cache=True, nogil=True)
 def _smooth_complete(raw: np.ndarray, radius: int, prefix: np.ndarray, out: np.ndarray) -> None:
-    """Moving mean over ±radius slots, the window cut at the day's edges (prefix sums, so the
-    loop has no branches and vectorises)."""
+    """Moving mean over ±radius slots, the window cut at the day's edges.
+
+    Each slot's window is summed directly: the slots are independent, so the loop vectorises
+    and pipelines, where a running prefix sum is one long chain of dependent additions (it
+    was the kernel's bottleneck). `prefix` is scratch kept for the signature."""
     n_slots = raw.size
-    prefix[0] = 0.0
-    for k in range(n_slots):
-        prefix[k + 1] = prefix[k] + raw[k]
+    if radius == 1 and n_slots >= 2:
+        third = 1.0 / 3.0
+        for k in range(1, n_slots - 1):
+            out[k] = max((raw[k - 1] + raw[k] + raw[k + 1]) * third, 0.0)
+        out[0] = max((raw[0] + raw[1]) * 0.5, 0.0)
+        out[n_slots - 1] = max((raw[n_slots - 2] + raw[n_slots - 1]) * 0.5, 0.0)
+        return
     for k in range(n_slots):
         lo = max(0, k - radius)
         hi = min(n_slots, k + radius + 1)
-        out[k] = max((prefix[hi] - prefix[lo]) / (hi - lo), 0.0)
+        acc = 0.0
+        for j in range(lo, hi):
+            acc += raw[j]
+        out[k] = max(acc / (hi - lo), 0.0)
 
 
 @njit(cache=True, nogil=True)
