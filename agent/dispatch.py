@@ -111,6 +111,9 @@ class Dispatcher:
         self._slots: asyncio.Semaphore | None = None
         self._slots_size = 0
         self.last_round: DispatchRound | None = None
+        # The round whose profiles are on the chargers or on their way: a composite schedule
+        # read back while a newer round pushes would compare old limits with new ones.
+        self._latest_push: DispatchRound | None = None
         self.rounds = 0
         # agent.metrics hooks: round and command durations, command outcomes.
         self.observe: Observe = discard
@@ -292,6 +295,7 @@ class Dispatcher:
         return charger.min_current_a * charger.nominal_voltage_v * charger.phases
 
     async def _push(self, round_: DispatchRound) -> None:
+        self._latest_push = round_
         valid_until = round_.grid[-1] + timedelta(seconds=self.isp_seconds)
         wanted: dict[tuple[str, int], list[PowerPeriod]] = {}
         for cid, values in round_.schedules.items():
@@ -377,15 +381,26 @@ class Dispatcher:
         """Re-read composite schedules: did the chargers apply what we sent?"""
         for cid in charger_ids:
             composite = await self.bridge.composite_schedule(cid, 0, self.isp_seconds)
-            if self.last_round is not round_:
+            if self._latest_push is not round_:
                 return  # a newer round is (re)setting limits: its own check will tell
             if not composite.result.accepted or not composite.periods:
                 continue
-            sent = round_.schedules[cid][0]
-            applied = composite.periods[0].limit_w
-            # The composite may be lower (safe layer, EV) but never above what we sent.
-            if applied > sent + max(250.0, 0.05 * sent):
-                log.error("charger %s reports %.0f W allowed, we sent %.0f W", cid, applied, sent)
+            sent = _periods(round_.grid, round_.schedules[cid], round_.at)
+            start = composite.start or composite.periods[0].start
+            until = start + timedelta(seconds=composite.duration_s or self.isp_seconds)
+            held = self.bridge.dynamic_schedule(cid, 0)
+            if held is not None and held.profile_valid_to is not None:
+                until = min(until, held.profile_valid_to)
+            excess = _excess(composite.periods, sent, until)
+            if excess is not None:
+                moment, applied, allowed = excess
+                log.error(
+                    "charger %s reports %.0f W allowed from %s, we sent %.0f W",
+                    cid,
+                    applied,
+                    moment.isoformat(),
+                    allowed,
+                )
 
     # --- delivery -------------------------------------------------------------------------------
 
@@ -427,18 +442,44 @@ def _periods(
     return periods
 
 
+def _limit_at(periods: Sequence[PowerPeriod], moment: datetime) -> float:
+    """The limit in force at `moment` (the first period's before it starts)."""
+    value = periods[0].limit_w
+    for p in periods:
+        if p.start <= moment:
+            value = p.limit_w
+    return value
+
+
+CLOCK_SKEW = timedelta(seconds=5)
+"""How far a charger's clock may be off ours before a period boundary counts as missed."""
+
+
+def _excess(
+    applied: Sequence[PowerPeriod], sent: Sequence[PowerPeriod], until: datetime
+) -> tuple[datetime, float, float] | None:
+    """The first moment a composite schedule (periods up to `until`) allows more than we
+    sent, as (moment, applied W, sent W), or None. A composite may be lower (the safe layer,
+    the EV) but never higher. The W -> A -> W rounding on the charger's side is tolerated,
+    and so are a few seconds around each boundary, where the charger's clock and ours may
+    disagree about when a step happens."""
+    for i, period in enumerate(applied):
+        end = applied[i + 1].start if i + 1 < len(applied) else until
+        begin, end = period.start + CLOCK_SKEW, end - CLOCK_SKEW
+        if end < begin:
+            continue  # a sliver around a boundary
+        for moment in [begin, *(p.start for p in sent if begin < p.start <= end)]:
+            allowed = _limit_at(sent, moment)
+            if period.limit_w > allowed + max(250.0, 0.05 * allowed):
+                return (period.start if moment == begin else moment), period.limit_w, allowed
+    return None
+
+
 def _same_from(old: Sequence[PowerPeriod], new: Sequence[PowerPeriod], now: datetime) -> bool:
     """Whether `new` may be skipped because the charger already holds `old`: never when a
     limit goes down (the site cap depends on it), and not when one goes up by more than
     max(250 W, 5 %) (small rises are not worth a SetChargingProfile per charger per round)."""
-
-    def at(periods: Sequence[PowerPeriod], moment: datetime) -> float:
-        value = periods[0].limit_w
-        for p in periods:
-            if p.start <= moment:
-                value = p.limit_w
-        return value
-
+    at = _limit_at
     moments = sorted(
         {now, *(p.start for p in old if p.start > now), *(p.start for p in new if p.start > now)}
     )

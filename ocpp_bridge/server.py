@@ -51,6 +51,7 @@ from ocpp_bridge.events import (
     CommandResult,
     CommandStatus,
     CompositeSchedule,
+    DynamicScheduleSnapshot,
     Event,
     MeterSample,
     PowerPeriod,
@@ -677,6 +678,15 @@ class CentralSystem:
         if connection is None:
             return CompositeSchedule(CommandResult(CommandStatus.OFFLINE), evse_id)
         return await charger.smart.composite(connection, evse_id, duration_s)
+
+    def dynamic_schedule(self, charger_id: str, evse_id: int = 0) -> DynamicScheduleSnapshot | None:
+        """The dynamic layer the bridge keeps on one charger's EVSE (None when there is none):
+        a composite schedule read back is only comparable up to the held profile's validTo,
+        after which the charger rightly falls back to its safe layer until the refresh."""
+        charger = self._chargers.get(charger_id)
+        if charger is None:
+            return None
+        return next((s for s in charger.smart.snapshot() if s.evse_id == evse_id), None)
 
     def snapshot(self) -> tuple[ChargerSnapshot, ...]:
         return tuple(
