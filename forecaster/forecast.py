@@ -26,7 +26,12 @@ from forecaster.calendar import (
     history_layout,
     to_utc,
 )
-from forecaster.kernels.profile import assemble_forecast, sqrt_profiles, sqrt_profiles_parallel
+from forecaster.kernels.profile import (
+    assemble_forecast,
+    assemble_forecast_parallel,
+    sqrt_profiles,
+    sqrt_profiles_parallel,
+)
 
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 PARALLEL_MIN_SERIES = 64
@@ -152,7 +157,9 @@ class LoadProfiles:
         epoch = _target_epochs(targets, self.calendar)
         ordinal, slot = self.calendar.local_day_and_slot(epoch)
         day_type = self.calendar.day_types(ordinal)
-        out = assemble_forecast(self.profile, self.level, day_type, slot)
+        many = self.profile.shape[0] >= PARALLEL_MIN_SERIES
+        assemble = assemble_forecast_parallel if many else assemble_forecast
+        out = assemble(self.profile, self.level, day_type, slot)
         return QuantileForecast(
             targets=epoch, p10=out[0], p50=out[1], p90=out[2], days_pooled=self.days_pooled
         )

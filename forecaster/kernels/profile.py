@@ -82,19 +82,20 @@ def _gather_day(
 
 
 @njit(cache=True, nogil=True)
-def _smooth_complete(raw: np.ndarray, radius: int, prefix: np.ndarray, out: np.ndarray) -> None:
-    """Moving mean over ±radius slots, the window cut at the day's edges.
+def _smooth_complete(raw: np.ndarray, radius: int, out: np.ndarray) -> None:
+    """Moving mean over ±radius slots of a gap-free, non-negative day, the window cut at
+    the day's edges.
 
     Each slot's window is summed directly: the slots are independent, so the loop vectorises
     and pipelines, where a running prefix sum is one long chain of dependent additions (it
-    was the kernel's bottleneck). `prefix` is scratch kept for the signature."""
+    was the kernel's bottleneck)."""
     n_slots = raw.size
     if radius == 1 and n_slots >= 2:
         third = 1.0 / 3.0
         for k in range(1, n_slots - 1):
-            out[k] = max((raw[k - 1] + raw[k] + raw[k + 1]) * third, 0.0)
-        out[0] = max((raw[0] + raw[1]) * 0.5, 0.0)
-        out[n_slots - 1] = max((raw[n_slots - 2] + raw[n_slots - 1]) * 0.5, 0.0)
+            out[k] = (raw[k - 1] + raw[k] + raw[k + 1]) * third
+        out[0] = (raw[0] + raw[1]) * 0.5
+        out[n_slots - 1] = (raw[n_slots - 2] + raw[n_slots - 1]) * 0.5
         return
     for k in range(n_slots):
         lo = max(0, k - radius)
@@ -102,7 +103,7 @@ def _smooth_complete(raw: np.ndarray, radius: int, prefix: np.ndarray, out: np.n
         acc = 0.0
         for j in range(lo, hi):
             acc += raw[j]
-        out[k] = max(acc / (hi - lo), 0.0)
+        out[k] = acc / (hi - lo)
 
 
 @njit(cache=True, nogil=True)
@@ -118,6 +119,24 @@ def _smooth_gappy(raw: np.ndarray, radius: int, out: np.ndarray) -> None:
                 acc += v
                 n += 1
         out[k] = acc / n if n > 0 else np.nan
+
+
+@njit(cache=True, nogil=True)
+def _scratch(
+    n_days: int, n_slots: int, level_days: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Work arrays of one `_fit_series` call: per-slot rows (day values, smoothed, roots and
+    the five moment sums per pool), per-pool floats, recent day energies, per-pool and
+    per-day-type counters, days with data, pools in use."""
+    return (
+        np.empty((4 + 5 * POOLS, n_slots)),
+        np.empty((4, POOLS)),
+        np.empty((POOLS, max(level_days, 1))),
+        np.empty((3, POOLS), dtype=np.int64),
+        np.empty((2, DAY_TYPES), dtype=np.int64),
+        np.empty(n_days, dtype=np.bool_),
+        np.empty(POOLS, dtype=np.bool_),
+    )
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -139,32 +158,31 @@ def _fit_series(
     profile: np.ndarray,
     level: np.ndarray,
     pooled: np.ndarray,
+    slots: np.ndarray,
+    pool_f: np.ndarray,
+    recent: np.ndarray,
+    pool_i: np.ndarray,
+    type_i: np.ndarray,
+    has_data: np.ndarray,
+    in_use: np.ndarray,
 ) -> None:
-    """One series of `sqrt_profiles` into row s of the outputs, with its own scratch (so
-    series can run on several threads)."""
+    """One series of `sqrt_profiles` into row s of the outputs. The scratch arrays (from
+    `_scratch`) are reset here, so one set serves every series a thread fits: allocating
+    them per series cost more than a tenth of the kernel."""
     n_days, n_slots = index.shape[0], index.shape[1]
     nq = z.size
-    raw = np.empty(n_slots)
-    smoothed = np.empty(n_slots)
-    prefix = np.empty(n_slots + 1)
-    mean_root = np.empty(n_slots)
-    root = np.empty(n_slots)
-    sum_w = np.zeros((POOLS, n_slots))
-    sum_w2 = np.zeros((POOLS, n_slots))
-    sum_mean = np.zeros((POOLS, n_slots))
-    sum_root = np.zeros((POOLS, n_slots))
-    sum_sq = np.zeros((POOLS, n_slots))
-    energy_w = np.zeros(POOLS)
-    energy_sum = np.zeros(POOLS)
-    recent = np.zeros((POOLS, max(level_days, 1)))
-    n_recent = np.zeros(POOLS, dtype=np.int64)
-    days_in = np.zeros(POOLS, dtype=np.int64)
-    pool_of = np.zeros(DAY_TYPES, dtype=np.int64)
-    in_use = np.zeros(POOLS, dtype=np.bool_)
-    has_data = np.zeros(n_days, dtype=np.bool_)
+    raw, smoothed, mean_root, root = slots[0], slots[1], slots[2], slots[3]
+    sum_w = slots[4 : 4 + POOLS]
+    sum_w2 = slots[4 + POOLS : 4 + 2 * POOLS]
+    sum_mean = slots[4 + 2 * POOLS : 4 + 3 * POOLS]
+    sum_root = slots[4 + 3 * POOLS : 4 + 4 * POOLS]
+    sum_sq = slots[4 + 4 * POOLS : 4 + 5 * POOLS]
+    energy_w, energy_sum, full_w, full_w2 = pool_f[0], pool_f[1], pool_f[2], pool_f[3]
+    n_recent, days_in, later = pool_i[0], pool_i[1], pool_i[2]
+    count, pool_of = type_i[0], type_i[1]
     keep = 1.0 - alpha
     # Which days have data, and so which pool each day type draws from.
-    count = np.zeros(DAY_TYPES, dtype=np.int64)
+    count[:] = 0
     for d in range(n_days):
         has_data[d] = False
         for k in range(n_slots):
@@ -188,14 +206,17 @@ def _fit_series(
     sum_mean[:] = 0.0
     sum_root[:] = 0.0
     sum_sq[:] = 0.0
-    energy_w[:] = 0.0
-    energy_sum[:] = 0.0
-    n_recent[:] = 0
-    days_in[:] = 0
-    # Newest day first: its weight is 1 and each older day's is `keep` times smaller, so
-    # the running weight per pool is keep ** rank.
-    weight = np.ones(POOLS)
-    for d in range(n_days - 1, -1, -1):
+    pool_f[:] = 0.0
+    pool_i[:] = 0
+    # The newest day of a pool weighs 1 and each older one `keep` times less: a day's weight
+    # is keep ** (days of its pool after it). Days go oldest first so that the history
+    # streams forward through memory, which the hardware prefetcher follows; newest first
+    # made the kernel wait on memory (3x slower on 1,000 series of 8 weeks).
+    for p in range(POOLS):
+        for tau in range(DAY_TYPES):
+            if _pool_contains(p, tau):
+                later[p] += count[tau]
+    for d in range(n_days):
         if not has_data[d]:
             continue
         first = index[d, 0, 0]
@@ -204,18 +225,17 @@ def _fit_series(
         total = 0.0
         if regular:
             # Fast path: the day is P consecutive grid ISPs (no DST change, not cut).
-            row = values[s, first : first + n_slots]
-            gaps = 0
+            # One branch-free pass: a NaN anywhere makes `probe` NaN (a gap: slow path).
+            probe = 0.0
             for k in range(n_slots):
-                v = row[k]
+                v = values[s, first + k]
+                probe += v
+                v = v if v > 0.0 else 0.0
                 raw[k] = v
-                gaps += v != v
-            no_gaps = gaps == 0
-            if no_gaps:
-                for k in range(n_slots):
-                    v = max(raw[k], 0.0)
-                    raw[k] = v
-                    total += v
+                total += v
+            no_gaps = probe == probe
+            if not no_gaps:
+                total = 0.0
         seen = n_slots
         exists = n_slots
         if not no_gaps:
@@ -224,31 +244,34 @@ def _fit_series(
         # Only whole days with every ISP known tell the level; a partial day would bias it.
         complete = whole_day[d] and seen == exists
         if use_sqrt:
+            # Square roots in float32 (sums stay float64): twice the lanes per instruction,
+            # and 1e-7 relative is far below a watt at site scale.
             for k in range(n_slots):
-                root[k] = math.sqrt(raw[k])  # NaN stays NaN
+                root[k] = np.float64(math.sqrt(np.float32(raw[k])))  # NaN stays NaN
         else:
             root[:] = raw
         if no_gaps:
-            _smooth_complete(raw, smooth, prefix, smoothed)
+            _smooth_complete(raw, smooth, smoothed)
         else:
             _smooth_gappy(raw, smooth, smoothed)
         if use_sqrt:
             for k in range(n_slots):
-                mean_root[k] = math.sqrt(smoothed[k])
+                mean_root[k] = np.float64(math.sqrt(np.float32(smoothed[k])))
         else:
             mean_root[:] = smoothed
         day_energy = total if complete else np.nan
         for p in range(POOLS):
             if not in_use[p] or not _pool_contains(p, day_type[d]):
                 continue
-            w = weight[p]
+            later[p] -= 1
+            w = keep ** later[p]
             days_in[p] += 1
             if no_gaps:
-                acc_w, acc_w2, acc_mean = sum_w[p], sum_w2[p], sum_mean[p]
-                acc_root, acc_sq = sum_root[p], sum_sq[p]
+                # Every slot has the day's weight: its sums stay scalars per pool.
+                full_w[p] += w
+                full_w2[p] += w * w
+                acc_mean, acc_root, acc_sq = sum_mean[p], sum_root[p], sum_sq[p]
                 for k in range(n_slots):
-                    acc_w[k] += w
-                    acc_w2[k] += w * w
                     acc_mean[k] += w * mean_root[k]
                     r = root[k]
                     acc_root[k] += w * r
@@ -269,15 +292,14 @@ def _fit_series(
             if day_energy == day_energy:
                 energy_sum[p] += w * day_energy
                 energy_w[p] += w
-                if n_recent[p] < level_days:
-                    recent[p, n_recent[p]] = day_energy
-                    n_recent[p] += 1
-            weight[p] = w * keep
+                # The last `level_days` complete days, oldest overwritten first.
+                recent[p, n_recent[p] % level_days] = day_energy
+                n_recent[p] += 1
     for tau in range(DAY_TYPES):
         p = pool_of[tau]
         pooled[s, tau] = days_in[p]
         for k in range(n_slots):
-            sw = sum_w[p, k]
+            sw = sum_w[p, k] + full_w[p]
             if sw <= 0.0:
                 for q in range(nq):
                     profile[s, tau, q, k] = 0.0
@@ -285,7 +307,7 @@ def _fit_series(
             mean = sum_mean[p, k] / sw
             mroot = sum_root[p, k] / sw
             var = max(sum_sq[p, k] / sw - mroot * mroot, 0.0)
-            n_eff = sw * sw / sum_w2[p, k]
+            n_eff = sw * sw / (sum_w2[p, k] + full_w2[p])
             if n_eff > 1.0 + 1e-9:
                 var *= n_eff / (n_eff - 1.0) * (1.0 + 1.0 / n_eff)
             sd = math.sqrt(var)
@@ -296,10 +318,11 @@ def _fit_series(
                 profile[s, tau, q, k] = v
                 prev = v
         if energy_w[p] > 0.0 and energy_sum[p] > 0.0 and n_recent[p] > 0:
+            held = min(n_recent[p], level_days)
             rec = 0.0
-            for i in range(n_recent[p]):
+            for i in range(held):
                 rec += recent[p, i]
-            ratio = (rec / n_recent[p]) / (energy_sum[p] / energy_w[p])
+            ratio = (rec / held) / (energy_sum[p] / energy_w[p])
             ratio = min(max(ratio, 1.0 / level_clip), level_clip)
             level[s, tau] = 1.0 + level_weight * (ratio - 1.0)
 
@@ -353,6 +376,9 @@ def sqrt_profiles(
     level = np.ones((n_series, DAY_TYPES))
     pooled = np.zeros((n_series, DAY_TYPES), dtype=np.int64)
     regular_day = _regular_days(index)
+    slots, pool_f, recent, pool_i, type_i, has_data, in_use = _scratch(
+        index.shape[0], n_slots, level_days
+    )
     for s in range(n_series):
         _fit_series(
             s,
@@ -372,6 +398,13 @@ def sqrt_profiles(
             profile,
             level,
             pooled,
+            slots,
+            pool_f,
+            recent,
+            pool_i,
+            type_i,
+            has_data,
+            in_use,
         )
     return profile, level, pooled
 
@@ -412,6 +445,11 @@ def sqrt_profiles_parallel(
     pooled = np.zeros((n_series, DAY_TYPES), dtype=np.int64)
     regular_day = _regular_days(index)
     for s in prange(n_series):
+        # Scratch per series: numba's thread count cannot be read in a cached kernel, so
+        # series are not chunked per thread (allocation is ~1 % of a series' work here).
+        slots, pool_f, recent, pool_i, type_i, has_data, in_use = _scratch(
+            index.shape[0], n_slots, level_days
+        )
         _fit_series(
             s,
             values,
@@ -430,8 +468,36 @@ def sqrt_profiles_parallel(
             profile,
             level,
             pooled,
+            slots,
+            pool_f,
+            recent,
+            pool_i,
+            type_i,
+            has_data,
+            in_use,
         )
     return profile, level, pooled
+
+
+@njit(cache=True, nogil=True)
+def _assemble_series(
+    s: int,
+    profile: np.ndarray,
+    level: np.ndarray,
+    target_type: np.ndarray,
+    target_slot: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    nq = profile.shape[2]
+    for h in range(target_type.size):
+        tau = target_type[h]
+        k = target_slot[h]
+        f = level[s, tau]
+        prev = 0.0
+        for q in range(nq):
+            v = max(profile[s, tau, q, k] * f, prev)
+            out[q, s, h] = v
+            prev = v
 
 
 @njit(cache=True, nogil=True)
@@ -444,17 +510,19 @@ def assemble_forecast(
     Returns (Q, S, H) float64, never negative, non-decreasing along Q (so each quantile is a
     contiguous (S, H) block).
     """
-    n_series, nq = profile.shape[0], profile.shape[2]
-    horizon = target_type.size
-    out = np.empty((nq, n_series, horizon))
-    for s in range(n_series):
-        for h in range(horizon):
-            tau = target_type[h]
-            k = target_slot[h]
-            f = level[s, tau]
-            prev = 0.0
-            for q in range(nq):
-                v = max(profile[s, tau, q, k] * f, prev)
-                out[q, s, h] = v
-                prev = v
+    out = np.empty((profile.shape[2], profile.shape[0], target_type.size))
+    for s in range(profile.shape[0]):
+        _assemble_series(s, profile, level, target_type, target_slot, out)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def assemble_forecast_parallel(
+    profile: np.ndarray, level: np.ndarray, target_type: np.ndarray, target_slot: np.ndarray
+) -> np.ndarray:
+    """`assemble_forecast` with the series spread over threads: for many series the output
+    (megabytes, first touched here) is written from every core."""
+    out = np.empty((profile.shape[2], profile.shape[0], target_type.size))
+    for s in prange(profile.shape[0]):
+        _assemble_series(s, profile, level, target_type, target_slot, out)
     return out

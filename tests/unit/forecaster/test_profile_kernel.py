@@ -38,8 +38,11 @@ def test_kernel_matches_numpy_reference(seed: int, use_sqrt: bool) -> None:
     got = sqrt_profiles(values, index, day_type, whole, *args)
     want = ref.sqrt_profiles(values, index, day_type, whole, *args)
     threaded = sqrt_profiles_parallel(values, index, day_type, whole, *args)
+    # The kernel takes square roots in float32 (sums in float64): 1e-7 relative per root,
+    # up to ~1e-5 once a narrow band's variance cancels; a milliwatt absolute.
+    rtol, atol = (1e-4, 1e-3) if use_sqrt else (1e-9, 1e-6)
     for g, w, t in zip(got, want, threaded, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
         np.testing.assert_allclose(t, g, rtol=1e-12, atol=1e-9)
 
 
