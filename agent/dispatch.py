@@ -118,6 +118,9 @@ class Dispatcher:
         # agent.metrics hooks: round and command durations, command outcomes.
         self.observe: Observe = discard
         self.command_results: collections.Counter[str] = collections.Counter()
+        # Composite schedules read back, by outcome: "ok", "excess" (a charger allows more
+        # than we sent: alert on it), "unavailable" (not answered or empty).
+        self.readbacks: collections.Counter[str] = collections.Counter()
         self._round_finished = asyncio.Event()
         self._chargers = {c.id: c for c in config.ocpp.chargers}
         site.subscribe(self._site_event)
@@ -384,6 +387,7 @@ class Dispatcher:
             if self._latest_push is not round_:
                 return  # a newer round is (re)setting limits: its own check will tell
             if not composite.result.accepted or not composite.periods:
+                self.readbacks["unavailable"] += 1
                 continue
             sent = _periods(round_.grid, round_.schedules[cid], round_.at)
             start = composite.start or composite.periods[0].start
@@ -392,6 +396,7 @@ class Dispatcher:
             if held is not None and held.profile_valid_to is not None:
                 until = min(until, held.profile_valid_to)
             excess = _excess(composite.periods, sent, until)
+            self.readbacks["ok" if excess is None else "excess"] += 1
             if excess is not None:
                 moment, applied, allowed = excess
                 log.error(

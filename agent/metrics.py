@@ -179,6 +179,15 @@ class StateCollector:
         for status, count in sorted(dispatcher.command_results.items()):
             commands.add_metric([status], count)
         yield commands
+        readbacks = CounterMetricFamily(
+            "flexbridge_dispatch_readbacks",
+            "Composite schedules read back after a round, by result (excess: a charger allows "
+            "more than it was sent)",
+            labels=["result"],
+        )
+        for result in ("ok", "excess", "unavailable"):
+            readbacks.add_metric([result], dispatcher.readbacks[result])
+        yield readbacks
         round_ = dispatcher.last_round
         if round_ is not None:
             yield GaugeMetricFamily(

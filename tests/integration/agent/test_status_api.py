@@ -120,6 +120,9 @@ async def test_metrics_in_prometheus_text_format(tmp_path: Path) -> None:
     assert value("flexbridge_dispatch_round_seconds_count") >= 1
     assert value("flexbridge_dispatch_rounds_total") >= 1
     assert value("flexbridge_dispatch_cap_watts") == cap_now
+    # No charger is online here, so nothing was read back, but the series exist for alerting.
+    for result in ("ok", "excess", "unavailable"):
+        assert values[("flexbridge_dispatch_readbacks_total", (("result", result),))] == 0
     assert value("flexbridge_store_database_bytes") > 0
     assert value("flexbridge_uftp_outbox_oldest_pending_seconds") >= 0
     assert value("process_resident_memory_bytes") > 0
