@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -103,10 +103,14 @@ def make_env(tmp_path: Path, **overrides: Any) -> Env:
 
 
 def seed_history(
-    config: Config, today: date, days: int = 28, first_arrival: time = time(8, 0)
+    config: Config,
+    today: date,
+    days: int = 28,
+    first_arrival: time = time(8, 0),
+    chargers: Sequence[str] = CHARGERS,
 ) -> None:
-    """`days` of finished sessions and measured energy before `today`: each charger gets one
-    EV at `first_arrival` + 15 min x its number, 20 kWh at 11 kW, leaving 8 h later."""
+    """`days` of finished sessions and measured energy before `today`: each of `chargers`
+    gets one EV at `first_arrival` + 15 min x its number, 20 kWh at 11 kW, leaving 8 h later."""
     zone = ZoneInfo(config.site.timezone)
     conn = connect(config.storage.database_path)
     from agent.db import apply_migrations
@@ -121,7 +125,7 @@ def seed_history(
     entries: list[tuple[str, int, str | None, float]] = []
     for d in range(days):
         day = first + timedelta(days=d)
-        for n, charger in enumerate(CHARGERS):
+        for n, charger in enumerate(chargers):
             arrive = datetime.combine(day, first_arrival, zone).astimezone(UTC) + timedelta(
                 minutes=15 * n
             )

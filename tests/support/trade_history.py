@@ -20,6 +20,7 @@ from agent import store
 from agent.market import Market
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, running_agent
 from tests.support.agent_env import seed_history as seed_days
+from tests.support.uftp import eventually
 from uftp import calendar
 from uftp.dso import DsoParticipant, Received
 from uftp.models import (
@@ -161,5 +162,18 @@ async def trading_agent(tmp_path: Path, **http: Any) -> AsyncIterator[Trading]:
         outcome = await dso.wait_handled(_is(FlexOffer), 60)
         assert isinstance(outcome, Received)
         assert isinstance(outcome.message, FlexOffer)
+        offer_id = outcome.message.message_id
+
+        def offer_accepted() -> bool:
+            # The DSO answers the offer asynchronously: the tests read the agent's records
+            # once that FlexOfferResponse has been processed, not while it is on its way.
+            conn = connection(env.config)
+            try:
+                row = store.find_offer(conn, offer_id)
+            finally:
+                conn.close()
+            return row is not None and row.status == "accepted"
+
+        await eventually(offer_accepted, 30)
         order, current = write_today(env, datetime.now(UTC))
         yield Trading(env, agent, dso, outcome.message, order, current)
