@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,25 +87,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import DemoError, demo_state_dir, numba_cache_dir, run_demo
+    from agent.demo import DemoError, DemoResult, demo_state_dir, numba_cache_dir, run_demo
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())
     state_dir = Path(args.state_dir) if args.state_dir else demo_state_dir()
     configure_logging("INFO" if args.verbose else "WARNING", "human")
     print(f"flexbridge demo: state in {state_dir} (Ctrl-C stops it)", flush=True)
-    try:
-        result = asyncio.run(
-            run_demo(
-                state_dir,
-                speed=args.speed,
-                seed=args.seed,
-                keep_running=args.keep_running,
-            )
+    stopped_by: list[int] = []
+
+    async def demo() -> DemoResult:
+        # SIGINT and SIGTERM stop the demo cleanly (its agent, stations and DSO shut down),
+        # also where SIGINT was ignored when the process started: a shell starts background
+        # jobs that way, and asyncio's own Ctrl-C handling then never fires.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+
+            def stop(sig: int = sig) -> None:
+                stopped_by.append(sig)
+                task.cancel()
+
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop)
+        return await run_demo(
+            state_dir, speed=args.speed, seed=args.seed, keep_running=args.keep_running
         )
+
+    try:
+        result = asyncio.run(demo())
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return EX_FAILURE
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        print("demo stopped", flush=True)
+        return 128 + stopped_by[0]
     print(f"done in {result.real_seconds:.0f} s")
     return EX_OK
 

@@ -16,11 +16,20 @@ class AgentProcess:
     """A `python -m agent ...` child with its stderr collected line by line."""
 
     def __init__(
-        self, args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        *,
+        sigint_ignored: bool = False,
     ) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        command = [sys.executable, "-m", "agent", *args]
+        if sigint_ignored:
+            # As a shell starts a background job: SIGINT ignored, inherited across exec.
+            command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", *args],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
