@@ -121,10 +121,11 @@ def _smooth_gappy(raw: np.ndarray, radius: int, out: np.ndarray) -> None:
         out[k] = acc / n if n > 0 else np.nan
 
 
+Scratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 @njit(cache=True, nogil=True)
-def _scratch(
-    n_days: int, n_slots: int, level_days: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _scratch(n_days: int, n_slots: int, level_days: int) -> Scratch:
     """Work arrays of one `_fit_series` call: per-slot rows (day values, smoothed, roots and
     the five moment sums per pool), per-pool floats, recent day energies, per-pool and
     per-day-type counters, days with data, pools in use."""
@@ -158,19 +159,14 @@ def _fit_series(
     profile: np.ndarray,
     level: np.ndarray,
     pooled: np.ndarray,
-    slots: np.ndarray,
-    pool_f: np.ndarray,
-    recent: np.ndarray,
-    pool_i: np.ndarray,
-    type_i: np.ndarray,
-    has_data: np.ndarray,
-    in_use: np.ndarray,
+    scratch: Scratch,
 ) -> None:
     """One series of `sqrt_profiles` into row s of the outputs. The scratch arrays (from
     `_scratch`) are reset here, so one set serves every series a thread fits: allocating
     them per series cost more than a tenth of the kernel."""
     n_days, n_slots = index.shape[0], index.shape[1]
     nq = z.size
+    slots, pool_f, recent, pool_i, type_i, has_data, in_use = scratch
     raw, smoothed, mean_root, root = slots[0], slots[1], slots[2], slots[3]
     sum_w = slots[4 : 4 + POOLS]
     sum_w2 = slots[4 + POOLS : 4 + 2 * POOLS]
@@ -376,9 +372,7 @@ def sqrt_profiles(
     level = np.ones((n_series, DAY_TYPES))
     pooled = np.zeros((n_series, DAY_TYPES), dtype=np.int64)
     regular_day = _regular_days(index)
-    slots, pool_f, recent, pool_i, type_i, has_data, in_use = _scratch(
-        index.shape[0], n_slots, level_days
-    )
+    scratch = _scratch(index.shape[0], n_slots, level_days)
     for s in range(n_series):
         _fit_series(
             s,
@@ -398,13 +392,7 @@ def sqrt_profiles(
             profile,
             level,
             pooled,
-            slots,
-            pool_f,
-            recent,
-            pool_i,
-            type_i,
-            has_data,
-            in_use,
+            scratch,
         )
     return profile, level, pooled
 
@@ -447,9 +435,7 @@ def sqrt_profiles_parallel(
     for s in prange(n_series):
         # Scratch per series: numba's thread count cannot be read in a cached kernel, so
         # series are not chunked per thread (allocation is ~1 % of a series' work here).
-        slots, pool_f, recent, pool_i, type_i, has_data, in_use = _scratch(
-            index.shape[0], n_slots, level_days
-        )
+        scratch = _scratch(index.shape[0], n_slots, level_days)
         _fit_series(
             s,
             values,
@@ -468,13 +454,7 @@ def sqrt_profiles_parallel(
             profile,
             level,
             pooled,
-            slots,
-            pool_f,
-            recent,
-            pool_i,
-            type_i,
-            has_data,
-            in_use,
+            scratch,
         )
     return profile, level, pooled
 
