@@ -96,7 +96,7 @@ def warm_up() -> WarmupReport:
 
     from forecaster.calendar import SiteCalendar
     from forecaster.flexibility import SessionSet, allocate, flexibility_envelope, size_request
-    from forecaster.forecast import PARALLEL_MIN_SERIES, PowerHistory, fit_profiles
+    from forecaster.forecast import PowerHistory, fit_profiles
     from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
     from forecaster.sessions import SessionRecords, reconstruct_power
 
@@ -118,9 +118,6 @@ def warm_up() -> WarmupReport:
     origin = start + timedelta(days=14, hours=10)
     targets = np.arange(int(origin.timestamp()), int(origin.timestamp()) + 8 * 900, 900)
     fit_profiles(history, calendar).forecast(targets)
-    # Many series at once take the threaded kernels: warm those too.
-    many = PowerHistory(start, 15, np.tile(power, (PARALLEL_MIN_SERIES, 1)))
-    fit_profiles(many, calendar).forecast(targets)
     calibration = SessionCalibration.fit(
         calendar,
         records.arrival,
