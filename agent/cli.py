@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import DemoError, DemoResult, demo_state_dir, numba_cache_dir, run_demo
+    from agent.service import install_signal_handlers
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())
@@ -97,20 +96,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     stopped_by: list[int] = []
 
     async def demo() -> DemoResult:
-        # SIGINT and SIGTERM stop the demo cleanly (its agent, stations and DSO shut down),
-        # also where SIGINT was ignored when the process started: a shell starts background
-        # jobs that way, and asyncio's own Ctrl-C handling then never fires.
+        # SIGINT and SIGTERM cancel the story, so its agent, stations and DSO shut down.
         task = asyncio.current_task()
         assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
 
-            def stop(sig: int = sig) -> None:
-                stopped_by.append(sig)
-                task.cancel()
+        def stop(sig: int) -> None:
+            stopped_by.append(sig)
+            task.cancel()
 
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop)
+        install_signal_handlers(stop)
         return await run_demo(
             state_dir, speed=args.speed, seed=args.seed, keep_running=args.keep_running
         )

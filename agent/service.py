@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,17 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await task
 
 
-def install_signal_handlers(service: Service) -> None:
+def install_signal_handlers(stop: Callable[[int], object]) -> None:
+    """SIGTERM and SIGINT call `stop(signal number)` on the event loop. Set explicitly, so
+    they work also where SIGINT was ignored when the process started (a shell starts
+    background jobs that way, and Python then leaves Ctrl-C ignored)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):  # not on every platform
-            loop.add_signal_handler(sig, service.request_stop)
+            loop.add_signal_handler(sig, stop, sig)
 
 
 async def serve(components: Sequence[Component]) -> None:
     service = Service(components)
-    install_signal_handlers(service)
+    install_signal_handlers(lambda _signal: service.request_stop())
     await service.run()
