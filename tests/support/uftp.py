@@ -384,8 +384,8 @@ class RecordingPeer:
         ]
 
 
-async def eventually(predicate: Any, timeout_s: float = 10.0) -> None:
-    """Poll an (async or plain) predicate until it holds."""
+async def eventually(predicate: Any, timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll an (async or plain) predicate until it holds; `what` names it in the failure."""
     import asyncio
     import inspect
 
@@ -397,7 +397,7 @@ async def eventually(predicate: Any, timeout_s: float = 10.0) -> None:
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
+            raise AssertionError(f"condition not met within {timeout_s} s: {what or predicate}")
         await asyncio.sleep(0.02)
 
 

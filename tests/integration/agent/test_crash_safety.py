@@ -31,6 +31,7 @@ from agent.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
 from tests.support.processes import AgentProcess
+from tests.support.uftp import eventually
 from uftp import calendar
 from uftp import store as uftp_store
 from uftp.dso import DsoParticipant, Received
@@ -216,16 +217,6 @@ async def order_responses(dso: DsoParticipant, order_id: str) -> list[uftp_store
             c, message_type=FlexOrderResponse.xml_name, reference_id=order_id
         )
     )
-
-
-async def eventually(check, timeout_s: float = 30.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        if await check():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize(
