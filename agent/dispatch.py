@@ -484,12 +484,11 @@ def _same_from(old: Sequence[PowerPeriod], new: Sequence[PowerPeriod], now: date
     """Whether `new` may be skipped because the charger already holds `old`: never when a
     limit goes down (the site cap depends on it), and not when one goes up by more than
     max(250 W, 5 %) (small rises are not worth a SetChargingProfile per charger per round)."""
-    at = _limit_at
     moments = sorted(
         {now, *(p.start for p in old if p.start > now), *(p.start for p in new if p.start > now)}
     )
     for moment in moments:
-        before, after = at(old, moment), at(new, moment)
+        before, after = _limit_at(old, moment), _limit_at(new, moment)
         if after < before or after - before > max(250.0, 0.05 * before):
             return False
     return True
