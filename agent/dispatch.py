@@ -356,7 +356,8 @@ class Dispatcher:
             )
         accepted = [cid for (cid, evse), r in round_.pushed.items() if r.accepted and evse == 0]
         if accepted:
-            task = asyncio.create_task(self._verify(accepted[: self.verify_sample], round_))
+            sample = {cid: wanted[(cid, 0)] for cid in accepted[: self.verify_sample]}
+            task = asyncio.create_task(self._verify(sample, round_))
             self._verifiers.add(task)
             task.add_done_callback(self._verifiers.discard)
 
@@ -380,16 +381,15 @@ class Dispatcher:
         finally:
             self.command_results[status] += 1
 
-    async def _verify(self, charger_ids: list[str], round_: DispatchRound) -> None:
+    async def _verify(self, sample: dict[str, list[PowerPeriod]], round_: DispatchRound) -> None:
         """Re-read composite schedules: did the chargers apply what we sent?"""
-        for cid in charger_ids:
+        for cid, sent in sample.items():
             composite = await self.bridge.composite_schedule(cid, 0, self.isp_seconds)
             if self._latest_push is not round_:
                 return  # a newer round is (re)setting limits: its own check will tell
             if not composite.result.accepted or not composite.periods:
                 self.readbacks["unavailable"] += 1
                 continue
-            sent = _periods(round_.grid, round_.schedules[cid], round_.at)
             start = composite.start or composite.periods[0].start
             until = start + timedelta(seconds=composite.duration_s or self.isp_seconds)
             held = self.bridge.dynamic_schedule(cid, 0)
