@@ -31,7 +31,7 @@ from agent.clock import Clock
 from agent.config import ChargerConfig, Config
 from agent.db import Database
 from agent.site import ActiveSession
-from forecaster.calendar import SiteCalendar
+from forecaster.calendar import SiteCalendar, public_holidays
 from forecaster.flexibility import SessionSet
 from forecaster.forecast import (
     EmptyHistoryError,
@@ -114,10 +114,28 @@ class SiteForecaster:
         self.clock = clock
         self.isp_minutes = config.uftp.isp_duration_min
         self.isp_seconds = self.isp_minutes * 60
-        holidays = [date.fromisoformat(d) for d in config.forecast.holidays]
-        self.calendar = SiteCalendar.of(config.site.timezone, self.isp_minutes, holidays)
+        self._calendar_year = 0
+        self.calendar = self._calendar_for(clock.now().year)
         self.settings = ForecastSettings(history_days=config.forecast.history_days)
         self._chargers = {c.id: c for c in config.ocpp.chargers}
+
+    def _calendar_for(self, year: int) -> SiteCalendar:
+        """The site calendar with the configured extra dates and, when a country is set, its
+        public holidays of the years around `year` (rebuilt when the year turns)."""
+        fc = self.config.forecast
+        holidays = {date.fromisoformat(d) for d in fc.holidays}
+        if fc.holidays_country:
+            holidays |= public_holidays(
+                fc.holidays_country, fc.holidays_subdivision, range(year - 1, year + 2)
+            )
+        self._calendar_year = year
+        return SiteCalendar.of(self.config.site.timezone, self.isp_minutes, holidays)
+
+    def _current_calendar(self) -> SiteCalendar:
+        year = self.clock.now().year
+        if year != self._calendar_year:
+            self.calendar = self._calendar_for(year)
+        return self.calendar
 
     # --- history ----------------------------------------------------------------------------
 
@@ -173,6 +191,7 @@ class SiteForecaster:
         start) with the plugged-in `sessions` added. A congestion point without any history
         forecasts zero load, with a warning: it has nothing to learn from yet.
         """
+        self._current_calendar()
         until = origin if origin is not None else self.clock.now()
         epoch = int(until.timestamp())
         until = datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)

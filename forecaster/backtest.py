@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.calendar import SiteCalendar, history_layout
+from forecaster.calendar import SiteCalendar, history_layout, public_holidays
 from forecaster.forecast import ForecastSettings, PowerHistory, QuantileForecast, fit_profiles
 from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
 from forecaster.metrics import Scores, score
@@ -79,6 +79,9 @@ class BacktestConfig:
     origin: time | None = None
     """None: day-ahead at 00:00. A local time: intraday from then to the end of each day,
     with the sessions plugged in at that moment."""
+    holidays_country: str | None = None
+    holidays_subdivision: str | None = None
+    """Public holidays from the `holidays` package, added to `holidays`."""
     synthetic: str | None = None
     """A `forecaster.synthetic` site instead of session files."""
     synthetic_first: date = date(2024, 1, 1)
@@ -180,7 +183,21 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
     if config.method not in METHODS:
         raise BacktestError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
     settings = replace(METHODS[config.method], history_days=HISTORY_DAYS)
-    calendar = SiteCalendar.of(config.timezone, 15, config.holidays)
+    if config.synthetic is not None:
+        first_year = config.synthetic_first.year
+        last_year = (config.synthetic_first + timedelta(days=config.synthetic_days)).year
+    else:
+        sessions, skipped = read_sessions(config.session_files)
+        first_year = datetime.fromtimestamp(int(sessions.arrival.min()), UTC).year
+        last_year = datetime.fromtimestamp(int(sessions.departure.max()), UTC).year
+    holidays = set(config.holidays)
+    if config.holidays_country:
+        holidays |= public_holidays(
+            config.holidays_country,
+            config.holidays_subdivision,
+            range(first_year - 1, last_year + 2),
+        )
+    calendar = SiteCalendar.of(config.timezone, 15, holidays)
     if config.synthetic is not None:
         try:
             sessions = generate(
@@ -194,8 +211,6 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
         except ValueError as exc:
             raise BacktestError(str(exc)) from None
         skipped = SkipCounts()
-    else:
-        sessions, skipped = read_sessions(config.session_files)
     isp = calendar.isp_seconds
     first_ordinal, _ = calendar.local_day_and_slot(sessions.arrival[:1].copy())
     last_ordinal, _ = calendar.local_day_and_slot(np.array([int(sessions.departure.max())]))
