@@ -7,7 +7,7 @@ arrays and back. Three products:
   plugged-in EVs), P10/P50/P90 in W. An ISP the agent measured without energy had zero load; one
   from before the agent ran is a gap, so a fresh install forecasts from what it has.
 - **Session calibration** from finished sessions: how late drivers leave compared to what they
-  said, how much of what they request they take (FORECASTING.md §5).
+  said, how much of what they request they take (docs/forecasting.md).
 - **Scenarios** for offer sizing and revocation: the EVs plugged in now (calibrated departure and
   energy) plus the arrivals of the last comparable days, on a period's ISP grid.
 
@@ -561,7 +561,7 @@ class SiteForecaster:
         self, sessions: Sequence[ActiveSession], now: datetime, calibration: Calibration
     ) -> list[SessionNeed]:
         """What each plugged-in EV still needs and until when, calibrated against history:
-        drivers leave later than they say and take less than they request (§5)."""
+        drivers leave later than they say and take less than they request."""
         out: list[SessionNeed] = []
         for s in sessions:
             info = s.info
@@ -609,7 +609,7 @@ def _still_wanted(
 ) -> float:
     """The energy a car that is still charging will take in all, given what it has taken.
 
-    Drivers take about half of what they request (§5), but a car still charging past that
+    Drivers take about half of what they request, but a car still charging past that
     is one of those taking more: the estimate is the median of the calibrated outcomes above
     what it already took, or a top-up when it is past all of them.
     """

@@ -1,11 +1,15 @@
-"""The day-ahead backtest on session files (FORECASTING.md §3), ours against two baselines.
+"""The day-ahead backtest on session files or a synthetic site, ours against two baselines.
 
 Protocol: site power reconstructed from the sessions with the ASAP rule on the UTC 15-minute
-grid; each test day D is forecast at 00:00 local time from the previous 56 local days (all of
-D-1 known), over every ISP of D (92/96/100 on DST days), forecasts clipped at 0. Baselines in
-the same run: seasonal naive (same weekday last week) and the mean of the same weekday over 4
-weeks, whose P10/P90 are the empirical quantiles of those 4 weeks (a point forecast has no
-band; seasonal naive is scored as a degenerate distribution, P10 = P50 = P90).
+grid; each test day D is forecast at 00:00 local time from the days before it (all of D-1
+known), over every ISP of D (92/96/100 on DST days), forecasts clipped at 0. Ours (method
+`selected`) is the structure chosen from the site's own days before D by
+`forecaster.selection`, chosen at the first test day, again every 7 days and after a regime
+change; `profile` and its ablations are the fixed day-type profile over the previous 56
+days. Baselines in the same run: seasonal naive (same weekday last week) and the mean of the
+same weekday over 4 weeks, whose P10/P90 are the empirical quantiles of those 4 weeks (a
+point forecast has no band; seasonal naive is scored as a degenerate distribution,
+P10 = P50 = P90).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ SATURDAY = 1
 SUNDAY_OR_HOLIDAY = 2
 DAY_TYPES = 3
 """Day types pooled by the profile: Mon–Fri together (5× the samples of one weekday, the best
-pooling on the Caltech backtest, FORECASTING.md §4), Saturday, and Sunday with holidays."""
+pooling on the Caltech backtest, docs/forecasting.md), Saturday, and Sunday with holidays."""
 
 SECONDS_PER_DAY = 86_400
 
