@@ -58,6 +58,10 @@ TRIM = 0.2
 COMBINE_MAX = 3
 BAND_HOURS = 4
 COVERAGE = 0.8
+SPREAD_HALF_LIFE_DAYS = 28
+SPREAD_FLOOR = 0.25
+"""The bands' scale is the slot's spread plus this share of the mean spread, so a slot
+whose past days happened to agree still gets a band."""
 BASELINES = ("seasonal_naive", "weekday_mean_4w")
 
 BoolArray = npt.NDArray[np.bool_]
@@ -415,7 +419,9 @@ class Selection:
     detecting a regime change later."""
     band_lo: tuple[float, ...]
     band_hi: tuple[float, ...]
-    """Residual quantiles in square-root space (sqrt W) per local hour band."""
+    spread_floor: float
+    """Quantiles per local hour band of the residuals in square-root space divided by the
+    slot's spread (see `_spread`) plus `spread_floor` (sqrt W)."""
     slots_per_band: int
 
     @property
@@ -436,6 +442,7 @@ class Selection:
             "mean_abs_error_w": self.mean_abs_error_w,
             "band_lo": list(self.band_lo),
             "band_hi": list(self.band_hi),
+            "spread_floor": self.spread_floor,
             "slots_per_band": self.slots_per_band,
         }
 
@@ -465,6 +472,7 @@ class Selection:
                 mean_abs_error_w=float(str(data["mean_abs_error_w"])),
                 band_lo=floats("band_lo"),
                 band_hi=floats("band_hi"),
+                spread_floor=float(str(data["spread_floor"])),
                 slots_per_band=int(str(data["slots_per_band"])),
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -534,7 +542,11 @@ def select(
         s = nmae(f)
         if s < best_score:
             best_members, best_weights, best_score, best_f = members, weights, s, f
-    lo, hi, per_band = _bands(best_f, actual, day_w, slots, band_hours)
+    spread = _spread(ctx)
+    floor = SPREAD_FLOOR * float(np.mean(spread)) + 1e-9
+    lo, hi, per_band = _bands(
+        best_f, _scale(spread, best_f, floor), actual, day_w, slots, band_hours
+    )
     return Selection(
         members=best_members,
         weights=best_weights,
@@ -545,6 +557,7 @@ def select(
         mean_abs_error_w=float((wk * np.abs(best_f - y)).sum() / max(wk.sum(), 1e-300)),
         band_lo=lo,
         band_hi=hi,
+        spread_floor=floor,
         slots_per_band=per_band,
     )
 
@@ -558,52 +571,95 @@ def _weighted_quantile(values: Float64Array, weights: Float64Array, q: float) ->
     return float(values[order][min(i, values.size - 1)])
 
 
-def _bands(
-    p50: Float64Array, actual: Float64Array, day_w: Float64Array, slots: int, band_hours: int
-) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """Residual quantiles of sqrt(actual) - sqrt(P50) per local hour band, weighted by the
-    held-out days' recency, then one shared shift of the quantile levels so that the band
-    covers `COVERAGE` of the held-out ISPs (recency-weighted too).
+def _spread(ctx: _Context) -> Float64Array:
+    """(T, P) spread of sqrt(power) per slot: the weighted standard deviation over the same
+    weekday's days (half-life 4 weeks) before each target day, unsmoothed. It carries what
+    the hour bands cannot: a ramp inside a band, a weekday busier than the others."""
+    c = Candidate("weekday", "ew", SPREAD_HALF_LIFE_DAYS, "mean", True, False, 0)
+    mean, mass = _estimate(ctx, "weekday", c)
+    w = ctx.group_weights("weekday", "ew", SPREAD_HALF_LIFE_DAYS)
+    x, known, _, _ = ctx.space(True, 0)
+    square = w @ np.where(known, x * x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = square / np.maximum(mass, 1e-300) - np.where(np.isnan(mean), 0.0, mean) ** 2
+    return np.where(mass > 0, np.sqrt(np.maximum(var, 0.0)), 0.0)
 
-    Per band because errors follow the clock (nights are exact zeros, arrivals are not);
-    recency-weighted because a site that changed (a collapse, new chargers) changes its
-    errors too; the shared shift because many ISPs sit exactly at zero (covered by any
-    band), so per-band nominal levels alone over-cover."""
+
+def _scale(spread: Float64Array, p50: Float64Array, floor: float) -> Float64Array:
+    """The band's scale per slot: the spread, plus the floor where anything is expected. A
+    slot that was zero on every past day and is forecast zero keeps a zero band (a floor
+    there put a P90 above zero over every quiet night, a pinball cost at each)."""
+    return spread + np.where((p50 > 0) | (spread > 0), floor, 1e-9)
+
+
+def _bands(
+    p50: Float64Array,
+    scale: Float64Array,
+    actual: Float64Array,
+    day_w: Float64Array,
+    slots: int,
+    band_hours: int,
+) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """Quantiles per local hour band of the residuals sqrt(actual) - sqrt(P50) divided by
+    `scale` (the slot's spread plus a floor), weighted by the held-out days' recency, then
+    levels shifted so that each of P10 and P90 has 10 % of the held-out ISPs beyond it
+    (recency-weighted too): split conformal, normalised.
+
+    Per hour band because errors follow the clock (nights are exact zeros, arrivals are
+    not); scaled by the spread because a quiet day's errors are smaller than a busy day's at
+    the same hour; recency-weighted because a site that changed (a collapse, new chargers)
+    changes its errors too; the shifted levels because many ISPs sit exactly at zero (never
+    below any P10), so nominal levels per band leave too little below P10."""
     per_band = max(1, slots * band_hours // 24)
     n_bands = math.ceil(slots / per_band)
     known = ~np.isnan(actual)
     y = np.where(known, actual, 0.0)
     root_f = np.sqrt(np.maximum(p50, 0.0))
-    resid = np.sqrt(np.maximum(y, 0.0)) - root_f
-    band_of = np.arange(slots) // per_band
+    resid = (np.sqrt(np.maximum(y, 0.0)) - root_f) / scale
+    band_of = np.broadcast_to(np.arange(slots) // per_band, actual.shape)
     w = np.broadcast_to(day_w[:, np.newaxis], actual.shape)
-    groups = [
-        (resid[:, band_of == b][known[:, band_of == b]], w[:, band_of == b][known[:, band_of == b]])
-        for b in range(n_bands)
-    ]
+    groups = [(resid[known & (band_of == b)], w[known & (band_of == b)]) for b in range(n_bands)]
     wk = np.where(known, w, 0.0)
 
-    def quantiles(tail: float) -> tuple[Float64Array, Float64Array]:
-        lo = np.array([_weighted_quantile(r, g, tail) for r, g in groups])
-        hi = np.array([_weighted_quantile(r, g, 1 - tail) for r, g in groups])
-        return np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    total = wk.sum()
+    tail = (1.0 - COVERAGE) / 2.0
 
-    def coverage(tail: float) -> float:
-        lo, hi = quantiles(tail)
-        p10 = np.maximum(root_f + lo[band_of], 0.0) ** 2
-        p90 = (root_f + hi[band_of]) ** 2
-        inside = (p10 <= y + 1e-9) & (y <= p90 + 1e-9)
-        return float((wk * inside).sum() / wk.sum()) if wk.sum() > 0 else COVERAGE
+    def bound(level: float) -> Float64Array:
+        return np.array([_weighted_quantile(r, g, level) for r, g in groups])
 
-    # Bisection on the tail level: coverage falls as the tail grows.
-    low, high = 0.0, 0.5
-    for _ in range(20):
-        mid = 0.5 * (low + high)
-        if coverage(mid) >= COVERAGE:
-            low = mid
-        else:
-            high = mid
-    lo, hi = quantiles(low)
+    def share_below(level: float) -> float:
+        p10 = np.maximum(root_f + np.minimum(bound(level), 0.0)[band_of] * scale, 0.0) ** 2
+        return float((wk * (y < p10 - 1e-9)).sum() / total)
+
+    def pinball(f: Float64Array, q: float) -> float:
+        d = y - f
+        return float((wk * np.maximum(q * d, (q - 1.0) * d)).sum())
+
+    # P90 at each band's own quantile `upper`, P10 at the level where the band covers
+    # COVERAGE of all held-out ISPs; of a few `upper` the one with the least held-out pinball
+    # loss of P10 and P90. Cut over all ISPs alone, the quiet ones (never beyond any band)
+    # let a busy band's P90 sink to a P70; each band's own 10 %/90 % alone over-covers a
+    # site with many quiet ISPs.
+    best: tuple[float, Float64Array, Float64Array] | None = None
+    for upper in (0.8, 0.85, 0.9, 0.95):
+        hi_now = np.maximum(bound(upper), 0.0)
+        p90 = (root_f + hi_now[band_of] * scale) ** 2
+        above = float((wk * (y > p90 + 1e-9)).sum() / total) if total > 0 else tail
+        want_below = max(0.0, 1.0 - COVERAGE - above)
+        low_lo, low_hi = 0.0, 0.5  # P10 level: its share below rises with it
+        for _ in range(16):
+            mid = 0.5 * (low_lo + low_hi)
+            if total > 0 and share_below(mid) <= want_below:
+                low_lo = mid
+            else:
+                low_hi = mid
+        lo_now = np.minimum(bound(low_lo), 0.0)
+        p10 = np.maximum(root_f + lo_now[band_of] * scale, 0.0) ** 2
+        loss = pinball(p10, 0.1) + pinball(p90, 0.9)
+        if best is None or loss < best[0]:
+            best = (loss, lo_now, hi_now)
+    assert best is not None
+    _, lo, hi = best
     return tuple(float(v) for v in lo), tuple(float(v) for v in hi), per_band
 
 
@@ -618,9 +674,10 @@ def forecast_days(
     ctx = _context(table, np.asarray(target_ordinals), np.asarray(target_holiday))
     p50 = _combined([_forecast(ctx, CANDIDATES[m]) for m in selection.members], selection.weights)
     band_of = np.arange(table.values.shape[1]) // selection.slots_per_band
-    lo = np.asarray(selection.band_lo)[band_of]
-    hi = np.asarray(selection.band_hi)[band_of]
     root = np.sqrt(p50)
+    scale = _scale(_spread(ctx), p50, selection.spread_floor)
+    lo = np.asarray(selection.band_lo)[band_of] * scale
+    hi = np.asarray(selection.band_hi)[band_of] * scale
     p10 = np.minimum(np.maximum(root + lo, 0.0) ** 2, p50)
     p90 = np.maximum((root + hi) ** 2, p50)
     return p10, p50, p90
