@@ -211,32 +211,35 @@ def _group_key(grouping: str, ordinals: Int64Array, holiday: BoolArray) -> Int64
 
 
 def _smooth(values: Float64Array, radius: int) -> Float64Array:
-    """Moving mean over +-radius slots of each day, over the slots with data."""
+    """Moving mean over +-radius slots (the last axis) of each day, over the slots with data."""
     if radius == 0:
         return values
     known = ~np.isnan(values)
     filled = np.where(known, values, 0.0)
     acc = np.zeros_like(filled)
     n = np.zeros_like(filled)
-    slots = values.shape[1]
+    slots = values.shape[-1]
     for shift in range(-radius, radius + 1):
         lo, hi = max(0, shift), min(slots, slots + shift)
-        acc[:, lo - shift : hi - shift] += filled[:, lo:hi]
-        n[:, lo - shift : hi - shift] += known[:, lo:hi]
+        acc[..., lo - shift : hi - shift] += filled[..., lo:hi]
+        n[..., lo - shift : hi - shift] += known[..., lo:hi]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, acc / np.maximum(n, 1), np.nan)
 
 
 @dataclass
 class _Context:
-    """What every candidate on one day table and one set of targets shares (computed once)."""
+    """What every candidate on S series' day tables (one calendar) and one set of target
+    days shares, computed once. Arrays carry the series first: (S, T, P) estimates."""
 
-    table: DayTable
+    values: Float64Array  # (S, D, P)
+    ordinals: Int64Array  # (D,)
+    holiday: BoolArray  # (D,)
     target_ordinals: Int64Array
     target_holiday: BoolArray
     age: Int64Array  # (T, D)
-    has_data: BoolArray  # (D,)
-    energy: Float64Array  # (D,) W-slots of complete days, NaN otherwise
+    has_data: BoolArray  # (S, D)
+    energy: Float64Array  # (S, D) W-slots of complete days, NaN otherwise
     prepared: dict[tuple[bool, int], tuple[Float64Array, BoolArray, Int64Array, Float64Array]] = (
         field(default_factory=dict)
     )
@@ -251,37 +254,38 @@ class _Context:
     def space(
         self, use_sqrt: bool, smooth: int
     ) -> tuple[Float64Array, BoolArray, Int64Array, Float64Array]:
-        """(values, known, sort order along days, sorted values) in the candidate's space."""
+        """(values, known, sort order along days, sorted values), each (S, D, P), in the
+        candidate's space."""
         key = (use_sqrt, smooth)
         if key not in self.prepared:
-            x = _smooth(self.table.values, smooth)
+            x = _smooth(self.values, smooth)
             if use_sqrt:
                 x = np.sqrt(np.maximum(x, 0.0))
             known = ~np.isnan(x)
-            order = np.argsort(np.where(known, x, np.inf), axis=0, kind="stable")
-            self.prepared[key] = (x, known, order, np.take_along_axis(x, order, axis=0))
+            order = np.argsort(np.where(known, x, np.inf), axis=1, kind="stable")
+            self.prepared[key] = (x, known, order, np.take_along_axis(x, order, axis=1))
         return self.prepared[key]
 
     def group_weights(self, grouping: str, recency: str, span: int) -> Float64Array:
-        """(T, D) weights of the history days for each target, with the fallback to wider
+        """(S, T, D) weights of the history days for each target, with the fallback to wider
         groups for targets whose group has too few days."""
         key = (grouping, recency, span)
         if key in self.weights:
             return self.weights[key]
-        age = self.age
-        usable = (age >= 1) & (age <= MAX_HISTORY_DAYS) & self.has_data[np.newaxis, :]
+        age = self.age[np.newaxis]
+        usable = (age >= 1) & (age <= MAX_HISTORY_DAYS) & self.has_data[:, np.newaxis, :]
         if recency == "ew":
             rec = np.where(usable, 0.5 ** ((age - 1) / span), 0.0)
         else:
             rec = np.where(usable & (age <= span), 1.0, 0.0)
         chain = [grouping] if grouping == "calendar" else [grouping, "daytype", "all"]
         w = np.zeros_like(rec)
-        done = np.zeros(age.shape[0], dtype=bool)
+        done = np.zeros(rec.shape[:2], dtype=bool)
         for g in chain:
-            hk = _group_key(g, self.table.ordinals, self.table.holiday)
+            hk = _group_key(g, self.ordinals, self.holiday)
             tk = _group_key(g, self.target_ordinals, self.target_holiday)
-            wg = np.where(tk[:, np.newaxis] == hk[np.newaxis, :], rec, 0.0)
-            enough = ((wg > 0).sum(axis=1) >= MIN_GROUP_DAYS) | (g == chain[-1])
+            wg = np.where((tk[:, np.newaxis] == hk[np.newaxis, :])[np.newaxis], rec, 0.0)
+            enough = ((wg > 0).sum(axis=2) >= MIN_GROUP_DAYS) | (g == chain[-1])
             take = enough & ~done
             w[take] = wg[take]
             done |= take
@@ -289,25 +293,43 @@ class _Context:
         return w
 
 
-def _context(table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray) -> _Context:
+def _context(
+    values: Float64Array,
+    ordinals: Int64Array,
+    holiday: BoolArray,
+    target_ordinals: Int64Array,
+    target_holiday: BoolArray,
+) -> _Context:
+    """`values` (S, D, P): S series over the same local days."""
+    target_ordinals = np.asarray(target_ordinals, dtype=np.int64)
     # Days from the last target on are never read (age >= 1); cutting them off here means
     # they are not even in the arrays, so nothing after the origin can touch a forecast.
     if target_ordinals.size:
-        table = table.before(int(np.max(target_ordinals)))
-    values = table.values
-    complete = ~np.isnan(values).any(axis=1)
+        keep = ordinals < int(np.max(target_ordinals))
+        values, ordinals, holiday = values[:, keep], ordinals[keep], holiday[keep]
+    complete = ~np.isnan(values).any(axis=2)
     return _Context(
-        table=table,
-        target_ordinals=np.asarray(target_ordinals, dtype=np.int64),
+        values=values,
+        ordinals=ordinals,
+        holiday=holiday,
+        target_ordinals=target_ordinals,
         target_holiday=np.asarray(target_holiday, dtype=bool),
-        age=np.asarray(target_ordinals, dtype=np.int64)[:, np.newaxis] - table.ordinals,
-        has_data=np.asarray(~np.isnan(values).all(axis=1), dtype=bool),
-        energy=np.where(complete, np.nansum(values, axis=1), np.nan),
+        age=target_ordinals[:, np.newaxis] - ordinals,
+        has_data=np.asarray(~np.isnan(values).all(axis=2), dtype=bool),
+        energy=np.where(complete, np.nansum(values, axis=2), np.nan),
+    )
+
+
+def _table_context(
+    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray
+) -> _Context:
+    return _context(
+        table.values[np.newaxis], table.ordinals, table.holiday, target_ordinals, target_holiday
     )
 
 
 def _estimate(ctx: _Context, grouping: str, c: Candidate) -> tuple[Float64Array, Float64Array]:
-    """(T, P) estimate in the candidate's space and the (T, P) sum of weights behind it.
+    """(S, T, P) estimate in the candidate's space and the (S, T, P) sum of weights behind it.
 
     Cached per (weights, estimator, space): candidates that differ only in the level
     correction, and the shrinkage's two parts, share it."""
@@ -323,52 +345,58 @@ def _estimate(ctx: _Context, grouping: str, c: Candidate) -> tuple[Float64Array,
             value = np.where(mass > 0, total / np.maximum(mass, 1e-300), np.nan)
         ctx.estimates[key] = (value, mass)
         return value, mass
-    # Weighted quantiles per slot: the days' weights in each slot's sorted order, (T, P, D).
-    # The order is the same in watts and in square roots (a monotone map), so both share it.
+    # Weighted quantiles per slot: the days' weights in each slot's sorted order,
+    # (S, T, P, D). The order is the same in watts and in square roots (a monotone map), so
+    # both share it.
     ckey = (grouping, c.recency, c.span_days, c.smooth)
     if ckey not in ctx.cumulative:
-        ws = np.ascontiguousarray(
-            (w[:, order] * np.take_along_axis(known, order, axis=0)[np.newaxis]).transpose(0, 2, 1)
-        )
-        ctx.cumulative[ckey] = (ws, np.cumsum(ws, axis=2))
+        order_t = order.transpose(0, 2, 1)[:, np.newaxis]  # (S, 1, P, D)
+        known_t = np.take_along_axis(known, order, axis=1).transpose(0, 2, 1)[:, np.newaxis]
+        ws = np.take_along_axis(w[:, :, np.newaxis, :], order_t, axis=3) * known_t
+        ctx.cumulative[ckey] = (ws, np.cumsum(ws, axis=3))
     ws, cum = ctx.cumulative[ckey]
-    total = cum[:, :, -1:]
-    xs = np.where(np.isnan(sorted_x), 0.0, sorted_x).T[np.newaxis]  # (1, P, D)
+    total = cum[..., -1:]
+    xs = np.where(np.isnan(sorted_x), 0.0, sorted_x).transpose(0, 2, 1)[:, np.newaxis]
     if c.estimator == "median":
         half = 0.5 * total
-        lower = np.argmax(cum >= half * (1 - 1e-12), axis=2)
-        upper = np.argmax(cum > half * (1 + 1e-12), axis=2)
-        p = np.arange(x.shape[1])
-        value = 0.5 * (xs[0][p, lower] + xs[0][p, upper])
+        lower = np.argmax(cum >= half * (1 - 1e-12), axis=3)[..., np.newaxis]
+        upper = np.argmax(cum > half * (1 + 1e-12), axis=3)[..., np.newaxis]
+        value = (
+            0.5
+            * (np.take_along_axis(xs, lower, axis=3) + np.take_along_axis(xs, upper, axis=3))[
+                ..., 0
+            ]
+        )
     else:
         lo, hi = TRIM * total, (1 - TRIM) * total
         part = np.clip(np.minimum(cum, hi) - np.maximum(cum - ws, lo), 0.0, None)
         with np.errstate(invalid="ignore", divide="ignore"):
-            value = (part * xs).sum(axis=2) / np.maximum(part.sum(axis=2), 1e-300)
-    mass = total[:, :, 0]
+            value = (part * xs).sum(axis=3) / np.maximum(part.sum(axis=3), 1e-300)
+    mass = total[..., 0]
     result = (np.where(mass > 0, value, np.nan), mass)
     ctx.estimates[key] = result
     return result
 
 
 def _level(ctx: _Context, w: Float64Array) -> Float64Array:
-    """(T,) level factor: the last LEVEL_DAYS complete group days against the weighted mean."""
-    has = (w > 0) & ~np.isnan(ctx.energy)[np.newaxis, :]
-    energy = np.where(np.isnan(ctx.energy), 0.0, ctx.energy)
+    """(S, T) level factor: the last LEVEL_DAYS complete group days against the weighted
+    mean."""
+    has = (w > 0) & ~np.isnan(ctx.energy)[:, np.newaxis, :]
+    energy = np.where(np.isnan(ctx.energy), 0.0, ctx.energy)[:, np.newaxis, :]
     ew = np.where(has, w, 0.0)
-    mean = (ew @ energy) / np.maximum(ew.sum(axis=1), 1e-300)
+    mean = (ew * energy).sum(axis=2) / np.maximum(ew.sum(axis=2), 1e-300)
     # Rank from the newest usable day: 1 for the newest.
-    rank = np.cumsum(has[:, ::-1], axis=1)[:, ::-1]
+    rank = np.cumsum(has[..., ::-1], axis=2)[..., ::-1]
     recent = has & (rank <= LEVEL_DAYS)
-    n = recent.sum(axis=1)
-    rec = (recent * energy).sum(axis=1) / np.maximum(n, 1)
+    n = recent.sum(axis=2)
+    rec = (recent * energy).sum(axis=2) / np.maximum(n, 1)
     ok = (n > 0) & (mean > 0)
     ratio = np.clip(np.where(ok, rec / np.where(ok, mean, 1.0), 1.0), 1 / LEVEL_CLIP, LEVEL_CLIP)
     return 1.0 + LEVEL_WEIGHT * (ratio - 1.0)
 
 
 def _forecast(ctx: _Context, c: Candidate) -> Float64Array:
-    """(T, P) P50 in W, >= 0, 0 where nothing is known."""
+    """(S, T, P) P50 in W, >= 0, 0 where nothing is known."""
     if c.grouping == "shrink":
         w_own = ctx.group_weights("weekday", c.recency, c.span_days)
         own, m_own = _estimate(ctx, "weekday", c)
@@ -387,7 +415,7 @@ def _forecast(ctx: _Context, c: Candidate) -> Float64Array:
     est = np.where(np.isnan(est), 0.0, np.maximum(est, 0.0))
     out = est * est if c.sqrt else est
     if c.level:
-        out = out * _level(ctx, w)[:, np.newaxis]
+        out = out * _level(ctx, w)[..., np.newaxis]
     return out
 
 
@@ -398,7 +426,8 @@ def candidate_forecast(
     candidate: Candidate,
 ) -> Float64Array:
     """(T, P) P50 in W of one candidate for the target days, each from the days before it."""
-    return _forecast(_context(table, target_ordinals, target_holiday), candidate)
+    out = _forecast(_table_context(table, target_ordinals, target_holiday), candidate)
+    return np.asarray(out[0], dtype=np.float64)
 
 
 # --- selection --------------------------------------------------------------------------
@@ -513,7 +542,7 @@ def select(
             f"{table.days} days of history: selection needs at least {MIN_EVAL_DAYS + 7}"
         )
     eval_idx = np.arange(table.days - n_eval, table.days)
-    ctx = _context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
+    ctx = _table_context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
     actual = table.values[eval_idx]
     known = ~np.isnan(actual)
     y = np.where(known, actual, 0.0)
@@ -527,7 +556,7 @@ def select(
     def nmae(f: Float64Array) -> float:
         return 100.0 * float((wk * np.abs(f - y)).sum()) / scale
 
-    forecasts = {c.name: _forecast(ctx, c) for c in pool}
+    forecasts = {c.name: _forecast(ctx, c)[0] for c in pool}
     scores = {name: nmae(f) for name, f in forecasts.items()}
     ranked = sorted(scores, key=lambda n: (scores[n], n))
     best_members: tuple[str, ...] = (ranked[0],)
@@ -542,7 +571,7 @@ def select(
         s = nmae(f)
         if s < best_score:
             best_members, best_weights, best_score, best_f = members, weights, s, f
-    spread = _spread(ctx)
+    spread = _spread(ctx)[0]
     floor = SPREAD_FLOOR * float(np.mean(spread)) + 1e-9
     lo, hi, per_band = _bands(
         best_f, _scale(spread, best_f, floor), actual, day_w, slots, band_hours
@@ -572,7 +601,7 @@ def _weighted_quantile(values: Float64Array, weights: Float64Array, q: float) ->
 
 
 def _spread(ctx: _Context) -> Float64Array:
-    """(T, P) spread of sqrt(power) per slot: the weighted standard deviation over the same
+    """(S, T, P) spread of sqrt(power) per slot: the weighted standard deviation over the same
     weekday's days (half-life 4 weeks) before each target day, unsmoothed. It carries what
     the hour bands cannot: a ramp inside a band, a weekday busier than the others."""
     c = Candidate("weekday", "ew", SPREAD_HALF_LIFE_DAYS, "mean", True, False, 0)
@@ -671,9 +700,43 @@ def forecast_days(
 ) -> tuple[Float64Array, Float64Array, Float64Array]:
     """P10, P50, P90 (T, P) in W for the target days with the chosen structure, each target
     day from the table's days before it."""
-    ctx = _context(table, np.asarray(target_ordinals), np.asarray(target_holiday))
+    ctx = _table_context(table, np.asarray(target_ordinals), np.asarray(target_holiday))
+    p10, p50, p90 = _quantiles(selection, ctx)
+    return p10[0], p50[0], p90[0]
+
+
+SERIES_PER_BLOCK = 32
+"""Series per vectorised block in `forecast_many`: the weighted quantiles hold
+(series, days ahead, slots, history days) floats, ~10 MB per block for a week ahead."""
+
+
+def forecast_many(
+    selection: Selection,
+    values: Float64Array,
+    ordinals: Int64Array,
+    holiday: BoolArray,
+    target_ordinals: Int64Array,
+    target_holiday: BoolArray,
+) -> tuple[Float64Array, Float64Array, Float64Array]:
+    """`forecast_days` for S series that share one structure and one calendar at once:
+    `values` (S, D, P) over the local days `ordinals`; returns P10, P50, P90 (S, T, P) W.
+    The same numbers as one `forecast_days` per series, in one vectorised pass per block."""
+    if values.ndim != 3 or values.shape[1] != ordinals.size:
+        raise SelectionError(f"values {values.shape} do not match {ordinals.size} days")
+    parts = []
+    for first in range(0, values.shape[0], SERIES_PER_BLOCK):
+        block = values[first : first + SERIES_PER_BLOCK]
+        ctx = _context(block, ordinals, holiday, target_ordinals, target_holiday)
+        parts.append(_quantiles(selection, ctx))
+    p10, p50, p90 = (np.concatenate([part[q] for part in parts]) for q in range(3))
+    return p10, p50, p90
+
+
+def _quantiles(
+    selection: Selection, ctx: _Context
+) -> tuple[Float64Array, Float64Array, Float64Array]:
     p50 = _combined([_forecast(ctx, CANDIDATES[m]) for m in selection.members], selection.weights)
-    band_of = np.arange(table.values.shape[1]) // selection.slots_per_band
+    band_of = np.arange(ctx.values.shape[2]) // selection.slots_per_band
     root = np.sqrt(p50)
     scale = _scale(_spread(ctx), p50, selection.spread_floor)
     lo = np.asarray(selection.band_lo)[band_of] * scale

@@ -20,6 +20,7 @@ from forecaster.selection import (
     SelectionError,
     candidate_forecast,
     forecast_days,
+    forecast_many,
     regime_changed,
     select,
 )
@@ -190,3 +191,18 @@ def test_a_collapse_is_a_regime_change_and_noise_is_not() -> None:
     assert not regime_changed(chosen, actual, p50)
     assert regime_changed(chosen, actual * 0.1, p50)
     assert regime_changed(replace(chosen, mean_abs_error_w=1.0), actual, p50 + 5000.0)
+
+
+def test_many_series_at_once_give_each_series_its_own_forecast() -> None:
+    tables = [random_table(seed, 45) for seed in range(40)]  # more than one block
+    holiday = tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    chosen = select(tables[0])
+    ordinals = tables[0].ordinals
+    targets = np.array([int(ordinals[-1]) + 1, int(ordinals[-1]) + 2])
+    hol = np.array([False, True])
+    many = forecast_many(chosen, values, ordinals, holiday, targets, hol)
+    for s, t in enumerate(tables):
+        one = forecast_days(chosen, DayTable(t.values, ordinals, holiday), targets, hol)
+        for q in range(3):
+            np.testing.assert_allclose(many[q][s], one[q], rtol=1e-12, atol=1e-9)
