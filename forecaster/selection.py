@@ -542,6 +542,12 @@ def select(
             f"{table.days} days of history: selection needs at least {MIN_EVAL_DAYS + 7}"
         )
     eval_idx = np.arange(table.days - n_eval, table.days)
+    measured = int((~np.isnan(table.values[eval_idx]).all(axis=1)).sum())
+    if measured < MIN_EVAL_DAYS:
+        raise SelectionError(
+            f"{measured} of the last {n_eval} days have data: selection needs at least "
+            f"{MIN_EVAL_DAYS} (a young site uses the day-type profile until then)"
+        )
     ctx = _table_context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
     actual = table.values[eval_idx]
     known = ~np.isnan(actual)

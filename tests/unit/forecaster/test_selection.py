@@ -181,6 +181,11 @@ def test_selection_round_trips_through_json() -> None:
 def test_too_short_a_history_is_a_clear_error() -> None:
     with pytest.raises(SelectionError, match="at least 14"):
         select(random_table(1, 10))
+    young = random_table(1, 40)
+    values = young.values.copy()
+    values[:-5] = np.nan  # the agent measured only the last 5 days
+    with pytest.raises(SelectionError, match=r"[45] of the last 28 days have data"):
+        select(DayTable(values, young.ordinals, young.holiday))
 
 
 def test_a_collapse_is_a_regime_change_and_noise_is_not() -> None:
