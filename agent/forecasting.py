@@ -84,7 +84,7 @@ class ChosenStructure:
 
     selection: Selection
     selected_at: datetime
-    reason: str  # "first", "weekly" or "regime change"
+    reason: str  # "first", "weekly", "regime change" or "ISP length changed"
 
     def as_json(self) -> dict[str, object]:
         sel = self.selection
@@ -137,6 +137,9 @@ def reselect_reason(chosen: ChosenStructure | None, table: DayTable, now: dateti
         return "first"
     if now - chosen.selected_at >= RESELECT_AFTER:
         return "weekly"
+    bands = math.ceil(table.values.shape[1] / chosen.selection.slots_per_band)
+    if bands != len(chosen.selection.band_lo):
+        return "ISP length changed"
     since = table.ordinals >= chosen.selection.origin_ordinal
     if since.sum() >= 3:
         ordinals = table.ordinals[since][-3:]
@@ -403,7 +406,10 @@ class SiteForecaster:
                     [float(v) for v in p10[row, slot]],
                     [float(v) for v in p50[row, slot]],
                     [float(v) for v in p90[row, slot]],
-                    min(table.days, self.config.forecast.history_days),
+                    min(
+                        int((~np.isnan(table.values).all(axis=1)).sum()),
+                        self.config.forecast.history_days,
+                    ),
                 )
             return bands, fresh
 
