@@ -262,7 +262,12 @@ class _Context:
             if use_sqrt:
                 x = np.sqrt(np.maximum(x, 0.0))
             known = ~np.isnan(x)
-            order = np.argsort(np.where(known, x, np.inf), axis=1, kind="stable")
+            other = self.prepared.get((not use_sqrt, smooth))
+            if other is not None:
+                # The square root keeps the order: one sort serves both spaces.
+                order = other[2]
+            else:
+                order = np.argsort(np.where(known, x, np.inf), axis=1, kind="stable")
             self.prepared[key] = (x, known, order, np.take_along_axis(x, order, axis=1))
         return self.prepared[key]
 
