@@ -175,8 +175,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                 print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
                 return EX_FAILURE
             holidays |= parse_holidays(lines, str(path))
+        if bool(args.sessions) == bool(args.synthetic):
+            print("error: give either --sessions FILE ... or --synthetic NAME", file=sys.stderr)
+            return EX_FAILURE
         config = BacktestConfig(
-            session_files=[Path(f) for f in args.sessions],
+            session_files=[Path(f) for f in args.sessions or []],
             start=date.fromisoformat(args.start) if args.start else None,
             end=date.fromisoformat(args.end) if args.end else None,
             method=args.method,
@@ -184,6 +187,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             timezone=args.timezone,
             holidays=holidays,
             origin=time.fromisoformat(args.origin) if args.origin else None,
+            holidays_country=args.holidays_country,
+            holidays_subdivision=args.holidays_subdivision,
+            synthetic=args.synthetic,
+            synthetic_days=args.synthetic_days,
+            seed=args.seed,
         )
         result = run_backtest(config)
     except (SessionFileError, BacktestError, CalendarError, ValueError) as exc:
@@ -288,16 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser(
         "backtest",
         help="score the load forecast on session files (ACN CSV) against two baselines",
-        description="Reconstruct 15-minute site power from sessions (ASAP rule), forecast each "
-        "test day at 00:00 local time from the previous 56 days and print name: value figures "
-        "for our method, seasonal naive and the 4-week same-weekday mean.",
+        description="Reconstruct 15-minute site power from sessions (ASAP rule) or take a "
+        "seeded synthetic site, forecast each test day at 00:00 local time with the structure "
+        "chosen from the site's own days before it (re-selected weekly and after a regime "
+        "change) and print name: value figures for ours, seasonal naive and the 4-week "
+        "same-weekday mean, and the chosen structure with its held-out score against each.",
+    )
+    backtest.add_argument("--sessions", nargs="+", metavar="FILE", help="ACN CSV files (or .gz)")
+    backtest.add_argument(
+        "--synthetic",
+        metavar="NAME",
+        help="a seeded synthetic site instead of session files: odd_weekday, night_shift, "
+        "fleet_depot or doubling (docs/forecasting.md)",
     )
     backtest.add_argument(
-        "--sessions", nargs="+", required=True, metavar="FILE", help="ACN CSV files (or .gz)"
+        "--synthetic-days", type=int, default=140, help="days of the synthetic site (default 140)"
     )
+    backtest.add_argument("--seed", type=int, default=0, help="seed of the synthetic site")
     backtest.add_argument("--start", metavar="DATE", help="first test day (YYYY-MM-DD)")
     backtest.add_argument("--end", metavar="DATE", help="last test day (YYYY-MM-DD)")
-    backtest.add_argument("--method", default="profile", help="profile (default) or an ablation")
+    backtest.add_argument(
+        "--method",
+        default="selected",
+        help="selected (default: per-site structure selection), profile (the fixed day-type "
+        "profile) or one of its ablations",
+    )
     backtest.add_argument(
         "--power-kw", type=float, default=6.6, help="ASAP power per session (default 6.6)"
     )
@@ -306,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--holidays", nargs="+", metavar="DATE", help="local dates forecast like Sundays"
     )
     backtest.add_argument("--holidays-file", metavar="FILE", help="one date per line, # comments")
+    backtest.add_argument(
+        "--holidays-country",
+        metavar="CC",
+        help="public holidays of this country (ISO 3166-1, e.g. US) from the holidays package",
+    )
+    backtest.add_argument(
+        "--holidays-subdivision", metavar="SUB", help="and of this subdivision (e.g. CA)"
+    )
     backtest.add_argument(
         "--origin",
         metavar="HH:MM",

@@ -295,8 +295,25 @@ class TradingConfig(Model):
 
 class ForecastConfig(Model):
     history_days: Annotated[int, Field(ge=7, le=365)] = 56
-    # Public holidays of the site: forecast like Sundays.
+    # Public holidays of the site, forecast like Sundays: those of a country (ISO 3166-1
+    # alpha-2) and subdivision (ISO 3166-2 without the country, e.g. "CA") from the
+    # `holidays` package, plus `holidays`, extra local dates (site closures).
+    holidays_country: str | None = None
+    holidays_subdivision: str | None = None
     holidays: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _calendar_exists(self) -> ForecastConfig:
+        if self.holidays_subdivision and not self.holidays_country:
+            raise ValueError("holidays_subdivision needs holidays_country")
+        if self.holidays_country:
+            from forecaster.calendar import CalendarError, public_holidays
+
+            try:
+                public_holidays(self.holidays_country, self.holidays_subdivision, [2025])
+            except CalendarError as exc:
+                raise ValueError(f"holiday calendar: {exc}") from None
+        return self
 
     @field_validator("holidays")
     @classmethod

@@ -192,6 +192,8 @@ class LiveStatus:
             "site": agent.config.site.id,
             "name": agent.config.site.name,
             "started_at": iso(agent.site.started_at),
+            # Added field: the load forecast's structure per congestion point.
+            "forecast_structures": agent.forecaster.structure_views(),
         }
 
     async def load_registered(self) -> None:
