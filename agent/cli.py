@@ -356,6 +356,15 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; the exit-code table kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line with exit code 64 (argparse's own: usage text and 2)."""
 
@@ -378,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flexbridge",
         description="Edge agent bridging EV chargers (OCPP) to flexibility markets (UFTP).",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"flexbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -391,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         "storage.state_directory. The configuration and its files are checked first "
         "(as check-config does); one agent per state directory.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     run.add_argument("--config", "-c", required=True, help="TOML configuration file")
     run.set_defaults(func=_cmd_run)
