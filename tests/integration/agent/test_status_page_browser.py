@@ -123,3 +123,15 @@ async def test_status_page_renders_with_its_chart_in_headless_chromium(tmp_path:
     assert image.count_near(MEASURED_GREEN) > 50, "no measured line painted"
     # Keep the picture for people: pytest's tmp_path survives the run (last 3 runs).
     print(f"screenshot: {shot}")
+
+
+def test_chromium_runs_without_a_launcher_with_the_flags_it_needs() -> None:
+    chromium = find_chromium()
+    installed = [b for b in BROWSER_BINARIES if os.access(b, os.X_OK)]
+    if installed:  # Debian: /usr/bin/chromium is a launcher script in front of this binary
+        assert chromium == installed[0]
+    # Chromium refuses its sandbox as root: only then is it switched off.
+    assert "--no-sandbox" in chromium_flags(0)
+    assert "--no-sandbox" not in chromium_flags(1000)
+    assert "--headless" in chromium_flags(1000)
+    assert "--disable-dev-shm-usage" in chromium_flags(0)
