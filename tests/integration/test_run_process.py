@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.processes import AgentProcess
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,11 @@ def config_file(tmp_path: Path, state_dir: Path) -> Path:
     text = text.replace(
         'state_directory = "/var/lib/flexbridge"', f'state_directory = "{state_dir}"'
     )
+    # Free ports, not the example's 9000/8443/8080 another run on this machine may hold.
+    for default in ("9000", "8443", "8080"):
+        old = f"port = {default}"
+        assert old in text
+        text = text.replace(old, f"port = {free_port()}")
     path = tmp_path / "flexbridge.toml"
     path.write_text(text)
     return path
