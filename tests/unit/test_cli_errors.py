@@ -286,3 +286,29 @@ def test_the_demo_removes_its_temporary_state_and_keeps_the_report(
     assert "the DSO did not answer" in _one_line(err)
     assert not seen[1].exists()
     assert list(tmp_path.glob("flexbridge-demo-report-*.html")) == [report], "no empty report"
+
+
+def test_a_file_that_is_not_our_database_is_one_line_and_65(
+    config: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "flexbridge.sqlite").write_bytes(b"not SQLite at all, " * 300)
+    with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+        for s in (a, b, c):
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in (a, b, c)]
+    path = config(
+        ('host = "0.0.0.0"\nport = 9000', f'host = "127.0.0.1"\nport = {ports[0]}'),
+        ('host = "0.0.0.0"\nport = 8443', f'host = "127.0.0.1"\nport = {ports[1]}'),
+        ("port = 8080", f"port = {ports[2]}"),
+        state=state,
+    )
+    capsys.readouterr()
+    code, _, err = _outcome(["run", "--config", str(path)], capsys)
+    assert code == EX_DATAERR
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "file is not a database" in errors[0]
+    assert "restore the database from a backup" in errors[0]
