@@ -353,13 +353,18 @@ class Connection:
         action = call.action
         handlers = self.route_map.get(action)
         if handlers is None or "_on_action" not in handlers:
+            # OCPP-J (1.6 §4.2.3, 2.0.1 §4.3): NotImplemented is "Requested Action is not known
+            # by receiver", NotSupported "recognized but not supported". (The `ocpp` library
+            # answers the other way round.)
             known = schemas.has_action(self.version, action)
             error: OCPPError = (
-                OcppNotImplementedError(description=f"{action} is not handled by this CSMS")
+                NotSupportedError(description=f"{action} is not handled by this CSMS")
                 if known
-                else NotSupportedError(description=f"{action} is not an OCPP {self.version} action")
+                else OcppNotImplementedError(
+                    description=f"{action[:64]} is not an OCPP {self.version} action"
+                )
             )
-            self.problems.report("unhandled action", action)
+            self.problems.report("unhandled action", action[:80])
             await self._send(_error_frame(call.unique_id, error))
             return
         try:
