@@ -203,6 +203,8 @@ class _Charger:
     smart: SmartCharging
     connection: Connection | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Unsolicited responses of the charger's connections that have ended.
+    unsolicited_responses: int = 0
 
 
 class CentralSystem:
@@ -254,6 +256,14 @@ class CentralSystem:
     @property
     def dropped_events(self) -> int:
         return self._events.dropped
+
+    def unsolicited_responses(self) -> dict[str, int]:
+        """Per charger: CALLRESULTs/CALLERRORs that answered no pending CALL (dropped), ever."""
+        return {
+            charger_id: charger.unsolicited_responses
+            + (charger.connection.unsolicited_responses if charger.connection else 0)
+            for charger_id, charger in self._chargers.items()
+        }
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -596,6 +606,7 @@ class CentralSystem:
             reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         finally:
             connection.connection_lost()
+            charger.unsolicited_responses += connection.unsolicited_responses
             if charger.connection is connection:
                 charger.connection = None
                 charger.smart.connection_lost()
