@@ -851,6 +851,12 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
         return {}
 
 
+def handled_actions(connection_class: Any) -> tuple[str, ...]:
+    """The actions a connection class has an ``@on`` handler for (and so validates)."""
+    members = (getattr(connection_class, name) for name in dir(connection_class))
+    return tuple(sorted({str(m._on_action) for m in members if hasattr(m, "_on_action")}))
+
+
 CONNECTION_CLASSES: Mapping[ProtocolVersion, Callable[..., Connection]] = {
     ProtocolVersion.OCPP16: Connection16,
     ProtocolVersion.OCPP201: Connection201,

@@ -45,7 +45,7 @@ from ocpp_bridge.capabilities import (
     from_v201_variables,
     v201_get_variable_data,
 )
-from ocpp_bridge.connection import CONNECTION_CLASSES, Connection
+from ocpp_bridge.connection import CONNECTION_CLASSES, Connection, handled_actions
 from ocpp_bridge.events import (
     ChargerSnapshot,
     CommandResult,
@@ -75,26 +75,6 @@ log = logging.getLogger(__name__)
 SUBPROTOCOLS: dict[str, ProtocolVersion] = {
     "ocpp2.0.1": ProtocolVersion.OCPP201,
     "ocpp1.6": ProtocolVersion.OCPP16,
-}
-HOT_ACTIONS = {
-    ProtocolVersion.OCPP16: (
-        "BootNotification",
-        "Heartbeat",
-        "StatusNotification",
-        "MeterValues",
-        "StartTransaction",
-        "StopTransaction",
-        "Authorize",
-    ),
-    ProtocolVersion.OCPP201: (
-        "BootNotification",
-        "Heartbeat",
-        "StatusNotification",
-        "MeterValues",
-        "TransactionEvent",
-        "Authorize",
-        "NotifyEVChargingNeeds",
-    ),
 }
 EventCallback = Callable[[Event], Awaitable[None]]
 _T = TypeVar("_T")
@@ -269,8 +249,11 @@ class CentralSystem:
 
     async def start(self) -> None:
         self._kdf = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocpp-kdf")
-        for version, actions in HOT_ACTIONS.items():
-            schemas.warm_up(version, actions)
+        # Every action the bridge handles, before the first charger connects: compiling one
+        # validator holds the event loop for up to ~75 ms here (several times that on a
+        # Raspberry Pi), which a charger could otherwise trigger at will, once per action.
+        for version, connection_class in CONNECTION_CLASSES.items():
+            schemas.warm_up(version, handled_actions(connection_class))
         profile = self.settings.security_profile
         ssl_context = None
         if profile >= SecurityProfile.TLS_BASIC:

@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_bridge import schemas
+from ocpp_bridge.connection import CONNECTION_CLASSES, handled_actions
 from ocpp_bridge.events import ProtocolVersion
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord
 from tests.integration.ocpp_bridge.conftest import run_bridge, test_hash
@@ -160,3 +161,15 @@ async def test_a_fast_call_flood_is_closed_too() -> None:
         refused = [a for a in answers if a[0] == 4]
         assert len(refused) >= 1000
         assert {a[2] for a in refused} == {"GenericError"}
+
+
+async def test_every_handled_action_is_compiled_before_the_first_charger() -> None:
+    # Compiling a validator holds the event loop (up to ~75 ms here): a charger must not be
+    # able to trigger that at will by sending an action for the first time.
+    schemas._cache.clear()
+    async with run_bridge(records=RECORDS):
+        for version, connection_class in CONNECTION_CLASSES.items():
+            for action in handled_actions(connection_class):
+                for response in (False, True):
+                    name = schemas.schema_name(version, action, response=response)
+                    assert (version, name) in schemas._cache, name
