@@ -254,6 +254,17 @@ class MqttConfig(Model):
     refresh_interval_s: Annotated[int, Field(ge=10, le=86400)] = 300
 
 
+class ClockConfig(Model):
+    """When the agent stops trusting the system clock (docs/operations.md, "Clock")."""
+
+    # Check the clock at all. Off only for a simulated clock (the demo) or a test.
+    guard: bool = True
+    # A step of the wall clock against the time that really passed larger than this holds
+    # trading and dynamic limits for `settle_s`. NTP's own steps are far smaller once synced.
+    max_step_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    settle_s: Annotated[int, Field(ge=0, le=3_600)] = 60
+
+
 class LoggingConfig(Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto: human-readable on a terminal, logfmt (one key=value line per event) otherwise.
@@ -343,6 +354,7 @@ class Config(Model):
     uftp: UftpConfig
     congestion_points: list[CongestionPointConfig] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     trading: TradingConfig = Field(default_factory=TradingConfig)
