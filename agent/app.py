@@ -7,6 +7,8 @@ demo running on simulated time is consistent from OCPP profile timestamps to UFT
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +33,15 @@ from agent.telemetry.publisher import TelemetryPublisher
 from agent.telemetry.topics import Topics
 from agent.trader import Trader
 from agent.web.server import StatusServer
-from ocpp_bridge import BridgeSettings, CentralSystem, SecurityProfile, UnknownChargerPolicy
+from ocpp_bridge import (
+    BridgeSettings,
+    CentralSystem,
+    Event,
+    SecurityProfile,
+    SessionEnded,
+    SessionStarted,
+    UnknownChargerPolicy,
+)
 from ocpp_bridge import TlsSettings as OcppTls
 from uftp import store as uftp_store
 from uftp.keys import load_signing_key
@@ -63,6 +73,33 @@ def bridge_settings(config: Config) -> BridgeSettings:
         response_timeout_s=ocpp.response_timeout_s,
         dynamic_validity_s=float(ocpp.dynamic_profile_validity_s),
     )
+
+
+log = logging.getLogger(__name__)
+
+
+def commit_sessions_at_once(site: Site) -> Callable[[Event], None]:
+    """A site listener that writes a session's start or end at once instead of at the next
+    periodic flush: meter energy may wait (bench/wear.py), a session boundary should not."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def flush() -> None:
+        try:
+            await site.flush()
+        except Exception as exc:  # kept in memory; the periodic flush tries again
+            log.warning("could not write a session change at once: %s", exc)
+
+    def listener(event: Event) -> None:
+        if not isinstance(event, SessionStarted | SessionEnded):
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(flush())
+        except RuntimeError:  # no loop: nothing is running to flush
+            return
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return listener
 
 
 def participant_settings(config: Config) -> ParticipantSettings:
@@ -216,7 +253,8 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
             faults.raise_fault(STORAGE, describe_storage_error(error))
 
     db.on_storage = storage
-    site = Site(config, db, clock)
+    site = Site(config, db, clock, flush_interval_s=float(config.storage.flush_interval_s))
+    site.subscribe(commit_sessions_at_once(site))
     # The agent's database is the file's one writer: uftp's inbox and outbox go through it.
     participant = AgrParticipant(participant_settings(config), db, clock=now)
     registry = StoreRegistry(config, db, clock)

@@ -230,6 +230,11 @@ class CongestionPointConfig(Model):
 class StorageConfig(Model):
     state_directory: Path = Path("/var/lib/flexbridge")
     database: str = "flexbridge.sqlite"
+    # Meter energy, session changes and register baselines are kept in memory and written in
+    # one transaction this often: each commit costs the SD card about 30 kB, whatever it holds
+    # (bench/wear.py). A crash loses no energy (the register baselines spread it over the
+    # gap), only where within these seconds it went.
+    flush_interval_s: Annotated[int, Field(ge=1, le=900)] = 30
 
     @property
     def database_path(self) -> Path:
