@@ -4,7 +4,9 @@ Inbound (`receive`, called by the HTTP endpoint for every POST body):
 
 1. envelope XML (hardened parse, XSD) -> 400
 2. sender's key by (SenderDomain, SenderRole) -> 419; `crypto_sign_open` -> 401
-3. inner XML (hardened parse, XSD; must be an inner message) -> 400
+3. inner XML (hardened parse, XSD; must be an inner message) -> 400; while the application
+   `hold`s (its clock is not to be trusted, and the checks below depend on the time) -> 503
+   with Retry-After
 4. generic checks (`validation.check_inbound`): inner/outer sender, role may send this type,
    recipient is us, version, ISP-Duration/TimeZone against the market, period bounds, known
    congestion point, ISP coverage; for responses, that they answer a message we sent.
@@ -14,7 +16,8 @@ Inbound (`receive`, called by the HTTP endpoint for every POST body):
      transaction (the application never sees it);
    - a TestMessage is answered right here (stored processed, TestMessageResponse queued);
    - an identical repeat is "Already Submitted": 200, nothing stored, nothing answered again;
-   - the same MessageID with other content is answered "Duplicate Identifier".
+   - the same MessageID with other content is answered "Duplicate Identifier";
+   - the store fails (a full, read-only or failing disk): 503 with Retry-After, never 200.
 
 Outbound (`prepare`, `enqueue`, `send`): the message must validate against the XSD, is sealed
 with our key, and its exact bytes are stored before the first attempt.
