@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent import store
+from agent import forecasting, store
 from agent.clock import HIGH_WATER_KEY, Clock, ClockCheck, ClockGuard, SystemClock
 from agent.config import Config
 from agent.db import Database, describe_storage_error
@@ -244,7 +244,11 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         return clock.now()
 
     faults = Faults(now)
-    db = Database(config.storage.database_path, SCHEMA, extra_migrations=[uftp_store.migrate])
+    db = Database(
+        config.storage.database_path,
+        SCHEMA,
+        extra_migrations=[uftp_store.migrate, forecasting.migrate],
+    )
 
     def storage(error: BaseException | None) -> None:
         if error is None:
