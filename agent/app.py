@@ -7,15 +7,18 @@ demo running on simulated time is consistent from OCPP profile timestamps to UFT
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent import forecasting
-from agent.clock import Clock, SystemClock
+from agent import forecasting, store
+from agent.clock import HIGH_WATER_KEY, Clock, ClockCheck, ClockGuard, SystemClock
 from agent.config import Config
-from agent.db import Database
+from agent.db import Database, describe_storage_error
 from agent.dispatch import Dispatcher
+from agent.faults import CLOCK, STORAGE, Faults
 from agent.forecasting import SiteForecaster
 from agent.metrics import AgentMetrics
 from agent.prognosis import PrognosisService
@@ -30,7 +33,15 @@ from agent.telemetry.publisher import TelemetryPublisher
 from agent.telemetry.topics import Topics
 from agent.trader import Trader
 from agent.web.server import StatusServer
-from ocpp_bridge import BridgeSettings, CentralSystem, SecurityProfile, UnknownChargerPolicy
+from ocpp_bridge import (
+    BridgeSettings,
+    CentralSystem,
+    Event,
+    SecurityProfile,
+    SessionEnded,
+    SessionStarted,
+    UnknownChargerPolicy,
+)
 from ocpp_bridge import TlsSettings as OcppTls
 from uftp import store as uftp_store
 from uftp.keys import load_signing_key
@@ -62,6 +73,33 @@ def bridge_settings(config: Config) -> BridgeSettings:
         response_timeout_s=ocpp.response_timeout_s,
         dynamic_validity_s=float(ocpp.dynamic_profile_validity_s),
     )
+
+
+log = logging.getLogger(__name__)
+
+
+def commit_sessions_at_once(site: Site) -> Callable[[Event], None]:
+    """A site listener that writes a session's start or end at once instead of at the next
+    periodic flush: meter energy may wait (bench/wear.py), a session boundary should not."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def flush() -> None:
+        try:
+            await site.flush()
+        except Exception as exc:  # kept in memory; the periodic flush tries again
+            log.warning("could not write a session change at once: %s", exc)
+
+    def listener(event: Event) -> None:
+        if not isinstance(event, SessionStarted | SessionEnded):
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(flush())
+        except RuntimeError:  # no loop: nothing is running to flush
+            return
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return listener
 
 
 def participant_settings(config: Config) -> ParticipantSettings:
@@ -116,6 +154,8 @@ class Agent:
     mqtt: MqttTelemetry | None = None
     telemetry: TelemetryPublisher | None = None
     web: StatusServer | None = None
+    faults: Faults = field(default_factory=Faults)
+    clock_guard: ClockGuard | None = None
 
 
 StatusServerHealth = Callable[[], Awaitable[list[str]]]
@@ -167,21 +207,60 @@ def operations_components(agent: Agent, health: StatusServerHealth) -> list[Comp
     return components
 
 
+def clock_guard(
+    config: Config, clock: Clock, db: Database, faults: Faults, agent: Agent
+) -> ClockGuard | None:
+    """The clock guard as configured, its high-water mark kept in the store's meta table."""
+    if not config.clock.guard:
+        return None
+
+    async def load() -> datetime | None:
+        raw = await db.read(lambda c: store.get_meta(c, HIGH_WATER_KEY))
+        return None if raw is None else datetime.fromisoformat(raw)
+
+    async def save(mark: datetime) -> None:
+        await db.transaction(lambda c: store.set_meta(c, HIGH_WATER_KEY, mark.isoformat()))
+
+    def changed(reason: str | None) -> None:
+        if reason is None:
+            faults.clear(CLOCK)
+            agent.prognosis.wake()
+        else:
+            faults.raise_fault(CLOCK, reason)
+        agent.dispatcher.wake()  # a round now, or the withdrawal of the dynamic schedules
+
+    check = ClockCheck(
+        max_step_s=float(config.clock.max_step_s),
+        settle_s=float(config.clock.settle_s),
+        rate=float(getattr(clock, "speed", 1.0)),
+    )
+    return ClockGuard(clock, check, load=load, save=save, on_change=changed)
+
+
 def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     clock = clock or SystemClock()
 
     def now() -> datetime:
         return clock.now()
 
+    faults = Faults(now)
     db = Database(
         config.storage.database_path,
         SCHEMA,
         extra_migrations=[uftp_store.migrate, forecasting.migrate],
     )
-    site = Site(config, db, clock)
-    participant = AgrParticipant(
-        participant_settings(config), config.storage.database_path, clock=now
-    )
+
+    def storage(error: BaseException | None) -> None:
+        if error is None:
+            faults.clear(STORAGE)
+        else:
+            faults.raise_fault(STORAGE, describe_storage_error(error))
+
+    db.on_storage = storage
+    site = Site(config, db, clock, flush_interval_s=float(config.storage.flush_interval_s))
+    site.subscribe(commit_sessions_at_once(site))
+    # The agent's database is the file's one writer: uftp's inbox and outbox go through it.
+    participant = AgrParticipant(participant_settings(config), db, clock=now)
     registry = StoreRegistry(config, db, clock)
     bridge = CentralSystem(
         bridge_settings(config), registry, on_event=site.handle, clock=now, sleep=clock.sleep
@@ -211,18 +290,41 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         ]
     )
     agent = Agent(
-        config, clock, db, site, participant, bridge, forecaster, prognosis, trader, dispatcher
+        config,
+        clock,
+        db,
+        site,
+        participant,
+        bridge,
+        forecaster,
+        prognosis,
+        trader,
+        dispatcher,
+        faults=faults,
     )
+
+    guard = clock_guard(config, clock, db, faults, agent)
+    agent.clock_guard = guard
+    if guard is not None:
+        for holder in (participant, trader, prognosis, dispatcher):
+            holder.hold = guard.hold
+
+    async def health() -> list[str]:
+        # Faults show on /health but withhold no watchdog ping: a restart cures neither.
+        return [*await watchdog.check(), *faults.problems()]
+
     agent.components = [
         StateDirectory(config.storage.state_directory),
         db,
+        # Before everything time-bound: a wrong clock holds them from their first step.
+        *([guard] if guard is not None else []),
         site,
         participant,
         bridge,
         prognosis,
         trader,
         dispatcher,
-        *operations_components(agent, watchdog.check),
+        *operations_components(agent, health),
         # Last: READY=1 tells systemd that everything before it is serving.
         watchdog,
     ]

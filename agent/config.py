@@ -241,6 +241,11 @@ class CongestionPointConfig(Model):
 class StorageConfig(Model):
     state_directory: Path = Path("/var/lib/flexbridge")
     database: str = "flexbridge.sqlite"
+    # Meter energy, session changes and register baselines are kept in memory and written in
+    # one transaction this often: each commit costs the SD card about 30 kB, whatever it holds
+    # (bench/wear.py). A crash loses no energy (the register baselines spread it over the
+    # gap), only where within these seconds it went.
+    flush_interval_s: Annotated[int, Field(ge=1, le=900)] = 30
 
     @property
     def database_path(self) -> Path:
@@ -263,6 +268,17 @@ class MqttConfig(Model):
     # every refresh interval even if unchanged (docs/operations.md).
     min_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     refresh_interval_s: Annotated[int, Field(ge=10, le=86400)] = 300
+
+
+class ClockConfig(Model):
+    """When the agent stops trusting the system clock (docs/operations.md, "Clock")."""
+
+    # Check the clock at all. Off only for a simulated clock (the demo) or a test.
+    guard: bool = True
+    # A step of the wall clock against the time that really passed larger than this holds
+    # trading and dynamic limits for `settle_s`. NTP's own steps are far smaller once synced.
+    max_step_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    settle_s: Annotated[int, Field(ge=0, le=3_600)] = 60
 
 
 class LoggingConfig(Model):
@@ -371,6 +387,7 @@ class Config(Model):
     uftp: UftpConfig
     congestion_points: list[CongestionPointConfig] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     trading: TradingConfig = Field(default_factory=TradingConfig)

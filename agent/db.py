@@ -6,6 +6,15 @@ what SQLite wants anyway, and lets a caller put several changes (a business stat
 outbound message in the outbox, an inbound message marked processed) into one transaction, the
 basis of the agent's crash safety.
 
+A write that fails because of the storage (a full or read-only disk, an I/O error) raises as
+before, and is also reported through `on_storage`; while that lasts, a tiny probe write every
+`probe_interval_s` notices when the storage works again, so the fault clears by itself even
+when nothing else writes.
+
+This is the only connection the agent opens on its file: uftp's inbox and outbox are written
+through it too (`write`, group-committed the way uftp's own store does it), so no second
+writer ever waits on SQLite's lock and "database is locked" cannot happen inside the agent.
+
 `synchronous=FULL`: a commit is on disk before we acknowledge anything (an HTTP 200 to the DSO, an
 OCPP answer), so even a power cut loses nothing that was acknowledged. High-rate data (meter
 samples) is aggregated in memory and written in batches, so the fsync per commit stays cheap.
@@ -18,17 +27,20 @@ migrations, run on the same connection at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from agent.service import StartError
+from uftp.database import GroupCommit, Outcomes, Work, commit_batch
+from uftp.participant import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,28 @@ class Migration:
 
 class DatabaseError(RuntimeError):
     pass
+
+
+# SQLite primary result codes that mean the storage, not the statement, failed.
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
+_STORAGE_CODES = frozenset({_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN})
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """A write failed because of the disk (full, read-only, I/O), not because of the data."""
+    if isinstance(error, OSError):
+        return True
+    if not isinstance(error, sqlite3.Error):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _STORAGE_CODES
+    return is_transient(error) and "lock" not in str(error).lower()
+
+
+def describe_storage_error(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"writes fail: {text}"
 
 
 class DatabaseOpenError(DatabaseError, StartError):
@@ -130,6 +164,8 @@ class Database:
         path: Path,
         migrations: Sequence[Migration],
         extra_migrations: Sequence[MigrationHook] = (),
+        *,
+        probe_interval_s: float = 5.0,
     ) -> None:
         self.path = path
         self._migrations = list(migrations)
@@ -137,9 +173,17 @@ class Database:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._thread_id: int | None = None
+        self._commits = GroupCommit(self._run_batch)
         # (kind, seconds) of every transaction and read, for agent.metrics; called on the
         # database thread.
         self.observe: Callable[[str, float], None] = lambda _kind, _seconds: None
+        # After each write on the event loop: the storage error it met, or None when it
+        # committed (agent.faults turns this into the storage fault).
+        self.on_storage: Callable[[BaseException | None], None] = lambda _error: None
+        self.storage_error: BaseException | None = None
+        self.write_failures = 0
+        self.probe_interval_s = probe_interval_s
+        self._probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexbridge-db")
@@ -168,6 +212,12 @@ class Database:
     async def stop(self) -> None:
         if self._executor is None:
             return
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+        await self._commits.drain()
         await self._submit(self._close)
         self._executor.shutdown(wait=True)
         self._executor = None
@@ -208,7 +258,7 @@ class Database:
             self.observe("transaction", time.perf_counter() - started)
             return result
 
-        return await self._submit(run)
+        return await self._watched(self._submit(run))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` for reading (a consistent snapshot: one deferred transaction)."""
@@ -224,3 +274,61 @@ class Database:
                 self.observe("read", time.perf_counter() - started)
 
         return await self._submit(run)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in a transaction shared with the other writes queued meanwhile (one
+        fsync for all, each in a savepoint of its own when one fails); returns once committed.
+        For many small independent writes (uftp's inbox and outbox); `transaction` for a
+        business step."""
+        if self._executor is None:
+            raise DatabaseError("database is not started")
+        return await self._watched(self._commits.write(fn))
+
+    async def _watched(self, write: Awaitable[T]) -> T:
+        try:
+            result = await write
+        except Exception as exc:
+            if is_storage_error(exc):
+                self._storage_failed(exc)
+            raise
+        if self.storage_error is not None:
+            self.storage_error = None
+            log.warning("database writes work again", extra={"path": str(self.path)})
+        self.on_storage(None)
+        return result
+
+    def _storage_failed(self, error: BaseException) -> None:
+        self.write_failures += 1
+        if self.storage_error is None:
+            log.error(
+                "database writes fail; the agent keeps running on what it has in memory",
+                extra={"path": str(self.path), "error": str(error)},
+            )
+        self.storage_error = error
+        self.on_storage(error)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_until_writable(), name="db-probe")
+
+    async def _probe_until_writable(self) -> None:
+        """While writes fail, try a tiny one now and then: the fault clears when space or
+        write access returns, even if nothing else would write for a while."""
+        while self.storage_error is not None:
+            await asyncio.sleep(self.probe_interval_s)
+            with contextlib.suppress(Exception):
+                await self.transaction(_probe_write)
+
+    async def _run_batch(self, works: list[Work]) -> Outcomes:
+        def run() -> Outcomes:
+            started = time.perf_counter()
+            outcomes = commit_batch(self.connection, works)
+            self.observe("transaction", time.perf_counter() - started)
+            return outcomes
+
+        return await self._submit(run)
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS storage_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)"
+    )
+    conn.execute("INSERT OR REPLACE INTO storage_probe (id, at) VALUES (1, ?)", (time.time(),))

@@ -117,6 +117,8 @@ def demo_config(
                 {"entity_address": DEMO_CONGESTION_POINT, "dso_domain": DEMO_DSO_DOMAIN}
             ],
             "storage": {"state_directory": str(state_dir)},
+            # Simulated time runs fast and skips the night: no wall clock to guard.
+            "clock": {"guard": False},
             "trading": {"offer_validity_min": 90, "offer_lead_time_min": 15},
             "http": {"host": "127.0.0.1", "port": http_port or 8080},
         }

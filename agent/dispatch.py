@@ -27,7 +27,7 @@ import collections
 import logging
 import math
 import sqlite3
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -104,6 +104,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
+        # Why rounds must not run now (the clock guard), or None.
+        self.hold: Callable[[], str | None] = lambda: None
         self._verifiers: set[asyncio.Task[None]] = set()
         # Profiles in flight at once: enough to reach every charger of a large site within a
         # second, bounded so a round does not open thousands of OCPP calls in one burst.
@@ -138,6 +140,16 @@ class Dispatcher:
     def wake(self, *_: object) -> None:
         self._wake.set()
 
+    async def release(self) -> None:
+        """Take every dynamic schedule back (while the clock is not trusted, agent.clock):
+        the chargers run on their safe profile, which no clock can expire."""
+        sent, self._sent = list(self._sent), {}
+        for cid, evse_id in sent:
+            result = await self._command(self.bridge.clear_dynamic_schedule(cid, evse_id))
+            if evse_id == 0:
+                self.site.charger(cid).limit_w = None
+            log.info("dynamic schedule withdrawn", extra={"charger": cid, "result": result.status})
+
     async def round_now(self) -> DispatchRound:
         """Ask for a round at once and return the first one that began after the asking."""
         asked = self.clock.now()
@@ -156,7 +168,10 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
-                await self.dispatch_once()
+                if self.hold() is None:
+                    await self.dispatch_once()
+                elif self._sent:
+                    await self.release()
             except asyncio.CancelledError:
                 raise
             except Exception:

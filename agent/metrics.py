@@ -32,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent import __version__
+from agent.faults import KNOWN as KNOWN_FAULTS
 
 if TYPE_CHECKING:
     from agent.app import Agent
@@ -249,6 +250,24 @@ class StateCollector:
         yield GaugeMetricFamily(
             "flexbridge_store_database_bytes", "SQLite file plus its WAL", value=size
         )
+        yield CounterMetricFamily(
+            "flexbridge_store_write_failures",
+            "Store writes that failed because of the storage (full, read-only, I/O error)",
+            value=agent.db.write_failures,
+        )
+        active = GaugeMetricFamily(
+            "flexbridge_fault_active",
+            "1 while the fault is active (storage: writes fail; clock: not trusted)",
+            labels=["fault"],
+        )
+        raised = CounterMetricFamily(
+            "flexbridge_faults_raised", "Times the fault was raised", labels=["fault"]
+        )
+        for name in KNOWN_FAULTS:
+            active.add_metric([name], 1.0 if agent.faults.is_active(name) else 0.0)
+            raised.add_metric([name], agent.faults.raised.get(name, 0))
+        yield active
+        yield raised
 
         if self.mqtt is not None:
             stats = self.mqtt.stats

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -105,6 +105,8 @@ class PrognosisService:
         self._lock = asyncio.Lock()
         self._last_intraday: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Why prognoses must wait now (the clock guard), or None.
+        self.hold: Callable[[], str | None] = lambda: None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -115,6 +117,10 @@ class PrognosisService:
         self._task = None
 
     # --- triggers -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A round now (the clock guard trusts the clock again)."""
+        self._wake.set()
 
     def request(self, congestion_point: str, period: date, reason: str) -> None:
         """Ask for a new revision soon (after an order, after a rejection).
@@ -166,7 +172,8 @@ class PrognosisService:
     async def _run(self) -> None:
         while True:
             try:
-                await self.tick()
+                if self.hold() is None:  # no prognosis on a clock not to trust
+                    await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:

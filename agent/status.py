@@ -183,6 +183,8 @@ class LiveStatus:
             "dispatch_rounds": agent.dispatcher.rounds,
             "last_dispatch_at": iso(round_.at if round_ is not None else None),
             "unmet_wh": watts(round_.unmet_wh if round_ is not None else None),
+            # {"storage": None | {"reason", "since"}, "clock": ...} (agent.faults).
+            "faults": agent.faults.view(),
         }
 
     def info(self) -> JsonObject:

@@ -160,6 +160,27 @@ SCHEMA = [
         CREATE TABLE agent_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
     ),
+    Migration(
+        2,
+        "isp_energy keyed by ISP first: a flush updates one page, not one per charger",
+        # Every site flush adds to the running ISP of every charger. Keyed by charger first,
+        # those rows sat in as many B-tree pages as there are chargers, and each page went to
+        # the WAL on every flush (most of the agent's SD-card writes, bench/wear.py).
+        """
+        CREATE TABLE isp_energy_by_isp (
+            isp_start INTEGER NOT NULL,
+            charger_id TEXT NOT NULL,
+            congestion_point TEXT,
+            energy_wh REAL NOT NULL,
+            PRIMARY KEY (isp_start, charger_id)
+        ) WITHOUT ROWID;
+        INSERT INTO isp_energy_by_isp (isp_start, charger_id, congestion_point, energy_wh)
+            SELECT isp_start, charger_id, congestion_point, energy_wh FROM isp_energy;
+        DROP TABLE isp_energy;
+        ALTER TABLE isp_energy_by_isp RENAME TO isp_energy;
+        CREATE INDEX isp_energy_cp ON isp_energy (congestion_point, isp_start);
+        """,
+    ),
 ]
 
 
@@ -393,7 +414,7 @@ def add_isp_energy(
     """Add (charger, ISP start epoch s, congestion point, Wh) to the running totals."""
     conn.executemany(
         "INSERT INTO isp_energy (charger_id, isp_start, congestion_point, energy_wh) "
-        "VALUES (?, ?, ?, ?) ON CONFLICT (charger_id, isp_start) DO UPDATE SET "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (isp_start, charger_id) DO UPDATE SET "
         "energy_wh = energy_wh + excluded.energy_wh",
         list(entries),
     )

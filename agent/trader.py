@@ -112,6 +112,8 @@ class Trader:
         self._loop: asyncio.AbstractEventLoop | None = None
         # agent.metrics hook: how long each inbound message took to handle, by type.
         self.observe: Observe = discard
+        # Why trading must wait now (the clock guard), or None.
+        self.hold: Callable[[], str | None] = lambda: None
         site.subscribe(self._site_event)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -147,7 +149,8 @@ class Trader:
     async def _inbound_loop(self) -> None:
         while True:
             try:
-                await self.process_inbound()
+                if self.hold() is None:  # messages wait in the inbox while the clock is wrong
+                    await self.process_inbound()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -159,11 +162,15 @@ class Trader:
     async def process_inbound(self) -> int:
         """Handle every pending inbound message, oldest first; returns how many."""
         handled = 0
+        # Once per call each: a message whose failure could not even be recorded (the disk is
+        # full) is due again at once, and must not be retried in a tight loop.
+        attempted: set[int] = set()
         while True:
-            batch = await self.participant.pending(50)
+            batch = [m for m in await self.participant.pending(50) if m.id not in attempted]
             if not batch:
                 return handled
             for inbound in batch:
+                attempted.add(inbound.id)
                 order = inbound.message_type == "FlexOrder"
                 if order:
                     failpoints.hit(failpoints.TRADER_BEFORE_ORDER)
@@ -173,26 +180,12 @@ class Trader:
                     if order:
                         failpoints.hit(failpoints.TRADER_AFTER_ORDER_COMMIT)
                 except Exception as exc:
-                    log.exception(
-                        "could not handle %s %s", inbound.message_type, inbound.message_id
-                    )
-                    reason = reasons.explain(
-                        reasons.INVALID_MESSAGE, f"could not be processed: {exc}"
-                    )
-                    await self.db.transaction(
-                        functools.partial(self._fail, inbound=inbound, reason=reason)
-                    )
+                    # Stays pending and is tried again with back-off; the DSO hears nothing
+                    # of our fault (no rejection, no exception text).
+                    await self.participant.defer(inbound, exc)
+                    continue
                 handled += 1
             self.participant.wake_outbox()
-
-    def _fail(
-        self, conn: sqlite3.Connection, inbound: uftp_store.InboundMessage, reason: str
-    ) -> None:
-        message = inbound.message()
-        if isinstance(message, FlexRequest | FlexOrder | FlexSettlement | FlexReservationUpdate):
-            self.participant.respond(conn, inbound, [reason], request=message)
-        else:
-            self.participant.mark_processed(conn, inbound, [reason])
 
     def _handle(self, conn: sqlite3.Connection, inbound: uftp_store.InboundMessage) -> None:
         message = inbound.message()
@@ -456,6 +449,9 @@ class Trader:
     async def _offer_loop(self) -> None:
         while True:
             await self._offer_wake.wait()
+            if self.hold() is not None:
+                await asyncio.sleep(1.0)  # the wake stays set: offers once the clock is sane
+                continue
             self._offer_wake.clear()
             try:
                 await self.make_offers()
@@ -626,7 +622,8 @@ class Trader:
     async def _housekeeping_loop(self) -> None:
         while True:
             try:
-                await self.housekeeping()
+                if self.hold() is None:
+                    await self.housekeeping()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -227,7 +227,8 @@ class OurEndpoint:
             market=MarketSettings(TZ, 15),
             rate_limit=None,
         )
-        self.participant = Participant(settings, state_dir / "dso.sqlite")
+        self.database_path = state_dir / "dso.sqlite"
+        self.participant = Participant(settings, self.database_path)
 
     def start(self) -> str:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
@@ -253,7 +254,7 @@ class OurEndpoint:
     def stored(self) -> int:
         import sqlite3
 
-        conn = sqlite3.connect(str(self.participant.database.path))
+        conn = sqlite3.connect(str(self.database_path))
         try:
             return int(conn.execute("SELECT COUNT(*) FROM uftp_inbox").fetchone()[0])
         finally:

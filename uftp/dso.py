@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from uftp import store
+from uftp.database import SqliteStore
 from uftp.models import (
     DPrognosis,
     FlexOffer,
@@ -100,7 +101,7 @@ class DsoParticipant(Participant):
     def __init__(
         self,
         settings: ParticipantSettings,
-        database_path: Path,
+        database: Path | SqliteStore,
         *,
         mutex_offers_supported: bool = False,
         max_abs_power_w: int | None = None,
@@ -110,7 +111,7 @@ class DsoParticipant(Participant):
             raise ValueError(f"a DsoParticipant needs role DSO, not {settings.role}")
         self.mutex_offers_supported = mutex_offers_supported
         self.max_abs_power_w = max_abs_power_w
-        super().__init__(settings, database_path, handler=self._handle, **kwargs)
+        super().__init__(settings, database, handler=self._handle, **kwargs)
 
     # --- inbound ----------------------------------------------------------------------------------
 

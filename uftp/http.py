@@ -7,6 +7,8 @@ receive function's `TransportRejection`:
 - 400 wrong Content-Type or charset, an unparseable or schema-invalid envelope or inner message,
 - 429 the sending address exceeds the rate limit (temporary, with Retry-After),
 - 419 the sender's key cannot be found (temporary), 401 the signature does not verify,
+- 503 with Retry-After when the message could not be stored (a full, read-only or failing
+  disk): temporary, the sender retries; 500 for any other failure to store it,
 - 200 once the message is durably stored. Business answers go back later as separate signed
   messages; the 200 carries no body.
 
@@ -34,11 +36,13 @@ ACCEPTED_CONTENT_TYPES = frozenset({"text/xml", "application/xml"})
 
 
 class TransportRejection(Exception):
-    """A problem reported with an HTTP status instead of a UFTP response."""
+    """A problem reported with an HTTP status instead of a UFTP response; `retry_after_s`
+    for a temporary one (the Retry-After header)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, retry_after_s: int | None = None) -> None:
         self.status = status
         self.reason = reason
+        self.retry_after_s = retry_after_s
         super().__init__(f"HTTP {status}: {reason}")
 
 
@@ -189,7 +193,10 @@ class HttpEndpoint:
             await self._receive(body)
         except TransportRejection as exc:
             log.warning("message refused", extra={"status": exc.status, "reason": exc.reason})
-            return _plain(exc.status, exc.reason)
+            headers = None
+            if exc.retry_after_s is not None:
+                headers = {"Retry-After": str(exc.retry_after_s)}
+            return _plain(exc.status, exc.reason, headers)
         except Exception:
             log.exception("could not store an inbound message")
             return _plain(500, "internal error; the message was not stored, please retry")

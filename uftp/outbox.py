@@ -31,7 +31,7 @@ from urllib.parse import urljoin
 import aiohttp
 
 from uftp import store
-from uftp.database import Database
+from uftp.database import SqliteStore
 from uftp.models import Role, utc_now
 from uftp.oauth import OAuthError, TokenSource
 from uftp.participants import PeerDirectory, UnknownPeer
@@ -85,7 +85,7 @@ class OutboxSender:
 
     def __init__(
         self,
-        database: Database,
+        database: SqliteStore,
         directory: PeerDirectory,
         retry: RetryPolicy,
         *,

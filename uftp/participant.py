@@ -4,7 +4,9 @@ Inbound (`receive`, called by the HTTP endpoint for every POST body):
 
 1. envelope XML (hardened parse, XSD) -> 400
 2. sender's key by (SenderDomain, SenderRole) -> 419; `crypto_sign_open` -> 401
-3. inner XML (hardened parse, XSD; must be an inner message) -> 400
+3. inner XML (hardened parse, XSD; must be an inner message) -> 400; while the application
+   `hold`s (its clock is not to be trusted, and the checks below depend on the time) -> 503
+   with Retry-After
 4. generic checks (`validation.check_inbound`): inner/outer sender, role may send this type,
    recipient is us, version, ISP-Duration/TimeZone against the market, period bounds, known
    congestion point, ISP coverage; for responses, that they answer a message we sent.
@@ -14,14 +16,22 @@ Inbound (`receive`, called by the HTTP endpoint for every POST body):
      transaction (the application never sees it);
    - a TestMessage is answered right here (stored processed, TestMessageResponse queued);
    - an identical repeat is "Already Submitted": 200, nothing stored, nothing answered again;
-   - the same MessageID with other content is answered "Duplicate Identifier".
+   - the same MessageID with other content is answered "Duplicate Identifier";
+   - the store fails (a full, read-only or failing disk): 503 with Retry-After, never 200.
 
 Outbound (`prepare`, `enqueue`, `send`): the message must validate against the XSD, is sealed
 with our key, and its exact bytes are stored before the first attempt.
 
 The application handles pending messages in its own transactions with `store` functions
 plus `respond`/`enqueue` (or passes a `handler` that uftp runs per message in its own write
-transaction), then calls `wake_outbox()`.
+transaction), then calls `wake_outbox()`. A message whose handling fails is not answered: it
+stays pending, its attempts are counted and it is tried again with back-off (`defer`,
+`settings.InboundRetry`). Only the reasons the spec names are ever sent to the sender; what
+went wrong inside stays in our log and in the inbox row.
+
+The inbox and outbox live in a `SqliteStore`: the participant's own `Database` when given a
+path, or the application's store when the application keeps its tables in the same file and
+must remain its only writer.
 """
 
 from __future__ import annotations
@@ -36,13 +46,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from uftp import reasons, store
 from uftp.codec import CodecError, envelope_from_xml, from_xml, to_xml
-from uftp.database import Database
+from uftp.database import Database, SqliteStore
 from uftp.http import Authorize, HttpEndpoint, TransportRejection
 from uftp.models import (
     RESPONSE_TYPES,
@@ -78,6 +88,32 @@ Handler = Callable[[sqlite3.Connection, store.InboundMessage], object]
 # worker thread so the loop, which also serves the chargers, never stalls for long.
 INLINE_DECODE_BYTES = 64 * 1024
 HANDLED_KEPT = 1000
+# What a 503 (the inbound message could not be stored) asks the sender to wait.
+STORE_RETRY_AFTER_S = 30
+
+T = TypeVar("T")
+
+# SQLite result codes of faults that pass (the primary code, the low byte of an extended one):
+# another connection holds the lock, an I/O error, a read-only or full disk, a file that cannot
+# be opened right now.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
+_SQLITE_FULL, _SQLITE_CANTOPEN = 13, 14
+_TRANSIENT_CODES = frozenset(
+    {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN}
+)
+_TRANSIENT_TEXTS = ("locked", "busy", "disk i/o", "disk is full", "readonly", "read-only")
+
+
+def is_transient(error: BaseException) -> bool:
+    """A fault of the moment (storage, I/O), as opposed to a bug that will fail again."""
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in _TRANSIENT_CODES
+        text = str(error).lower()
+        return any(marker in text for marker in _TRANSIENT_TEXTS)
+    return isinstance(error, OSError | TimeoutError)
+
 
 # Response type name -> the request type it answers, for the "known reference" check.
 _ANSWERS: dict[str, type[PayloadMessage]] = {
@@ -109,7 +145,7 @@ class Participant:
     def __init__(
         self,
         settings: ParticipantSettings,
-        database_path: Path,
+        database: Path | SqliteStore,
         *,
         directory: PeerDirectory | None = None,
         clock: Callable[[], datetime] = utc_now,
@@ -119,7 +155,14 @@ class Participant:
     ) -> None:
         self.settings = settings
         self.directory = directory or StaticPeerDirectory(settings.peers)
-        self.database = Database(database_path)
+        # A path: our own database, opened and closed with us. A store: the application's,
+        # already open, its tables migrated (uftp.store.migrate) and closed by its owner.
+        self._own_database: Database | None = None
+        self.database: SqliteStore
+        if isinstance(database, Path):
+            self.database = self._own_database = Database(database)
+        else:
+            self.database = database
         self._clock = clock
         self._handler = handler
         self.context = InboundContext(
@@ -149,6 +192,9 @@ class Participant:
             authorize=authorize,
         )
         self._decoders: ThreadPoolExecutor | None = None
+        # Why inbound messages cannot be taken now (the application's clock is not to be
+        # trusted), or None; such messages are answered 503 with Retry-After.
+        self.hold: Callable[[], str | None] = lambda: None
         self._inbound_arrived = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         # The latest handler outcomes, for `wait_handled`; bounded for long demo runs.
@@ -159,7 +205,8 @@ class Participant:
 
     async def start(self) -> None:
         self._decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uftp-decode")
-        await self.database.open()
+        if self._own_database is not None:
+            await self._own_database.open()
         await self.outbox.start()
         if self._handler is not None:
             self._drainer = asyncio.create_task(self._drain_forever(), name="uftp-handler")
@@ -178,7 +225,8 @@ class Participant:
                 await self._drainer
             self._drainer = None
         await self.outbox.stop()
-        await self.database.close()
+        if self._own_database is not None:
+            await self._own_database.close()
         if self._decoders is not None:
             self._decoders.shutdown(wait=False, cancel_futures=True)
             self._decoders = None
@@ -346,6 +394,13 @@ class Participant:
         else:
             loop = asyncio.get_running_loop()
             envelope, sealed, message = await loop.run_in_executor(self._decoders, self._open, body)
+        held = self.hold()
+        if held is not None:
+            # Validation depends on the time: rather no answer now than a wrong one.
+            log.warning("not accepting messages now: %s", held)
+            raise TransportRejection(
+                503, "temporarily not accepting messages; please retry", retry_after_s=60
+            )
         now = self._clock()
         rejections = check_inbound(envelope, message, self.context, now)
         replies: list[store.PreparedOutbound] = []
@@ -377,7 +432,7 @@ class Participant:
             )
             return admitted, problems
 
-        admitted, problems = await self.database.write(admit)
+        admitted, problems = await self._store_or_503(admit)
         if admitted.admission is store.Admission.DUPLICATE_IDENTIFIER:
             problems = [
                 reasons.explain(
@@ -387,7 +442,7 @@ class Participant:
             ]
             duplicate_replies = self._replies(message, envelope, problems)
             if duplicate_replies:
-                await self.database.write(
+                await self._store_or_503(
                     lambda c: [store.enqueue_outbound(c, r, now) for r in duplicate_replies]
                 )
                 self.outbox.wake()
@@ -415,6 +470,21 @@ class Participant:
             },
         )
         return receipt
+
+    async def _store_or_503(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Write for `receive`; a storage fault is answered 503 with Retry-After (the message
+        is not stored, so the sender must send it again), never 200 and never the error."""
+        try:
+            return await self.database.write(work)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.error("could not store an inbound message: %s", exc)
+            raise TransportRejection(
+                503,
+                "the message could not be stored; please retry",
+                retry_after_s=STORE_RETRY_AFTER_S,
+            ) from None
 
     def _replies(
         self, message: PayloadMessage, envelope: SignedMessage, rejections: Sequence[str]
@@ -466,7 +536,55 @@ class Participant:
         return []
 
     async def pending(self, limit: int = 100) -> list[store.InboundMessage]:
-        return await self.database.read(lambda c: store.pending_inbound(c, limit))
+        """Pending messages due for handling (a deferred one only once its retry is due)."""
+        now = self._clock()
+        horizon = self.settings.inbound_retry.max_delay_s
+        return await self.database.read(
+            lambda c: store.pending_inbound(c, limit, due_at=now, horizon_s=horizon)
+        )
+
+    async def defer(self, inbound: store.InboundMessage, error: BaseException) -> int:
+        """Count a failed attempt to handle `inbound` and schedule the next one; returns the
+        attempts so far (0 if even that could not be written: then it is simply due again).
+
+        The sender hears nothing of it: the message stays pending and is answered once it
+        could be handled. Transient faults (a locked or busy database, disk I/O, a full or
+        read-only disk) are logged as warnings; anything else with its traceback. From
+        `InboundRetry.alarm_after` attempts on the message is logged as stuck, every time."""
+        policy = self.settings.inbound_retry
+        attempts = inbound.attempts + 1
+        retry_at = self._clock() + timedelta(seconds=policy.delay_s(attempts))
+        detail = f"{type(error).__name__}: {error}"
+        fields = {
+            "message_type": inbound.message_type,
+            "message_id": inbound.message_id,
+            "attempts": attempts,
+            "retry_at": retry_at.isoformat(),
+            "error": detail,
+        }
+        if is_transient(error):
+            log.warning("could not handle an inbound message; will retry", extra=fields)
+        else:
+            log.error(
+                "handling an inbound message failed; will retry",
+                extra=fields,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+        try:
+            attempts = await self.database.write(
+                lambda c: store.record_inbound_failure(c, inbound.id, detail[:500], retry_at)
+            )
+        except Exception as exc:
+            log.warning("could not record the failed attempt: %s", exc)
+            return 0
+        if attempts >= policy.alarm_after:
+            log.error("an inbound message is stuck; it stays pending", extra=fields)
+        return attempts
+
+    async def stuck(self) -> int:
+        """Pending messages that failed `InboundRetry.alarm_after` times or more."""
+        threshold = self.settings.inbound_retry.alarm_after
+        return await self.database.read(lambda c: store.stuck_inbound(c, threshold))
 
     async def wait_inbound(self, wait_s: float | None = None) -> bool:
         """Wait until a new valid message is pending (True) or `wait_s` passes (False)."""
@@ -485,39 +603,45 @@ class Participant:
             self._inbound_arrived.clear()
             try:
                 await self.process_pending()
+                due = await self.database.read(store.next_inbound_attempt)
             except Exception:
                 log.exception("processing pending UFTP messages failed; retrying shortly")
                 await asyncio.sleep(1.0)
                 continue
-            await self._inbound_arrived.wait()
+            wait_s = None
+            if due is not None:
+                wait_s = max(0.05, (due - self._clock()).total_seconds())
+                wait_s = min(wait_s, self.settings.inbound_retry.max_delay_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._inbound_arrived.wait()
 
     async def process_pending(self, handler: Handler | None = None) -> int:
-        """Run `handler` (default: the participant's) for each pending message, each in its own
-        write transaction. The handler answers with `respond` or calls `mark_processed`; one
-        that does neither gets the message marked processed. A handler that raises gets the
-        message answered "Invalid Message" instead of retrying it forever."""
+        """Run `handler` (default: the participant's) for each pending message that is due,
+        each in its own write transaction. The handler answers with `respond` or calls
+        `mark_processed`; one that does neither gets the message marked processed. A handler
+        that raises leaves the message pending for a later attempt (`defer`); returns how
+        many messages were handled."""
         handler = handler or self._handler
         if handler is None:
             raise RuntimeError("no handler to process pending messages with")
         count = 0
+        # Once per call each: a message whose failure could not even be recorded (the disk is
+        # full) is due again at once, and must not be retried in a tight loop.
+        attempted: set[int] = set()
         while True:
-            batch = await self.pending(50)
+            batch = [m for m in await self.pending(50) if m.id not in attempted]
             if not batch:
                 return count
             for inbound in batch:
-                outcome: object = None
+                attempted.add(inbound.id)
                 try:
                     outcome = await self.database.write(
                         functools.partial(self._handle_one, inbound=inbound, handler=handler)
                     )
                 except Exception as exc:
-                    log.exception("handler failed on %s %s", inbound.message_type, inbound.id)
-                    reason = reasons.explain(
-                        reasons.INVALID_MESSAGE, f"could not be processed: {exc}"
-                    )
-                    await self.database.write(
-                        functools.partial(self._fail_one, inbound=inbound, reason=reason)
-                    )
+                    await self.defer(inbound, exc)
+                    continue
                 count += 1
                 if outcome is not None:
                     self._handled.append(outcome)
@@ -532,19 +656,6 @@ class Participant:
         if still is not None and still[0] == store.InboundStatus.PENDING:
             store.mark_processed(conn, inbound.id, self._clock())
         return outcome
-
-    def _fail_one(
-        self, conn: sqlite3.Connection, inbound: store.InboundMessage, reason: str
-    ) -> None:
-        try:
-            request = inbound.message()
-        except CodecError:
-            store.mark_processed(conn, inbound.id, self._clock(), rejection_reason=reason)
-            return
-        if needs_response(request):
-            self.respond(conn, inbound, [reason], request=request)
-        else:
-            store.mark_processed(conn, inbound.id, self._clock(), rejection_reason=reason)
 
     async def wait_handled(
         self, predicate: Callable[[object], bool], wait_s: float = 10.0
@@ -576,10 +687,12 @@ class AgrParticipant(Participant):
     """Our side. Business decisions stay with the application; this adds what the AGR can
     know from uftp's own tables."""
 
-    def __init__(self, settings: ParticipantSettings, database_path: Path, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: ParticipantSettings, database: Path | SqliteStore, **kwargs: Any
+    ) -> None:
         if settings.role is not Role.AGR:
             raise ValueError(f"an AgrParticipant needs role AGR, not {settings.role}")
-        super().__init__(settings, database_path, **kwargs)
+        super().__init__(settings, database, **kwargs)
 
     @staticmethod
     def offer_for_order(

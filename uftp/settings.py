@@ -109,6 +109,33 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class InboundRetry:
+    """Handling a stored inbound message that failed (a locked or full database, an I/O
+    error, a bug): it stays pending and is tried again after `first_delay_s`, doubling up to
+    `max_delay_s`, for as long as it takes. After `alarm_after` failed attempts it counts as
+    stuck, an alarm for the operator. It is never rejected for the failure: a rejection
+    tells the sender its message was wrong, and the sender's retry would be refused as
+    "Already Submitted"."""
+
+    first_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+    alarm_after: int = 5
+
+    def __post_init__(self) -> None:
+        if self.first_delay_s <= 0 or self.max_delay_s < self.first_delay_s:
+            raise SettingsError(
+                f"inbound retry delays must satisfy 0 < first ({self.first_delay_s}) <= max "
+                f"({self.max_delay_s})"
+            )
+        if self.alarm_after < 1:
+            raise SettingsError("inbound retry alarm_after must be at least 1")
+
+    def delay_s(self, attempts: int) -> float:
+        """The wait after the `attempts`-th failed attempt (1-based)."""
+        return min(self.max_delay_s, self.first_delay_s * 2.0 ** min(max(attempts - 1, 0), 32))
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Outbox delivery: exponential back-off from `first_delay_s` doubling up to `max_delay_s`,
     for `give_up_after_s` after the message was stored (at least an hour, per the spec)."""
@@ -167,6 +194,7 @@ class ParticipantSettings:
     congestion_points: frozenset[str] | None = None
     supported_versions: frozenset[str] = frozenset({SPEC_VERSION})
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    inbound_retry: InboundRetry = field(default_factory=InboundRetry)
     rate_limit: RateLimit | None = field(default_factory=RateLimit)
     # Periods further ahead than this are "Period out of bounds"; None: no upper bound.
     period_horizon_days: int | None = None

@@ -76,6 +76,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX uftp_outbox_reference ON uftp_outbox (reference_id);
     CREATE INDEX uftp_outbox_type ON uftp_outbox (message_type, status);
     """,
+    # Processing attempts: a message whose handling failed stays pending and is tried again
+    # at next_attempt_at; last_error is for the operator and never leaves this database.
+    """
+    ALTER TABLE uftp_inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE uftp_inbox ADD COLUMN next_attempt_at REAL;
+    ALTER TABLE uftp_inbox ADD COLUMN last_error TEXT;
+    """,
 )
 
 
@@ -197,6 +204,8 @@ class InboundMessage:
     received_at: datetime
     status: InboundStatus
     rejection_reason: str | None
+    attempts: int = 0
+    last_error: str | None = None
 
     @property
     def xml(self) -> bytes:
@@ -214,7 +223,7 @@ class Admitted:
 
 _INBOX_COLUMNS = (
     "id, sender_domain, sender_role, message_id, conversation_id, message_type, reference_id, "
-    "sealed, received_at, status, rejection_reason"
+    "sealed, received_at, status, rejection_reason, attempts, last_error"
 )
 
 
@@ -231,6 +240,8 @@ def _inbound(row: Any) -> InboundMessage:
         received_at=datetime.fromtimestamp(float(row[8]), UTC),
         status=InboundStatus(row[9]),
         rejection_reason=None if row[10] is None else str(row[10]),
+        attempts=int(row[11]),
+        last_error=None if row[12] is None else str(row[12]),
     )
 
 
@@ -292,15 +303,68 @@ def admit_inbound(
     return Admitted(Admission.NEW, inbox_id)
 
 
-def pending_inbound(conn: sqlite3.Connection, limit: int = 100) -> list[InboundMessage]:
+def pending_inbound(
+    conn: sqlite3.Connection,
+    limit: int = 100,
+    *,
+    due_at: datetime | None = None,
+    horizon_s: float = 0.0,
+) -> list[InboundMessage]:
     """Stored messages the application has not handled yet, in arrival order. After a crash
     they are still here: handling is only recorded by `mark_processed` in the application's
-    own transaction."""
-    rows = conn.execute(
-        f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' ORDER BY id LIMIT ?",
-        (limit,),
-    ).fetchall()
+    own transaction.
+
+    With `due_at`, a message whose handling failed is left out until its next attempt is due.
+    A next attempt more than `horizon_s` after `due_at` cannot have been scheduled by this
+    clock (it was set before the clock stepped back): it counts as due."""
+    if due_at is None:
+        rows = conn.execute(
+            f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+    else:
+        now = _ts(due_at)
+        rows = conn.execute(
+            f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' AND "
+            "(next_attempt_at IS NULL OR next_attempt_at <= ? OR next_attempt_at > ?) "
+            "ORDER BY id LIMIT ?",
+            (now, now + horizon_s, limit),
+        ).fetchall()
     return [_inbound(r) for r in rows]
+
+
+def record_inbound_failure(
+    conn: sqlite3.Connection, inbox_id: int, error: str, retry_at: datetime
+) -> int:
+    """Count a failed attempt to handle a pending message and schedule the next one; returns
+    the attempts so far. The message stays pending: a failure to process is ours, not the
+    sender's, so it is no reason to reject the message."""
+    row = conn.execute(
+        "UPDATE uftp_inbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+        "WHERE id = ? AND status = 'pending' RETURNING attempts",
+        (_ts(retry_at), error, inbox_id),
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"inbound message {inbox_id} is not pending")
+    return int(row[0])
+
+
+def next_inbound_attempt(conn: sqlite3.Connection) -> datetime | None:
+    """When the earliest deferred pending message is due again (None: none is deferred)."""
+    row = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM uftp_inbox "
+        "WHERE status = 'pending' AND next_attempt_at IS NOT NULL"
+    ).fetchone()
+    return _dt(None if row[0] is None else float(row[0]))
+
+
+def stuck_inbound(conn: sqlite3.Connection, min_attempts: int) -> int:
+    """Pending messages that failed at least `min_attempts` times (an operator's alarm)."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM uftp_inbox WHERE status = 'pending' AND attempts >= ?",
+        (min_attempts,),
+    ).fetchone()
+    return int(row[0])
 
 
 def mark_processed(
@@ -313,8 +377,8 @@ def mark_processed(
     """Record that the application handled a pending message (or rejected it)."""
     status = InboundStatus.REJECTED if rejection_reason is not None else InboundStatus.PROCESSED
     cursor = conn.execute(
-        "UPDATE uftp_inbox SET status = ?, rejection_reason = ?, processed_at = ? "
-        "WHERE id = ? AND status = 'pending'",
+        "UPDATE uftp_inbox SET status = ?, rejection_reason = ?, processed_at = ?, "
+        "next_attempt_at = NULL WHERE id = ? AND status = 'pending'",
         (str(status), rejection_reason, _ts(now), inbox_id),
     )
     if cursor.rowcount != 1:

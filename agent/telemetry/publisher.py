@@ -107,6 +107,7 @@ class TelemetryPublisher:
         self._task: asyncio.Task[None] | None = None
         self.cleared: list[str] = []
         agent.site.subscribe(self._site_event)
+        agent.faults.subscribe(self._fault_changed)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -153,6 +154,10 @@ class TelemetryPublisher:
                 self._discovery_dirty.add(charger_id)  # vendor, model, firmware from the boot
         if not isinstance(event, MeterSample) or event.power_w is not None:
             self._site_dirty = True
+
+    def _fault_changed(self) -> None:
+        # The site state carries the faults; publish it at the next tick.
+        self._site_dirty = True
 
     def _discover_new_chargers(self) -> None:
         for charger_id in self.status.charger_ids():

@@ -244,6 +244,20 @@ class HomeAssistant:
                 "mdi:file-document-check",
             ),
         ]
+        # Problems an operator must act on (agent.faults): storage that cannot be written, a
+        # clock the agent does not trust. Their reasons are in the site state's "faults".
+        entities.extend(
+            Entity(
+                "binary_sensor",
+                f"{fault}_fault",
+                f"{fault.capitalize()} fault",
+                state,
+                f"{{{{ 'ON' if value_json.faults.{fault} else 'OFF' }}}}",
+                "problem",
+                entity_category="diagnostic",
+            )
+            for fault in ("storage", "clock")
+        )
         entities.extend(
             power_sensor(
                 f"prognosis_{object_id(cp)}",

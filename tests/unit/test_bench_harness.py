@@ -50,3 +50,5 @@ def test_runner_lists_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) ->
     assert "benchmarks:" in capsys.readouterr().out
     assert bench_main(["no_such_bench"]) == 2
     assert "report" not in available()
+    assert "wear" in available()  # python -m bench wear
+    assert "_wear_agent" not in available()  # its child process, not a benchmark

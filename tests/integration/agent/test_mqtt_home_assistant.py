@@ -113,6 +113,19 @@ def site_entities() -> dict[str, dict[str, Any]]:
             icon="mdi:file-document-check",
             **count,
         ),
+        **{
+            f"site_{fault}_fault": entity(
+                f"{fault}_fault",
+                f"{fault.capitalize()} fault",
+                state,
+                f"{{{{ 'ON' if value_json.faults.{fault} else 'OFF' }}}}",
+                device_class="problem",
+                entity_category="diagnostic",
+                payload_on="ON",
+                payload_off="OFF",
+            )
+            for fault in ("storage", "clock")
+        },
         f"site_prognosis_{CP.replace('.', '_')}_{_hash(CP)}": entity(
             f"prognosis_{CP.replace('.', '_')}_{_hash(CP)}",
             f"Prognosis {CP}",
@@ -187,7 +200,8 @@ def charger_entities(charger_id: str, booted: bool) -> dict[str, dict[str, Any]]
 
 def expected_discovery(booted: set[str]) -> dict[str, dict[str, Any]]:
     out = {
-        f"homeassistant/sensor/{NODE}/{key}/config": config
+        f"homeassistant/{'binary_sensor' if key.endswith('_fault') else 'sensor'}/{NODE}/{key}"
+        "/config": config
         for key, config in site_entities().items()
     }
     for charger_id in CHARGERS:

@@ -1,5 +1,6 @@
 """Pending inbound messages: handled once, in arrival order, still there after a restart; a
-handler that fails answers "Invalid Message" instead of retrying forever."""
+handler that fails leaves the message pending and it is tried again with back-off: the sender
+never gets a rejection for our own fault, let alone the text of an exception."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from nacl.signing import SigningKey
 
 from tests.support import uftp as build
 from tests.support.ports import free_port
-from uftp import models, reasons, store
+from uftp import models, store
 from uftp.database import connect, run_in_transaction
 from uftp.models import Role
 from uftp.participant import AgrParticipant
+from uftp.settings import InboundRetry
 
 pytestmark = pytest.mark.integration
 XML = {"Content-Type": "text/xml; charset=utf-8"}
@@ -74,7 +76,60 @@ async def test_stored_messages_survive_a_restart_and_are_handled_once(tmp_path: 
         await peer.stop()
 
 
-async def test_a_failing_handler_answers_invalid_message(tmp_path: Path) -> None:
+def agr_retrying(
+    tmp_path: Path, key: SigningKey, dso_key: SigningKey, peer_port: int, handler: object
+) -> AgrParticipant:
+    settings = build.settings(
+        build.AGR,
+        Role.AGR,
+        key,
+        0,
+        [build.peer(build.DSO, Role.DSO, dso_key, peer_port)],
+        inbound_retry=InboundRetry(first_delay_s=0.05, max_delay_s=0.2, alarm_after=3),
+    )
+    return AgrParticipant(settings, tmp_path / "agr.sqlite", handler=handler)  # type: ignore[arg-type]
+
+
+async def test_a_transient_failure_is_retried_and_the_sender_sees_no_exception(
+    tmp_path: Path,
+) -> None:
+    key, dso_key, peer_port = SigningKey.generate(), SigningKey.generate(), free_port()
+    peer = build.RecordingPeer(peer_port)
+    await peer.start()
+    calls: list[int] = []
+    participant: AgrParticipant
+
+    def locked_twice(conn: sqlite3.Connection, inbound: store.InboundMessage) -> None:
+        calls.append(inbound.attempts)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        participant.respond(conn, inbound)
+
+    participant = agr_retrying(tmp_path, key, dso_key, peer_port, locked_twice)
+    await participant.start()
+    try:
+        now = participant.now()
+        request = build.flex_request(now, time_stamp=now)
+        body = build.signed_body(request, dso_key, build.DSO, Role.DSO)
+        assert await post(participant.url, body) == 200
+        await build.eventually(lambda: len(peer.bodies) == 1, what="the answer")
+        (answer,) = peer.messages(key)
+        assert isinstance(answer, models.FlexRequestResponse)
+        assert answer.accepted, answer.rejection_reason
+        assert calls == [0, 1, 2]
+        (row,) = await participant.database.read(store.inbound_messages)
+        assert row.status is store.InboundStatus.PROCESSED
+        assert row.attempts == 2
+        assert "database is locked" in (row.last_error or "")  # ours to read, not the DSO's
+        assert b"locked" not in b"".join(peer.bodies)
+    finally:
+        await participant.stop()
+        await peer.stop()
+
+
+async def test_a_persistent_failure_stays_pending_unanswered_and_raises_the_alarm(
+    tmp_path: Path,
+) -> None:
     key, dso_key, peer_port = SigningKey.generate(), SigningKey.generate(), free_port()
     peer = build.RecordingPeer(peer_port)
     await peer.start()
@@ -82,24 +137,30 @@ async def test_a_failing_handler_answers_invalid_message(tmp_path: Path) -> None
     def broken(conn: sqlite3.Connection, inbound: store.InboundMessage) -> None:
         raise RuntimeError("forecast unavailable")
 
-    participant = agr(tmp_path, key, dso_key, peer_port, handler=broken)
+    participant = agr_retrying(tmp_path, key, dso_key, peer_port, broken)
     await participant.start()
     try:
         now = participant.now()
         request = build.flex_request(now, time_stamp=now)
-        assert (
-            await post(participant.url, build.signed_body(request, dso_key, build.DSO, Role.DSO))
-            == 200
-        )
-        await build.eventually(lambda: len(peer.bodies) == 1)
-        (answer,) = peer.messages(key)
-        assert isinstance(answer, models.FlexRequestResponse)
-        assert answer.rejection_reason is not None
-        assert reasons.reason_of(answer.rejection_reason) == reasons.INVALID_MESSAGE
-        assert await participant.pending() == []
+        body = build.signed_body(request, dso_key, build.DSO, Role.DSO)
+        assert await post(participant.url, body) == 200
+
+        async def stuck() -> bool:
+            return await participant.stuck() == 1
+
+        await build.eventually(stuck, what="the message counted as stuck")
+        (row,) = await participant.database.read(store.inbound_messages)
+        assert row.status is store.InboundStatus.PENDING
+        assert row.attempts >= 3
+        assert peer.bodies == []  # no rejection: the message was not wrong, we were
     finally:
         await participant.stop()
         await peer.stop()
+
+
+def test_retry_delays_double_up_to_the_cap() -> None:
+    policy = InboundRetry(first_delay_s=1.0, max_delay_s=300.0)
+    assert [policy.delay_s(n) for n in (1, 2, 3, 9, 10, 1000)] == [1, 2, 4, 256, 300, 300]
 
 
 async def test_the_agent_pattern_one_transaction_on_its_own_connection(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_every_charger_entity_has_a_unique_id_and_the_site_as_via_device() -> No
     ha = HomeAssistant(Topics("flexbridge", "north"), "homeassistant", "1.2.3")
     configs = {**ha.charger("CP-01"), **ha.charger("CP-02"), **ha.site("North", ["ean.1"])}
     unique = [c["unique_id"] for c in configs.values()]
-    assert len(set(unique)) == len(unique) == 5 + 5 + 8
+    assert len(set(unique)) == len(unique) == 5 + 5 + 10
     for topic, config in configs.items():
         assert re.fullmatch(
             r"homeassistant/(sensor|binary_sensor)/flexbridge_north/[a-zA-Z0-9_-]+/config", topic
