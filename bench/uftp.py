@@ -16,7 +16,7 @@ Figures (one run, same machine, same message):
 - ``shapeshifter_endpoint_per_s``: the library's own DSO service fed the same way (it answers
   200 before verifying anything is processed, and stores nothing), for context.
 - last line ``uftp_e2e_vs_shapeshifter_ratio``: ``uftp_e2e_per_s`` over the library's seal +
-  unseal rate (the issue's goal: >= 10).
+  unseal rate (target >= 10; docs/uftp.md, "Benchmark", says why it is not reached here).
 
 The client runs in its own process (``python -m bench.uftp client``) so it does not share the
 server's event loop or GIL. The database lives under bench/out/ (a real disk, not tmpfs) unless

@@ -1,6 +1,6 @@
 """The aiohttp shell of the inbound side: ``POST /shapeshifter/api/v3/message``.
 
-HTTP status codes (message-transport-mechanism.md, "Error handling"), decided here or by the
+HTTP status codes (UFTP 3.1.0 transport, "Error handling"), decided here or by the
 receive function's `TransportRejection`:
 
 - 411 no Content-Length (a chunked body), 413 body above the limit (refused unread),

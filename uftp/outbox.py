@@ -1,6 +1,6 @@
 """Outbox delivery: POST stored SignedMessages to peers, with back-off, across restarts.
 
-Status classification (message-transport-mechanism.md, "Transmission"): 2xx delivered; 3xx
+Status classification (UFTP 3.1.0 transport, "Transmission"): 2xx delivered; 3xx
 followed (the same POST to Location); 5xx, unknown codes, timeouts, connection resets, 404
 (front-ends answer it while a back-end is down), 408, 419 (their key lookup failed), 425 and
 429 temporary; every other 4xx final. A 401 while we send an OAuth token drops the token and

@@ -156,7 +156,7 @@ class Admission(StrEnum):
 
     NEW = "new"
     # Same sender, same MessageID, same content: a retry. Success, but nothing is processed or
-    # answered again (message-validation.md "Already Submitted").
+    # answered again (UFTP message validation, "Already Submitted").
     ALREADY_SUBMITTED = "already submitted"
     # Same sender and MessageID, different content: rejected as "Duplicate Identifier".
     DUPLICATE_IDENTIFIER = "duplicate identifier"
