@@ -605,9 +605,12 @@ class Trader:
 
         await self.db.transaction(write)
         self.participant.wake_outbox()
+        # Queued, not sent: the outbox logs "delivered" or "delivery failed, will retry" under
+        # the same message_id.
         log.info(
-            "FlexOffer sent",
+            "FlexOffer queued",
             extra={
+                "message_id": offer.message_id,
                 "congestion_point": request.congestion_point,
                 "period": request.period.isoformat(),
                 "options": len(plan.options),
@@ -652,7 +655,7 @@ class Trader:
                 sent.append(period)
         if sent:
             self.participant.wake_outbox()
-            log.info("Metering sent", extra={"days": ",".join(d.isoformat() for d in sent)})
+            log.info("Metering queued", extra={"days": ",".join(d.isoformat() for d in sent)})
         return sent
 
     def _metering_day(
