@@ -211,3 +211,48 @@ def test_many_series_at_once_give_each_series_its_own_forecast() -> None:
         one = forecast_days(chosen, DayTable(t.values, ordinals, holiday), targets, hol)
         for q in range(3):
             np.testing.assert_allclose(many[q][s], one[q], rtol=1e-12, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(NAMES),
+    days=st.integers(3, 70),
+    gaps=st.booleans(),
+)
+def test_the_kernel_forecasts_every_candidate_as_the_numpy_path(
+    seed: int, name: str, days: int, gaps: bool
+) -> None:
+    table = random_table(seed, days, gaps)
+    targets = table.ordinals[-3:] + 1
+    hol = np.array([False, True, False])[: targets.size]
+    fast = candidate_forecast(table, targets, hol, CANDIDATES[name], kernel=True)
+    slow = candidate_forecast(table, targets, hol, CANDIDATES[name], kernel=False)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    members=st.lists(st.sampled_from(NAMES), min_size=1, max_size=3, unique=True),
+    series=st.integers(1, 5),
+)
+def test_the_kernel_gives_the_numpy_paths_bands_for_many_series(
+    seed: int, members: list[str], series: int
+) -> None:
+    tables = [random_table(seed + s, 40) for s in range(series)]
+    ordinals, holiday = tables[0].ordinals, tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    chosen = replace(
+        select(tables[0]),
+        members=tuple(members),
+        weights=tuple(1.0 / len(members) for _ in members),
+    )
+    targets = np.array([int(ordinals[-1]) + d for d in (1, 2, 5)])
+    hol = np.array([False, True, False])
+    fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
+    slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
+    # The bands' spread is a difference of moments: rounding is amplified where it is small.
+    for q in (0, 2):
+        np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)

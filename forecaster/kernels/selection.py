@@ -1,0 +1,173 @@
+"""Weighted per-slot estimates over history days for the selected forecast structures.
+
+The numpy path in `forecaster.selection` builds the weighted quantiles of every slot as
+(series, target days, slots, history days) arrays: a sort, a gather and a cumulative sum per
+element, a few hundred MB for 1,000 series. Here each (series, slot) sorts its few dozen
+history days once (insertion sort, in place; the order does not depend on the target day)
+and every target day then walks that order with its own weights: no temporaries beyond one
+row of indices per series.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+MEAN = 0
+MEDIAN = 1
+TRIMMED = 2
+
+WATTS = 0
+SQRT = 1
+SQUARED_SQRT = 2
+"""Spaces: the values in W, their square roots (of max(v, 0)), and those roots squared
+(the second moment behind the spread of the square roots)."""
+
+
+@njit(cache=True, nogil=True)
+def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np.ndarray) -> None:
+    """xs (K, D, P): series s smoothed over +-smooth slots of each day (the mean of the
+    slots with data, in the order numpy's shifted sums add them) in each space; NaN where
+    no slot in reach has data."""
+    n_days, n_slots = values.shape[1], values.shape[2]
+    for d in range(n_days):
+        for p in range(n_slots):
+            acc = 0.0
+            n = 0
+            for j in range(p - smooth, p + smooth + 1):
+                if 0 <= j < n_slots:
+                    v = values[s, d, j]
+                    if v == v:
+                        acc += v
+                        n += 1
+            x = acc / n if n > 0 else np.nan
+            for k in range(spaces.size):
+                if spaces[k] == WATTS or x != x:
+                    xs[k, d, p] = x
+                else:
+                    r = np.sqrt(x) if x > 0 else 0.0
+                    xs[k, d, p] = r * r if spaces[k] == SQUARED_SQRT else r
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def weighted_estimates(
+    values: np.ndarray,
+    smooth: int,
+    spaces: np.ndarray,
+    w: np.ndarray,
+    estimator: int,
+    trim: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, target day and slot, the weighted estimate over the history days.
+
+    values: (S, D, P) float64 in W, NaN where unknown.
+    smooth: radius in slots of the moving mean applied to each day first.
+    spaces: (K,) int64 of WATTS, SQRT, SQUARED_SQRT: the estimate in each (monotone maps of
+       the same values, so one sort order per slot serves them all).
+    w: (S, T, D) float64 weights (>= 0) of the history days for each target day.
+    estimator: MEAN, MEDIAN (mean of the lower and upper weighted medians) or TRIMMED
+       (weighted mean of the central 1 - 2 * trim of the weight).
+    Returns the estimates (K, S, T, P), NaN where no weight falls on a known value, and the
+    weight on known values (S, T, P).
+    """
+    n_series, n_days, n_slots = values.shape
+    n_space = spaces.size
+    n_targets = w.shape[1]
+    out = np.full((n_space, n_series, n_targets, n_slots), np.nan)
+    mass = np.zeros((n_series, n_targets, n_slots))
+    for s in prange(n_series):
+        xs = np.empty((n_space, n_days, n_slots))
+        _prepare(values, s, smooth, spaces, xs)
+        order = np.empty(n_days, dtype=np.int64)
+        ws = np.empty(n_days)
+        acc = np.empty(n_space)
+        share = np.empty(n_space)
+        # Days no target weighs are never read.
+        used = np.zeros(n_days, dtype=np.int64)
+        n_used = 0
+        for d in range(n_days):
+            for t in range(n_targets):
+                if w[s, t, d] > 0:
+                    used[n_used] = d
+                    n_used += 1
+                    break
+        if estimator == MEAN:
+            # Per target only the days it weighs (a weekday's own days: 1 in 7).
+            for t in range(n_targets):
+                m = 0
+                for i in range(n_used):
+                    if w[s, t, used[i]] > 0:
+                        ws[m] = w[s, t, used[i]]
+                        order[m] = used[i]
+                        m += 1
+                for p in range(n_slots):
+                    total = 0.0
+                    for k in range(n_space):
+                        acc[k] = 0.0
+                    for i in range(m):
+                        d = order[i]
+                        if xs[0, d, p] == xs[0, d, p]:
+                            total += ws[i]
+                            for k in range(n_space):
+                                acc[k] += ws[i] * xs[k, d, p]
+                    mass[s, t, p] = total
+                    if total > 0:
+                        for k in range(n_space):
+                            out[k, s, t, p] = acc[k] / total
+            continue
+        for p in range(n_slots):
+            n = 0
+            for i in range(n_used):
+                d = used[i]
+                v = xs[0, d, p]
+                if v != v:
+                    continue
+                j = n
+                while j > 0 and xs[0, order[j - 1], p] > v:
+                    order[j] = order[j - 1]
+                    j -= 1
+                order[j] = d
+                n += 1
+            for t in range(n_targets):
+                total = 0.0
+                for i in range(n):
+                    ws[i] = w[s, t, order[i]]
+                    total += ws[i]
+                mass[s, t, p] = total
+                if total <= 0:
+                    continue
+                if estimator == MEDIAN:
+                    half = 0.5 * total
+                    lower = -1
+                    upper = 0
+                    cum = 0.0
+                    for i in range(n):
+                        cum += ws[i]
+                        if lower < 0 and cum >= half * (1 - 1e-12):
+                            lower = i
+                        if cum > half * (1 + 1e-12):
+                            upper = i
+                            break
+                    if lower < 0:
+                        lower = 0
+                    for k in range(n_space):
+                        out[k, s, t, p] = 0.5 * (xs[k, order[lower], p] + xs[k, order[upper], p])
+                else:
+                    lo = trim * total
+                    hi = (1 - trim) * total
+                    cum = 0.0
+                    for k in range(n_space):
+                        acc[k] = 0.0
+                        share[k] = 0.0
+                    for i in range(n):
+                        cum += ws[i]
+                        part = min(cum, hi) - max(cum - ws[i], lo)
+                        if part > 0:
+                            for k in range(n_space):
+                                acc[k] += part * xs[k, order[i], p]
+                            share[0] += part
+                        elif cum >= hi:
+                            break
+                    for k in range(n_space):
+                        out[k, s, t, p] = acc[k] / max(share[0], 1e-300)
+    return out, mass
