@@ -27,7 +27,10 @@ never worse than the best baseline. P10/P90 come from the chosen forecast's resi
 those days in square-root space, per local hour band (split conformal), recalibrated so
 that their joint coverage on the held-out days is 80 %.
 
-Pure numpy, no I/O: the agent and the backtest feed arrays in.
+No I/O: the agent and the backtest feed arrays in. Selection is pure numpy; the chosen
+structure's forecast runs in a numba kernel (`forecaster.kernels.selection`, imported only
+when first used, so a caller of the numpy path alone never loads numba and LLVM), with the
+numpy path kept beside it (`kernel=False`) as the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ import numpy as np
 import numpy.typing as npt
 
 from forecaster.calendar import Float64Array, Int64Array, SiteCalendar, history_layout
-from forecaster.kernels import selection as selection_kernel
 
 MAX_HISTORY_DAYS = 56
 """A candidate reads at most this many days back from its target day."""
@@ -417,6 +419,8 @@ def _kernel_estimates(
     """`_estimate`'s numbers from the numba kernel, which needs no (S, T, P, D)
     temporaries. A weighted median or trimmed mean is computed in watts and in square roots
     at once (one sort serves both), as members of a combination often differ only there."""
+    from forecaster.kernels import selection as selection_kernel
+
     grouping, recency, span, estimator, use_sqrt, smooth = key
     both = estimator != "mean"
     spaces = (
@@ -433,11 +437,8 @@ def _kernel_estimates(
         ] = (value[k], mass)
 
 
-_ESTIMATORS = {
-    "mean": selection_kernel.MEAN,
-    "median": selection_kernel.MEDIAN,
-    "trimmed": selection_kernel.TRIMMED,
-}
+_ESTIMATORS = {"mean": 0, "median": 1, "trimmed": 2}
+"""The kernel's estimator codes (`forecaster.kernels.selection`)."""
 
 
 def _level(ctx: _Context, w: Float64Array) -> Float64Array:
@@ -679,6 +680,8 @@ def _spread(ctx: _Context) -> Float64Array:
     the hour bands cannot: a ramp inside a band, a weekday busier than the others."""
     w = ctx.group_weights("weekday", "ew", SPREAD_HALF_LIFE_DAYS)
     if ctx.kernel:
+        from forecaster.kernels import selection as selection_kernel
+
         # The weighted mean and mean square in one pass. The variance is their difference,
         # so rounding in either is amplified where the spread is small against the mean:
         # the numpy path's BLAS sums agree to ~1e-7 relative there, not to the last bit.

@@ -256,3 +256,33 @@ def test_the_kernel_gives_the_numpy_paths_bands_for_many_series(
     # The bands' spread is a difference of moments: rounding is amplified where it is small.
     for q in (0, 2):
         np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)
+
+
+def test_the_estimator_codes_are_the_kernels() -> None:
+    from forecaster import selection
+    from forecaster.kernels import selection as kernel
+
+    assert selection._ESTIMATORS == {
+        "mean": kernel.MEAN,
+        "median": kernel.MEDIAN,
+        "trimmed": kernel.TRIMMED,
+    }
+
+
+def test_selection_and_its_numpy_path_do_not_load_numba() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from forecaster.selection import DayTable, forecast_days, select\n"
+        "from datetime import date\n"
+        "rng = np.random.default_rng(0)\n"
+        "o = date(2024, 3, 4).toordinal() + np.arange(40)\n"
+        "t = DayTable(rng.poisson(2, (40, 24)) * 7000.0, o, np.zeros(40, dtype=bool))\n"
+        "s = select(t)\n"
+        "forecast_days(s, t, o[-1:] + 1, np.zeros(1, dtype=bool), kernel=False)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
