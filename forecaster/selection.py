@@ -331,9 +331,16 @@ def _context(
     # Days from the last target on are never read (age >= 1); cutting them off here means
     # they are not even in the arrays, so nothing after the origin can touch a forecast.
     if target_ordinals.size:
-        keep = ordinals < int(np.max(target_ordinals))
-        values, ordinals, holiday = values[:, keep], ordinals[keep], holiday[keep]
-    complete = ~np.isnan(values).any(axis=2)
+        last = int(np.max(target_ordinals))
+        if ordinals.size < 2 or bool((np.diff(ordinals) > 0).all()):
+            # Ascending days: the ones kept are a prefix, a view rather than a copy.
+            n = int(np.searchsorted(ordinals, last))
+            values, ordinals, holiday = values[:, :n], ordinals[:n], holiday[:n]
+        else:
+            keep = ordinals < last
+            values, ordinals, holiday = values[:, keep], ordinals[keep], holiday[keep]
+    missing = np.isnan(values)
+    complete = ~missing.any(axis=2)
     return _Context(
         values=values,
         ordinals=ordinals,
@@ -341,8 +348,9 @@ def _context(
         target_ordinals=target_ordinals,
         target_holiday=np.asarray(target_holiday, dtype=bool),
         age=target_ordinals[:, np.newaxis] - ordinals,
-        has_data=np.asarray(~np.isnan(values).all(axis=2), dtype=bool),
-        energy=np.where(complete, np.nansum(values, axis=2), np.nan),
+        has_data=np.asarray(~missing.all(axis=2), dtype=bool),
+        # Complete days have no NaN: their plain sum is the nansum.
+        energy=np.where(complete, values.sum(axis=2), np.nan),
         kernel=kernel,
     )
 
@@ -423,8 +431,10 @@ def _kernel_estimates(
 
     grouping, recency, span, estimator, use_sqrt, smooth = key
     both = estimator != "mean"
+    # Sorted by watts: ties there are ties in square roots too (not the other way round
+    # for values below zero).
     spaces = (
-        [selection_kernel.SQRT, selection_kernel.WATTS]
+        [selection_kernel.WATTS, selection_kernel.SQRT]
         if both
         else [selection_kernel.SQRT if use_sqrt else selection_kernel.WATTS]
     )

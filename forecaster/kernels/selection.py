@@ -26,9 +26,9 @@ SQUARED_SQRT = 2
 
 @njit(cache=True, nogil=True)
 def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np.ndarray) -> None:
-    """xs (K, D, P): series s smoothed over +-smooth slots of each day (the mean of the
+    """xs (K, P, D): series s smoothed over +-smooth slots of each day (the mean of the
     slots with data, in the order numpy's shifted sums add them) in each space; NaN where
-    no slot in reach has data."""
+    no slot in reach has data. Slot-major, so that the days a slot sorts lie together."""
     n_days, n_slots = values.shape[1], values.shape[2]
     for d in range(n_days):
         for p in range(n_slots):
@@ -43,10 +43,10 @@ def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np
             x = acc / n if n > 0 else np.nan
             for k in range(spaces.size):
                 if spaces[k] == WATTS or x != x:
-                    xs[k, d, p] = x
+                    xs[k, p, d] = x
                 else:
                     r = np.sqrt(x) if x > 0 else 0.0
-                    xs[k, d, p] = r * r if spaces[k] == SQUARED_SQRT else r
+                    xs[k, p, d] = r * r if spaces[k] == SQUARED_SQRT else r
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -76,10 +76,12 @@ def weighted_estimates(
     out = np.full((n_space, n_series, n_targets, n_slots), np.nan)
     mass = np.zeros((n_series, n_targets, n_slots))
     for s in prange(n_series):
-        xs = np.empty((n_space, n_days, n_slots))
+        xs = np.empty((n_space, n_slots, n_days))
         _prepare(values, s, smooth, spaces, xs)
         order = np.empty(n_days, dtype=np.int64)
         ws = np.empty(n_days)
+        rest = np.empty(n_days, dtype=np.int64)
+        keys = np.empty(n_days)
         acc = np.empty(n_space)
         share = np.empty(n_space)
         # Days no target weighs are never read.
@@ -106,28 +108,59 @@ def weighted_estimates(
                         acc[k] = 0.0
                     for i in range(m):
                         d = order[i]
-                        if xs[0, d, p] == xs[0, d, p]:
+                        if xs[0, p, d] == xs[0, p, d]:
                             total += ws[i]
                             for k in range(n_space):
-                                acc[k] += ws[i] * xs[k, d, p]
+                                acc[k] += ws[i] * xs[k, p, d]
                     mass[s, t, p] = total
                     if total > 0:
                         for k in range(n_space):
                             out[k, s, t, p] = acc[k] / total
             continue
         for p in range(n_slots):
+            # Exact zeros (idle slots: every night) first, in day order, then the rest by
+            # insertion; with no negative value that is the stable ascending order, and a
+            # slot of zeros alone needs no walk at all.
             n = 0
+            zeros = 0
+            negative = False
             for i in range(n_used):
                 d = used[i]
-                v = xs[0, d, p]
-                if v != v:
-                    continue
-                j = n
-                while j > 0 and xs[0, order[j - 1], p] > v:
-                    order[j] = order[j - 1]
-                    j -= 1
-                order[j] = d
-                n += 1
+                v = xs[0, p, d]
+                if v == 0:
+                    order[zeros] = d
+                    zeros += 1
+                elif v == v:
+                    rest[n] = d
+                    n += 1
+                    negative = negative or v < 0
+            if negative:
+                n = 0
+                for i in range(n_used):
+                    d = used[i]
+                    v = xs[0, p, d]
+                    if v != v:
+                        continue
+                    j = n
+                    while j > 0 and keys[j - 1] > v:
+                        keys[j] = keys[j - 1]
+                        order[j] = order[j - 1]
+                        j -= 1
+                    keys[j] = v
+                    order[j] = d
+                    n += 1
+            else:
+                for i in range(n):
+                    d = rest[i]
+                    v = xs[0, p, d]
+                    j = zeros + i
+                    while j > zeros and keys[j - 1] > v:
+                        keys[j] = keys[j - 1]
+                        order[j] = order[j - 1]
+                        j -= 1
+                    keys[j] = v
+                    order[j] = d
+                n += zeros
             for t in range(n_targets):
                 total = 0.0
                 for i in range(n):
@@ -135,6 +168,10 @@ def weighted_estimates(
                     total += ws[i]
                 mass[s, t, p] = total
                 if total <= 0:
+                    continue
+                if zeros == n:
+                    for k in range(n_space):
+                        out[k, s, t, p] = 0.0
                     continue
                 if estimator == MEDIAN:
                     half = 0.5 * total
@@ -151,7 +188,7 @@ def weighted_estimates(
                     if lower < 0:
                         lower = 0
                     for k in range(n_space):
-                        out[k, s, t, p] = 0.5 * (xs[k, order[lower], p] + xs[k, order[upper], p])
+                        out[k, s, t, p] = 0.5 * (xs[k, p, order[lower]] + xs[k, p, order[upper]])
                 else:
                     lo = trim * total
                     hi = (1 - trim) * total
@@ -164,7 +201,7 @@ def weighted_estimates(
                         part = min(cum, hi) - max(cum - ws[i], lo)
                         if part > 0:
                             for k in range(n_space):
-                                acc[k] += part * xs[k, order[i], p]
+                                acc[k] += part * xs[k, p, order[i]]
                             share[0] += part
                         elif cum >= hi:
                             break
