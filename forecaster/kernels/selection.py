@@ -30,8 +30,11 @@ def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np
     slots with data, in the order numpy's shifted sums add them) in each space; NaN where
     no slot in reach has data. Slot-major, so that the days a slot sorts lie together."""
     n_days, n_slots = values.shape[1], values.shape[2]
-    for d in range(n_days):
-        for p in range(n_slots):
+    roots = False
+    for k in range(spaces.size):
+        roots = roots or spaces[k] != WATTS
+    for p in range(n_slots):
+        for d in range(n_days):
             acc = 0.0
             n = 0
             for j in range(p - smooth, p + smooth + 1):
@@ -40,13 +43,16 @@ def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np
                     if v == v:
                         acc += v
                         n += 1
-            x = acc / n if n > 0 else np.nan
+            # acc / 1 is acc: the division (and the root) only where they change a value.
+            x = np.nan if n == 0 else (acc if n == 1 else acc / n)
+            r = np.sqrt(x) if roots and x > 0 else 0.0
             for k in range(spaces.size):
                 if spaces[k] == WATTS or x != x:
                     xs[k, p, d] = x
+                elif spaces[k] == SQRT:
+                    xs[k, p, d] = r
                 else:
-                    r = np.sqrt(x) if x > 0 else 0.0
-                    xs[k, p, d] = r * r if spaces[k] == SQUARED_SQRT else r
+                    xs[k, p, d] = r * r
 
 
 @njit(cache=True, nogil=True, parallel=True)
