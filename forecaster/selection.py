@@ -438,13 +438,36 @@ def _kernel_estimates(
         if both
         else [selection_kernel.SQRT if use_sqrt else selection_kernel.WATTS]
     )
-    value, mass = selection_kernel.weighted_estimates(
+    value, mass = _weighted_estimates(
         ctx.raw, smooth, np.array(spaces, dtype=np.int64), w, _ESTIMATORS[estimator], TRIM
     )
     for k, space in enumerate(spaces):
         ctx.estimates[
             (grouping, recency, span, estimator, space == selection_kernel.SQRT, smooth)
         ] = (value[k], mass)
+
+
+PARALLEL_MIN_SERIES = 64
+"""From this many series the kernel spreads them over threads; a site's few run serially."""
+
+
+def _weighted_estimates(
+    values: Float64Array,
+    smooth: int,
+    spaces: Int64Array,
+    w: Float64Array,
+    estimator: int,
+    trim: float,
+) -> tuple[Float64Array, Float64Array]:
+    from forecaster.kernels import selection as selection_kernel
+
+    kernel = (
+        selection_kernel.weighted_estimates_parallel
+        if values.shape[0] >= PARALLEL_MIN_SERIES
+        else selection_kernel.weighted_estimates
+    )
+    value, mass = kernel(values, smooth, spaces, w, estimator, trim)
+    return np.asarray(value, dtype=np.float64), np.asarray(mass, dtype=np.float64)
 
 
 _ESTIMATORS = {"mean": 0, "median": 1, "trimmed": 2}
@@ -695,7 +718,7 @@ def _spread(ctx: _Context) -> Float64Array:
         # The weighted mean and mean square in one pass. The variance is their difference,
         # so rounding in either is amplified where the spread is small against the mean:
         # the numpy path's BLAS sums agree to ~1e-7 relative there, not to the last bit.
-        moments, mass = selection_kernel.weighted_estimates(
+        moments, mass = _weighted_estimates(
             ctx.raw,
             0,
             np.array([selection_kernel.SQRT, selection_kernel.SQUARED_SQRT], dtype=np.int64),

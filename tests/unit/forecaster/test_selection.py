@@ -289,3 +289,20 @@ def test_selection_and_its_numpy_path_do_not_load_numba() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_threaded_kernel_gives_the_numpy_paths_numbers() -> None:
+    from forecaster.selection import PARALLEL_MIN_SERIES
+
+    tables = [random_table(seed, 30) for seed in range(PARALLEL_MIN_SERIES + 3)]
+    ordinals, holiday = tables[0].ordinals, tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    members = ("daytype-win28-trimmed-watts", "weekday-hl14-median-sqrt", "shrink-hl7-mean-sqrt")
+    chosen = replace(select(tables[0]), members=members, weights=(0.5, 0.3, 0.2))
+    targets = np.array([int(ordinals[-1]) + d for d in (1, 2)])
+    hol = np.array([False, True])
+    fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
+    slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
+    for q in (0, 2):
+        np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)
