@@ -38,11 +38,11 @@ def kernels() -> list[Any]:
     """Every numba dispatcher of the package (public and helper kernels)."""
     import numba
 
-    from forecaster.kernels import flex, profile, sessions
+    from forecaster.kernels import flex, profile, selection, sessions
 
     return [
         value
-        for module in (profile, flex, sessions)
+        for module in (profile, flex, sessions, selection)
         for value in vars(module).values()
         if isinstance(value, numba.core.registry.CPUDispatcher)
     ]
@@ -98,6 +98,7 @@ def warm_up() -> WarmupReport:
     from forecaster.flexibility import SessionSet, allocate, flexibility_envelope, size_request
     from forecaster.forecast import PowerHistory, fit_profiles
     from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
+    from forecaster.selection import Selection, day_table, forecast_days
     from forecaster.sessions import SessionRecords, reconstruct_power
 
     hits0, misses0 = _stats()
@@ -118,6 +119,23 @@ def warm_up() -> WarmupReport:
     origin = start + timedelta(days=14, hours=10)
     targets = np.arange(int(origin.timestamp()), int(origin.timestamp()) + 8 * 900, 900)
     fit_profiles(history, calendar).forecast(targets)
+    # A chosen structure's forecast: a robust estimate and a mean (its bands' spread).
+    table = day_table(power, epoch0, calendar, epoch0 + 14 * 86_400)
+    bands = 6
+    chosen = Selection(
+        members=("daytype-win14-trimmed-sqrt",),
+        weights=(1.0,),
+        heldout_nmae_pct=0.0,
+        baseline_nmae_pct={},
+        eval_days=7,
+        origin_ordinal=int(table.ordinals[-1]) + 1,
+        mean_abs_error_w=0.0,
+        band_lo=(-1.0,) * bands,
+        band_hi=(1.0,) * bands,
+        spread_floor=1.0,
+        slots_per_band=table.values.shape[1] // bands,
+    )
+    forecast_days(chosen, table, table.ordinals[-1:] + 1, np.zeros(1, dtype=bool))
     calibration = SessionCalibration.fit(
         calendar,
         records.arrival,

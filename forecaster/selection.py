@@ -27,7 +27,10 @@ never worse than the best baseline. P10/P90 come from the chosen forecast's resi
 those days in square-root space, per local hour band (split conformal), recalibrated so
 that their joint coverage on the held-out days is 80 %.
 
-Pure numpy, no I/O: the agent and the backtest feed arrays in.
+No I/O: the agent and the backtest feed arrays in. Selection is pure numpy; the chosen
+structure's forecast runs in a numba kernel (`forecaster.kernels.selection`, imported only
+when first used, so a caller of the numpy path alone never loads numba and LLVM), with the
+numpy path kept beside it (`kernel=False`) as the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -240,6 +243,10 @@ class _Context:
     age: Int64Array  # (T, D)
     has_data: BoolArray  # (S, D)
     energy: Float64Array  # (S, D) W-slots of complete days, NaN otherwise
+    kernel: bool = False
+    """Per-slot estimates from `forecaster.kernels.selection` (the forecast of a chosen
+    structure) rather than the vectorised numpy path (selection, and the reference)."""
+    spaces: dict[tuple[bool, int], tuple[Float64Array, BoolArray]] = field(default_factory=dict)
     prepared: dict[tuple[bool, int], tuple[Float64Array, BoolArray, Int64Array, Float64Array]] = (
         field(default_factory=dict)
     )
@@ -251,6 +258,21 @@ class _Context:
         field(default_factory=dict)
     )
 
+    @property
+    def raw(self) -> Float64Array:
+        """The values as the kernel takes them: C-contiguous float64."""
+        return np.ascontiguousarray(self.values, dtype=np.float64)
+
+    def values_in(self, use_sqrt: bool, smooth: int) -> tuple[Float64Array, BoolArray]:
+        """(values, known), each (S, D, P), in the candidate's space."""
+        key = (use_sqrt, smooth)
+        if key not in self.spaces:
+            x = _smooth(self.values, smooth)
+            if use_sqrt:
+                x = np.sqrt(np.maximum(x, 0.0))
+            self.spaces[key] = (x, ~np.isnan(x))
+        return self.spaces[key]
+
     def space(
         self, use_sqrt: bool, smooth: int
     ) -> tuple[Float64Array, BoolArray, Int64Array, Float64Array]:
@@ -258,10 +280,7 @@ class _Context:
         candidate's space."""
         key = (use_sqrt, smooth)
         if key not in self.prepared:
-            x = _smooth(self.values, smooth)
-            if use_sqrt:
-                x = np.sqrt(np.maximum(x, 0.0))
-            known = ~np.isnan(x)
+            x, known = self.values_in(use_sqrt, smooth)
             other = self.prepared.get((not use_sqrt, smooth))
             if other is not None:
                 # The square root keeps the order: one sort serves both spaces.
@@ -304,15 +323,24 @@ def _context(
     holiday: BoolArray,
     target_ordinals: Int64Array,
     target_holiday: BoolArray,
+    *,
+    kernel: bool = False,
 ) -> _Context:
     """`values` (S, D, P): S series over the same local days."""
     target_ordinals = np.asarray(target_ordinals, dtype=np.int64)
     # Days from the last target on are never read (age >= 1); cutting them off here means
     # they are not even in the arrays, so nothing after the origin can touch a forecast.
     if target_ordinals.size:
-        keep = ordinals < int(np.max(target_ordinals))
-        values, ordinals, holiday = values[:, keep], ordinals[keep], holiday[keep]
-    complete = ~np.isnan(values).any(axis=2)
+        last = int(np.max(target_ordinals))
+        if ordinals.size < 2 or bool((np.diff(ordinals) > 0).all()):
+            # Ascending days: the ones kept are a prefix, a view rather than a copy.
+            n = int(np.searchsorted(ordinals, last))
+            values, ordinals, holiday = values[:, :n], ordinals[:n], holiday[:n]
+        else:
+            keep = ordinals < last
+            values, ordinals, holiday = values[:, keep], ordinals[keep], holiday[keep]
+    missing = np.isnan(values)
+    complete = ~missing.any(axis=2)
     return _Context(
         values=values,
         ordinals=ordinals,
@@ -320,16 +348,23 @@ def _context(
         target_ordinals=target_ordinals,
         target_holiday=np.asarray(target_holiday, dtype=bool),
         age=target_ordinals[:, np.newaxis] - ordinals,
-        has_data=np.asarray(~np.isnan(values).all(axis=2), dtype=bool),
-        energy=np.where(complete, np.nansum(values, axis=2), np.nan),
+        has_data=np.asarray(~missing.all(axis=2), dtype=bool),
+        # Complete days have no NaN: their plain sum is the nansum.
+        energy=np.where(complete, values.sum(axis=2), np.nan),
+        kernel=kernel,
     )
 
 
 def _table_context(
-    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray
+    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray, *, kernel: bool = False
 ) -> _Context:
     return _context(
-        table.values[np.newaxis], table.ordinals, table.holiday, target_ordinals, target_holiday
+        table.values[np.newaxis],
+        table.ordinals,
+        table.holiday,
+        target_ordinals,
+        target_holiday,
+        kernel=kernel,
     )
 
 
@@ -342,6 +377,9 @@ def _estimate(ctx: _Context, grouping: str, c: Candidate) -> tuple[Float64Array,
     if key in ctx.estimates:
         return ctx.estimates[key]
     w = ctx.group_weights(grouping, c.recency, c.span_days)
+    if ctx.kernel:
+        _kernel_estimates(ctx, w, key)
+        return ctx.estimates[key]
     x, known, order, sorted_x = ctx.space(c.sqrt, c.smooth)
     if c.estimator == "mean":
         mass = w @ known.astype(np.float64)
@@ -383,6 +421,59 @@ def _estimate(ctx: _Context, grouping: str, c: Candidate) -> tuple[Float64Array,
     return result
 
 
+def _kernel_estimates(
+    ctx: _Context, w: Float64Array, key: tuple[str, str, int, str, bool, int]
+) -> None:
+    """`_estimate`'s numbers from the numba kernel, which needs no (S, T, P, D)
+    temporaries. A weighted median or trimmed mean is computed in watts and in square roots
+    at once (one sort serves both), as members of a combination often differ only there."""
+    from forecaster.kernels import selection as selection_kernel
+
+    grouping, recency, span, estimator, use_sqrt, smooth = key
+    both = estimator != "mean"
+    # Sorted by watts: ties there are ties in square roots too (not the other way round
+    # for values below zero).
+    spaces = (
+        [selection_kernel.WATTS, selection_kernel.SQRT]
+        if both
+        else [selection_kernel.SQRT if use_sqrt else selection_kernel.WATTS]
+    )
+    value, mass = _weighted_estimates(
+        ctx.raw, smooth, np.array(spaces, dtype=np.int64), w, _ESTIMATORS[estimator], TRIM
+    )
+    for k, space in enumerate(spaces):
+        ctx.estimates[
+            (grouping, recency, span, estimator, space == selection_kernel.SQRT, smooth)
+        ] = (value[k], mass)
+
+
+PARALLEL_MIN_SERIES = 64
+"""From this many series the kernel spreads them over threads; a site's few run serially."""
+
+
+def _weighted_estimates(
+    values: Float64Array,
+    smooth: int,
+    spaces: Int64Array,
+    w: Float64Array,
+    estimator: int,
+    trim: float,
+) -> tuple[Float64Array, Float64Array]:
+    from forecaster.kernels import selection as selection_kernel
+
+    kernel = (
+        selection_kernel.weighted_estimates_parallel
+        if values.shape[0] >= PARALLEL_MIN_SERIES
+        else selection_kernel.weighted_estimates
+    )
+    value, mass = kernel(values, smooth, spaces, w, estimator, trim)
+    return np.asarray(value, dtype=np.float64), np.asarray(mass, dtype=np.float64)
+
+
+_ESTIMATORS = {"mean": 0, "median": 1, "trimmed": 2}
+"""The kernel's estimator codes (`forecaster.kernels.selection`)."""
+
+
 def _level(ctx: _Context, w: Float64Array) -> Float64Array:
     """(S, T) level factor: the last LEVEL_DAYS complete group days against the weighted
     mean."""
@@ -407,7 +498,7 @@ def _forecast(ctx: _Context, c: Candidate) -> Float64Array:
         own, m_own = _estimate(ctx, "weekday", c)
         pool, _ = _estimate(ctx, "daytype", c)
         # Effective number of own days behind each slot's estimate.
-        known = ctx.space(c.sqrt, c.smooth)[1].astype(np.float64)
+        known = ctx.values_in(c.sqrt, c.smooth)[1].astype(np.float64)
         n_own = m_own * m_own / np.maximum((w_own * w_own) @ known, 1e-300)
         lam = n_own / (n_own + SHRINK_DAYS)
         est = np.where(
@@ -429,9 +520,14 @@ def candidate_forecast(
     target_ordinals: Int64Array,
     target_holiday: BoolArray,
     candidate: Candidate,
+    *,
+    kernel: bool = False,
 ) -> Float64Array:
-    """(T, P) P50 in W of one candidate for the target days, each from the days before it."""
-    out = _forecast(_table_context(table, target_ordinals, target_holiday), candidate)
+    """(T, P) P50 in W of one candidate for the target days, each from the days before it
+    (`kernel`: through the numba kernel, as a chosen structure's forecast is)."""
+    out = _forecast(
+        _table_context(table, target_ordinals, target_holiday, kernel=kernel), candidate
+    )
     return np.asarray(out[0], dtype=np.float64)
 
 
@@ -615,14 +711,30 @@ def _spread(ctx: _Context) -> Float64Array:
     """(S, T, P) spread of sqrt(power) per slot: the weighted standard deviation over the same
     weekday's days (half-life 4 weeks) before each target day, unsmoothed. It carries what
     the hour bands cannot: a ramp inside a band, a weekday busier than the others."""
-    c = Candidate("weekday", "ew", SPREAD_HALF_LIFE_DAYS, "mean", True, False, 0)
-    mean, mass = _estimate(ctx, "weekday", c)
     w = ctx.group_weights("weekday", "ew", SPREAD_HALF_LIFE_DAYS)
-    x, known, _, _ = ctx.space(True, 0)
-    square = w @ np.where(known, x * x, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = square / np.maximum(mass, 1e-300) - np.where(np.isnan(mean), 0.0, mean) ** 2
-    return np.where(mass > 0, np.sqrt(np.maximum(var, 0.0)), 0.0)
+    if ctx.kernel:
+        from forecaster.kernels import selection as selection_kernel
+
+        # The weighted mean and mean square in one pass. The variance is their difference,
+        # so rounding in either is amplified where the spread is small against the mean:
+        # the numpy path's BLAS sums agree to ~1e-7 relative there, not to the last bit.
+        moments, mass = _weighted_estimates(
+            ctx.raw,
+            0,
+            np.array([selection_kernel.SQRT, selection_kernel.SQUARED_SQRT], dtype=np.int64),
+            w,
+            selection_kernel.MEAN,
+            TRIM,
+        )
+        mean, mean_square = moments[0], moments[1]
+    else:
+        c = Candidate("weekday", "ew", SPREAD_HALF_LIFE_DAYS, "mean", True, False, 0)
+        mean, mass = _estimate(ctx, "weekday", c)
+        x, known = ctx.values_in(True, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_square = (w @ np.where(known, x * x, 0.0)) / np.maximum(mass, 1e-300)
+    var = mean_square - np.where(np.isnan(mean), 0.0, mean) ** 2
+    return np.where(mass > 0, np.sqrt(np.maximum(np.where(mass > 0, var, 0.0), 0.0)), 0.0)
 
 
 def _scale(spread: Float64Array, p50: Float64Array, floor: float) -> Float64Array:
@@ -708,17 +820,23 @@ def forecast_days(
     table: DayTable,
     target_ordinals: Int64Array,
     target_holiday: BoolArray,
+    *,
+    kernel: bool = True,
 ) -> tuple[Float64Array, Float64Array, Float64Array]:
     """P10, P50, P90 (T, P) in W for the target days with the chosen structure, each target
-    day from the table's days before it."""
-    ctx = _table_context(table, np.asarray(target_ordinals), np.asarray(target_holiday))
+    day from the table's days before it. `kernel` False: the vectorised numpy path (the
+    reference the kernel is tested against; selection scores candidates with it)."""
+    ctx = _table_context(
+        table, np.asarray(target_ordinals), np.asarray(target_holiday), kernel=kernel
+    )
     p10, p50, p90 = _quantiles(selection, ctx)
     return p10[0], p50[0], p90[0]
 
 
 SERIES_PER_BLOCK = 32
-"""Series per vectorised block in `forecast_many`: the weighted quantiles hold
-(series, days ahead, slots, history days) floats, ~10 MB per block for a week ahead."""
+"""Series per vectorised block in `forecast_many`'s numpy path: the weighted quantiles hold
+(series, days ahead, slots, history days) floats, ~10 MB per block for a week ahead. The
+kernel needs no such temporaries and takes all series in one call."""
 
 
 def forecast_many(
@@ -728,16 +846,20 @@ def forecast_many(
     holiday: BoolArray,
     target_ordinals: Int64Array,
     target_holiday: BoolArray,
+    *,
+    kernel: bool = True,
 ) -> tuple[Float64Array, Float64Array, Float64Array]:
     """`forecast_days` for S series that share one structure and one calendar at once:
     `values` (S, D, P) over the local days `ordinals`; returns P10, P50, P90 (S, T, P) W.
-    The same numbers as one `forecast_days` per series, in one vectorised pass per block."""
+    The same numbers as one `forecast_days` per series: one kernel call, or with `kernel`
+    False one vectorised numpy pass per block of `SERIES_PER_BLOCK` series."""
     if values.ndim != 3 or values.shape[1] != ordinals.size:
         raise SelectionError(f"values {values.shape} do not match {ordinals.size} days")
     parts = []
-    for first in range(0, values.shape[0], SERIES_PER_BLOCK):
-        block = values[first : first + SERIES_PER_BLOCK]
-        ctx = _context(block, ordinals, holiday, target_ordinals, target_holiday)
+    block_size = max(1, values.shape[0]) if kernel else SERIES_PER_BLOCK
+    for first in range(0, values.shape[0], block_size):
+        block = values[first : first + block_size]
+        ctx = _context(block, ordinals, holiday, target_ordinals, target_holiday, kernel=kernel)
         parts.append(_quantiles(selection, ctx))
     p10, p50, p90 = (np.concatenate([part[q] for part in parts]) for q in range(3))
     return p10, p50, p90

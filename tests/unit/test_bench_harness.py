@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,43 @@ def test_runner_lists_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) ->
     assert "report" not in available()
     assert "wear" in available()  # python -m bench wear
     assert "_wear_agent" not in available()  # its child process, not a benchmark
+
+
+def test_agent_rss_writes_a_config_the_agent_reads(tmp_path: Path) -> None:
+    import os
+    import tomllib
+
+    from agent.config import Config
+    from bench.agent_rss import rss_mb, write_config
+
+    raw = {
+        "site": {"id": "bench", "timezone": "Europe/Amsterdam", "connection_capacity_w": 400_000},
+        "ocpp": {
+            "host": "127.0.0.1",
+            "port": 9000,
+            "chargers": [{"id": "RSS-0001", "congestion_point": "ean.871685900012636543"}],
+        },
+        "uftp": {
+            "domain": "agr.flexbridge-bench.org",
+            "signing_key_file": str(tmp_path / "agr.key"),
+            "market_timezone": "Europe/Amsterdam",
+            "peers": [
+                {
+                    "domain": "dso.flexbridge-bench.org",
+                    "role": "DSO",
+                    "public_keys": ["zQ9VV98pwlBt74ISwF1KefIngvdYo69IRRNlZuGEpjA="],
+                    "endpoint": "http://127.0.0.1:1/shapeshifter/api/v3/message",
+                }
+            ],
+        },
+        "congestion_points": [
+            {"entity_address": "ean.871685900012636543", "dso_domain": "dso.flexbridge-bench.org"}
+        ],
+        "http": {"enabled": True, "token": "t" * 24},
+        "mqtt": {"enabled": False},
+    }
+    path = tmp_path / "flexbridge.toml"
+    write_config(raw, path)
+    assert tomllib.loads(path.read_text()) == raw
+    Config.model_validate(tomllib.loads(path.read_text()))
+    assert rss_mb(os.getpid()) > 1.0

@@ -211,3 +211,98 @@ def test_many_series_at_once_give_each_series_its_own_forecast() -> None:
         one = forecast_days(chosen, DayTable(t.values, ordinals, holiday), targets, hol)
         for q in range(3):
             np.testing.assert_allclose(many[q][s], one[q], rtol=1e-12, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(NAMES),
+    days=st.integers(3, 70),
+    gaps=st.booleans(),
+    offset=st.sampled_from([0.0, -3000.0]),
+)
+def test_the_kernel_forecasts_every_candidate_as_the_numpy_path(
+    seed: int, name: str, days: int, gaps: bool, offset: float
+) -> None:
+    table = random_table(seed, days, gaps)
+    # An offset makes some values negative (a meter's sign, export): no zeros-first order.
+    table = DayTable(table.values + offset, table.ordinals, table.holiday)
+    targets = table.ordinals[-3:] + 1
+    hol = np.array([False, True, False])[: targets.size]
+    fast = candidate_forecast(table, targets, hol, CANDIDATES[name], kernel=True)
+    slow = candidate_forecast(table, targets, hol, CANDIDATES[name], kernel=False)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    members=st.lists(st.sampled_from(NAMES), min_size=1, max_size=3, unique=True),
+    series=st.integers(1, 5),
+)
+def test_the_kernel_gives_the_numpy_paths_bands_for_many_series(
+    seed: int, members: list[str], series: int
+) -> None:
+    tables = [random_table(seed + s, 40) for s in range(series)]
+    ordinals, holiday = tables[0].ordinals, tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    chosen = replace(
+        select(tables[0]),
+        members=tuple(members),
+        weights=tuple(1.0 / len(members) for _ in members),
+    )
+    targets = np.array([int(ordinals[-1]) + d for d in (1, 2, 5)])
+    hol = np.array([False, True, False])
+    fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
+    slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
+    # The bands' spread is a difference of moments: rounding is amplified where it is small.
+    for q in (0, 2):
+        np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)
+
+
+def test_the_estimator_codes_are_the_kernels() -> None:
+    from forecaster import selection
+    from forecaster.kernels import selection as kernel
+
+    assert selection._ESTIMATORS == {
+        "mean": kernel.MEAN,
+        "median": kernel.MEDIAN,
+        "trimmed": kernel.TRIMMED,
+    }
+
+
+def test_selection_and_its_numpy_path_do_not_load_numba() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from forecaster.selection import DayTable, forecast_days, select\n"
+        "from datetime import date\n"
+        "rng = np.random.default_rng(0)\n"
+        "o = date(2024, 3, 4).toordinal() + np.arange(40)\n"
+        "t = DayTable(rng.poisson(2, (40, 24)) * 7000.0, o, np.zeros(40, dtype=bool))\n"
+        "s = select(t)\n"
+        "forecast_days(s, t, o[-1:] + 1, np.zeros(1, dtype=bool), kernel=False)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_threaded_kernel_gives_the_numpy_paths_numbers() -> None:
+    from forecaster.selection import PARALLEL_MIN_SERIES
+
+    tables = [random_table(seed, 30) for seed in range(PARALLEL_MIN_SERIES + 3)]
+    ordinals, holiday = tables[0].ordinals, tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    members = ("daytype-win28-trimmed-watts", "weekday-hl14-median-sqrt", "shrink-hl7-mean-sqrt")
+    chosen = replace(select(tables[0]), members=members, weights=(0.5, 0.3, 0.2))
+    targets = np.array([int(ordinals[-1]) + d for d in (1, 2)])
+    hol = np.array([False, True])
+    fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
+    slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
+    for q in (0, 2):
+        np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)

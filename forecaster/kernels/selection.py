@@ -1,0 +1,253 @@
+"""Weighted per-slot estimates over history days for the selected forecast structures.
+
+The numpy path in `forecaster.selection` builds the weighted quantiles of every slot as
+(series, target days, slots, history days) arrays: a sort, a gather and a cumulative sum per
+element, a few hundred MB for 1,000 series. Here each (series, slot) sorts its few dozen
+history days once (insertion sort, in place; the order does not depend on the target day)
+and every target day then walks that order with its own weights: no temporaries beyond one
+row of indices per series.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+MEAN = 0
+MEDIAN = 1
+TRIMMED = 2
+
+WATTS = 0
+SQRT = 1
+SQUARED_SQRT = 2
+"""Spaces: the values in W, their square roots (of max(v, 0)), and those roots squared
+(the second moment behind the spread of the square roots)."""
+
+
+@njit(cache=True, nogil=True)
+def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np.ndarray) -> None:
+    """xs (K, P, D): series s smoothed over +-smooth slots of each day (the mean of the
+    slots with data, in the order numpy's shifted sums add them) in each space; NaN where
+    no slot in reach has data. Slot-major, so that the days a slot sorts lie together."""
+    n_days, n_slots = values.shape[1], values.shape[2]
+    roots = False
+    for k in range(spaces.size):
+        roots = roots or spaces[k] != WATTS
+    for p in range(n_slots):
+        for d in range(n_days):
+            acc = 0.0
+            n = 0
+            for j in range(p - smooth, p + smooth + 1):
+                if 0 <= j < n_slots:
+                    v = values[s, d, j]
+                    if v == v:
+                        acc += v
+                        n += 1
+            # acc / 1 is acc: the division (and the root) only where they change a value.
+            x = np.nan if n == 0 else (acc if n == 1 else acc / n)
+            r = np.sqrt(x) if roots and x > 0 else 0.0
+            for k in range(spaces.size):
+                if spaces[k] == WATTS or x != x:
+                    xs[k, p, d] = x
+                elif spaces[k] == SQRT:
+                    xs[k, p, d] = r
+                else:
+                    xs[k, p, d] = r * r
+
+
+@njit(cache=True, nogil=True)
+def _series(
+    values: np.ndarray,
+    smooth: int,
+    spaces: np.ndarray,
+    w: np.ndarray,
+    estimator: int,
+    trim: float,
+    s: int,
+    out: np.ndarray,
+    mass: np.ndarray,
+) -> None:
+    """`weighted_estimates` of series s into out and mass."""
+    n_days, n_slots = values.shape[1], values.shape[2]
+    n_space = spaces.size
+    n_targets = w.shape[1]
+    xs = np.empty((n_space, n_slots, n_days))
+    _prepare(values, s, smooth, spaces, xs)
+    order = np.empty(n_days, dtype=np.int64)
+    ws = np.empty(n_days)
+    rest = np.empty(n_days, dtype=np.int64)
+    keys = np.empty(n_days)
+    acc = np.empty(n_space)
+    share = np.empty(n_space)
+    # Days no target weighs are never read.
+    used = np.zeros(n_days, dtype=np.int64)
+    n_used = 0
+    for d in range(n_days):
+        for t in range(n_targets):
+            if w[s, t, d] > 0:
+                used[n_used] = d
+                n_used += 1
+                break
+    if estimator == MEAN:
+        # Per target only the days it weighs (a weekday's own days: 1 in 7).
+        for t in range(n_targets):
+            m = 0
+            for i in range(n_used):
+                if w[s, t, used[i]] > 0:
+                    ws[m] = w[s, t, used[i]]
+                    order[m] = used[i]
+                    m += 1
+            for p in range(n_slots):
+                total = 0.0
+                for k in range(n_space):
+                    acc[k] = 0.0
+                for i in range(m):
+                    d = order[i]
+                    if xs[0, p, d] == xs[0, p, d]:
+                        total += ws[i]
+                        for k in range(n_space):
+                            acc[k] += ws[i] * xs[k, p, d]
+                mass[s, t, p] = total
+                if total > 0:
+                    for k in range(n_space):
+                        out[k, s, t, p] = acc[k] / total
+        return
+    for p in range(n_slots):
+        # Exact zeros (idle slots: every night) first, in day order, then the rest by
+        # insertion; with no negative value that is the stable ascending order, and a
+        # slot of zeros alone needs no walk at all.
+        n = 0
+        zeros = 0
+        negative = False
+        for i in range(n_used):
+            d = used[i]
+            v = xs[0, p, d]
+            if v == 0:
+                order[zeros] = d
+                zeros += 1
+            elif v == v:
+                rest[n] = d
+                n += 1
+                negative = negative or v < 0
+        if negative:
+            n = 0
+            for i in range(n_used):
+                d = used[i]
+                v = xs[0, p, d]
+                if v != v:
+                    continue
+                j = n
+                while j > 0 and keys[j - 1] > v:
+                    keys[j] = keys[j - 1]
+                    order[j] = order[j - 1]
+                    j -= 1
+                keys[j] = v
+                order[j] = d
+                n += 1
+        else:
+            for i in range(n):
+                d = rest[i]
+                v = xs[0, p, d]
+                j = zeros + i
+                while j > zeros and keys[j - 1] > v:
+                    keys[j] = keys[j - 1]
+                    order[j] = order[j - 1]
+                    j -= 1
+                keys[j] = v
+                order[j] = d
+            n += zeros
+        for t in range(n_targets):
+            total = 0.0
+            for i in range(n):
+                ws[i] = w[s, t, order[i]]
+                total += ws[i]
+            mass[s, t, p] = total
+            if total <= 0:
+                continue
+            if zeros == n:
+                for k in range(n_space):
+                    out[k, s, t, p] = 0.0
+                continue
+            if estimator == MEDIAN:
+                half = 0.5 * total
+                lower = -1
+                upper = 0
+                cum = 0.0
+                for i in range(n):
+                    cum += ws[i]
+                    if lower < 0 and cum >= half * (1 - 1e-12):
+                        lower = i
+                    if cum > half * (1 + 1e-12):
+                        upper = i
+                        break
+                if lower < 0:
+                    lower = 0
+                for k in range(n_space):
+                    out[k, s, t, p] = 0.5 * (xs[k, p, order[lower]] + xs[k, p, order[upper]])
+            else:
+                lo = trim * total
+                hi = (1 - trim) * total
+                cum = 0.0
+                for k in range(n_space):
+                    acc[k] = 0.0
+                    share[k] = 0.0
+                for i in range(n):
+                    cum += ws[i]
+                    part = min(cum, hi) - max(cum - ws[i], lo)
+                    if part > 0:
+                        for k in range(n_space):
+                            acc[k] += part * xs[k, p, order[i]]
+                        share[0] += part
+                    elif cum >= hi:
+                        break
+                for k in range(n_space):
+                    out[k, s, t, p] = acc[k] / max(share[0], 1e-300)
+
+
+@njit(cache=True, nogil=True)
+def weighted_estimates(
+    values: np.ndarray,
+    smooth: int,
+    spaces: np.ndarray,
+    w: np.ndarray,
+    estimator: int,
+    trim: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, target day and slot, the weighted estimate over the history days.
+
+    values: (S, D, P) float64 in W, NaN where unknown.
+    smooth: radius in slots of the moving mean applied to each day first.
+    spaces: (K,) int64 of WATTS, SQRT, SQUARED_SQRT: the estimate in each (monotone maps of
+       the same values, so one sort order per slot serves them all).
+    w: (S, T, D) float64 weights (>= 0) of the history days for each target day.
+    estimator: MEAN, MEDIAN (mean of the lower and upper weighted medians) or TRIMMED
+       (weighted mean of the central 1 - 2 * trim of the weight).
+    Returns the estimates (K, S, T, P), NaN where no weight falls on a known value, and the
+    weight on known values (S, T, P).
+    """
+    n_space, n_series, n_targets = spaces.size, values.shape[0], w.shape[1]
+    out = np.full((n_space, n_series, n_targets, values.shape[2]), np.nan)
+    mass = np.zeros((n_series, n_targets, values.shape[2]))
+    for s in range(n_series):
+        _series(values, smooth, spaces, w, estimator, trim, s, out, mass)
+    return out, mass
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def weighted_estimates_parallel(
+    values: np.ndarray,
+    smooth: int,
+    spaces: np.ndarray,
+    w: np.ndarray,
+    estimator: int,
+    trim: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`weighted_estimates` with the series spread over threads (many series per call;
+    a few series wait on the thread pool's start-up and, on a busy machine, its slowest
+    thread, for nothing)."""
+    n_space, n_series, n_targets = spaces.size, values.shape[0], w.shape[1]
+    out = np.full((n_space, n_series, n_targets, values.shape[2]), np.nan)
+    mass = np.zeros((n_series, n_targets, values.shape[2]))
+    for s in prange(n_series):
+        _series(values, smooth, spaces, w, estimator, trim, s, out, mass)
+    return out, mass
