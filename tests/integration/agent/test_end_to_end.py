@@ -83,6 +83,8 @@ def config_for(tmp_path: Path, fleet: list[Any], dso_key: SigningKey, dso_port: 
             "congestion_points": [{"entity_address": CP, "dso_domain": DSO}],
             "storage": {"state_directory": str(state)},
             "trading": {"offer_lead_time_min": 15, "offer_validity_min": 120},
+            # The status page on its own free port: never the default 8080 another run may hold.
+            "http": {"host": "127.0.0.1", "port": free_port()},
         }
     )
 

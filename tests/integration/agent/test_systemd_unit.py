@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import in_ci
+from tests.support.ports import free_port
 from tests.support.processes import AgentProcess
 
 pytestmark = pytest.mark.integration
@@ -93,7 +94,14 @@ def test_service_notifies_ready_watchdog_and_stopping(tmp_path: Path, state_dir:
     sock.settimeout(20)
     agent = AgentProcess(
         ["run", "--config", str(config)],
-        env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},  # ping every 0.2 s
+        env={
+            "NOTIFY_SOCKET": path,
+            "WATCHDOG_USEC": "400000",  # ping every 0.2 s
+            # Free ports, never the example's defaults another run on this machine may hold.
+            "FLEXBRIDGE_OCPP__PORT": str(free_port()),
+            "FLEXBRIDGE_UFTP__PORT": str(free_port()),
+            "FLEXBRIDGE_HTTP__PORT": str(free_port()),
+        },
     )
     try:
         messages = [sock.recv(4096).decode()]
