@@ -545,7 +545,7 @@ host = "127.0.0.1"
 port = {self.http_port}
 
 [logging]
-level = "DEBUG"
+level = "INFO"
 format = "logfmt"
 {self.extra_toml}
 """
