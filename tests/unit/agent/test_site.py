@@ -211,3 +211,15 @@ async def test_the_store_keeps_no_session_the_live_model_does_not_have(
     await site.flush()
     rows = await db.read(store.open_sessions)
     assert [r.session_id for r in rows] == ["DEMO-007/1"]
+
+
+async def test_a_late_end_of_an_older_session_leaves_the_new_one(
+    config: Config, db: Database
+) -> None:
+    site = Site(config, db, FixedClock(T0))
+    site.apply(SessionStarted(session("DEMO-008", "2"), T0))
+    site.apply(meter("DEMO-008", T0, 100, 7000))
+    late = session("DEMO-008", "1", ended_at=T0, energy_wh=500.0, stop_reason="Local")
+    site.apply(SessionEnded(late, T0))
+    assert site.chargers["DEMO-008"].evses[1].session_id == "DEMO-008/2"
+    assert [s.info.session_id for s in site.active_sessions()] == ["DEMO-008/2"]
