@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from agent import forecasting
 from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.db import Database
@@ -173,7 +174,11 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     def now() -> datetime:
         return clock.now()
 
-    db = Database(config.storage.database_path, SCHEMA, extra_migrations=[uftp_store.migrate])
+    db = Database(
+        config.storage.database_path,
+        SCHEMA,
+        extra_migrations=[uftp_store.migrate, forecasting.migrate],
+    )
     site = Site(config, db, clock)
     participant = AgrParticipant(
         participant_settings(config), config.storage.database_path, clock=now

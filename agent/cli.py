@@ -1,68 +1,145 @@
 """The `flexbridge` command line.
 
-Exit codes follow sysexits where systemd can use them: 78 (EX_CONFIG) for a configuration that
-cannot be used, so ``RestartPreventExitStatus=78`` stops a restart loop on a broken file.
+Every error a user can cause ends in one line on stderr that names the cause and the fix, and
+an exit code from sysexits (the table is in docs/operations.md); a traceback means a bug.
+systemd uses them: ``RestartPreventExitStatus=78`` stops a restart loop on a broken file, while
+75 ("try again later", e.g. the state directory is locked by another agent) may restart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from agent import __version__
-from agent.config import Config, ConfigError, check_files, load_config, summary
+from agent.config import (
+    Config,
+    ConfigError,
+    ConfigFileMissing,
+    load_config,
+    summary,
+)
 from agent.logs import configure_logging
 
 EX_OK = 0
-EX_FAILURE = 1
-EX_USAGE = 2
-EX_CONFIG = 78
+EX_FAILURE = 1  # a bug: the traceback says where
+EX_USAGE = 64  # wrong arguments
+EX_DATAERR = 65  # an input file or value is malformed
+EX_NOINPUT = 66  # an input file does not exist or cannot be read
+EX_CANTCREAT = 73  # an output file or directory cannot be created
+EX_IOERR = 74  # reading or writing a file failed
+EX_TEMPFAIL = 75  # try again later: another process holds the state directory or a port
+EX_NOPERM = 77  # not allowed (e.g. a port below 1024 without the capability)
+EX_CONFIG = 78  # the configuration cannot be used
+EX_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = f"""exit codes:
+  {EX_OK}    success
+  {EX_USAGE}   usage: wrong or missing arguments
+  {EX_DATAERR}   malformed input (key file, session file, password)
+  {EX_NOINPUT}   an input file does not exist or cannot be read
+  {EX_CANTCREAT}   an output file or directory cannot be created
+  {EX_IOERR}   reading or writing a file failed
+  {EX_TEMPFAIL}   try again later (state directory locked by another agent, port in use)
+  {EX_NOPERM}   permission denied (e.g. a port below 1024)
+  {EX_CONFIG}   the configuration cannot be used (every problem is listed)
+  {EX_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 log = logging.getLogger("agent.cli")
 
 
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _report_config(exc: ConfigError) -> int:
+    if isinstance(exc, ConfigFileMissing):
+        reason = "; ".join(str(p) for p in exc.problems)
+        return _error(f"configuration {exc.source}: {reason}", EX_NOINPUT)
+    print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def _start_failure(exc: BaseException, component: str, state: Path) -> tuple[str, int]:
+    """One line and an exit code for an expected start-up failure."""
+    from agent.db import DatabaseError
+    from agent.statedir import StateDirectoryError, StateDirectoryLocked
+
+    if isinstance(exc, StateDirectoryLocked):
+        return (
+            f"{exc}; stop that agent first (systemctl stop flexbridge), or give this one "
+            "another state directory",
+            EX_TEMPFAIL,
+        )
+    if isinstance(exc, StateDirectoryError):
+        return f"{exc}; make it writable for this user or choose another one", EX_CANTCREAT
+    if isinstance(exc, DatabaseError):
+        return (
+            f"{exc}; restore the database from a backup or move it aside to start afresh "
+            "(see docs/operations.md)",
+            EX_DATAERR,
+        )
+    if isinstance(exc, OSError):
+        port = {"ocpp": "ocpp.port", "uftp": "uftp.port", "http": "http.port"}.get(component)
+        reason = exc.strerror or str(exc)
+        if port is not None and exc.errno == errno.EADDRINUSE:
+            return f"{component}: {reason}; stop the other program or change {port}", EX_TEMPFAIL
+        if port is not None and exc.errno in (errno.EACCES, errno.EPERM):
+            return (
+                f"{component}: {reason}; use a port above 1023 in {port} or grant "
+                "CAP_NET_BIND_SERVICE",
+                EX_NOPERM,
+            )
+        if port is not None and exc.errno == errno.EADDRNOTAVAIL:
+            host = port.replace("port", "host")
+            return f"{component}: {reason}; {host} is not an address of this machine", EX_CONFIG
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{component}: {exc}; fix the owner or mode of that file", EX_NOPERM
+        return f"{component}: {exc} (state directory {state})", EX_IOERR
+    return f"{component}: {exc}", EX_FAILURE
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        config = load_config(Path(args.config))
+        config = load_config(Path(args.config), files=not args.no_files)
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EX_CONFIG
-    file_problems = [] if args.no_files else check_files(config)
-    if file_problems:
-        print(f"{args.config}: {len(file_problems)} problem(s)", file=sys.stderr)
-        for problem in file_problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EX_CONFIG
+        return _report_config(exc)
     print(f"{args.config}: OK")
     for line in summary(config):
         print(f"  {line}")
     return EX_OK
 
 
-def _load_or_report(path: Path) -> Config | None:
+def _load_or_report(path: Path) -> Config | int:
+    """The configuration with its files checked, or the exit code after reporting why not."""
     try:
-        config = load_config(path)
+        return load_config(path, files=True)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return None
-    problems = check_files(config)
-    if problems:
-        print(str(ConfigError(str(path), problems)), file=sys.stderr)
-        return None
-    return config
+        return _report_config(exc)
 
 
 def _run_config(config: Config) -> int:
     from agent.app import build_components
-    from agent.service import ServiceError, serve
+    from agent.service import EXPECTED_START_ERRORS, ServiceError, serve
+    from agent.statedir import StateDirectory, StateDirectoryError
     from forecaster.cache import cache_dir_for, point_cache_at
 
+    # First: a second agent on the same state says so and nothing else.
+    try:
+        StateDirectory(config.storage.state_directory).probe()
+    except StateDirectoryError as exc:
+        message, code = _start_failure(exc, "state-directory", config.storage.state_directory)
+        return _error(message, code)
     # Before anything imports numba: compiled kernels live under the state directory.
     point_cache_at(cache_dir_for(config.storage.state_directory))
 
@@ -71,6 +148,10 @@ def _run_config(config: Config) -> int:
     try:
         asyncio.run(serve(build_components(config)))
     except ServiceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, EXPECTED_START_ERRORS):
+            message, code = _start_failure(cause, exc.component, config.storage.state_directory)
+            return _error(message, code)
         log.error("flexbridge could not start: %s", exc)
         return EX_FAILURE
     log.info("flexbridge stopped")
@@ -79,20 +160,36 @@ def _run_config(config: Config) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_report(Path(args.config))
-    if config is None:
-        return EX_CONFIG
+    if isinstance(config, int):
+        return config
     return _run_config(config)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     from agent.demo import DemoError, DemoResult, demo_state_dir, numba_cache_dir, run_demo
-    from agent.service import install_signal_handlers
+    from agent.service import EXPECTED_START_ERRORS, install_signal_handlers
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())
+    temporary = not args.state_dir
     state_dir = Path(args.state_dir) if args.state_dir else demo_state_dir()
-    configure_logging("INFO" if args.verbose else "WARNING", "human")
-    print(f"flexbridge demo: state in {state_dir} (Ctrl-C stops it)", flush=True)
+    report: Path = Path(args.report) if args.report else state_dir / "report.html"
+    if temporary and not args.report:
+        fd, name = tempfile.mkstemp(prefix="flexbridge-demo-report-", suffix=".html")
+        os.close(fd)
+        report = Path(name)
+    if args.verbose:
+        # The agent's own log lines, on wall-clock time, to stderr.
+        configure_logging("INFO", "human")
+    where = "a temporary directory, removed at the end" if temporary else f"{state_dir} (kept)"
+    print(
+        "flexbridge demo: a day of trading in about a minute; it ends by itself "
+        f"(Ctrl-C stops it early). State in {where}.",
+        flush=True,
+    )
     stopped_by: list[int] = []
 
     async def demo() -> DemoResult:
@@ -106,20 +203,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         install_signal_handlers(stop)
         return await run_demo(
-            state_dir, speed=args.speed, seed=args.seed, keep_running=args.keep_running
+            state_dir,
+            speed=args.speed,
+            seed=args.seed,
+            keep_running=args.keep_running,
+            report=report,
+            log_to_timeline=not args.verbose,
         )
 
+    result: DemoResult | None = None
     try:
         result = asyncio.run(demo())
     except DemoError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return EX_FAILURE
+        return _error(f"the demo's story broke off: {exc}", EX_FAILURE)
+    except EXPECTED_START_ERRORS as exc:
+        message, code = _start_failure(exc, "demo", state_dir)
+        return _error(message, code)
     except asyncio.CancelledError:
         if not stopped_by:
             raise
         print("demo stopped", flush=True)
         return 128 + stopped_by[0]
-    print(f"done in {result.real_seconds:.0f} s")
+    finally:
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        if result is None and not args.report and report.exists() and not report.stat().st_size:
+            report.unlink()
+    print(f"done in {result.real_seconds:.0f} s; open the report in a browser", flush=True)
     return EX_OK
 
 
@@ -131,18 +241,24 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         try:
             key = keys.load_signing_key(path)
         except keys.KeyFormatError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EX_FAILURE
+            unreadable = isinstance(exc.__cause__, OSError)
+            fix = "check the path" if unreadable else "it is not a flexbridge signing key"
+            return _error(f"{exc}; {fix}", EX_NOINPUT if unreadable else EX_DATAERR)
     else:
         key = keys.generate_signing_key()
         try:
             keys.write_signing_key(path, key, overwrite=args.force)
         except FileExistsError:
-            print(f"error: {path} exists; use --force to replace it", file=sys.stderr)
-            return EX_FAILURE
+            return _error(
+                f"{path} exists; use --force to replace it (the DSO then needs the new public "
+                "key), or --show to print its public key",
+                EX_CANTCREAT,
+            )
         except OSError as exc:
-            print(f"error: cannot write {path}: {exc.strerror}", file=sys.stderr)
-            return EX_FAILURE
+            return _error(
+                f"cannot write {path}: {exc.strerror}; choose a writable directory",
+                EX_CANTCREAT,
+            )
         print(f"private key: {path} (mode 0600)")
     cs1 = keys.public_key_cs1(key)
     print(f"public key: {keys.public_key_b64(key)}")
@@ -173,10 +289,13 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as exc:
                 print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
-                return EX_FAILURE
+                return EX_NOINPUT
             holidays |= parse_holidays(lines, str(path))
+        if bool(args.sessions) == bool(args.synthetic):
+            print("error: give either --sessions FILE ... or --synthetic NAME", file=sys.stderr)
+            return EX_FAILURE
         config = BacktestConfig(
-            session_files=[Path(f) for f in args.sessions],
+            session_files=[Path(f) for f in args.sessions or []],
             start=date.fromisoformat(args.start) if args.start else None,
             end=date.fromisoformat(args.end) if args.end else None,
             method=args.method,
@@ -184,11 +303,16 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             timezone=args.timezone,
             holidays=holidays,
             origin=time.fromisoformat(args.origin) if args.origin else None,
+            holidays_country=args.holidays_country,
+            holidays_subdivision=args.holidays_subdivision,
+            synthetic=args.synthetic,
+            synthetic_days=args.synthetic_days,
+            seed=args.seed,
         )
         result = run_backtest(config)
     except (SessionFileError, BacktestError, CalendarError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EX_FAILURE
+        return EX_NOINPUT if isinstance(exc.__cause__, OSError) else EX_DATAERR
     for name, value in result.figures():
         print(format_figure(name, value))
     return EX_OK
@@ -199,16 +323,15 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
 
     if args.config:
         config = _load_or_report(Path(args.config))
-        if config is None:
-            return EX_CONFIG
+        if isinstance(config, int):
+            return config
         state_dir = config.storage.state_directory
     else:
         state_dir = Path(args.state_dir)
     try:
         cache = use_cache_dir(cache_dir_for(state_dir))
     except CacheDirectoryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EX_FAILURE
+        return _error(f"{exc}; run warmup as the user the agent runs as", EX_CANTCREAT)
     report = warm_up()
     print(f"kernel_cache: {cache}")
     print(f"kernels_compiled: {report.compiled}")
@@ -227,37 +350,86 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         password = getpass.getpass("charger password: ")
         if getpass.getpass("again: ") != password:
-            print("error: the passwords differ", file=sys.stderr)
-            return EX_FAILURE
+            return _error("the passwords differ; type the same one twice", EX_DATAERR)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     try:
-        print(hash_password(password, ScryptParameters(n=args.scrypt_n)))
+        params = ScryptParameters(n=args.scrypt_n)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EX_FAILURE
+        return _error(f"--scrypt-n: {exc}", EX_USAGE)
+    try:
+        print(hash_password(password, params))
+    except ValueError as exc:
+        return _error(f"{exc}; use the charger's 16-64 character password", EX_DATAERR)
     return EX_OK
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; the exit-code table kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line with exit code 64 (argparse's own: usage text and 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flexbridge",
         description="Edge agent bridging EV chargers (OCPP) to flexibility markets (UFTP).",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"flexbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent with a configuration file")
+    run = sub.add_parser(
+        "run",
+        help="run the agent with a configuration file",
+        description="Run the agent until SIGTERM or SIGINT: the OCPP central system, the UFTP "
+        "participant, forecasts, trading and dispatch, with its state in "
+        "storage.state_directory. The configuration and its files are checked first "
+        "(as check-config does); one agent per state directory.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
     run.add_argument("--config", "-c", required=True, help="TOML configuration file")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser(
         "demo",
         help="a day of trading on embedded defaults: simulated chargers and DSO, real agent",
+        description="A day of trading in about a minute: the real agent on loopback against "
+        "20 simulated charging stations and a simulated DSO, on accelerated time. Prints a "
+        "timeline, writes an HTML report with the day's chart and ends by itself.",
     )
-    demo.add_argument("--state-dir", help="keep the demo's state here (default: a new temp dir)")
     demo.add_argument(
-        "--speed", type=float, default=360.0, help="simulated seconds per real second (360)"
+        "--state-dir",
+        help="keep the demo's state (and report) here; default: a temporary directory that "
+        "is removed at the end",
+    )
+    demo.add_argument(
+        "--report", metavar="FILE", help="write the HTML report here (default: a new file in /tmp)"
+    )
+    demo.add_argument(
+        "--speed", type=_positive, default=360.0, help="simulated seconds per real second (360)"
     )
     demo.add_argument("--seed", type=int, default=7, help="seed of the simulated sessions")
     demo.add_argument(
@@ -268,14 +440,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="show the agent's info logs")
     demo.set_defaults(func=_cmd_demo)
 
-    check = sub.add_parser("check-config", help="validate a configuration file and explain errors")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and explain errors",
+        description="Validate a configuration file (with the FLEXBRIDGE_* environment "
+        "overrides) and print every problem at once, each at its key: wrong values, keys "
+        "that contradict each other, and key or certificate files that cannot be read. Exit "
+        "code 78 when there is any, else a short summary.",
+    )
     check.add_argument("config", help="TOML configuration file")
     check.add_argument(
         "--no-files", action="store_true", help="skip checks of key and certificate files"
     )
     check.set_defaults(func=_cmd_check_config)
 
-    keys = sub.add_parser("keys", help="create a UFTP signing key pair and print the public key")
+    keys = sub.add_parser(
+        "keys",
+        help="create a UFTP signing key pair and print the public key",
+        description="Create the Ed25519 key that signs our UFTP messages (file mode 0600) and "
+        "print its public key as base64, in the cs1. form and as the DNS TXT record the DSO "
+        "looks up; --show prints them for an existing key.",
+    )
     keys.add_argument("--out", "-o", required=True, help="private key file to write (mode 0600)")
     keys.add_argument("--domain", help="our UFTP domain, for the DNS TXT record line")
     keys.add_argument("--role", default="AGR", choices=["AGR", "DSO", "CRO"])
@@ -288,16 +473,31 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser(
         "backtest",
         help="score the load forecast on session files (ACN CSV) against two baselines",
-        description="Reconstruct 15-minute site power from sessions (ASAP rule), forecast each "
-        "test day at 00:00 local time from the previous 56 days and print name: value figures "
-        "for our method, seasonal naive and the 4-week same-weekday mean.",
+        description="Reconstruct 15-minute site power from sessions (ASAP rule) or take a "
+        "seeded synthetic site, forecast each test day at 00:00 local time with the structure "
+        "chosen from the site's own days before it (re-selected weekly and after a regime "
+        "change) and print name: value figures for ours, seasonal naive and the 4-week "
+        "same-weekday mean, and the chosen structure with its held-out score against each.",
+    )
+    backtest.add_argument("--sessions", nargs="+", metavar="FILE", help="ACN CSV files (or .gz)")
+    backtest.add_argument(
+        "--synthetic",
+        metavar="NAME",
+        help="a seeded synthetic site instead of session files: odd_weekday, night_shift, "
+        "fleet_depot or doubling (docs/forecasting.md)",
     )
     backtest.add_argument(
-        "--sessions", nargs="+", required=True, metavar="FILE", help="ACN CSV files (or .gz)"
+        "--synthetic-days", type=int, default=140, help="days of the synthetic site (default 140)"
     )
+    backtest.add_argument("--seed", type=int, default=0, help="seed of the synthetic site")
     backtest.add_argument("--start", metavar="DATE", help="first test day (YYYY-MM-DD)")
     backtest.add_argument("--end", metavar="DATE", help="last test day (YYYY-MM-DD)")
-    backtest.add_argument("--method", default="profile", help="profile (default) or an ablation")
+    backtest.add_argument(
+        "--method",
+        default="selected",
+        help="selected (default: per-site structure selection), profile (the fixed day-type "
+        "profile) or one of its ablations",
+    )
     backtest.add_argument(
         "--power-kw", type=float, default=6.6, help="ASAP power per session (default 6.6)"
     )
@@ -306,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--holidays", nargs="+", metavar="DATE", help="local dates forecast like Sundays"
     )
     backtest.add_argument("--holidays-file", metavar="FILE", help="one date per line, # comments")
+    backtest.add_argument(
+        "--holidays-country",
+        metavar="CC",
+        help="public holidays of this country (ISO 3166-1, e.g. US) from the holidays package",
+    )
+    backtest.add_argument(
+        "--holidays-subdivision", metavar="SUB", help="and of this subdivision (e.g. CA)"
+    )
     backtest.add_argument(
         "--origin",
         metavar="HH:MM",
@@ -317,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     warmup = sub.add_parser(
         "warmup",
         help="compile the forecaster's kernels into the cache under the state directory",
+        description="Compile the forecaster's numba kernels into the cache under the state "
+        "directory, so the agent's first forecast after an install or upgrade does not wait "
+        "for the compiler. Run it as the user the agent runs as.",
     )
     where = warmup.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", "-c", help="TOML configuration file (its state directory)")
@@ -326,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw = sub.add_parser(
         "hash-password",
         help="hash a charger password (read from the terminal or stdin) for the config",
+        description="Print the scrypt hash of a charger's Basic-auth password (16-64 "
+        "characters) for ocpp.chargers[].password_hash. The password is read from the "
+        "terminal (twice) or the first line of stdin, never from the command line.",
     )
     hashpw.add_argument(
         "--scrypt-n",
@@ -343,5 +557,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
     return code

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from agent.service import StartError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -42,6 +44,11 @@ class Migration:
 
 class DatabaseError(RuntimeError):
     pass
+
+
+class DatabaseOpenError(DatabaseError, StartError):
+    """The file is not a database flexbridge can use (another program's, damaged, or from a
+    newer version): the operator's to fix, reported in one line."""
 
 
 def apply_migrations(conn: sqlite3.Connection, table: str, migrations: Sequence[Migration]) -> int:
@@ -148,9 +155,12 @@ class Database:
         try:
             conn = connect(self.path)
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+            raise DatabaseOpenError(f"cannot open database {self.path}: {exc}") from exc
         self._conn = conn
-        version = apply_migrations(conn, "agent_schema", self._migrations)
+        try:
+            version = apply_migrations(conn, "agent_schema", self._migrations)
+        except DatabaseError as exc:  # a schema newer than this version knows
+            raise DatabaseOpenError(f"{self.path}: {exc}") from exc
         for hook in self._extra:
             hook(conn)
         log.info("database open", extra={"path": str(self.path), "schema": version})

@@ -26,7 +26,6 @@ import contextlib
 import html
 import logging
 import os
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from agent.clock import ScaledClock
 from agent.config import Config
 from agent.db import apply_migrations, connect
 from agent.market import Market
+from agent.statedir import StateDirectory
 from agent.store import SCHEMA
 from uftp import keys
 
@@ -275,6 +275,32 @@ class Timeline:
         print(line, file=self.out, flush=True)
 
 
+class TimelineLog(logging.Handler):
+    """The agent's warnings and errors as timeline lines on simulated time, so the story and
+    what went wrong in it read in one order (wall-clock log lines would not fit in)."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.WARNING)
+        self.out = out
+        self.timeline: Timeline | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from agent.logs import record_fields
+
+        try:
+            fields = record_fields(record)
+            detail = ", ".join(f"{k}={v}" for k, v in fields.items())
+            text = f"{record.levelname.lower()} from {record.name}: {record.getMessage()}"
+            if detail:
+                text += f" ({detail})"
+            if self.timeline is not None:
+                self.timeline.say(text)
+            else:
+                print(f"           {text}", file=self.out, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
 def _free_port() -> int:
     import socket
 
@@ -329,8 +355,39 @@ async def run_demo(
     out: TextIO = sys.stdout,
     keep_running: bool = False,
     on_ready: Callable[[Any], None] | None = None,
+    report: Path | None = None,
+    log_to_timeline: bool = False,
 ) -> DemoResult:
-    """Run the story; returns what happened and writes `report.html` into `state_dir`."""
+    """Run the story; returns what happened and writes the HTML report to `report`
+    (default: `report.html` in `state_dir`). With `log_to_timeline` the agent's warnings
+    appear in the timeline on simulated time instead of on stderr."""
+    import time as wall
+
+    began = wall.monotonic()
+    warnings = TimelineLog(out) if log_to_timeline else None
+    if warnings is not None:
+        logging.getLogger().addHandler(warnings)
+    try:
+        return await _story(
+            state_dir, speed, seed, occupancy, out, keep_running, on_ready, report, warnings, began
+        )
+    finally:
+        if warnings is not None:
+            logging.getLogger().removeHandler(warnings)
+
+
+async def _story(
+    state_dir: Path,
+    speed: float,
+    seed: int,
+    occupancy: float,
+    out: TextIO,
+    keep_running: bool,
+    on_ready: Callable[[Any], None] | None,
+    report: Path | None,
+    warnings: TimelineLog | None,
+    began: float,
+) -> DemoResult:
     import time as wall
 
     from agent.app import build_agent
@@ -353,7 +410,6 @@ async def run_demo(
         FlexSettlement,
     )
 
-    began = wall.monotonic()
     market = Market(DEMO_TIMEZONE, 15)
     today = market.today(datetime.now(UTC))
     result = DemoResult(today)
@@ -361,6 +417,8 @@ async def run_demo(
     def real(simulated_s: float) -> float:
         return simulated_s / speed + 20.0
 
+    # Before the history goes into its database: not while another agent runs on it.
+    StateDirectory(state_dir).probe()
     ocpp_port, agr_port, dso_port, http_port = (_free_port() for _ in range(4))
     dso_key = SigningKey.generate()
     config = demo_config(state_dir, ocpp_port, agr_port, dso_port, dso_key, http_port)
@@ -371,6 +429,8 @@ async def run_demo(
     await asyncio.to_thread(warm_up)
     clock = ScaledClock(datetime.combine(today, time(6, 0), _zone()), speed)
     say = Timeline(clock, DEMO_TIMEZONE, out)
+    if warnings is not None:
+        warnings.timeline = say
     dso = simulated_dso(
         DEMO_DSO_DOMAIN,
         dso_key,
@@ -400,7 +460,8 @@ async def run_demo(
             f"({seeded} sessions), DSO {DEMO_DSO_DOMAIN}, time x{speed:g}"
         )
         if agent.web is not None:
-            say.say(f"status page: http://127.0.0.1:{http_port}/")
+            until = "after the story, until Ctrl-C" if keep_running else "until the demo ends"
+            say.say(f"status page: http://127.0.0.1:{http_port}/ (served {until})")
         site = SimulatedSite(
             f"ws://127.0.0.1:{ocpp_port}/ocpp", fleet, clock, password=DEFAULT_PASSWORD
         )
@@ -506,7 +567,7 @@ async def run_demo(
         )
         say.say(
             f"DSO FlexRequest: prognosis peak {_kw(peak)} over its limit of {_kw(limit)}; "
-            f"reduce by {_kw(excess)} to {_kw(2 * excess)} in {window} "
+            f"reduce the load by at least {_kw(excess)} (at most {_kw(2 * excess)}) in {window} "
             f"(ISPs {requested.start}-{requested.stop - 1})"
         )
 
@@ -576,12 +637,18 @@ async def run_demo(
         await site.stop()
         site = None
         await agent.site.flush()
+        say.say(
+            "the EVs' morning is over: skipping the afternoon and night to 00:30, when the DSO "
+            "settles the day from its meter"
+        )
         clock.advance(
             (
                 datetime.combine(today + timedelta(days=1), time(0, 30), _zone()) - clock.now()
             ).total_seconds()
         )
-        say.say("skipping the afternoon and night; the DSO settles the day from its meter")
+        # Nothing was measured in the skipped hours: the agent's record of being up (which
+        # says "no energy = no load") starts again here, as after a restart.
+        agent.site.started_at = clock.now()
         received_prognoses = await dso.database.read(
             lambda c: uftp_store.inbound_messages(c, message_type=DPrognosis.xml_name)
         )
@@ -653,8 +720,10 @@ async def run_demo(
         ]
         result.settlement_statuses = statuses
         say.say(f"FlexSettlement answered {answer.result}: " + "; ".join(statuses))
-        result.report = await write_report(agent, today, state_dir / "report.html", say.lines)
-        say.say(f"report: {result.report}")
+        result.report = await write_report(
+            agent, today, report or state_dir / "report.html", say.lines
+        )
+        say.say(f"report (the day's chart and this timeline): {result.report}")
         result.timeline = say.lines
         result.real_seconds = wall.monotonic() - began
         if keep_running:
@@ -717,55 +786,12 @@ async def _settlement_answer(dso: Any, settlement_id: str, wait_s: float) -> Any
 
 
 async def write_report(agent: Any, day: date, path: Path, timeline: list[str]) -> Path:
-    """An HTML page with the day's chart and the timeline; no scripts, works offline."""
-    from agent.web.chart import Series, render_power_chart
+    """An HTML page with the day's chart (as on the status page) and the timeline; no
+    scripts, works offline."""
+    from agent.status import day_chart
+    from agent.web.page import chart_svg
 
-    market = Market(DEMO_TIMEZONE, 15)
-    isps = market.isps(day)
-    start, end = market.bounds(day)
-
-    def read(
-        conn: sqlite3.Connection,
-    ) -> tuple[list[store.PrognosisRow], dict[int, float], list[store.OrderRow]]:
-        prognoses = [p for p in store.prognoses_since(conn, day) if p.period == day]
-        energy = store.congestion_point_energy(conn, DEMO_CONGESTION_POINT, start, end)
-        orders = store.accepted_orders(conn, period=day)
-        return prognoses, energy, orders
-
-    prognoses, energy, orders = await agent.db.read(read)
-    measured: list[float | None] = []
-    last_measured = max(energy) if energy else 0
-    for isp in isps:
-        epoch = int(isp.start.timestamp())
-        measured.append(energy.get(epoch, 0.0) * 4 if epoch <= last_measured else None)
-    ordered = [0.0] * len(isps)
-    for order in orders:
-        for index, change in order.change_per_isp().items():
-            ordered[index - 1] += change
-    series = []
-    if prognoses:
-        series.append(
-            Series("prognosis rev 1", [float(v) for v in prognoses[0].power_w], "#1f77b4", "step")
-        )
-        latest = prognoses[-1]
-        if latest.revision != prognoses[0].revision:
-            series.append(
-                Series(
-                    f"prognosis rev {latest.revision}",
-                    [float(v) for v in latest.power_w],
-                    "#ff7f0e",
-                    "step",
-                    dashed=True,
-                )
-            )
-    series.append(Series("measured", measured, "#2ca02c"))
-    series.append(Series("ordered flexibility", ordered, "#d62728", "bar"))
-    chart = render_power_chart(
-        [i.start for i in isps],
-        series,
-        timezone=DEMO_TIMEZONE,
-        title=f"{DEMO_CONGESTION_POINT} on {day.isoformat()}",
-    )
+    chart = chart_svg(await day_chart(agent, DEMO_CONGESTION_POINT, day, agent.clock.now()), None)
     lines = "\n".join(f"<li>{html.escape(line)}</li>" for line in timeline)
     await asyncio.to_thread(
         path.write_text,

@@ -7,7 +7,7 @@ arrays and back. Three products:
   plugged-in EVs), P10/P50/P90 in W. An ISP the agent measured without energy had zero load; one
   from before the agent ran is a gap, so a fresh install forecasts from what it has.
 - **Session calibration** from finished sessions: how late drivers leave compared to what they
-  said, how much of what they request they take (FORECASTING.md §5).
+  said, how much of what they request they take (docs/forecasting.md).
 - **Scenarios** for offer sizing and revocation: the EVs plugged in now (calibrated departure and
   energy) plus the arrivals of the last comparable days, on a period's ISP grid.
 
@@ -17,6 +17,7 @@ Numerics run in a worker thread (the kernels release the GIL), never on the even
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import sqlite3
@@ -29,9 +30,9 @@ import numpy as np
 from agent import store
 from agent.clock import Clock
 from agent.config import ChargerConfig, Config
-from agent.db import Database
+from agent.db import Database, Migration, apply_migrations
 from agent.site import ActiveSession
-from forecaster.calendar import SiteCalendar
+from forecaster.calendar import SiteCalendar, public_holidays
 from forecaster.flexibility import SessionSet
 from forecaster.forecast import (
     EmptyHistoryError,
@@ -41,8 +42,113 @@ from forecaster.forecast import (
     fit_profiles,
 )
 from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
+from forecaster.selection import (
+    EVAL_DAYS,
+    DayTable,
+    Selection,
+    SelectionError,
+    day_table,
+    forecast_days,
+    regime_changed,
+    select,
+)
 
 log = logging.getLogger(__name__)
+
+RESELECT_AFTER = timedelta(days=7)
+SCHEMA = [
+    Migration(
+        1,
+        "forecast_structure: the load forecast's structure chosen per congestion point",
+        """
+        CREATE TABLE forecast_structure (
+            congestion_point TEXT PRIMARY KEY,
+            selected_at REAL NOT NULL,
+            reason TEXT NOT NULL,
+            selection TEXT NOT NULL
+        );
+        """,
+    )
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """The forecaster's own table, versioned apart from the agent's schema (its own
+    `forecast_schema` table), so the store's migrations stay untouched."""
+    return apply_migrations(conn, "forecast_schema", SCHEMA)
+
+
+@dataclass(frozen=True)
+class ChosenStructure:
+    """A congestion point's forecast structure, when and why it was chosen."""
+
+    selection: Selection
+    selected_at: datetime
+    reason: str  # "first", "weekly", "regime change" or "ISP length changed"
+
+    def as_json(self) -> dict[str, object]:
+        sel = self.selection
+        return {
+            "structure": sel.structure,
+            "selected_at": self.selected_at.isoformat(),
+            "reason": self.reason,
+            "heldout_days": sel.eval_days,
+            "heldout_nmae_pct": round(sel.heldout_nmae_pct, 2),
+            "baseline_nmae_pct": {k: round(v, 2) for k, v in sel.baseline_nmae_pct.items()},
+        }
+
+
+def load_structures(conn: sqlite3.Connection) -> dict[str, ChosenStructure]:
+    """Stored structures; a row this version cannot read is skipped (and re-selected)."""
+    out: dict[str, ChosenStructure] = {}
+    for cp, at, reason, text in conn.execute(
+        "SELECT congestion_point, selected_at, reason, selection FROM forecast_structure"
+    ):
+        try:
+            selection = Selection.from_json(json.loads(text))
+        except (SelectionError, ValueError) as exc:
+            log.warning("stored forecast structure of %s unreadable (%s): re-selecting", cp, exc)
+            continue
+        out[cp] = ChosenStructure(selection, datetime.fromtimestamp(at, UTC), reason)
+    return out
+
+
+def save_structure(
+    conn: sqlite3.Connection, congestion_point: str, chosen: ChosenStructure
+) -> None:
+    conn.execute(
+        "INSERT INTO forecast_structure (congestion_point, selected_at, reason, selection) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (congestion_point) DO UPDATE SET "
+        "selected_at = excluded.selected_at, reason = excluded.reason, "
+        "selection = excluded.selection",
+        (
+            congestion_point,
+            chosen.selected_at.timestamp(),
+            chosen.reason,
+            json.dumps(chosen.selection.as_json()),
+        ),
+    )
+
+
+def reselect_reason(chosen: ChosenStructure | None, table: DayTable, now: datetime) -> str | None:
+    """Why the structure must be chosen again now, or None: none yet, a week old, or the
+    days since it was chosen show a regime change in its residuals."""
+    if chosen is None:
+        return "first"
+    if now - chosen.selected_at >= RESELECT_AFTER:
+        return "weekly"
+    bands = math.ceil(table.values.shape[1] / chosen.selection.slots_per_band)
+    if bands != len(chosen.selection.band_lo):
+        return "ISP length changed"
+    since = table.ordinals >= chosen.selection.origin_ordinal
+    if since.sum() >= 3:
+        ordinals = table.ordinals[since][-3:]
+        holiday = table.holiday[since][-3:]
+        p50 = forecast_days(chosen.selection, table, ordinals, holiday)[1]
+        if regime_changed(chosen.selection, table.values[since][-3:], p50):
+            return "regime change"
+    return None
+
 
 DEFAULT_STAY_S = 8 * 3600.0
 DEFAULT_ENERGY_WH = 15_000.0
@@ -114,15 +220,35 @@ class SiteForecaster:
         self.clock = clock
         self.isp_minutes = config.uftp.isp_duration_min
         self.isp_seconds = self.isp_minutes * 60
-        holidays = [date.fromisoformat(d) for d in config.forecast.holidays]
-        self.calendar = SiteCalendar.of(config.site.timezone, self.isp_minutes, holidays)
+        self._calendar_year = 0
+        self.calendar = self._calendar_for(clock.now().year)
         self.settings = ForecastSettings(history_days=config.forecast.history_days)
         self._chargers = {c.id: c for c in config.ocpp.chargers}
+        self._structures: dict[str, ChosenStructure] | None = None
+
+    def _calendar_for(self, year: int) -> SiteCalendar:
+        """The site calendar with the configured extra dates and, when a country is set, its
+        public holidays of the years around `year` (rebuilt when the year turns)."""
+        fc = self.config.forecast
+        holidays = {date.fromisoformat(d) for d in fc.holidays}
+        if fc.holidays_country:
+            holidays |= public_holidays(
+                fc.holidays_country, fc.holidays_subdivision, range(year - 1, year + 2)
+            )
+        self._calendar_year = year
+        return SiteCalendar.of(self.config.site.timezone, self.isp_minutes, holidays)
+
+    def _current_calendar(self) -> SiteCalendar:
+        year = self.clock.now().year
+        if year != self._calendar_year:
+            self.calendar = self._calendar_for(year)
+        return self.calendar
 
     # --- history ----------------------------------------------------------------------------
 
     def _grid_start(self, until: datetime) -> datetime:
-        days = self.config.forecast.history_days + 2
+        # Selection scores the last EVAL_DAYS days, each from the history_days before it.
+        days = self.config.forecast.history_days + EVAL_DAYS + 2
         start = until - timedelta(days=days)
         epoch = int(start.timestamp())
         return datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
@@ -166,17 +292,30 @@ class SiteForecaster:
         *,
         origin: datetime | None = None,
         sessions: Sequence[ActiveSession] = (),
+        select_structure: bool = True,
     ) -> dict[str, Bands]:
         """P10/P50/P90 per congestion point at `targets` (UTC ISP starts).
 
-        Day-ahead when `origin` is None (all history known); intraday from `origin` (an ISP
-        start) with the plugged-in `sessions` added. A congestion point without any history
-        forecasts zero load, with a warning: it has nothing to learn from yet.
+        Day-ahead when `origin` is None (all history known), with each congestion point's
+        structure chosen from its own history (`forecaster.selection`; the fixed day-type
+        profile while there are fewer than two weeks of it); intraday from `origin` (an ISP
+        start) with the plugged-in `sessions` added to the day-type profile. A congestion
+        point without any history forecasts zero load, with a warning: it has nothing to
+        learn from yet.
         """
+        self._current_calendar()
         until = origin if origin is not None else self.clock.now()
         epoch = int(until.timestamp())
         until = datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
         history = await self.history(congestion_points, until)
+        if origin is None and select_structure:
+            selected = await self._selected(congestion_points, history, until, targets)
+            rest = [cp for cp in congestion_points if cp not in selected]
+            if rest:
+                selected.update(
+                    await self.forecast(rest, targets, sessions=sessions, select_structure=False)
+                )
+            return selected
         calibration = await self.calibration() if origin is not None else None
         known = self._known(congestion_points, sessions) if origin is not None else None
 
@@ -216,6 +355,85 @@ class SiteForecaster:
             )
             for s, cp in enumerate(congestion_points)
         }
+
+    async def structures(self) -> dict[str, ChosenStructure]:
+        if self._structures is None:
+            self._structures = await self.db.read(load_structures)
+        return self._structures
+
+    def structure_views(self) -> dict[str, dict[str, object]]:
+        """The chosen structure per congestion point for the status API (empty until the
+        first day-ahead forecast of this run has read them)."""
+        return {cp: c.as_json() for cp, c in sorted((self._structures or {}).items())}
+
+    async def _selected(
+        self,
+        congestion_points: Sequence[str],
+        history: PowerHistory,
+        until: datetime,
+        targets: Sequence[datetime],
+    ) -> dict[str, Bands]:
+        """Day-ahead bands of the congestion points that have (or now get) a structure;
+        re-selects those whose structure is a week old or whose residuals show a regime
+        change, and stores the new choice."""
+        chosen = dict(await self.structures())
+        calendar = self.calendar
+        now = self.clock.now()
+        until_epoch = int(until.timestamp())
+        epochs = np.array([int(t.timestamp()) for t in targets], dtype=np.int64)
+
+        def run() -> tuple[dict[str, Bands], dict[str, ChosenStructure]]:
+            ordinal, slot = calendar.local_day_and_slot(epochs)
+            days = np.unique(ordinal)
+            holiday = np.array([date.fromordinal(int(o)) in calendar.holidays for o in days])
+            row = np.searchsorted(days, ordinal)
+            bands: dict[str, Bands] = {}
+            fresh: dict[str, ChosenStructure] = {}
+            for s, cp in enumerate(congestion_points):
+                table = day_table(history.values[s], history.start_epoch, calendar, until_epoch)
+                current = chosen.get(cp)
+                reason = reselect_reason(current, table, now)
+                if reason is not None:
+                    try:
+                        current = ChosenStructure(select(table), now, reason)
+                        fresh[cp] = current
+                    except SelectionError as exc:
+                        log.info("forecast structure of %s not chosen yet: %s", cp, exc)
+                if current is None:
+                    continue
+                p10, p50, p90 = forecast_days(current.selection, table, days, holiday)
+                bands[cp] = Bands(
+                    [float(v) for v in p10[row, slot]],
+                    [float(v) for v in p50[row, slot]],
+                    [float(v) for v in p90[row, slot]],
+                    min(
+                        int((~np.isnan(table.values).all(axis=1)).sum()),
+                        self.config.forecast.history_days,
+                    ),
+                )
+            return bands, fresh
+
+        bands, fresh = await asyncio.to_thread(run)
+        if fresh:
+
+            def write(conn: sqlite3.Connection) -> None:
+                for cp, c in fresh.items():
+                    save_structure(conn, cp, c)
+
+            await self.db.transaction(write)
+            for cp, c in fresh.items():
+                log.info(
+                    "forecast structure of %s (%s): %s, held-out NMAE %.1f %% (baselines %s)",
+                    cp,
+                    c.reason,
+                    c.selection.structure,
+                    c.selection.heldout_nmae_pct,
+                    ", ".join(f"{k} {v:.1f} %" for k, v in c.selection.baseline_nmae_pct.items()),
+                )
+            if self._structures is None:
+                self._structures = {}
+            self._structures.update(fresh)
+        return bands
 
     def _charger(self, charger_id: str) -> ChargerConfig | None:
         return self._chargers.get(charger_id)
@@ -349,7 +567,7 @@ class SiteForecaster:
         self, sessions: Sequence[ActiveSession], now: datetime, calibration: Calibration
     ) -> list[SessionNeed]:
         """What each plugged-in EV still needs and until when, calibrated against history:
-        drivers leave later than they say and take less than they request (§5)."""
+        drivers leave later than they say and take less than they request."""
         out: list[SessionNeed] = []
         for s in sessions:
             info = s.info
@@ -397,7 +615,7 @@ def _still_wanted(
 ) -> float:
     """The energy a car that is still charging will take in all, given what it has taken.
 
-    Drivers take about half of what they request (§5), but a car still charging past that
+    Drivers take about half of what they request, but a car still charging past that
     is one of those taking more: the estimate is the median of the calibrated outcomes above
     what it already took, or a top-up when it is past all of them.
     """

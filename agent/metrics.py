@@ -166,6 +166,14 @@ class StateCollector:
             "OCPP events dropped because the agent lagged (meter samples first)",
             value=agent.bridge.dropped_events,
         )
+        unsolicited = CounterMetricFamily(
+            "flexbridge_ocpp_unsolicited_responses",
+            "OCPP responses that answered no pending call (dropped; a stream of them is a flood)",
+            labels=["charger"],
+        )
+        for charger_id, count in sorted(agent.bridge.unsolicited_responses().items()):
+            unsolicited.add_metric([charger_id], count)
+        yield unsolicited
 
         dispatcher = agent.dispatcher
         yield CounterMetricFamily(

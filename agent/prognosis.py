@@ -328,9 +328,12 @@ class PrognosisService:
 
             row = await self.db.transaction(write)
             self.participant.wake_outbox()
+            # Queued, not sent: the outbox delivers it and logs "delivered" or "delivery
+            # failed, will retry" (with retry_at) under the same message_id.
             log.info(
-                "D-Prognosis sent",
+                "D-Prognosis queued",
                 extra={
+                    "message_id": row.message_id,
                     "congestion_point": congestion_point,
                     "period": period.isoformat(),
                     "revision": row.revision,

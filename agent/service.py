@@ -27,8 +27,21 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+class StartError(RuntimeError):
+    """A component cannot start for a reason the operator can fix (the message says how);
+    reported as one line, without a traceback."""
+
+
+# Expected at start-up: the environment, not a bug (a port in use, a file not readable).
+EXPECTED_START_ERRORS = (StartError, OSError)
+
+
 class ServiceError(RuntimeError):
-    """A component could not start."""
+    """A component could not start; `component` names it, `__cause__` is what it raised."""
+
+    def __init__(self, message: str, component: str = "") -> None:
+        super().__init__(message)
+        self.component = component
 
 
 class Service:
@@ -45,11 +58,16 @@ class Service:
             try:
                 await component.start()
             except Exception as exc:
-                log.error(
-                    "component failed to start", extra={"component": component.name}, exc_info=True
-                )
+                if not isinstance(exc, EXPECTED_START_ERRORS):
+                    log.error(
+                        "component failed to start",
+                        extra={"component": component.name},
+                        exc_info=True,
+                    )
                 await self.stop()
-                raise ServiceError(f"{component.name} failed to start: {exc}") from exc
+                raise ServiceError(
+                    f"{component.name} failed to start: {exc}", component.name
+                ) from exc
             self._started.append(component)
             log.debug("component started", extra={"component": component.name})
 

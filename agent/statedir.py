@@ -13,13 +13,19 @@ import logging
 import os
 from pathlib import Path
 
+from agent.service import StartError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "flexbridge.lock"
 
 
-class StateDirectoryError(RuntimeError):
-    pass
+class StateDirectoryError(StartError):
+    """The state directory cannot be created or written."""
+
+
+class StateDirectoryLocked(StateDirectoryError):
+    """Another process holds the directory's lock: try again once it has stopped."""
 
 
 class StateDirectory:
@@ -30,24 +36,42 @@ class StateDirectory:
         self._fd: int | None = None
 
     async def start(self) -> None:
+        self._fd = self._acquire()
+        log.info("state directory ready", extra={"path": str(self.path)})
+
+    def probe(self) -> None:
+        """Raise what `start` would, before anything else starts (the CLI's first check),
+        and leave the directory unlocked."""
+        fd = self._acquire(write_pid=False)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def _acquire(self, write_pid: bool = True) -> int:
         try:
             self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StateDirectoryError(f"cannot create state directory {self.path}: {exc}") from exc
+            raise StateDirectoryError(
+                f"cannot create state directory {self.path}: {exc.strerror}"
+            ) from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise StateDirectoryError(f"state directory {self.path} is not writable")
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        lock = self.path / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise StateDirectoryError(f"cannot open {lock}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise StateDirectoryError(
-                f"another flexbridge process holds {self.path / LOCK_NAME}"
+            raise StateDirectoryLocked(
+                f"another flexbridge process{f' (pid {holder})' if holder else ''} holds {lock}"
             ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        log.info("state directory ready", extra={"path": str(self.path)})
+        if write_pid:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
 
     async def stop(self) -> None:
         if self._fd is not None:

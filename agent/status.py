@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__, store
 from agent.market import Isp, Market
+from agent.orders import OrderContext, load_context
 from agent.site import ActiveSession, ChargerState
 from ocpp_bridge import ConnectorStatus
 
@@ -192,6 +193,8 @@ class LiveStatus:
             "site": agent.config.site.id,
             "name": agent.config.site.name,
             "started_at": iso(agent.site.started_at),
+            # Added field: the load forecast's structure per congestion point.
+            "forecast_structures": agent.forecaster.structure_views(),
         }
 
     async def load_registered(self) -> None:
@@ -283,6 +286,14 @@ class _TradeRows:
     orders: list[store.OrderRow]
     baselines: dict[str, store.PrognosisRow]
     energy: dict[str, dict[int, float]]
+    recorded_until: datetime | None
+
+
+def recorded_until(uptime: list[tuple[datetime, datetime]]) -> datetime | None:
+    """Until when the store holds the site's energy: the site writes it in batches and marks
+    itself alive with each, so an ISP that ended after the last batch is not complete yet
+    (at the demo's speed a batch is minutes of market time)."""
+    return max((until for _, until in uptime), default=None)
 
 
 async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
@@ -307,7 +318,14 @@ async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
             cp: store.congestion_point_energy(conn, cp, start, end)
             for cp in {o.congestion_point for o in orders if o.period == today}
         }
-        return _TradeRows(prognoses, store.open_offers(conn, now), orders, baselines, energy)
+        return _TradeRows(
+            prognoses,
+            store.open_offers(conn, now),
+            orders,
+            baselines,
+            energy,
+            recorded_until(store.uptime(conn, start, end)),
+        )
 
     rows = await agent.db.read(read)
     snapshot = TradeSnapshot(today, current)
@@ -327,7 +345,9 @@ async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
                 continue
             isp = isps[index - 1]
             base = baseline.power_w[index - 1] if baseline is not None else None
-            complete = isp.end <= now
+            complete = isp.end <= now and (
+                rows.recorded_until is None or isp.end <= rows.recorded_until
+            )
             measured = energy.get(int(isp.start.timestamp()), 0.0) * to_w if complete else None
             target = None if base is None else max(0, base + change)
             items.append(
@@ -363,14 +383,18 @@ async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
 @dataclass(frozen=True)
 class _ChartRows:
     prognosis: store.PrognosisRow | None
+    prognoses: list[store.PrognosisRow]
     orders: list[store.OrderRow]
+    requests: list[store.RequestRow]
+    context: OrderContext
     energy: dict[int, float]
     uptime: list[tuple[datetime, datetime]]
 
 
 @dataclass(frozen=True)
 class DayChart:
-    """Per ISP of one market day and congestion point: what we told, measured and sold."""
+    """Per ISP of one market day and congestion point: what we told, measured and sold, and
+    the limits the load had to stay under."""
 
     congestion_point: str
     period: date
@@ -380,12 +404,22 @@ class DayChart:
     measured_w: list[float | None]
     ordered_w: list[float | None]
     revision: int | None
+    # What the DSO's FlexRequests asked the load to stay under: the prognosis it saw plus the
+    # request's MaxPower per ISP (below it where it requests a reduction). Empty: no request.
+    dso_limit_w: list[float | None] = field(default_factory=list)
+    # The site-wide cap the dispatcher holds: the connection capacity, lowered by orders.
+    site_cap_w: list[float | None] = field(default_factory=list)
+    time_zone: str = "UTC"  # the market's: ISPs are its calendar
 
     def as_json(self) -> JsonObject:
+        def at(values: list[float | None], k: int) -> float | None:
+            return values[k] if values else None
+
         return {
             "congestion_point": self.congestion_point,
             "period": self.period.isoformat(),
             "revision": self.revision,
+            "time_zone": self.time_zone,
             "isps": [
                 {
                     "isp": k + 1,
@@ -394,10 +428,52 @@ class DayChart:
                     "baseline_w": self.baseline_w[k],
                     "measured_w": self.measured_w[k],
                     "ordered_w": self.ordered_w[k],
+                    "dso_limit_w": at(self.dso_limit_w, k),
+                    "site_cap_w": at(self.site_cap_w, k),
                 }
                 for k, start in enumerate(self.isp_starts)
             ],
         }
+
+
+def dso_limit(
+    requests: list[store.RequestRow], prognoses: list[store.PrognosisRow], n: int
+) -> list[float | None]:
+    """Per ISP, the most load the DSO's latest request covering it allows: the prognosis the
+    DSO had when it asked, plus the request's MaxPower there."""
+    limit: list[float | None] = [None] * n
+    for request in requests:
+        seen = [p for p in prognoses if p.created_at <= request.received_at]
+        if not seen or len(seen[-1].power_w) != n:
+            continue
+        base = seen[-1].power_w
+        for start, duration, _requested, _min_power, max_power in request.isps:
+            for index in range(max(1, start), min(n, start + duration - 1) + 1):
+                limit[index - 1] = float(max(0, base[index - 1] + max_power))
+    return limit
+
+
+def site_cap(
+    isps: list[Isp], capacity_w: float, context: OrderContext, market: Market
+) -> list[float | None]:
+    """Per ISP, the site cap as the dispatcher sets it: the connection capacity, an order's
+    target where it reduces, the DSO's room elsewhere after an order (never below a floor)."""
+    targets = context.targets(market)
+    room = context.room(market)
+    out: list[float | None] = []
+    for isp in isps:
+        cap = capacity_w
+        target = targets.get(isp.start)
+        floor = 0.0
+        if target is not None:
+            if target.change_w < 0:
+                cap = min(cap, target.target_w)
+            else:
+                floor = min(capacity_w, target.target_w)
+        if isp.start in room:
+            cap = min(cap, max(room[isp.start], floor))
+        out.append(cap)
+    return out
 
 
 async def day_chart(agent: Agent, congestion_point: str, period: date, now: datetime) -> DayChart:
@@ -408,7 +484,14 @@ async def day_chart(agent: Agent, congestion_point: str, period: date, now: date
     def read(conn: sqlite3.Connection) -> _ChartRows:
         return _ChartRows(
             store.latest_prognosis(conn, congestion_point, period),
+            [
+                p
+                for p in store.prognoses_since(conn, period)
+                if p.period == period and p.congestion_point == congestion_point
+            ],
             store.accepted_orders(conn, congestion_point=congestion_point, period=period),
+            store.requests_for(conn, congestion_point, period),
+            load_context(conn, period=period),
             store.congestion_point_energy(conn, congestion_point, start, end),
             store.uptime(conn, start, end),
         )
@@ -421,11 +504,13 @@ async def day_chart(agent: Agent, congestion_point: str, period: date, now: date
         for index, change in order.change_per_isp().items():
             ordered[index] = ordered.get(index, 0) + change
     n = len(isps)
+    written = recorded_until(rows.uptime)
 
     def measured(isp: Isp) -> float | None:
-        """Finished ISPs only (a running one would show as a dip); no energy recorded means
-        zero load while the agent ran and unknown while it did not."""
-        if isp.end > now:
+        """Finished and written ISPs only (a running one would show as a dip); no energy
+        recorded means zero load while the agent ran and unknown while it did not (skipped,
+        not measured)."""
+        if isp.end > now or (written is not None and isp.end > written):
             return None
         wh = energy.get(int(isp.start.timestamp()))
         if wh is not None:
@@ -438,16 +523,19 @@ async def day_chart(agent: Agent, congestion_point: str, period: date, now: date
             return [None] * n
         return [float(v) for v in values]
 
+    limit = dso_limit(rows.requests, rows.prognoses, n) if rows.requests else []
     return DayChart(
         congestion_point=congestion_point,
         period=period,
         isp_starts=[i.start for i in isps],
         prognosis_w=per_isp(prognosis.power_w if prognosis else None),
         baseline_w=per_isp(prognosis.baseline_w if prognosis else None),
-        # Only finished ISPs: a running one would show as a dip.
-        measured_w=[
-            energy.get(int(i.start.timestamp()), 0.0) * to_w if i.end <= now else None for i in isps
-        ],
+        measured_w=[measured(i) for i in isps],
         ordered_w=[float(ordered[i.index]) if i.index in ordered else None for i in isps],
         revision=prognosis.revision if prognosis else None,
+        dso_limit_w=limit,
+        site_cap_w=site_cap(
+            isps, float(agent.config.site.connection_capacity_w), rows.context, market
+        ),
+        time_zone=market.time_zone,
     )

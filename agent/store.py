@@ -693,6 +693,16 @@ def set_offer_state(
     )
 
 
+def requests_for(conn: sqlite3.Connection, congestion_point: str, period: date) -> list[RequestRow]:
+    """The accepted FlexRequests of one congestion point and day, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM flex_request WHERE congestion_point = ? AND period = ? "
+        "AND status = 'accepted' ORDER BY received_at, revision",
+        (congestion_point, period.isoformat()),
+    )
+    return [_request(r) for r in rows]
+
+
 def recent_requests(conn: sqlite3.Connection, limit: int = 50) -> list[RequestRow]:
     rows = conn.execute("SELECT * FROM flex_request ORDER BY received_at DESC LIMIT ?", (limit,))
     return [_request(r) for r in rows]

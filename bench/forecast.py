@@ -7,7 +7,9 @@ Measured in one run, from the same (S, T) float64 array to (S, H) forecasts:
   including the long DataFrame it needs and turning its output back into an array (it gives
   a point forecast only, no quantiles). It is in the `bench` extra, never a runtime dependency.
 Also: the first forecast of a fresh process whose kernel cache is warm (imports included),
-and the envelope and allocation of 1,000 sessions × 96 ISPs.
+the envelope and allocation of 1,000 sessions × 96 ISPs, and per-site structure selection
+(`forecaster.selection`) for one site of 50 chargers with 8 weeks of history, with the
+forecast of its chosen structure, for that site and for all 1,000 series.
 
 Usage: python -m bench forecast [--series N] [--quick]
 """
@@ -28,17 +30,29 @@ import numpy as np
 from bench.report import emit
 
 WEEKS = 8
+SITE_CHARGERS = 50
+
+
+def chosen_candidates() -> dict[str, object]:
+    from forecaster.selection import CANDIDATES
+
+    return dict(CANDIDATES)
+
+
 HORIZON_DAYS = 7
 ISPS_PER_DAY = 96
 
 
-def ev_like_history(series: int, days: int, seed: int = 0) -> np.ndarray:
+def ev_like_history(
+    series: int, days: int, seed: int = 0, arrivals: float | None = None
+) -> np.ndarray:
     """Site-like load: Poisson arrivals around 08:30, 6.6-11 kW, 1-6 h of charging, quieter
-    weekends. Built from sessions so neighbouring ISPs correlate as on a real site."""
+    weekends. Built from sessions so neighbouring ISPs correlate as on a real site.
+    `arrivals`: weekday arrivals per series (default: 4-20 at random)."""
     rng = np.random.default_rng(seed)
     length = days * ISPS_PER_DAY
     out = np.zeros((series, length))
-    weekday_rate = rng.uniform(4, 20, series)
+    weekday_rate = rng.uniform(4, 20, series) if arrivals is None else np.full(series, arrivals)
     for d in range(days):
         rate = weekday_rate * (0.25 if d % 7 >= 5 else 1.0)
         counts = rng.poisson(rate)
@@ -189,6 +203,34 @@ def main(argv: list[str]) -> None:
     baseline_s = statsforecast_seconds(values, start, 2 if args.quick else 3)
     first_s, wall_s = fresh_process_seconds(values)
 
+    from forecaster.selection import day_table, forecast_days, forecast_many, select
+
+    site = ev_like_history(1, days, seed=5, arrivals=0.8 * SITE_CHARGERS)
+    start_epoch = int(start.timestamp())
+    end_epoch = start_epoch + days * 86_400
+    target_days = np.unique(calendar.local_day_and_slot(targets)[0])
+    no_holiday = np.zeros(target_days.size, dtype=bool)
+
+    def selection() -> object:
+        return select(day_table(site[0], start_epoch, calendar, end_epoch))
+
+    chosen = select(day_table(site[0], start_epoch, calendar, end_epoch))
+    selection_s = best_of(selection, 3 if args.quick else 5)
+    site_table = day_table(site[0], start_epoch, calendar, end_epoch)
+    site_forecast_s = best_of(
+        lambda: forecast_days(chosen, site_table, target_days, no_holiday), repeats
+    )
+    tables = [day_table(values[s], start_epoch, calendar, end_epoch) for s in range(len(values))]
+    stacked = np.stack([t.values for t in tables])
+
+    def selected_all() -> object:
+        # Every series with the site's structure, in vectorised blocks.
+        return forecast_many(
+            chosen, stacked, tables[0].ordinals, tables[0].holiday, target_days, no_holiday
+        )
+
+    selected_all_s = best_of(selected_all, 1 if args.quick else 3)
+
     rng = np.random.default_rng(3)
     n = 1000
     arrival = rng.integers(-16, 60, n)
@@ -220,6 +262,13 @@ def main(argv: list[str]) -> None:
         emit("statsforecast_swa_forecast_s", baseline_s)
     emit("first_forecast_fresh_process_warm_cache_s", first_s)
     emit("fresh_process_wall_warm_cache_s", wall_s)
+    emit("selection_site_chargers", SITE_CHARGERS)
+    emit("selection_candidates", len(chosen_candidates()))
+    emit("selection_chosen_structure", chosen.structure)
+    emit("selection_s", selection_s)
+    emit("selected_forecast_site_7_days_s", site_forecast_s)
+    emit("selected_forecast_all_series_s", selected_all_s)
+    emit("selected_forecast_all_series_vs_ours", selected_all_s / ours_s)
     emit("envelope_1000_sessions_96_isps_ms", env_s * 1000.0)
     emit("allocation_1000_sessions_96_isps_ms", alloc_s * 1000.0)
     if baseline_s is None:

@@ -1,16 +1,21 @@
-"""The day-ahead backtest on session files (FORECASTING.md §3), ours against two baselines.
+"""The day-ahead backtest on session files or a synthetic site, ours against two baselines.
 
 Protocol: site power reconstructed from the sessions with the ASAP rule on the UTC 15-minute
-grid; each test day D is forecast at 00:00 local time from the previous 56 local days (all of
-D-1 known), over every ISP of D (92/96/100 on DST days), forecasts clipped at 0. Baselines in
-the same run: seasonal naive (same weekday last week) and the mean of the same weekday over 4
-weeks, whose P10/P90 are the empirical quantiles of those 4 weeks (a point forecast has no
-band; seasonal naive is scored as a degenerate distribution, P10 = P50 = P90).
+grid; each test day D is forecast at 00:00 local time from the days before it (all of D-1
+known), over every ISP of D (92/96/100 on DST days), forecasts clipped at 0. Ours (method
+`selected`) is the structure chosen from the site's own days before D by
+`forecaster.selection`, chosen at the first test day, again every 7 days and after a regime
+change; `profile` and its ablations are the fixed day-type profile over the previous 56
+days. Baselines in the same run: seasonal naive (same weekday last week) and the mean of the
+same weekday over 4 weeks, whose P10/P90 are the empirical quantiles of those 4 weeks (a
+point forecast has no band; seasonal naive is scored as a degenerate distribution,
+P10 = P50 = P90).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -18,10 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.calendar import SiteCalendar, history_layout
+from forecaster.calendar import SiteCalendar, history_layout, public_holidays
 from forecaster.forecast import ForecastSettings, PowerHistory, QuantileForecast, fit_profiles
 from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
 from forecaster.metrics import Scores, score
+from forecaster.selection import (
+    DayTable,
+    Selection,
+    SelectionError,
+    day_table,
+    forecast_days,
+    regime_changed,
+)
+from forecaster.selection import select as select_structure
 from forecaster.sessions import (
     ASAP_POWER_KW,
     SessionRecords,
@@ -30,8 +44,14 @@ from forecaster.sessions import (
     reconstruct_power,
     select,
 )
+from forecaster.synthetic import generate
 
+SELECTED = "selected"
+"""Per-site structure selection (`forecaster.selection`), re-selected weekly and after a
+regime change; the other methods are the fixed day-type profile and its ablations."""
+RESELECT_DAYS = 7
 METHODS: dict[str, ForecastSettings] = {
+    SELECTED: ForecastSettings(),
     "profile": ForecastSettings(),
     # Ablations: each drops one part of the default so the backtest shows what it earns.
     "profile-watts": ForecastSettings(sqrt_space=False),
@@ -39,8 +59,10 @@ METHODS: dict[str, ForecastSettings] = {
     "profile-no-smooth": ForecastSettings(smooth_slots=0),
     "profile-no-recency": ForecastSettings(alpha=0.0),
 }
-DEFAULT_METHOD = "profile"
+DEFAULT_METHOD = SELECTED
 HISTORY_DAYS = 56
+MIN_HISTORY_DAYS = 28
+"""The earliest test day: four weeks of data, what the 4-week baseline needs."""
 DEFAULT_TIMEZONE = "America/Los_Angeles"
 """ACN sites are in California; the files carry offsets but not the zone, so DST days need it."""
 
@@ -61,6 +83,14 @@ class BacktestConfig:
     origin: time | None = None
     """None: day-ahead at 00:00. A local time: intraday from then to the end of each day,
     with the sessions plugged in at that moment."""
+    holidays_country: str | None = None
+    holidays_subdivision: str | None = None
+    """Public holidays from the `holidays` package, added to `holidays`."""
+    synthetic: str | None = None
+    """A `forecaster.synthetic` site instead of session files."""
+    synthetic_first: date = date(2024, 1, 1)
+    synthetic_days: int = 140
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,9 @@ class BacktestResult:
     isps: int
     mean_load_kw: float
     scores: dict[str, Scores]
+    selections: list[Selection] = field(default_factory=list)
+    """Every selection the run made, oldest first (method `selected` only)."""
+    regime_changes: int = 0
 
     def figures(self) -> Iterator[tuple[str, float | int | str]]:
         """``name: value`` figures, method by method, in the order the CLI prints them."""
@@ -92,6 +125,26 @@ class BacktestResult:
         for name, scores in self.scores.items():
             for f in fields(scores):
                 yield f"{name}_{f.name}", float(getattr(scores, f.name))
+        if self.selections:
+            yield "selections", len(self.selections)
+            yield "reselections_after_regime_change", self.regime_changes
+            chosen = Counter(s.structure for s in self.selections)
+            structure, times = chosen.most_common(1)[0]
+            yield "most_chosen_structure", f"{structure} ({times} of {len(self.selections)})"
+            last = self.selections[-1]
+            yield "last_selection_origin", date.fromordinal(last.origin_ordinal).isoformat()
+            yield "last_selection_structure", last.structure
+            yield "last_selection_heldout_days", last.eval_days
+            yield "last_selection_heldout_nmae_pct", last.heldout_nmae_pct
+            for name, value in last.baseline_nmae_pct.items():
+                yield f"last_selection_heldout_{name}_nmae_pct", value
+            wins = sum(
+                s.heldout_nmae_pct <= min(s.baseline_nmae_pct.values()) for s in self.selections
+            )
+            yield (
+                "selections_not_worse_than_best_baseline_heldout",
+                f"{wins} of {len(self.selections)}",
+            )
 
 
 def format_figure(name: str, value: float | int | str) -> str:
@@ -134,24 +187,55 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
     if config.method not in METHODS:
         raise BacktestError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
     settings = replace(METHODS[config.method], history_days=HISTORY_DAYS)
-    sessions, skipped = read_sessions(config.session_files)
-    calendar = SiteCalendar.of(config.timezone, 15, config.holidays)
+    if config.synthetic is not None:
+        first_year = config.synthetic_first.year
+        last_year = (config.synthetic_first + timedelta(days=config.synthetic_days)).year
+    else:
+        sessions, skipped = read_sessions(config.session_files)
+        first_year = datetime.fromtimestamp(int(sessions.arrival.min()), UTC).year
+        last_year = datetime.fromtimestamp(int(sessions.departure.max()), UTC).year
+    holidays = set(config.holidays)
+    if config.holidays_country:
+        holidays |= public_holidays(
+            config.holidays_country,
+            config.holidays_subdivision,
+            range(first_year - 1, last_year + 2),
+        )
+    calendar = SiteCalendar.of(config.timezone, 15, holidays)
+    if config.synthetic is not None:
+        try:
+            sessions = generate(
+                config.synthetic,
+                config.synthetic_first,
+                config.synthetic_days,
+                calendar,
+                seed=config.seed,
+                power_kw=config.power_kw,
+            )
+        except ValueError as exc:
+            raise BacktestError(str(exc)) from None
+        skipped = SkipCounts()
     isp = calendar.isp_seconds
     first_ordinal, _ = calendar.local_day_and_slot(sessions.arrival[:1].copy())
     last_ordinal, _ = calendar.local_day_and_slot(np.array([int(sessions.departure.max())]))
     data_first = date.fromordinal(int(first_ordinal[0]))
     data_last = date.fromordinal(int(last_ordinal[0]))
+    if config.synthetic is not None:
+        # Sessions of the last day may run past it; the site's period ends with that day.
+        data_last = min(
+            data_last, config.synthetic_first + timedelta(days=config.synthetic_days - 1)
+        )
     grid_start = int(calendar.local_midnight(data_first).timestamp())
     grid_end = int(calendar.local_midnight(data_last + timedelta(days=1)).timestamp())
     length = (grid_end - grid_start) // isp
     power = reconstruct_power(sessions, grid_start, isp, length, config.power_kw)
 
-    earliest = data_first + timedelta(days=HISTORY_DAYS)
+    earliest = data_first + timedelta(days=MIN_HISTORY_DAYS)
     start = config.start or earliest
     end = config.end or data_last
     if start < earliest:
         raise BacktestError(
-            f"--start {start} leaves less than {HISTORY_DAYS} days of history "
+            f"--start {start} leaves less than {MIN_HISTORY_DAYS} days of history "
             f"(the sessions begin on {data_first}; earliest start {earliest})"
         )
     if end > data_last or end < start:
@@ -172,6 +256,10 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
     raw_input: list[np.ndarray] = []
     profile_only: list[np.ndarray] = []
     power_w = config.power_kw * 1000.0
+    # Intraday keeps the day-type profile under the sessions (selection is day-ahead).
+    selected = config.method == SELECTED and config.origin is None
+    table = day_table(power, grid_start, calendar, grid_end) if selected else None
+    picker = _Reselection(table) if table is not None else None
     day = start
     while day <= end:
         targets = calendar.day_isps(day)
@@ -182,6 +270,14 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
         else:
             origin = int(targets[0])
         positions = (targets - grid_start) // isp
+        _, slots = calendar.local_day_and_slot(targets)
+        if picker is not None and config.origin is None:
+            ours.append(picker.forecast(day)[:, slots])
+            day_label.append(np.full(targets.size, day.toordinal(), dtype=np.int64))
+            actual.append(power[positions])
+            _baselines(by_day, day.toordinal() - layout.first_ordinal, slots, naive, mean4)
+            day += timedelta(days=1)
+            continue
         profiles = fit_profiles(history, calendar, settings, until_epoch=origin)
         forecast = profiles.forecast(targets)
         if config.origin is None:
@@ -193,19 +289,7 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
                     history, sessions, calendar, settings, origin, targets, power_w, calibrated
                 )
                 bucket.append(np.stack([f.p10[0], f.p50[0], f.p90[0]]))
-        _, slots = calendar.local_day_and_slot(targets)
-        d = day.toordinal() - layout.first_ordinal
-        weeks = by_day[[d - 7 * w for w in range(1, 5)]][:, slots]  # (4, H)
-        naive.append(np.repeat(weeks[:1], 3, axis=0))
-        mean4.append(
-            np.stack(
-                [
-                    np.quantile(weeks, 0.1, axis=0),
-                    weeks.mean(axis=0),
-                    np.quantile(weeks, 0.9, axis=0),
-                ]
-            )
-        )
+        _baselines(by_day, day.toordinal() - layout.first_ordinal, slots, naive, mean4)
         actual.append(power[positions])
         day_label.append(np.full(targets.size, day.toordinal(), dtype=np.int64))
         day += timedelta(days=1)
@@ -234,7 +318,63 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
         isps=int(y.size),
         mean_load_kw=float(y.mean() / 1000.0),
         scores=scores,
+        selections=picker.selections if picker is not None else [],
+        regime_changes=picker.regime_changes if picker is not None else 0,
     )
+
+
+def _baselines(
+    by_day: np.ndarray, d: int, slots: np.ndarray, naive: list[np.ndarray], mean4: list[np.ndarray]
+) -> None:
+    weeks = by_day[[d - 7 * w for w in range(1, 5)]][:, slots]  # (4, H)
+    naive.append(np.repeat(weeks[:1], 3, axis=0))
+    mean4.append(
+        np.stack(
+            [
+                np.quantile(weeks, 0.1, axis=0),
+                weeks.mean(axis=0),
+                np.quantile(weeks, 0.9, axis=0),
+            ]
+        )
+    )
+
+
+class _Reselection:
+    """The agent's schedule in a backtest: select at the first test day, again every
+    `RESELECT_DAYS` days and the morning after the days since the last selection show a
+    regime change. Each selection sees only the days before its test day."""
+
+    def __init__(self, table: DayTable) -> None:
+        self.table = table
+        self.selections: list[Selection] = []
+        self.regime_changes = 0
+        self._since: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def forecast(self, day: date) -> np.ndarray:
+        """(3, P) P10/P50/P90 for local `day`, from the days before it only."""
+        ordinal = day.toordinal()
+        known = self.table.before(ordinal)
+        current = self.selections[-1] if self.selections else None
+        changed = False
+        if current is not None and len(self._since) >= 3:
+            recent = self._since[-3:]
+            changed = regime_changed(
+                current, np.stack([a for a, _ in recent]), np.stack([f for _, f in recent])
+            )
+        if current is None or ordinal - current.origin_ordinal >= RESELECT_DAYS or changed:
+            try:
+                current = select_structure(known)
+            except SelectionError as exc:
+                raise BacktestError(f"selection for {day}: {exc}") from exc
+            self.selections.append(current)
+            self.regime_changes += changed
+            self._since = []
+        i = ordinal - int(self.table.ordinals[0])
+        p10, p50, p90 = forecast_days(
+            current, known, np.array([ordinal]), self.table.holiday[i : i + 1]
+        )
+        self._since.append((self.table.values[i], p50[0]))
+        return np.stack([p10[0], p50[0], p90[0]])
 
 
 def _intraday(

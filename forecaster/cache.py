@@ -1,7 +1,7 @@
 """numba's compiled-kernel cache under the agent's state directory, and the warm-up.
 
-A process that calls a kernel for the first time compiles it (0.3–0.7 s each, FORECASTING.md
-§9) unless a cache entry for this CPU exists. Entries are tied to the CPU model, so a cache
+A process that calls a kernel for the first time compiles it (0.3–0.7 s each, measured
+here) unless a cache entry for this CPU exists. Entries are tied to the CPU model, so a cache
 built in CI is useless on a gateway: warm it on the device (`flexbridge warmup`, or at service
 start), and every later process loads each kernel in milliseconds. The cache lives under the
 state directory because that is the one place a hardened systemd unit may write, and because

@@ -22,7 +22,7 @@ SATURDAY = 1
 SUNDAY_OR_HOLIDAY = 2
 DAY_TYPES = 3
 """Day types pooled by the profile: Mon–Fri together (5× the samples of one weekday, the best
-pooling on the Caltech backtest, FORECASTING.md §4), Saturday, and Sunday with holidays."""
+pooling on the Caltech backtest, docs/forecasting.md), Saturday, and Sunday with holidays."""
 
 SECONDS_PER_DAY = 86_400
 
@@ -205,3 +205,18 @@ def history_layout(calendar: SiteCalendar, start_epoch: int, length: int) -> His
     if end_slot[0] != 0:
         whole[-1] = False
     return HistoryLayout(first, index, calendar.day_types(ordinals), whole)
+
+
+def public_holidays(country: str, subdivision: str | None, years: Iterable[int]) -> frozenset[date]:
+    """Public holidays of `country` (ISO 3166-1 alpha-2) and `subdivision` (its ISO 3166-2
+    code without the country, e.g. "CA") from the `holidays` package, for `years`.
+
+    A maintained calendar rather than hand-typed dates: observed-day rules and state
+    holidays change, and a site's forecast should not depend on someone retyping them."""
+    import holidays
+
+    try:
+        found = holidays.country_holidays(country, subdiv=subdivision, years=list(years))
+    except NotImplementedError as exc:
+        raise CalendarError(str(exc)) from None
+    return frozenset(found.keys())

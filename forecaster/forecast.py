@@ -36,7 +36,7 @@ from forecaster.kernels.profile import (
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 PARALLEL_MIN_SERIES = 64
 """From this many series per call the threaded kernel pays for its thread start-up; a single
-site stays on the serial one (FORECASTING.md §8)."""
+site stays on the serial one (measured in `python -m bench forecast`)."""
 # Standard-normal scores of QUANTILE_LEVELS: the band is normal in square-root space.
 _Z = np.array([-1.2815515655446004, 0.0, 1.2815515655446004])
 

@@ -3,10 +3,10 @@
 From an origin inside the day, load has two parts. Cars already plugged in charge until their
 energy is in or they leave; drivers say when they leave and how much they need, but on Caltech
 they leave 1.75 h later than they say (MAE 2.8 h) and take about half of what they request
-(FORECASTING.md §5), so `SessionCalibration` learns those errors from finished sessions and
-turns each stated value into a set of equally likely samples. Cars yet to come are the profile
-forecast scaled by the share of the load at each clock slot that, historically, came from
-sessions arriving at or after the origin's slot.
+(measured on the ACN sessions), so `SessionCalibration` learns those errors from finished
+sessions and turns each stated value into a set of equally likely samples. Cars yet to come
+are the profile forecast scaled by the share of the load at each clock slot that,
+historically, came from sessions arriving at or after the origin's slot.
 
 The two parts are added: means add; the band adds the known part's variance to the profile
 band's half-widths in quadrature (independent parts, a normal approximation for their sum).

@@ -1,4 +1,4 @@
-"""Forecast scores (FORECASTING.md §1). Site load is zero in ~44 % of ISPs, so MAPE is
+"""Forecast scores. Site load is zero in ~44 % of ISPs, so MAPE is
 meaningless; NMAE (= WAPE) is the headline."""
 
 from __future__ import annotations

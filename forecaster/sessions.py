@@ -6,7 +6,7 @@ with UTC offset, `delivered_energy (kWh)`, `requested_energy (kWh)`. Bad rows ar
 name the file, line and value. Sessions not claimed in the app had no driver input; ACN fills
 their requested energy and estimated departure with the outcome, so they are read as absent.
 The two kinds of row the backtest protocol drops (departure not
-after arrival, nothing delivered) are skipped and counted instead (FORECASTING.md §3).
+after arrival, nothing delivered) are skipped and counted instead (docs/forecasting.md).
 """
 
 from __future__ import annotations

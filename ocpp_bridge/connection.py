@@ -129,8 +129,10 @@ def _response_payload(response: Any) -> dict[str, Any]:
 
 
 def _error_frame(unique_id: str, error: OCPPError) -> str:
+    # 2.0.1 OCPP-J §4.2.3 caps errorDescription at 255 characters; descriptions may quote input.
+    description = error.description[:255]
     return json.dumps(
-        [MessageType.CallError, unique_id, error.code, error.description, error.details or {}],
+        [MessageType.CallError, unique_id, error.code, description, error.details or {}],
         separators=(",", ":"),
         default=str,
     )
@@ -195,7 +197,7 @@ class Connection:
     _connection: Any
     _ocpp_version: str
 
-    # Calls per connection beyond the budget by this factor (in a row) close it.
+    # This many frames refused since the charger was last well within its budget close it.
     FLOOD_CLOSE_AFTER = 1000
 
     def __init__(
@@ -214,7 +216,13 @@ class Connection:
         self.response_timeout_s = response_timeout_s
         self.problems = ProblemLog(model.charger_id)
         self._bucket = _TokenBucket(max_calls_per_s, call_burst)
-        self._refused_in_a_row = 0
+        self._refused = 0
+        # Closing for a flood: what still arrives is dropped unread.
+        self.flooded = False
+        # The message id of the CALL waiting for its answer (one at a time, `call_raw`).
+        self._awaiting: str | None = None
+        # Responses that matched no waiting CALL, dropped (exposed as a metric by the server).
+        self.unsolicited_responses = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boot: BootInfo | None = None
         self.setup_started = False
@@ -269,21 +277,22 @@ class Connection:
             return error
         return FormatViolationError(description=description)
 
-    async def route_message(self, raw_msg: str | bytes) -> None:
-        now = self.host.clock()
-        self._publish(self.model.seen(now))
+    def _read_frame(self, raw_msg: str | bytes) -> tuple[list[Any] | None, str, OCPPError | None]:
+        """(message, message id, error to answer): a frame read as far as it is OCPP-J.
+
+        ``message`` is set for a well-formed CALL and for anything of type CALLRESULT or
+        CALLERROR (which `_take_response` judges); ``error`` for everything else, with the
+        message id when one can be read and ``"-1"`` when not.
+        """
         if isinstance(raw_msg, bytes):
             self.problems.report("binary frame", f"{len(raw_msg)} bytes; OCPP-J uses text frames")
-            await self._send(
-                _error_frame("-1", self._framework_error("binary frames are not OCPP-J"))
-            )
-            return
+            return None, "-1", self._framework_error("binary frames are not OCPP-J")
         try:
             message = json.loads(raw_msg)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nested deeper than the interpreter's stack (``[[[[...``).
             self.problems.report("not JSON", raw_msg[:80])
-            await self._send(_error_frame("-1", self._framework_error("frame is not valid JSON")))
-            return
+            return None, "-1", self._framework_error("frame is not valid JSON")
         if (
             not isinstance(message, list)
             or len(message) < 3
@@ -297,69 +306,122 @@ class Connection:
                 else "-1"
             )
             self.problems.report("not an OCPP-J message", raw_msg[:80])
-            await self._send(
-                _error_frame(unique_id, self._framework_error("not an OCPP-J message array"))
-            )
-            return
+            return None, unique_id, self._framework_error("not an OCPP-J message array")
         kind, unique_id = message[0], message[1]
-        if kind == MessageType.Call:
-            if (
-                len(message) != 4
-                or not isinstance(message[2], str)
-                or not isinstance(message[3], dict)
-            ):
-                self.problems.report("malformed CALL", raw_msg[:80])
-                await self._send(
-                    _error_frame(
-                        unique_id,
-                        ProtocolError(description="CALL needs [2, id, action, {payload}]"),
-                    )
-                )
-                return
-            if len(unique_id) > 36:
-                self.problems.report("message id too long", unique_id[:40])
-            if not self._bucket.take():
-                await self._refuse_flood(unique_id)
-                return
-            self._refused_in_a_row = 0
-            await self._dispatch(Call(unique_id, message[2], message[3]))
-        elif kind == MessageType.CallResult and len(message) == 3 and isinstance(message[2], dict):
-            self._response_queue.put_nowait(CallResult(unique_id, message[2]))
-        elif kind == MessageType.CallError and len(message) >= 4:
-            details = message[4] if len(message) > 4 and isinstance(message[4], dict) else {}
-            self._response_queue.put_nowait(
-                CallError(unique_id, str(message[2]), str(message[3]), details)
-            )
-        else:
-            self.problems.report("unknown message type", str(kind))
+        if kind in (MessageType.CallResult, MessageType.CallError):
+            return message, unique_id, None
+        if kind != MessageType.Call:
+            self.problems.report("unknown message type", str(kind)[:40])
             if self.version is ProtocolVersion.OCPP201:
                 error: OCPPError = GenericError(description=f"message type {kind} is not supported")
                 error.code = "MessageTypeNotSupported"
             else:
                 error = ProtocolError(description=f"message type {kind} is not supported")
-            await self._send(_error_frame(unique_id, error))
+            return None, unique_id, error
+        if len(message) != 4 or not isinstance(message[2], str) or not isinstance(message[3], dict):
+            self.problems.report("malformed CALL", raw_msg[:80])
+            return (
+                None,
+                unique_id,
+                ProtocolError(description="CALL needs [2, id, action, {payload}]"),
+            )
+        if len(unique_id) > 36:
+            self.problems.report("message id too long", unique_id[:40])
+        return message, unique_id, None
 
-    async def _refuse_flood(self, unique_id: str) -> None:
-        self._refused_in_a_row += 1
-        self.problems.report("flood", "more CALLs than the per-charger budget; refusing")
-        await self._send(
-            _error_frame(unique_id, GenericError(description="too many messages; slow down"))
-        )
-        if self._refused_in_a_row >= self.FLOOD_CLOSE_AFTER:
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        if self.flooded:
+            return
+        now = self.host.clock()
+        self._publish(self.model.seen(now))
+        message, unique_id, error = self._read_frame(raw_msg)
+        if message is not None and message[0] != MessageType.Call:
+            await self._take_response(message)
+            return
+        # Every frame but the answer to our own CALL takes from the budget, garbage included:
+        # each costs a CALLERROR as much as a CALL costs its answer.
+        if not self._within_budget():
+            await self._refuse_flood(unique_id)
+            return
+        if error is not None:
+            await self._send(_error_frame(unique_id, error))
+            return
+        assert message is not None
+        await self._dispatch(Call(unique_id, message[2], message[3]))
+
+    async def _take_response(self, message: list[Any]) -> None:
+        """Queue the answer to the CALL under way; drop, count and budget anything else.
+
+        Only the one pending CALL can be answered (CALLs are sent one at a time), so the
+        response queue never holds more than that answer, whatever a charger sends.
+        """
+        kind, unique_id = message[0], message[1]
+        if kind == MessageType.CallResult:
+            well_formed = len(message) == 3 and isinstance(message[2], dict)
+        else:
+            well_formed = len(message) >= 4
+        if self._awaiting is not None and unique_id == self._awaiting:
+            self._awaiting = None
+            if well_formed and kind == MessageType.CallResult:
+                self._response_queue.put_nowait(CallResult(unique_id, message[2]))
+            elif well_formed:
+                details = message[4] if len(message) > 4 and isinstance(message[4], dict) else {}
+                self._response_queue.put_nowait(
+                    CallError(unique_id, str(message[2]), str(message[3]), details)
+                )
+            else:
+                self.problems.report("malformed response", json.dumps(message)[:80])
+                self._response_queue.put_nowait(
+                    CallError(unique_id, "FormatViolation", "malformed response", {})
+                )
+            return
+        # Late (its CALL timed out), duplicated, never asked for, or malformed: OCPP-J has no
+        # answer to a response, so it is only counted; a stream of them is a flood.
+        self.unsolicited_responses += 1
+        self.problems.report("late or unknown response", unique_id[:40])
+        if not self._within_budget():
+            await self._refuse_flood(None)
+
+    def _within_budget(self) -> bool:
+        if not self._bucket.take():
+            return False
+        # Forgive earlier refusals only once the charger has slowed down for a while: a flood
+        # earns a token now and then as the bucket refills, and must not reset the count.
+        if self._bucket.tokens >= self._bucket.burst / 2:
+            self._refused = 0
+        return True
+
+    async def _refuse_flood(self, unique_id: str | None) -> None:
+        """Over budget: answer a CALL (or a frame with an id) GenericError; close if it goes on."""
+        self._refused += 1
+        self.problems.report("flood", "more messages than the per-charger budget; refusing")
+        if unique_id is not None:
+            await self._send(
+                _error_frame(unique_id, GenericError(description="too many messages; slow down"))
+            )
+        if self._refused >= self.FLOOD_CLOSE_AFTER and not self.flooded:
+            self.flooded = True
             self.problems.report("flood", "closing the connection")
-            await self._connection.close(1008, "message flood")
+            # Not awaited: the charger's close frame sits behind the frames it queued, which
+            # only this read loop drains (awaiting here stalled the close for close_timeout).
+            self.spawn(self._connection.close(1008, "message flood"), "flood-close")
 
     async def _dispatch(self, call: Call) -> None:
         action = call.action
         handlers = self.route_map.get(action)
         if handlers is None or "_on_action" not in handlers:
+            # OCPP-J (1.6 §4.2.3, 2.0.1 §4.3): NotImplemented is "Requested Action is not known
+            # by receiver", NotSupported "recognized but not supported". (The `ocpp` library
+            # answers the other way round.)
             known = schemas.has_action(self.version, action)
             error: OCPPError = (
-                OcppNotImplementedError(description=f"{action} is not handled by this CSMS")
+                NotSupportedError(description=f"{action} is not handled by this CSMS")
                 if known
-                else NotSupportedError(description=f"{action} is not an OCPP {self.version} action")
+                else OcppNotImplementedError(
+                    description=f"{action[:64]} is not an OCPP {self.version} action"
+                )
             )
-            self.problems.report("unhandled action", action)
+            self.problems.report("unhandled action", action[:80])
             await self._send(_error_frame(call.unique_id, error))
             return
         try:
@@ -368,7 +430,15 @@ class Connection:
             self.problems.report(f"invalid {action}", exc.description)
             await self._send(_error_frame(call.unique_id, exc))
             return
-        kwargs = snake_keys(call.payload)
+        try:
+            kwargs = snake_keys(call.payload)
+        except RecursionError:
+            # Free-form fields (customData, DataTransfer data) parse to any depth json allows.
+            self.problems.report(f"invalid {action}", "nested too deeply")
+            await self._send(
+                _error_frame(call.unique_id, FormatViolationError(description="nested too deeply"))
+            )
+            return
         token = _IN_HANDLER.set(self)
         try:
             response = handlers["_on_action"](**kwargs)
@@ -420,17 +490,27 @@ class Connection:
         async with self._call_lock:
             if self.closed.is_set():
                 raise ChargerOfflineError(f"{self.charger_id} is not connected")
+            self._expect_response(call.unique_id)
             try:
                 await self._send(call.to_json())
+                response = await self._await_response(call.unique_id, timeout)
             except ConnectionClosed as exc:
                 raise ChargerOfflineError(f"{self.charger_id} disconnected") from exc
-            response = await self._await_response(call.unique_id, timeout)
+            finally:
+                self._awaiting = None
         if response.message_type_id == MessageType.CallError:
             raise response.to_exception()
         response.action = action
         await validate_payload(response, self._ocpp_version)
         result: dict[str, Any] = response.payload
         return result
+
+    def _expect_response(self, unique_id: str) -> None:
+        """From now on a response with this id is the answer; an answer left over is dropped."""
+        while not self._response_queue.empty():
+            stale = self._response_queue.get_nowait()
+            self.problems.report("late or unknown response", str(stale.unique_id))
+        self._awaiting = unique_id
 
     async def _await_response(self, unique_id: str, timeout_s: float) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -771,6 +851,12 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
     @on(Action201.report_charging_profiles)
     def on_report_charging_profiles(self, **kwargs: Any) -> dict[str, Any]:
         return {}
+
+
+def handled_actions(connection_class: Any) -> tuple[str, ...]:
+    """The actions a connection class has an ``@on`` handler for (and so validates)."""
+    members = (getattr(connection_class, name) for name in dir(connection_class))
+    return tuple(sorted({str(m._on_action) for m in members if hasattr(m, "_on_action")}))
 
 
 CONNECTION_CLASSES: Mapping[ProtocolVersion, Callable[..., Connection]] = {

@@ -1,7 +1,7 @@
 """Schema validation of OCPP payloads with validators compiled from the `ocpp` library's schemas.
 
 The library validates with jsonschema's Draft4Validator: ~0.6 ms per 1.6 MeterValues and
-~1.3 ms per 2.0.1 TransactionEvent, most of a CSMS's CPU (OCPP.md §2.8). fastjsonschema turns
+~1.3 ms per 2.0.1 TransactionEvent, most of a CSMS's CPU (bench/ocpp.py). fastjsonschema turns
 the same schema files into Python code once (~35-70 µs per message), so every inbound message
 is still validated against the official schema at a fraction of the cost.
 
@@ -9,16 +9,23 @@ Semantics follow the library: formats (date-time) are not checked here, because 
 does not either and chargers in the field send zone-less timestamps that the shell reads as UTC
 (`timestamps.parse_timestamp`). Outbound CALLs keep the library's own validator (it carries the
 1.6 Decimal handling of ``multipleOf: 0.1``); they are rare.
+
+The action name comes from the charger, so it is checked against the version's list of actions
+(the library's `Action` enums, one schema file pair each) before anything touches the disk: a
+name like ``../../../tmp/x/evil`` must never become a path, because fastjsonschema turns a schema
+into Python code and runs it. Only those known names are compiled and cached, which bounds the
+cache at two validators per action.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from importlib import resources
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import ocpp
 from ocpp.exceptions import (
     FormatViolationError,
     OccurrenceConstraintViolationError,
@@ -27,12 +34,23 @@ from ocpp.exceptions import (
     ProtocolError,
     TypeConstraintViolationError,
 )
+from ocpp.v16.enums import Action as Action16
+from ocpp.v201.enums import Action as Action201
 
 from ocpp_bridge.events import ProtocolVersion
 
 Validator = Callable[[Any], Any]
 
-_cache: dict[tuple[ProtocolVersion, str], Validator | None] = {}
+ACTIONS: Mapping[ProtocolVersion, frozenset[str]] = {
+    ProtocolVersion.OCPP16: frozenset(a.value for a in Action16),
+    ProtocolVersion.OCPP201: frozenset(a.value for a in Action201),
+}
+_FOLDERS = {ProtocolVersion.OCPP16: "v16", ProtocolVersion.OCPP201: "v201"}
+_PACKAGE = Path(ocpp.__file__).resolve().parent
+
+# A request and a response validator per known action: the cache cannot grow beyond this.
+CACHE_LIMIT = 2 * sum(len(actions) for actions in ACTIONS.values())
+_cache: dict[tuple[ProtocolVersion, str], Validator] = {}
 
 # JSON-schema keyword -> OCPP-J error code (1.6 §4.2.3, 2.0.1 OCPP-J §4.3). The library maps
 # type/maxLength, additionalProperties and required the same way; the rest it calls
@@ -57,11 +75,17 @@ class SchemaNotFound(LookupError):
     """No schema for this action in this version: the action does not exist there."""
 
 
-def _schema_file(version: ProtocolVersion, name: str) -> str | None:
-    folder = "v16" if version is ProtocolVersion.OCPP16 else "v201"
-    path = resources.files("ocpp").joinpath(folder, "schemas", f"{name}.json")
-    if not path.is_file():
-        return None
+def schema_dir(version: ProtocolVersion) -> Path:
+    """The folder of the `ocpp` package that holds this version's official schema files."""
+    return _PACKAGE / _FOLDERS[version] / "schemas"
+
+
+def _schema_file(version: ProtocolVersion, name: str) -> str:
+    folder = schema_dir(version).resolve()
+    path = (folder / f"{name}.json").resolve()
+    # Callers pass known action names only; this is the second line, should that ever change.
+    if path.parent != folder:
+        raise SchemaNotFound(f"schema {name!r} is not a file of {folder}")
     # 2.0.1 schema files start with a byte-order mark.
     return path.read_text(encoding="utf-8-sig")
 
@@ -72,32 +96,31 @@ def schema_name(version: ProtocolVersion, action: str, *, response: bool) -> str
     return f"{action}Response" if response else f"{action}Request"
 
 
+def has_action(version: ProtocolVersion, action: str) -> bool:
+    """Whether `action` is an action of this OCPP version (no disk access)."""
+    return action in ACTIONS[version]
+
+
 def validator_for(version: ProtocolVersion, action: str, *, response: bool) -> Validator:
     """The compiled validator for an action's request or response (cached)."""
+    if not has_action(version, action):
+        raise SchemaNotFound(f"OCPP {version} has no action {action[:64]!r}")
     key = (version, schema_name(version, action, response=response))
-    if key not in _cache:
-        text = _schema_file(version, key[1])
-        if text is None:
-            _cache[key] = None
-        else:
-            schema = json.loads(text)
-            # The 2.0.1 files carry a urn $id that fastjsonschema would try to resolve refs
-            # against; every ref in them is document-local.
-            schema.pop("$id", None)
-            schema.pop("id", None)
-            _cache[key] = fastjsonschema.compile(schema, use_formats=False)
-    found = _cache[key]
+    found = _cache.get(key)
     if found is None:
-        raise SchemaNotFound(f"OCPP {version} has no action {action!r}")
+        schema = json.loads(_schema_file(version, key[1]))
+        # The 2.0.1 files carry a urn $id that fastjsonschema would try to resolve refs
+        # against; every ref in them is document-local.
+        schema.pop("$id", None)
+        schema.pop("id", None)
+        found = fastjsonschema.compile(schema, use_formats=False)
+        _cache[key] = found
     return found
 
 
-def has_action(version: ProtocolVersion, action: str) -> bool:
-    try:
-        validator_for(version, action, response=False)
-    except SchemaNotFound:
-        return False
-    return True
+def cached_validators() -> int:
+    """How many validators are compiled (at most `CACHE_LIMIT`)."""
+    return len(_cache)
 
 
 def validate(version: ProtocolVersion, action: str, payload: Any, *, response: bool) -> None:

@@ -46,7 +46,7 @@ from ocpp_bridge.capabilities import (
     from_v201_variables,
     v201_get_variable_data,
 )
-from ocpp_bridge.connection import CONNECTION_CLASSES, Connection
+from ocpp_bridge.connection import CONNECTION_CLASSES, Connection, handled_actions
 from ocpp_bridge.events import (
     ChargerSnapshot,
     CommandResult,
@@ -78,26 +78,6 @@ log = logging.getLogger(__name__)
 SUBPROTOCOLS: dict[str, ProtocolVersion] = {
     "ocpp2.0.1": ProtocolVersion.OCPP201,
     "ocpp1.6": ProtocolVersion.OCPP16,
-}
-HOT_ACTIONS = {
-    ProtocolVersion.OCPP16: (
-        "BootNotification",
-        "Heartbeat",
-        "StatusNotification",
-        "MeterValues",
-        "StartTransaction",
-        "StopTransaction",
-        "Authorize",
-    ),
-    ProtocolVersion.OCPP201: (
-        "BootNotification",
-        "Heartbeat",
-        "StatusNotification",
-        "MeterValues",
-        "TransactionEvent",
-        "Authorize",
-        "NotifyEVChargingNeeds",
-    ),
 }
 EventCallback = Callable[[Event], Awaitable[None]]
 _T = TypeVar("_T")
@@ -222,6 +202,8 @@ class _Charger:
     connection: Connection | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     setup: _SetUp | None = None
+    # Unsolicited responses of the charger's connections that have ended.
+    unsolicited_responses: int = 0
 
 
 class CentralSystem:
@@ -277,12 +259,23 @@ class CentralSystem:
     def dropped_events(self) -> int:
         return self._events.dropped
 
+    def unsolicited_responses(self) -> dict[str, int]:
+        """Per charger: CALLRESULTs/CALLERRORs that answered no pending CALL (dropped), ever."""
+        return {
+            charger_id: charger.unsolicited_responses
+            + (charger.connection.unsolicited_responses if charger.connection else 0)
+            for charger_id, charger in self._chargers.items()
+        }
+
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._kdf = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocpp-kdf")
-        for version, actions in HOT_ACTIONS.items():
-            schemas.warm_up(version, actions)
+        # Every action the bridge handles, before the first charger connects: compiling one
+        # validator holds the event loop for up to ~75 ms here (several times that on a
+        # Raspberry Pi), which a charger could otherwise trigger at will, once per action.
+        for version, connection_class in CONNECTION_CLASSES.items():
+            schemas.warm_up(version, handled_actions(connection_class))
         profile = self.settings.security_profile
         ssl_context = None
         if profile >= SecurityProfile.TLS_BASIC:
@@ -779,6 +772,7 @@ class CentralSystem:
             reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         finally:
             connection.connection_lost()
+            charger.unsolicited_responses += connection.unsolicited_responses
             if charger.connection is connection:
                 charger.connection = None
                 charger.smart.connection_lost()

@@ -2,8 +2,8 @@
 
 A Period is one local calendar day in the market time zone. Its ISPs are numbered from 1 at
 local midnight; their count follows the day's real length, so at PT15M a day has 96 ISPs, 92 on
-the spring-forward day and 100 on the fall-back day (message-validation.md, "ISPs out of
-bounds"). Everything returned here is UTC; local time exists only to find where a day starts.
+the spring-forward day and 100 on the fall-back day (UFTP 3.1.0, message validation, "ISPs
+out of bounds"). Everything returned here is UTC; local time exists only to find where a day starts.
 
 Runs are the wire form of ISP lists: ``(start, duration, value)`` covering ISPs
 ``start .. start + duration - 1``.

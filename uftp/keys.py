@@ -52,7 +52,8 @@ def parse_public_key(text: str) -> VerifyKey:
 
 def parse_public_keys(text: str) -> list[VerifyKey]:
     """One or two space-separated keys, as a ``_<ROLE>._usef.<domain>`` TXT record lists them
-    during a key rotation (message-transport-mechanism.md: "up to two ... public key strings")."""
+    during a key rotation (the specification: "up to two ... public key
+    strings")."""
     parts = text.split()
     if not 1 <= len(parts) <= 2:
         raise KeyFormatError(f"expected one or two public keys, got {len(parts)}")

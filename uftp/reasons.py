@@ -1,8 +1,9 @@
 """RejectionReason texts, exactly as the spec writes them.
 
-Generic reasons: use-case-descriptions/message-validation.md. Per use case: use-cases/*.md.
+Generic reasons: the UFTP 3.1.0 specification's message validation chapter; per use case: its
+use-case descriptions.
 A rejection may add an explanation after the reason ("ISP conflict: ISP 5 defined more than
-once") and several reasons are joined with "; " (message-validation.md allows both).
+once") and several reasons are joined with "; " (the specification allows both).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Build the `*Response` that answers a request (pure).
 
 Every request gets exactly one response in the same ConversationID, carrying the request's
-MessageID in its per-type reference attribute (3.1.0 XSD names, UFTP.md §4).
+MessageID in its per-type reference attribute (the 3.1.0 XSD's attribute names).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def build_response(
     common[response_type.reference_field] = request.message_id
     if isinstance(request, FlexSettlement) and "flex_order_settlement_statuses" not in fields:
         # The XSD requires at least one status even in a rejection; the DSO should then treat
-        # every item as open (settle-phase.md), which Disputed says.
+        # every item as open (the specification's settle phase), which Disputed says.
         fields["flex_order_settlement_statuses"] = [
             FlexOrderSettlementStatus(
                 order_reference=item.order_reference,

@@ -1,4 +1,4 @@
-"""CS1 sealing (message-transport-mechanism.md, "Cryptographic Scheme"): libsodium `crypto_sign`.
+"""CS1 sealing (UFTP 3.1.0, "Cryptographic Scheme"): libsodium `crypto_sign`.
 
 The sealed body is the 64-byte Ed25519 signature followed by the inner XML bytes, base64-encoded
 into the envelope's `Body`. Not XML-DSig and no hex step (the first Java library hex-encoded and

@@ -5,7 +5,8 @@ string starts with the spec's RejectionReason text (`uftp.reasons`), optionally 
 ": explanation"; `reasons.join` makes one RejectionReason attribute of them.
 
 - `check_inbound`: the generic checks every receiver performs after the signature verified and
-  the XSD passed (message-validation.md; UFTP.md §6 steps 3-9).
+  the XSD passed (the UFTP 3.1.0 specification's message validation, the
+  steps after signature and schema).
 - AGR use cases: `check_flex_request`, `check_flex_order` (against the offer and its state),
   `check_direct_flex_order`, `check_flex_reservation_update`, `assess_flex_settlement`
   (disputed items instead of rejection).
@@ -220,7 +221,7 @@ def _settlement_problems(settlement: FlexSettlement, ctx: InboundContext) -> lis
 def check_inbound(
     envelope: SignedMessage, message: PayloadMessage, ctx: InboundContext, now: datetime
 ) -> list[str]:
-    """Every generic check that needs no business state (UFTP.md §6, steps 3-9 minus dedup)."""
+    """Every generic check that needs no business state (the spec's generic steps, minus dedup)."""
     problems = check_envelope(envelope, message, ctx.own_role)
     problems += check_metadata(message, ctx)
     today = calendar.today(ctx.market.time_zone, now)
@@ -263,8 +264,8 @@ def _expiration_problems(expiration: datetime, last_isp_end: datetime, now: date
 
 def _reference_problems(message: FlexMessage, referenced: FlexMessage, attribute: str) -> list[str]:
     """A message answering an earlier one stays in its conversation, Period and congestion
-    point (message-validation.md "Reference Period mismatch"; Java issue #61 for the
-    conversation)."""
+    point (specification, message validation, "Reference Period mismatch"; the
+    conversation as the reference implementation checks it)."""
     kind, own = referenced.xml_name, message.xml_name
     problems: list[str] = []
     if referenced.conversation_id != message.conversation_id:
@@ -295,7 +296,7 @@ def _last_isp_end(message: FlexMessage, spans: Iterable[tuple[int, int]]) -> dat
     return calendar.spans_end(message.period, message.time_zone, message.isp_minutes, spans)
 
 
-# --- AGR: FlexRequest (validate-phase.md "Exchange Flexibility Requests") -------------------------
+# --- AGR: FlexRequest ("Exchange Flexibility Requests") ---------------------------------
 
 
 def check_flex_request(
@@ -345,7 +346,7 @@ def check_flex_request(
     return problems
 
 
-# --- AGR: FlexOrder (validate-phase.md "Exchange Flexibility Orders") ---------------------------
+# --- AGR: FlexOrder ("Exchange Flexibility Orders") -----------------------------------
 
 
 @dataclass(frozen=True)
@@ -366,10 +367,10 @@ def check_flex_order(
     """A FlexOrder against the FlexOffer it names.
 
     The ISPs must be an exact copy of the chosen option, (Start, Duration) pair by pair: that is
-    how DSOs compare them too (UFTP.md §6). With partial activation (ActivationFactor f >=
-    MinActivationFactor) every power and the price scale by f (validate-phase.md); values are
-    compared allowing the DSO's rounding to whole watts and 4 decimals. The spec rule is
-    implemented, not the Java library's every-option price quirk.
+    how DSOs compare them too. With partial activation (ActivationFactor f >= MinActivationFactor)
+    every power and the price scale by f (UFTP validate phase); values are compared allowing the
+    DSO's rounding to whole watts and 4 decimals. The spec rule is implemented, not the Java
+    library's every-option price quirk.
     """
     if order.flex_offer_message_id is None:
         if order.unsolicited is True:
@@ -396,7 +397,7 @@ def check_flex_order(
             )
         )
     problems += _reference_problems(order, offer, "FlexOfferMessageID")
-    # A revocation and an order crossing in flight: the revocation wins (validate-phase.md).
+    # A revocation and an order crossing in flight: the revocation wins (UFTP validate phase).
     if state.revoked:
         problems.append(explain(reasons.REFERENCE_MESSAGE_REVOKED, "the FlexOffer was revoked"))
     if offer.expiration_date_time <= now:
@@ -482,7 +483,7 @@ def check_direct_flex_order(order: FlexOrder, known_contracts: Collection[str] |
     return problems
 
 
-# --- AGR: FlexReservationUpdate (plan-phase.md) ------------------------------------------------
+# --- AGR: FlexReservationUpdate (UFTP plan phase) ------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -526,7 +527,7 @@ def check_flex_reservation_update(
     return problems
 
 
-# --- AGR: FlexSettlement (settle-phase.md) ------------------------------------------------------
+# --- AGR: FlexSettlement (UFTP settle phase) ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -586,7 +587,7 @@ def assess_flex_settlement(
 ) -> SettlementAssessment:
     """Check a FlexSettlement against the orders the AGR accepted from this DSO.
 
-    Item disagreements are answered with Disposition=Disputed, not a rejection (settle-phase.md:
+    Item disagreements are answered with Disposition=Disputed, not a rejection (UFTP settle phase:
     "the rejection of a FlexSettlement message is not a means of raising a dispute"). The whole
     message is rejected only for implausible bounds, missing items or an already settled period.
     `orders` are this DSO's accepted orders (any period; those in range must all be present).
@@ -653,7 +654,7 @@ def check_d_prognosis(
     previous_revision: int | None = None,
     max_abs_power_w: int | None = None,
 ) -> list[str]:
-    """D-Prognosis as a DSO checks it (validate-phase.md "Exchange D-Prognoses")."""
+    """D-Prognosis as a DSO checks it (UFTP "Exchange D-Prognoses")."""
     problems: list[str] = []
     try:
         count = calendar.isp_count(prognosis.period, prognosis.time_zone, prognosis.isp_minutes)
@@ -689,7 +690,7 @@ def check_flex_offer(
     *,
     mutex_offers_supported: bool = False,
 ) -> list[str]:
-    """FlexOffer as a DSO checks it (validate-phase.md "Exchange Flexibility Offers").
+    """FlexOffer as a DSO checks it (UFTP "Exchange Flexibility Offers").
 
     "Request mismatch" compares (Start, Duration) pairs exactly, like the Java DSO library does:
     an offer must answer with the request's own granularity.

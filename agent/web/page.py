@@ -8,7 +8,7 @@ meta tag. Every value is escaped; charger ids and DSO texts are not trusted mark
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -63,8 +63,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[i
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def chart_svg(chart: DayChart, timezone: str, now: datetime | None) -> str:
-    """Prognosis (what the DSO was told) vs measured load vs ordered flexibility per ISP."""
+DSO_LIMIT_COLOR = "#9467bd"
+SITE_CAP_COLOR = "#444444"
+
+
+def chart_svg(chart: DayChart, now: datetime | None) -> str:
+    """Prognosis (what the DSO was told) vs measured load vs ordered flexibility per ISP, with
+    the DSO's requested limit and the site cap the load is held under, on market time."""
     series = [
         Series("prognosis", chart.prognosis_w, "#1f77b4", kind="step"),
         Series("measured", chart.measured_w, "#2ca02c"),
@@ -72,14 +77,36 @@ def chart_svg(chart: DayChart, timezone: str, now: datetime | None) -> str:
     ]
     if chart.baseline_w != chart.prognosis_w:
         series.insert(1, Series("baseline", chart.baseline_w, "#7f7f7f", kind="step", dashed=True))
+    if any(v is not None for v in chart.dso_limit_w):
+        series.append(
+            Series("DSO limit", chart.dso_limit_w, DSO_LIMIT_COLOR, kind="step", dashed=True)
+        )
+    if chart.site_cap_w:
+        series.append(
+            Series(
+                "site cap", chart.site_cap_w, SITE_CAP_COLOR, kind="step", dashed=True, width=1.5
+            )
+        )
     revision = f", revision {chart.revision}" if chart.revision is not None else ", no prognosis"
     return render_power_chart(
         chart.isp_starts,
         series,
-        timezone=timezone,
+        timezone=chart.time_zone,
         title=f"{chart.congestion_point} on {chart.period.isoformat()}{revision}",
         now=now,
     )
+
+
+def _day_links(period: date, today: date) -> str:
+    """Links to the neighbouring days' charts: the last day's order stays in reach after
+    midnight."""
+    before = period - timedelta(days=1)
+    links = [f'<a href="/?period={before.isoformat()}">&larr; {before.isoformat()}</a>']
+    if period < today:
+        after = period + timedelta(days=1)
+        links.append(f'<a href="/?period={after.isoformat()}">{after.isoformat()} &rarr;</a>')
+        links.append('<a href="/">today</a>')
+    return '<p class="sub">' + " · ".join(links) + "</p>"
 
 
 def render_status_page(
@@ -92,8 +119,11 @@ def render_status_page(
     problems: Sequence[str],
     now: datetime,
     refresh_s: int = 30,
+    period: date | None = None,
 ) -> str:
+    """The page; `period` is the day of the charts (default: the trade snapshot's today)."""
     zone = ZoneInfo(site["time_zone"])
+    day = period or trade.today
     health = (
         '<span class="ok">healthy</span>'
         if not problems
@@ -125,9 +155,10 @@ def render_status_page(
         '<div class="cards">'
         + "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards)
         + "</div>",
-        "<h2>Today per ISP</h2>",
+        f"<h2>{'Today' if day == trade.today else escape(day.isoformat())} per ISP</h2>",
+        _day_links(day, trade.today),
     ]
-    parts.extend(f"<figure>{chart_svg(chart, site['time_zone'], now)}</figure>" for chart in charts)
+    parts.extend(f"<figure>{chart_svg(chart, now)}</figure>" for chart in charts)
     if not charts:
         parts.append('<p class="sub">no congestion point configured</p>')
     parts += [
@@ -145,7 +176,7 @@ def render_status_page(
                         escape(
                             f"{opt['reference']}: "
                             + ", ".join(
-                                f"ISP {i['start']}+{i['duration']} {i['power_w']} W"
+                                f"ISP {i['start']}+{i['duration']} {kw(i['power_w'])}"
                                 for i in opt["isps"]
                             )
                             + f", {opt['price']} {o['currency']}"
@@ -167,7 +198,7 @@ def render_status_page(
                     _text(o["period"]),
                     escape(
                         ", ".join(
-                            f"{i['start']}+{i['duration']}: {i['power_w']} W" for i in o["isps"]
+                            f"{i['start']}+{i['duration']}: {kw(i['power_w'])}" for i in o["isps"]
                         )
                     ),
                     _text(f"{o['price']} {o['currency']}"),

@@ -211,14 +211,15 @@ class StatusServer:
         cp, period = self._chart_args(request)
         now = self._now()
         chart = await day_chart(self.agent, cp, period, now)
-        svg = chart_svg(chart, self.agent.config.site.timezone, now)
+        svg = chart_svg(chart, now)
         return web.Response(text=svg, content_type="image/svg+xml")
 
-    async def page(self, _request: web.Request) -> web.Response:
+    async def page(self, request: web.Request) -> web.Response:
         now = self._now()
+        period = self._period(request.query.get("period"))
         trade = await trade_snapshot(self.agent, now)
         charts = [
-            await day_chart(self.agent, cp.entity_address, trade.today, now)
+            await day_chart(self.agent, cp.entity_address, period, now)
             for cp in self.agent.config.congestion_points
         ]
         html = render_status_page(
@@ -229,6 +230,7 @@ class StatusServer:
             charts=charts,
             problems=await self.health(),
             now=now,
+            period=period,
         )
         return web.Response(text=html, content_type="text/html")
 

@@ -1,4 +1,4 @@
-"""shapeshifter-uftp 2.4.0 as a real DSO peer on loopback (UFTP.md §7).
+"""shapeshifter-uftp 2.4.0 as a real DSO peer on loopback.
 
 The library runs its FastAPI/uvicorn server in a thread and handles each message in a worker
 thread after answering 200. This peer records everything it receives, answers requests the way

@@ -48,7 +48,7 @@ def test_keys_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
     path = tmp_path / "agr.key"
     assert main(["keys", "--out", str(path)]) == 0
     first = path.read_bytes()
-    assert main(["keys", "--out", str(path)]) == 1
+    assert main(["keys", "--out", str(path)]) == 73  # EX_CANTCREAT
     assert "exists; use --force" in capsys.readouterr().err
     assert path.read_bytes() == first
 

@@ -24,7 +24,7 @@ def test_hash_password_refuses_a_too_short_password(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
-    assert main(["hash-password", "--scrypt-n", "1024"]) == 1
+    assert main(["hash-password", "--scrypt-n", "1024"]) == 65  # EX_DATAERR
     assert "characters" in capsys.readouterr().err
 
 
@@ -32,5 +32,5 @@ def test_hash_password_refuses_a_bad_cost(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("charger-secret-1\n"))
-    assert main(["hash-password", "--scrypt-n", "1000"]) == 1
+    assert main(["hash-password", "--scrypt-n", "1000"]) == 64  # EX_USAGE
     assert "power of two" in capsys.readouterr().err

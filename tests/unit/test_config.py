@@ -193,3 +193,84 @@ def test_trading_and_metering_sections() -> None:
     assert any(p.startswith("metering: metering.enabled needs metering.ean") for p in problems)
     holidays = MINIMAL + '\n[forecast]\nholidays = ["2026-12-25", "christmas"]\n'
     assert "holiday 'christmas' is not a YYYY-MM-DD date" in problems_of(holidays)[0]
+
+
+def test_four_kinds_of_mistake_are_named_in_one_pass(tmp_path: Path) -> None:
+    """A field error, a cross-field error, an unreadable file and a wrong dso_domain: none
+    hides another."""
+    text = MINIMAL.replace('dso_domain = "dso.example.com"', 'dso_domain = "dso2.example.com"')
+    text = text.replace(
+        "connection_capacity_w = 50000", "connection_capacity_w = 50000\nsafe_limit_w = 60000"
+    )
+    text += "\n[ocpp]\nheartbeat_interval_s = -1\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml", {}, files=True)
+    problems = [str(p) for p in info.value.problems]
+    assert len(problems) == 4, problems
+    joined = "\n".join(problems)
+    assert "ocpp.heartbeat_interval_s: Input should be greater than 0" in joined
+    assert "site: safe_limit_w (60000) exceeds connection_capacity_w (50000)" in joined
+    assert "uftp.signing_key_file: cannot read signing key /nonexistent/key" in joined
+    assert "congestion_points[0].dso_domain: 'dso2.example.com' is not a DSO" in joined
+
+
+def test_field_errors_in_a_section_do_not_hide_checks_across_it() -> None:
+    # The peer's key is broken (field error); its domain still counts for dso_domain, and a
+    # charger with a broken key is left out of the safe-limit sum rather than guessed.
+    text = MINIMAL.replace(KEY, "c2hvcnQ=").replace(
+        'dso_domain = "dso.example.com"', 'dso_domain = "other.example.com"'
+    )
+    text += '\n[[ocpp.chargers]]\nid = "A"\nsafe_power_w = 90000\n'
+    text += '\n[[ocpp.chargers]]\nid = "B"\nphases = 2\n'
+    problems = problems_of(text)
+    assert any(p.startswith("uftp.peers[0].public_keys") for p in problems), problems
+    assert any("'other.example.com' is not a DSO" in p for p in problems), problems
+    assert not any("add up to" in p for p in problems), problems
+    assert any(p.startswith("ocpp.chargers[1].phases") for p in problems), problems
+
+
+def test_a_safe_limit_below_the_minimum_current_is_named() -> None:
+    # 20 three-phase chargers sharing 50 kW: 2500 W each, 3.6 A < 6 A: a 0 A safe profile.
+    chargers = "".join(f'\n[[ocpp.chargers]]\nid = "C{i}"\n' for i in range(20))
+    problems = problems_of(MINIMAL + chargers)
+    assert len(problems) == 20, problems
+    assert problems[0] == (
+        "ocpp.chargers[0]: a safe limit of 2500 W (equal share of site.safe_limit_w) is below "
+        "the charger's minimum current of 6 A x 690 W/A: its safe profile would be 0 A, which "
+        "stops charging whenever the agent is gone; give it at least 4140 W"
+    )
+    explicit = MINIMAL + '\n[[ocpp.chargers]]\nid = "A"\nphases = 1\nsafe_power_w = 1300\n'
+    assert problems_of(explicit) == [
+        "ocpp.chargers[0].safe_power_w: a safe limit of 1300 W (safe_power_w) is below the "
+        "charger's minimum current of 6 A x 230 W/A: its safe profile would be 0 A, which stops "
+        "charging whenever the agent is gone; give it at least 1380 W"
+    ]
+    enough = explicit.replace("safe_power_w = 1300", "safe_power_w = 1380")
+    assert parse_config(enough, environ={}).ocpp.chargers[0].safe_power_w == 1380
+
+
+def test_a_charger_password_hash_password_would_refuse_is_named() -> None:
+    text = MINIMAL + '\n[[ocpp.chargers]]\nid = "A"\n[[ocpp.chargers]]\nid = "B"\n'
+    text += '[[ocpp.chargers]]\nid = "C"\npassword_hash = "md5$abc"\n'
+    problems = problems_of(
+        text,
+        {
+            "FLEXBRIDGE_OCPP__CHARGERS__0__PASSWORD": "short-secret",
+            "FLEXBRIDGE_OCPP__CHARGERS__1__PASSWORD": "x" * 65,
+        },
+    )
+    assert problems[0] == (
+        "ocpp.chargers[0].password: has 12 characters; a charger password has 16-64 "
+        "(as for flexbridge hash-password)"
+    )
+    assert problems[1].startswith("ocpp.chargers[1].password: has 65 characters")
+    assert problems[2].startswith("ocpp.chargers[2].password_hash: not a flexbridge password")
+    assert not any("short-secret" in p for p in problems)
+    ok = MINIMAL + '\n[[ocpp.chargers]]\nid = "A"\n'
+    config = parse_config(ok, environ={"FLEXBRIDGE_OCPP__CHARGERS__0__PASSWORD": "s" * 16})
+    assert config.ocpp.chargers[0].password is not None
+
+
+def test_a_secret_of_the_wrong_type_is_not_repeated() -> None:
+    problems = problems_of(MINIMAL + "\n[mqtt]\npassword = 123456789\n")
+    assert problems == ["mqtt.password: Input should be a valid string"]

@@ -49,7 +49,8 @@ async def test_state_directory_is_locked_for_one_agent(tmp_path: Path) -> None:
     first = StateDirectory(tmp_path / "state")
     await first.start()
     second = StateDirectory(tmp_path / "state")
-    with pytest.raises(StateDirectoryError, match="another flexbridge process holds"):
+    locked = r"another flexbridge process \(pid [0-9]+\) holds"
+    with pytest.raises(StateDirectoryError, match=locked):
         await second.start()
     await first.stop()
     await second.start()  # free again once the first one stopped

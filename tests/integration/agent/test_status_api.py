@@ -4,6 +4,7 @@ token in front of everything that changes state."""
 from __future__ import annotations
 
 import asyncio
+from datetime import date, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -76,7 +77,17 @@ async def test_json_api_shows_site_chargers_trade_delivery_and_chart(tmp_path: P
         assert await get_json(http, f"{t.url}/health") == {"status": "ok", "problems": []}
         async with http.get(f"{t.url}/chart.svg") as response:
             assert response.content_type == "image/svg+xml"
-            assert 'class="series-prognosis"' in await response.text()
+            svg = await response.text()
+            assert 'class="series-prognosis"' in svg
+            assert 'class="series-site-cap"' in svg
+        # The order caps the site at its target: the chart's site cap says so.
+        capped = [i for i in isps if i["isp"] in ordered]
+        assert all(i["site_cap_w"] < 150_000 for i in capped)
+        # Yesterday's chart stays reachable from the page after midnight.
+        yesterday = (date.fromisoformat(chart["period"]) - timedelta(days=1)).isoformat()
+        async with http.get(f"{t.url}/?period={yesterday}") as response:
+            assert response.status == 200
+            assert f"{yesterday} per ISP" in await response.text()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

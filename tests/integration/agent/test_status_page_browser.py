@@ -8,6 +8,7 @@ page that renders without its chart (or with an empty one) fails.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,15 @@ MEASURED_GREEN = (0x2C, 0xA0, 0x2C)
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+# The browser binary itself, where a distribution puts it behind a launcher script (Debian's
+# /usr/bin/chromium): the flags below are all it needs, whatever a launcher would add.
+BROWSER_BINARIES = ("/usr/lib/chromium/chromium", "/usr/lib/chromium-browser/chromium-browser")
+
+
 def find_chromium() -> str:
+    for binary in BROWSER_BINARIES:
+        if os.access(binary, os.X_OK):
+            return binary
     for name in ("chromium", "chromium-browser"):
         path = shutil.which(name)
         if path:
@@ -41,17 +50,28 @@ def find_chromium() -> str:
     pytest.skip(MISSING)
 
 
-async def screenshot(chromium: str, url: str, out: Path, profile: Path) -> str:
-    """Chromium's own log, for the failure message."""
-    process = await asyncio.create_subprocess_exec(
-        chromium,
+def chromium_flags(euid: int) -> list[str]:
+    """Headless flags that work without a launcher: Chromium refuses to run its sandbox as
+    root, and a container's small /dev/shm would crash the renderer."""
+    flags = [
         "--headless",
-        "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
+    ]
+    if euid == 0:
+        flags.append("--no-sandbox")
+    return flags
+
+
+async def screenshot(chromium: str, url: str, out: Path, profile: Path) -> str:
+    """Chromium's own log, for the failure message."""
+    process = await asyncio.create_subprocess_exec(
+        chromium,
+        *chromium_flags(os.geteuid()),
         f"--user-data-dir={profile}",
         f"--screenshot={out}",
         f"--window-size={WIDTH},{HEIGHT}",
@@ -98,6 +118,20 @@ async def test_status_page_renders_with_its_chart_in_headless_chromium(tmp_path:
     assert (image.width, image.height) == (WIDTH, HEIGHT)
     # The prognosis is a 2 px step line over the whole day, the measured load a line up to now.
     assert image.count_near(PROGNOSIS_BLUE) > 500, "no prognosis line painted"
-    assert image.count_near(MEASURED_GREEN) > 100, "no measured line painted"
+    # The measured line runs from midnight to now: short early in the day (the legend's
+    # sample line alone is about 40 pixels).
+    assert image.count_near(MEASURED_GREEN) > 50, "no measured line painted"
     # Keep the picture for people: pytest's tmp_path survives the run (last 3 runs).
     print(f"screenshot: {shot}")
+
+
+def test_chromium_runs_without_a_launcher_with_the_flags_it_needs() -> None:
+    chromium = find_chromium()
+    installed = [b for b in BROWSER_BINARIES if os.access(b, os.X_OK)]
+    if installed:  # Debian: /usr/bin/chromium is a launcher script in front of this binary
+        assert chromium == installed[0]
+    # Chromium refuses its sandbox as root: only then is it switched off.
+    assert "--no-sandbox" in chromium_flags(0)
+    assert "--no-sandbox" not in chromium_flags(1000)
+    assert "--headless" in chromium_flags(1000)
+    assert "--disable-dev-shm-usage" in chromium_flags(0)

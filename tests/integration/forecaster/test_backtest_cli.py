@@ -74,3 +74,42 @@ def test_warmup_compiles_once_then_loads_from_the_state_directory(state_dir: Pat
     second = figures(flexbridge("warmup", "--state-dir", str(state_dir), env=env).stdout)
     assert second["kernels_compiled"] == "0"
     assert int(second["kernels_loaded"]) > 0
+
+
+def test_backtest_on_a_synthetic_site_with_a_public_holiday_calendar() -> None:
+    done = flexbridge(
+        "backtest",
+        "--synthetic",
+        "fleet_depot",
+        "--synthetic-days",
+        "70",
+        "--timezone",
+        "America/Los_Angeles",
+        "--holidays-country",
+        "US",
+        "--holidays-subdivision",
+        "CA",
+    )
+    assert done.returncode == 0, done.stderr
+    got = figures(done.stdout)
+    assert got["method"] == "selected"
+    assert "last_selection_structure" in got
+    for name in ("seasonal_naive", "weekday_mean_4w"):
+        assert f"last_selection_heldout_{name}_nmae_pct" in got
+        assert float(got["ours_nmae_pct"]) <= float(got[f"{name}_nmae_pct"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--synthetic", "odd_weekday", "--holidays-country", "XX"], "error: "),
+        (["--synthetic", "cathedral"], "unknown synthetic site 'cathedral'"),
+        ([], "either --sessions FILE ... or --synthetic NAME"),
+    ],
+)
+def test_backtest_input_errors_are_one_line(args: list[str], message: str) -> None:
+    done = flexbridge("backtest", *args)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

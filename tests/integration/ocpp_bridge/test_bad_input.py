@@ -75,12 +75,15 @@ async def heartbeat_ok(ws: ClientConnection, unique_id: str = "hb") -> bool:
             json.dumps([2, "m5", "StatusNotification", STATUS_WITH_TEXT_CONNECTOR]),
             [4, "m5", "TypeConstraintViolation"],
         ),
-        ("ocpp1.6", '[2, "m6", "FooBar", {}]', [4, "m6", "NotSupported"]),
+        # OCPP-J: NotImplemented = action not known, NotSupported = known but not handled.
+        ("ocpp1.6", '[2, "m6", "FooBar", {}]', [4, "m6", "NotImplemented"]),
+        ("ocpp2.0.1", '[2, "m6", "StartTransaction", {}]', [4, "m6", "NotImplemented"]),
         (
             "ocpp1.6",
             '[2, "m7", "RemoteStartTransaction", {"idTag": "x"}]',
-            [4, "m7", "NotImplemented"],
+            [4, "m7", "NotSupported"],
         ),
+        ("ocpp2.0.1", '[2, "m7", "RequestStartTransaction", {}]', [4, "m7", "NotSupported"]),
         ("ocpp2.0.1", '[2, "m8", "TransactionEvent", {}]', [4, "m8", "ProtocolError"]),
     ],
 )

@@ -1,4 +1,4 @@
-"""Outbox delivery over real HTTP (message-transport-mechanism.md "Transmission"): retries with
+"""Outbox delivery over real HTTP (the specification's "Transmission" rules): retries with
 back-off on temporary failures, final 4xx, redirects, FIFO per peer, restarts, giving up."""
 
 from __future__ import annotations

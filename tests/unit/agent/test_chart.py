@@ -34,7 +34,45 @@ def test_renders_well_formed_svg_with_each_series() -> None:
     labels = [t.text for t in root.findall(".//s:text", ns)]
     assert "00:00" in labels
     assert "03:00" in labels
-    assert "-10 kW" in labels or "-5 kW" in labels  # negative axis for the ordered reduction
+    assert "-10" in labels or "-5" in labels  # negative axis for the ordered reduction
+    # One unit, named once: kW on the y axis; the x axis says whose clock it is.
+    assert "power (kW)" in labels
+    assert "time of day, Europe/Amsterdam (market time)" in labels
+    assert not any(label and label.endswith(" W") for label in labels)
+    # The "now" marker is drawn and explained in the legend.
+    assert len(root.findall(".//s:line[@class='now']", ns)) == 1
+    assert "now (09:00)" in labels  # 08:00 UTC on the day the clocks go back
+    legend = [t.text for g in root.findall(".//s:g[@class='legend']", ns) for t in g if t.text]
+    assert legend == ["prognosis", "measured", "ordered", "now (09:00)"]
+
+
+def test_limit_lines_are_drawn_over_the_bars_and_the_legend_wraps() -> None:
+    series = [
+        Series("ordered", [0.0] * 60 + [-6_000.0] * 8 + [0.0] * 28, "#d62728", kind="bar"),
+        Series("DSO limit", [40_000.0] * 96, "#9467bd", kind="step", dashed=True),
+        *(Series(f"a rather long series name {k}", [1.0] * 96, "#000") for k in range(4)),
+    ]
+    svg = render_power_chart(ISPS, series, timezone="Europe/Amsterdam")
+    root = etree.fromstring(svg.encode())
+    marks = [e.get("class") for e in root.iter() if (e.get("class") or "").startswith("series")]
+    assert marks.index("series-DSO-limit") > max(
+        i for i, c in enumerate(marks) if c == "series-ordered"
+    )
+    rows = {
+        float(t.get("y", "0"))
+        for g in root.findall(".//{http://www.w3.org/2000/svg}g[@class='legend']")
+        for t in g
+        if t.tag.endswith("text")
+    }
+    assert len(rows) == 2, "six long names do not fit one 960 px row"
+
+
+def test_no_now_marker_outside_the_day() -> None:
+    svg = render_power_chart(
+        ISPS, [Series("p", [1.0] * 96, "#000")], now=START + timedelta(days=1, hours=1)
+    )
+    assert 'class="now"' not in svg
+    assert "now (" not in svg
 
 
 def test_gaps_lift_the_pen() -> None:

@@ -58,3 +58,54 @@ def test_page_shows_chargers_and_chart_and_escapes_what_chargers_send(tmp_path: 
     assert "unhealthy: ocpp: OCPP listener is not serving" in tree.text_content()
     assert f"{CP} on 2026-06-01, revision 3" in tree.text_content()
     assert len(tree.xpath("//*[local-name()='rect'][@class='series-ordered']")) == 4
+
+
+def test_one_unit_on_the_page_and_the_previous_day_in_reach(tmp_path: Path) -> None:
+    agent = build_agent(make_env(tmp_path).config)
+    now = datetime(2026, 6, 2, 0, 20, tzinfo=UTC)
+    status = LiveStatus(agent)
+    trade = TradeSnapshot(date(2026, 6, 2), 9)
+    isps = [{"start": 37, "duration": 4, "power_w": -30_600}]
+    trade.offers = [
+        {
+            "message_id": "0123456789",
+            "congestion_point": CP,
+            "period": "2026-06-02",
+            "status": "sent",
+            "expires_at": None,
+            "currency": "EUR",
+            "options": [{"reference": "A", "isps": isps, "price": "12.5"}],
+        }
+    ]
+    trade.orders = [
+        {
+            "order_reference": "ORD-1",
+            "congestion_point": CP,
+            "period": "2026-06-02",
+            "isps": isps,
+            "price": "12.5",
+            "currency": "EUR",
+            "received_at": None,
+        }
+    ]
+    page = render_status_page(
+        info=status.info(),
+        site=status.site(now),
+        chargers=status.chargers(),
+        trade=trade,
+        charts=[],
+        problems=[],
+        now=now,
+        period=date(2026, 6, 1),
+    )
+    tree = lxml_html.fromstring(page)
+    text = tree.text_content()
+    assert "ISP 37+4 -30.6 kW" in text
+    assert "37+4: -30.6 kW" in text
+    assert "-30600" not in text
+    assert " W," not in text
+    links = {a.text_content(): a.get("href") for a in tree.iter("a")}
+    assert links["← 2026-05-31"] == "/?period=2026-05-31"
+    assert links["2026-06-02 →"] == "/?period=2026-06-02"
+    assert links["today"] == "/"
+    assert "2026-06-01 per ISP" in text

@@ -61,7 +61,7 @@ def test_intraday_backtest_scores_calibration_against_raw_driver_input() -> None
 
 
 def test_dates_outside_the_data_and_unknown_methods_are_refused() -> None:
-    with pytest.raises(BacktestError, match="less than 56 days of history"):
+    with pytest.raises(BacktestError, match="less than 28 days of history"):
         run_backtest(BacktestConfig(FILES, date(2019, 5, 20), date(2019, 6, 1)))
     with pytest.raises(BacktestError, match="last data day"):
         run_backtest(BacktestConfig(FILES, date(2019, 12, 1), date(2020, 3, 1)))

@@ -70,3 +70,14 @@ def test_bad_calendar_inputs_are_named() -> None:
         history_layout(AMS, 60, 10)
     with pytest.raises(CalendarError, match="no time zone"):
         epoch_seconds([datetime(2024, 1, 1)])
+
+
+def test_public_holidays_come_from_the_holidays_package() -> None:
+    from forecaster.calendar import public_holidays
+
+    days = public_holidays("US", "CA", [2019])
+    assert date(2019, 11, 29) in days  # the day after Thanksgiving, a California holiday
+    assert date(2019, 7, 4) in days
+    assert date(2019, 11, 29) not in public_holidays("US", None, [2019])
+    with pytest.raises(CalendarError):
+        public_holidays("XX", None, [2019])

@@ -95,7 +95,7 @@ def test_the_highest_valid_stack_level_wins_within_a_purpose() -> None:
     )
     assert s.limit_a_at(at(0)) == 24
     assert s.limit_a_at(at(599)) == 24
-    # validTo passed: the lower level rules again (the fail-safe layering of OCPP.md §3.4).
+    # validTo passed: the lower level rules again (the fail-safe layering of docs/architecture.md).
     assert s.limit_a_at(at(600)) == 10
 
 

@@ -134,7 +134,7 @@ def test_compress_then_expand_is_identity(values: dict[int, int]) -> None:
 
 
 def test_coverage_problems_follow_the_spec_examples() -> None:
-    # message-validation.md "ISP conflict": Start=1 Duration=4 and Start=2 overlap.
+    # The specification's "ISP conflict": Start=1 Duration=4 and Start=2 overlap.
     assert [reasons.reason_of(p) for p in calendar.coverage_problems([(1, 4), (2, 1)], 96)] == [
         reasons.ISP_CONFLICT
     ]

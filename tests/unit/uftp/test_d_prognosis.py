@@ -1,4 +1,4 @@
-"""Use case "Exchange D-Prognoses per Congestion Point" (validate-phase.md), checked by the
+"""Use case "Exchange D-Prognoses per Congestion Point", checked by the
 simulated DSO: all ISPs of the day, increasing revisions, plausible power."""
 
 from __future__ import annotations

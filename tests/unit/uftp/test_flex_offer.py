@@ -1,4 +1,4 @@
-"""Use case "Exchange Flexibility Offers" (validate-phase.md), checked by the simulated DSO.
+"""Use case "Exchange Flexibility Offers" checked by the simulated DSO.
 Our AGR must produce offers that pass these, so they are the outbound rules too."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Use case "Revocation Flexibility Offer" (validate-phase.md), checked by the simulated DSO."""
+"""Use case "Revocation Flexibility Offer", checked by the simulated DSO."""
 
 from __future__ import annotations
 

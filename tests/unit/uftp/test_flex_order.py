@@ -1,4 +1,4 @@
-"""Use case "Exchange Flexibility Orders" (validate-phase.md / operate-phase.md): the AGR checks
+"""Use case "Exchange Flexibility Orders" (UFTP validate and operate phases): the AGR checks
 a FlexOrder against the FlexOffer it names and that offer's state."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_accepted_exactly_as_offered() -> None:
 
 
 def test_accepted_with_partial_activation() -> None:
-    # 80 % of the offer: every ISP and the price scale by 0.80 (validate-phase.md).
+    # 80 % of the offer: every ISP and the price scale by 0.80 (the specification's validate phase).
     order = build.flex_order(
         OFFER,
         activation_factor=Decimal("0.80"),

@@ -1,4 +1,4 @@
-"""Use case "Exchange Flexibility Requests" (validate-phase.md): the AGR's checks."""
+"""Use case "Exchange Flexibility Requests": the AGR's checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Use case "Exchange Flexibility Reservation Update" (plan-phase.md): the AGR's checks."""
+"""Use case "Exchange Flexibility Reservation Update": the AGR's checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Use case "Process Settlement Items" (settle-phase.md): dispute items, reject only the
+"""Use case "Process Settlement Items": dispute items, reject only the
 message's bounds, missing items or an already settled period."""
 
 from __future__ import annotations

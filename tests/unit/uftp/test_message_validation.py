@@ -1,4 +1,4 @@
-"""Generic checks every receiver performs (use-case-descriptions/message-validation.md)."""
+"""Generic checks every receiver performs (UFTP 3.1.0 specification, message validation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Delivery policy (message-transport-mechanism.md "Transmission"): which HTTP outcomes are
+"""Delivery policy (UFTP 3.1.0 specification, transport, "Transmission"): which HTTP outcomes are
 final, and how long to wait before the next try."""
 
 from __future__ import annotations

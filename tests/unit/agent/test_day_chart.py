@@ -1,0 +1,122 @@
+"""The day chart's data and picture: measured only where something was measured, the DSO's
+limit from its request, the site cap from the orders, on the market's clock."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from lxml import etree
+
+from agent import store
+from agent.app import build_agent
+from agent.market import Market
+from agent.status import day_chart
+from agent.web.page import chart_svg
+from tests.support.agent_env import CP, DSO, TZ, make_env
+
+DAY = date(2026, 6, 2)
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _prognosis(created_at: datetime, power_w: int) -> store.PrognosisRow:
+    return store.PrognosisRow(
+        congestion_point=CP,
+        period=DAY,
+        revision=1,
+        message_id=str(uuid.uuid4()),
+        conversation_id=str(uuid.uuid4()),
+        dso_domain=DSO,
+        created_at=created_at,
+        reason="day-ahead",
+        power_w=[power_w] * 96,
+        baseline_w=[power_w] * 96,
+        orders=[],
+        status="accepted",
+        rejection_reason=None,
+    )
+
+
+async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path) -> None:
+    agent = build_agent(make_env(tmp_path).config)
+    market = Market(TZ, 15)
+    isps = market.isps(DAY)
+    start, _ = market.bounds(DAY)
+    noon = isps[48].start  # 12:00 local: the agent stops measuring here
+    prognosis = _prognosis(start - timedelta(hours=12), 10_000)
+    request = store.RequestRow(
+        message_id=str(uuid.uuid4()),
+        conversation_id=str(uuid.uuid4()),
+        dso_domain=DSO,
+        congestion_point=CP,
+        period=DAY,
+        revision=1,
+        expires_at=start,
+        received_at=start - timedelta(hours=6),
+        isps=[[1, 36, 0, 0, 2_000], [37, 4, 1, -8_000, -3_000], [41, 56, 0, 0, 2_000]],
+        status="accepted",
+        reason=None,
+        offer_state="offered",
+    )
+    order = store.OrderRow(
+        message_id=str(uuid.uuid4()),
+        conversation_id=str(uuid.uuid4()),
+        offer_message_id=None,
+        dso_domain=DSO,
+        congestion_point=CP,
+        period=DAY,
+        order_reference="ORD-1",
+        option_reference="A",
+        activation_factor=1.0,
+        price="3.0000",
+        currency="EUR",
+        isps=[[37, 4, -4_000]],
+        baseline_message_id=prognosis.message_id,
+        received_at=start - timedelta(hours=5),
+        status="accepted",
+        reason=None,
+    )
+
+    def write(conn):  # type: ignore[no-untyped-def]
+        store.insert_prognosis(conn, prognosis)
+        store.insert_request(conn, request)
+        store.insert_order(conn, order)
+        # The last batch the site wrote ended at 12:10: ISP 49 holds ten minutes of energy.
+        store.record_alive(conn, start, noon + timedelta(minutes=10))
+        store.add_isp_energy(
+            conn, [("CP-01", int(i.start.timestamp()), CP, 2_500.0) for i in isps[:40]]
+        )
+        store.add_isp_energy(conn, [("CP-01", int(noon.timestamp()), CP, 1_700.0)])
+
+    await agent.db.start()
+    try:
+        await agent.db.transaction(write)
+        after = start + timedelta(days=1, hours=1)
+        chart = await day_chart(agent, CP, DAY, after)
+        during = await day_chart(agent, CP, DAY, isps[20].start + timedelta(minutes=5))
+    finally:
+        await agent.db.stop()
+
+    # Energy where recorded, 0 while the agent ran without any, nothing for an ISP whose
+    # energy is only partly written (12:00-12:15) nor for the skipped afternoon and night.
+    assert chart.measured_w[:40] == [10_000.0] * 40
+    assert chart.measured_w[40:48] == [0.0] * 8
+    assert chart.measured_w[48:] == [None] * 48
+    # Never for what is still to come (nor the ISP running now).
+    assert during.measured_w[:20] == [10_000.0] * 20
+    assert during.measured_w[20:] == [None] * 76
+    # The DSO asked for at most prognosis + MaxPower; the order caps the site at its target.
+    assert chart.dso_limit_w[:36] == [12_000.0] * 36
+    assert chart.dso_limit_w[36:40] == [7_000.0] * 4
+    assert chart.site_cap_w[36:40] == [6_000.0] * 4
+    assert chart.site_cap_w[0] == 150_000.0
+    assert chart.time_zone == TZ
+
+    svg = etree.fromstring(chart_svg(chart, None).encode())
+    classes = {e.get("class") for e in svg.iter()}
+    assert {"series-DSO-limit", "series-site-cap", "series-measured"} <= classes
+    titles = [t.text for t in svg.iter(f"{SVG}text") if t.get("class") == "axis-title"]
+    assert titles == ["power (kW)", f"time of day, {TZ} (market time)"]
+    (measured,) = svg.findall(f".//{SVG}path[@class='series-measured']")
+    assert measured.get("d", "").count("M") + measured.get("d", "").count("L") == 48

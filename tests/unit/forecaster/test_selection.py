@@ -1,0 +1,213 @@
+"""Per-site structure selection against its plain-loop reference, and its guarantees: no
+look-ahead, never worse than a baseline on the held-out days, calibrated bands."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forecaster.selection import (
+    BASELINES,
+    CANDIDATES,
+    EVAL_HALF_LIFE_DAYS,
+    DayTable,
+    Selection,
+    SelectionError,
+    candidate_forecast,
+    forecast_days,
+    forecast_many,
+    regime_changed,
+    select,
+)
+from tests.support import selection_reference as ref
+
+SLOTS = 24
+FIRST = date(2024, 3, 4).toordinal()  # a Monday
+NAMES = sorted(CANDIDATES)
+
+
+def random_table(seed: int, days: int, gaps: bool = True) -> DayTable:
+    """Workplace-like hourly load with weekday structure, holidays, zeros and gaps."""
+    rng = np.random.default_rng(seed)
+    ordinals = FIRST + np.arange(days, dtype=np.int64)
+    weekday = (ordinals - 1) % 7
+    holiday = rng.random(days) < 0.05
+    shape = np.exp(-0.5 * ((np.arange(SLOTS) - rng.uniform(8, 12)) / rng.uniform(1.5, 4)) ** 2)
+    rate = np.where(weekday < 5, rng.uniform(0.5, 1.5, 7)[weekday], 0.15)
+    rate = np.where(holiday, 0.1, rate)
+    values = rng.poisson(8 * rate[:, None] * shape[None, :]) * 7000.0
+    values = values * (rng.random(values.shape) > 0.1)
+    if gaps:
+        values[rng.random(values.shape) < 0.03] = np.nan
+        values[rng.integers(0, days)] = np.nan  # a whole day without data
+    return DayTable(values.astype(np.float64), ordinals, holiday)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(NAMES),
+    days=st.integers(3, 70),
+)
+def test_every_candidate_matches_its_reference(seed: int, name: str, days: int) -> None:
+    table = random_table(seed, days)
+    candidate = CANDIDATES[name]
+    targets = table.ordinals[-3:] + 1  # includes days inside the table: age filter
+    hol = np.array([False, True, False])
+    got = candidate_forecast(table, targets, hol, candidate)
+    for i, target in enumerate(targets.tolist()):
+        want = ref.forecast(
+            table.values, table.ordinals, table.holiday, target, bool(hol[i]), candidate
+        )
+        np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_candidate_matches_its_reference_on_a_fixed_table(name: str) -> None:
+    table = random_table(7, 40)
+    target = int(table.ordinals[-1]) + 1
+    got = candidate_forecast(table, np.array([target]), np.array([False]), CANDIDATES[name])
+    want = ref.forecast(
+        table.values, table.ordinals, table.holiday, target, False, CANDIDATES[name]
+    )
+    np.testing.assert_allclose(got[0], want, rtol=1e-9, atol=1e-6)
+
+
+def test_the_baselines_are_what_they_say() -> None:
+    table = random_table(3, 35, gaps=False)
+    target = int(table.ordinals[-1]) + 1
+    naive = candidate_forecast(
+        table, np.array([target]), np.array([False]), CANDIDATES[BASELINES[0]]
+    )
+    mean4 = candidate_forecast(
+        table, np.array([target]), np.array([False]), CANDIDATES[BASELINES[1]]
+    )
+    d = table.days  # the target's index
+    np.testing.assert_allclose(naive[0], table.values[d - 7])
+    np.testing.assert_allclose(mean4[0], table.values[[d - 7, d - 14, d - 21, d - 28]].mean(axis=0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), days=st.integers(30, 60), cut=st.integers(15, 29))
+def test_data_after_the_origin_never_changes_a_forecast_made_at_it(
+    seed: int, days: int, cut: int
+) -> None:
+    """Selection at an origin and the forecast it makes, with the days from the origin on
+    present but rewritten: the result is the same, because only days before it are read."""
+    table = random_table(seed, days)
+    origin = int(table.ordinals[cut])
+    chosen = select(table.before(origin))
+    rng = np.random.default_rng(seed + 1)
+    changed = table.values.copy()
+    changed[cut:] = rng.uniform(0, 50_000, changed[cut:].shape)
+    other = DayTable(changed, table.ordinals, table.holiday)
+    assert select(other.before(origin)) == chosen
+    targets = np.array([origin, origin + 1])
+    hol = np.array([False, False])
+    for name in NAMES[:: max(1, len(NAMES) // 20)] + list(BASELINES):
+        # The full table, future included, is handed in: the candidate must skip it.
+        a = candidate_forecast(table, targets[:1], hol[:1], CANDIDATES[name])
+        b = candidate_forecast(other, targets[:1], hol[:1], CANDIDATES[name])
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        forecast_days(chosen, table, targets[:1], hol[:1])[1],
+        forecast_days(chosen, other, targets[:1], hol[:1])[1],
+    )
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), days=st.integers(20, 56))
+def test_the_choice_is_never_worse_than_a_baseline_on_the_held_out_days(
+    seed: int, days: int
+) -> None:
+    chosen = select(random_table(seed, days))
+    assert chosen.heldout_nmae_pct <= min(chosen.baseline_nmae_pct.values()) + 1e-9
+    assert set(chosen.baseline_nmae_pct) == set(BASELINES)
+    assert abs(sum(chosen.weights) - 1.0) < 1e-9
+
+
+def test_held_out_scores_match_the_reference() -> None:
+    table = random_table(11, 30)
+    pool = [CANDIDATES[b] for b in BASELINES] + [
+        CANDIDATES["daytype-hl14-mean-sqrt-level"],
+        CANDIDATES["weekday-win28-median-sqrt"],
+        CANDIDATES["shrink-hl7-trimmed-watts"],
+    ]
+    want = ref.select_scores(table.values, table.ordinals, table.holiday, pool, 14)
+    chosen = select(table, pool, eval_days=14)
+    for name in BASELINES:
+        assert chosen.baseline_nmae_pct[name] == pytest.approx(want[name], rel=1e-9)
+    best = min(want.values())
+    assert chosen.heldout_nmae_pct <= best + 1e-9
+    if len(chosen.members) == 1:
+        assert chosen.heldout_nmae_pct == pytest.approx(best, rel=1e-9)
+
+
+def test_bands_cover_eighty_percent_of_the_held_out_isps() -> None:
+    table = random_table(5, 56, gaps=False)
+    chosen = select(table)
+    n = chosen.eval_days
+    inside = []
+    for e in range(table.days - n, table.days):
+        o = int(table.ordinals[e])
+        p10, p50, p90 = forecast_days(
+            chosen, table.before(o), np.array([o]), table.holiday[e : e + 1]
+        )
+        assert (p10 <= p50).all()
+        assert (p50 <= p90).all()
+        assert (p10 >= 0).all()
+        y = table.values[e]
+        inside.append((p10[0] <= y + 1e-9) & (y <= p90[0] + 1e-9))
+    # The held-out days weigh by recency, as in selection.
+    age = np.arange(n, 0, -1)
+    weight = 0.5 ** ((age - 1) / EVAL_HALF_LIFE_DAYS)
+    covered = float((weight * np.mean(inside, axis=1)).sum() / weight.sum())
+    assert 0.79 <= covered <= 0.84
+
+
+def test_selection_round_trips_through_json() -> None:
+    chosen = select(random_table(2, 42))
+    assert Selection.from_json(chosen.as_json()) == chosen
+    broken = chosen.as_json() | {"members": ["no-such-structure"]}
+    with pytest.raises(SelectionError, match="unknown structures"):
+        Selection.from_json(broken)
+
+
+def test_too_short_a_history_is_a_clear_error() -> None:
+    with pytest.raises(SelectionError, match="at least 14"):
+        select(random_table(1, 10))
+    young = random_table(1, 40)
+    values = young.values.copy()
+    values[:-5] = np.nan  # the agent measured only the last 5 days
+    with pytest.raises(SelectionError, match=r"[45] of the last 28 days have data"):
+        select(DayTable(values, young.ordinals, young.holiday))
+
+
+def test_a_collapse_is_a_regime_change_and_noise_is_not() -> None:
+    table = random_table(9, 56, gaps=False)
+    chosen = select(table.before(int(table.ordinals[-3])))
+    actual = table.values[-3:]
+    p50 = forecast_days(chosen, table, table.ordinals[-3:], table.holiday[-3:])[1]
+    assert not regime_changed(chosen, actual, p50)
+    assert regime_changed(chosen, actual * 0.1, p50)
+    assert regime_changed(replace(chosen, mean_abs_error_w=1.0), actual, p50 + 5000.0)
+
+
+def test_many_series_at_once_give_each_series_its_own_forecast() -> None:
+    tables = [random_table(seed, 45) for seed in range(40)]  # more than one block
+    holiday = tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    chosen = select(tables[0])
+    ordinals = tables[0].ordinals
+    targets = np.array([int(ordinals[-1]) + 1, int(ordinals[-1]) + 2])
+    hol = np.array([False, True])
+    many = forecast_many(chosen, values, ordinals, holiday, targets, hol)
+    for s, t in enumerate(tables):
+        one = forecast_days(chosen, DayTable(t.values, ordinals, holiday), targets, hol)
+        for q in range(3):
+            np.testing.assert_allclose(many[q][s], one[q], rtol=1e-12, atol=1e-9)
