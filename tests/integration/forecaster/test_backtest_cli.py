@@ -61,7 +61,7 @@ def test_backtest_reports_bad_files_with_file_and_line(tmp_path: Path) -> None:
         "2019-05-01 09:00:00-07:00,not a time,4\n"
     )
     done = flexbridge("backtest", "--sessions", str(bad))
-    assert done.returncode == 1
+    assert done.returncode == 65  # EX_DATAERR: a malformed input file
     assert f"{bad}:3: departure 'not a time' is not an ISO 8601 timestamp" in done.stderr
 
 
