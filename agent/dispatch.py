@@ -345,10 +345,11 @@ class Dispatcher:
                 log.error("dynamic schedule for %s EVSE %d failed: %s", key[0], key[1], result)
                 continue
             round_.pushed[key] = result
-            if result.accepted and key in wanted:
-                self._sent[key] = (tuple(wanted[key]), valid_until)
-            else:
+            if not result.accepted:
                 rejected.append(f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip())
+            elif key in wanted:
+                self._sent[key] = (tuple(wanted[key]), valid_until)
+            # (accepted and not wanted: an EVSE's own limit the charger cleared)
         if rejected:
             log.warning(
                 "chargers did not take their dynamic schedule",
