@@ -249,35 +249,17 @@ class Dispatcher:
         horizon = len(grid)
         schedules: dict[str, np.ndarray] = {cid: np.zeros(horizon) for cid in online}
         per_evse: dict[tuple[str, int], np.ndarray] = {}
-        unmet = 0.0
-        if needs:
-            sessions = SessionSet.from_instants(
-                grid[0],
-                self.config.uftp.isp_duration_min,
-                [grid[0]] * len(needs),
-                [n.leave for n in needs],
-                [n.energy_wh for n in needs],
-                [n.pmin_w for n in needs],
-                [n.pmax_w for n in needs],
-            )
-            # As much as the cap allows: that also serves a raise order's floor as far as the
-            # EVs can take energy (nobody can be made to charge a full battery).
-            result = allocate(sessions, cap, cap, self.config.uftp.isp_duration_min)
-            unmet = float(result.unmet_wh.sum())
-            for need, row in zip(needs, result.schedule_w, strict=True):
-                cid = need.session.info.charger_id
-                # Allocated in watts the EV draws; the charger's limit per phase must let a
-                # one-phase car draw them (its per-phase amps are a third of the 3-phase W).
-                limit = row * need.limit_factor
-                schedules[cid] = schedules.get(cid, np.zeros(horizon)) + limit
-                # A station with several EVSEs shares its station-wide limit as it sees fit
-                # (typically equally, pausing every EV below 6 A): each EVSE gets its own.
-                if self._evse_count(cid) > 1:
-                    per_evse[(cid, need.session.info.evse_id)] = limit
+        limits, used, unmet = allocate_limits(
+            needs, grid[0], cap, self.config.uftp.isp_duration_min, self._keep_levels(needs)
+        )
+        for need, limit in zip(needs, limits, strict=True):
+            cid = need.session.info.charger_id
+            schedules[cid] = schedules.get(cid, np.zeros(horizon)) + limit
+            # A station with several EVSEs shares its station-wide limit as it sees fit
+            # (typically equally, pausing every EV below 6 A): each EVSE gets its own.
+            if self._evse_count(cid) > 1:
+                per_evse[(cid, need.session.info.evse_id)] = limit
         busy = {n.session.info.charger_id for n in needs}
-        used = np.zeros(horizon)
-        if needs:
-            used = result.site_w.copy()
         for cid in sorted(online - busy):
             # An idle charger may start an EV at its minimum power while the cap has room.
             minimum = self._min_power(cid)
@@ -286,6 +268,21 @@ class Dispatcher:
             schedules[cid] = allowance
             used = used + allowance
         return schedules, per_evse, unmet
+
+    def _keep_levels(self, needs: Sequence[SessionNeed]) -> list[float]:
+        """Per EV, the charger limit (W) it keeps where the plan has no energy for it: its
+        share of its charger's safe limit, the level the charger falls back to anyway."""
+        sharing = collections.Counter(n.session.info.charger_id for n in needs)
+        return [
+            self.safe_power_w(n.session.info.charger_id) / sharing[n.session.info.charger_id]
+            for n in needs
+        ]
+
+    def safe_power_w(self, charger_id: str) -> float:
+        charger = self._chargers.get(charger_id)
+        if charger is None:  # admitted on first contact: the bridge's default safe limit
+            return float(self.bridge.settings.default_safe_power_w)
+        return float(self.config.safe_power_w(charger))
 
     def _evse_count(self, charger_id: str) -> int:
         state = self.site.chargers.get(charger_id)
@@ -429,6 +426,69 @@ class Dispatcher:
             measured = energy.get(int(isp_start.timestamp()), 0.0) * to_w
             out.append((index, base, float(change), measured))
         return out
+
+
+def allocate_limits(
+    needs: Sequence[SessionNeed],
+    start: datetime,
+    cap: np.ndarray,
+    isp_minutes: int,
+    keep_limit_w: Sequence[float],
+) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Charger limits (W) per plugged-in EV over the grid from `start`, the site power they
+    draw (W) and the energy left unmet (Wh).
+
+    The forecaster's allocation gives each EV the energy it is estimated to need; beyond that
+    estimate (which is only an estimate: the car may want more) and wherever the allocation
+    leaves an EV without power, the EV keeps charging at `keep_limit_w` (its share of the
+    safe limit) as far as the cap has room. So a plugged-in EV is held at 0 only where an
+    order or the site limit leaves no room for its minimum, never by where a plan ends.
+    """
+    horizon = len(cap)
+    if not needs:
+        return [], np.zeros(horizon), 0.0
+    sessions = SessionSet.from_instants(
+        start,
+        isp_minutes,
+        [start] * len(needs),
+        [n.leave for n in needs],
+        [n.energy_wh for n in needs],
+        [n.pmin_w for n in needs],
+        [n.pmax_w for n in needs],
+    )
+    # As much as the cap allows: that also serves a raise order's floor as far as the EVs
+    # can take energy (nobody can be made to charge a full battery).
+    result = allocate(sessions, cap, cap, isp_minutes)
+    # Allocated in watts the EV draws; the charger's limit per phase must let a one-phase
+    # car draw them (its per-phase amps are a third of the 3-phase W): limit = W x factor.
+    levels = [
+        min(n.pmax_w, keep / n.limit_factor) for n, keep in zip(needs, keep_limit_w, strict=True)
+    ]
+    drawn = keep_charging(
+        result.schedule_w,
+        np.array([n.pmin_w for n in needs]),
+        np.array(levels),
+        cap - result.site_w,
+    )
+    limits = [row * n.limit_factor for n, row in zip(needs, drawn, strict=True)]
+    return limits, drawn.sum(axis=0), float(result.unmet_wh.sum())
+
+
+def keep_charging(
+    schedule_w: np.ndarray, pmin_w: np.ndarray, level_w: np.ndarray, room_w: np.ndarray
+) -> np.ndarray:
+    """`schedule_w` (N, H) raised towards `level_w` (N,) wherever it is lower, using at most
+    `room_w` (H,) of spare site power in all; a raise that would leave an EV below its
+    minimum `pmin_w` (N,) is not made (it would be a pause in disguise)."""
+    out = np.array(schedule_w, dtype=np.float64, copy=True)
+    room = np.maximum(np.asarray(room_w, dtype=np.float64), 0.0)
+    for i in range(out.shape[0]):
+        extra = np.minimum(np.maximum(level_w[i] - out[i], 0.0), room)
+        raised = out[i] + extra
+        usable = (extra > 0) & (raised >= pmin_w[i] - 1e-6)
+        out[i] = np.where(usable, raised, out[i])
+        room = room - np.where(usable, extra, 0.0)
+    return out
 
 
 def _periods(

@@ -147,6 +147,12 @@ class SmartCharging:
     def refresh_margin(self) -> timedelta:
         return self.validity / 3
 
+    @property
+    def tail_s(self) -> float:
+        """The end of each dynamic profile that allows no more than the safe limit: half the
+        refresh margin, so a live agent's refresh always replaces the profile before it."""
+        return self.refresh_margin.total_seconds() / 2
+
     def connection_lost(self) -> None:
         self.safe_purpose = None
         for schedule in self.dynamic.values():
@@ -284,6 +290,7 @@ class SmartCharging:
                     valid_to,
                     self.schedule_ids.next(),
                     fill_limit_w=self.safe_limit_w,
+                    tail_s=self.tail_s,
                 )
                 holder["valid_to"] = built.valid_to
                 return await self._set(connection, built)
@@ -334,6 +341,7 @@ class SmartCharging:
                 valid_to,
                 self.schedule_ids.next(),
                 fill_limit_w=self.safe_limit_w * share,
+                tail_s=self.tail_s,
                 profile_id=None
                 if schedule.evse_id
                 else STATION_SPLIT_PROFILE_ID_BASE + session.evse_id,
