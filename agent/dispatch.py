@@ -105,6 +105,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
         self._verifiers: set[asyncio.Task[None]] = set()
+        self._refused: set[tuple[str, int]] = set()
         # Profiles in flight at once: enough to reach every charger of a large site within a
         # second, bounded so a round does not open thousands of OCPP calls in one burst.
         self.push_concurrency = 100
@@ -343,10 +344,17 @@ class Dispatcher:
                 continue
             round_.pushed[key] = result
             if not result.accepted:
-                rejected.append(f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip())
-            elif key in wanted:
+                # Said once per refusal: the bridge retries with back-off and answers every
+                # round in between with the refusal it remembers.
+                if key not in self._refused:
+                    self._refused.add(key)
+                    rejected.append(
+                        f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip()
+                    )
+                continue
+            self._refused.discard(key)
+            if key in wanted:  # (else: an EVSE's own limit the charger cleared)
                 self._sent[key] = (tuple(wanted[key]), valid_until)
-            # (accepted and not wanted: an EVSE's own limit the charger cleared)
         if rejected:
             log.warning(
                 "chargers did not take their dynamic schedule",

@@ -67,7 +67,7 @@ from ocpp_bridge.settings import (
     SecurityProfile,
     UnknownChargerPolicy,
 )
-from ocpp_bridge.smart_charging import DynamicSchedule, SmartCharging, validate_schedule
+from ocpp_bridge.smart_charging import SmartCharging, validate_schedule
 from ocpp_bridge.timestamps import real_sleep, utc_now
 
 log = logging.getLogger(__name__)
@@ -649,8 +649,7 @@ class CentralSystem:
         charger = await self._known(charger_id)
         if charger is None:
             return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
-        charger.smart.dynamic[evse_id] = DynamicSchedule(evse_id, tuple(periods), valid_until)
-        charger.smart.changed.set()
+        charger.smart.want(evse_id, periods, valid_until)
         connection = self._online(charger)
         if connection is None:
             return CommandResult(CommandStatus.OFFLINE, "sent when the charger connects")
