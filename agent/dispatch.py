@@ -48,6 +48,8 @@ from ocpp_bridge import (
     CentralSystem,
     ChargerConnected,
     CommandResult,
+    CommandStatus,
+    CompositeSchedule,
     Event,
     PowerPeriod,
     SessionEnded,
@@ -71,6 +73,18 @@ class DispatchRound:
     # Per EVSE of chargers with several: each EVSE's own share of its station's limit
     evse_schedules: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     pushed: dict[tuple[str, int], CommandResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """Composite schedules a charger reported (its own, or one per connector) and when."""
+
+    at: datetime
+    composites: tuple[CompositeSchedule, ...]
+
+    def limit_w(self, moment: datetime) -> float:
+        """What the charger allows at `moment`: its connectors' limits add up."""
+        return sum(_limit_at(c.periods, moment) for c in self.composites)
 
 
 class Dispatcher:
@@ -106,6 +120,10 @@ class Dispatcher:
         self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
         self._verifiers: set[asyncio.Task[None]] = set()
         self._refused: set[tuple[str, int]] = set()
+        # Chargers read back per connector (no composite schedule for connector 0).
+        self._per_connector: set[str] = set()
+        # The last composite schedule(s) each charger reported after a push.
+        self.read_back: dict[str, ReadBack] = {}
         # Profiles in flight at once: enough to reach every charger of a large site within a
         # second, bounded so a round does not open thousands of OCPP calls in one burst.
         self.push_concurrency = 100
@@ -390,18 +408,24 @@ class Dispatcher:
     async def _verify(self, sample: dict[str, list[PowerPeriod]], round_: DispatchRound) -> None:
         """Re-read composite schedules: did the chargers apply what we sent?"""
         for cid, sent in sample.items():
-            composite = await self.bridge.composite_schedule(cid, 0, self.isp_seconds)
+            composites = await self._read_back(cid)
             if self._latest_push is not round_:
                 return  # a newer round is (re)setting limits: its own check will tell
-            if not composite.result.accepted or not composite.periods:
+            usable = [c for c in composites if c.result.accepted and c.periods]
+            if not usable:
                 self.readbacks["unavailable"] += 1
                 continue
-            start = composite.start or composite.periods[0].start
-            until = start + timedelta(seconds=composite.duration_s or self.isp_seconds)
+            self.read_back[cid] = ReadBack(self.clock.now(), tuple(usable))
             held = self.bridge.dynamic_schedule(cid, 0)
-            if held is not None and held.profile_valid_to is not None:
-                until = min(until, held.profile_valid_to)
-            excess = _excess(composite.periods, sent, until)
+            excess = None
+            for composite in usable:
+                start = composite.start or composite.periods[0].start
+                until = start + timedelta(seconds=composite.duration_s or self.isp_seconds)
+                if held is not None and held.profile_valid_to is not None:
+                    until = min(until, held.profile_valid_to)
+                # A connector's composite is within the charger's: both compare with what the
+                # charger as a whole was sent.
+                excess = excess or _excess(composite.periods, sent, until)
             self.readbacks["ok" if excess is None else "excess"] += 1
             if excess is not None:
                 moment, applied, allowed = excess
@@ -412,6 +436,28 @@ class Dispatcher:
                     moment.isoformat(),
                     allowed,
                 )
+
+    async def _read_back(self, charger_id: str) -> list[CompositeSchedule]:
+        """The charger's composite schedule, or its connectors' where the charger refuses
+        one for the whole of it (a 1.6 charge point that leaves ChargePointMaxProfile out
+        of its composite answers connector 0 with Rejected)."""
+        if charger_id not in self._per_connector:
+            whole = await self.bridge.composite_schedule(charger_id, 0, self.isp_seconds)
+            if whole.result.status is not CommandStatus.REJECTED:
+                return [whole]
+            self._per_connector.add(charger_id)
+            log.info(
+                "charger %s refuses a composite schedule for connector 0 (%s); reading its "
+                "connectors' instead",
+                charger_id,
+                whole.result.reason,
+                extra={"charger_id": charger_id},
+            )
+        state = self.site.chargers.get(charger_id)
+        evses = sorted(e for e in (state.evses if state else ()) if e > 0) or [1]
+        return [
+            await self.bridge.composite_schedule(charger_id, e, self.isp_seconds) for e in evses
+        ]
 
     # --- delivery -------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ what every surface says about the limit a charger really holds."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,10 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result
+from ocpp.v16.enums import Action
+from websockets.exceptions import ConnectionClosed
 
 from agent.app import Agent
 from ocpp_bridge import PowerPeriod
-from ocpp_bridge.simulator import SimCharger16, SimCharger201, running
+from ocpp_bridge.simulator import (
+    ProtocolName,
+    SimCharger16,
+    SimCharger201,
+    open_connection,
+    running,
+)
 from tests.support.agent_env import make_env, running_agent
 from tests.support.uftp import eventually
 
@@ -119,3 +130,57 @@ async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
         assert body["pushed"]["CP-01/1"] == "accepted"
         assert not [r for r in caplog.records if "did not take" in r.getMessage()]
         assert "ClearChargingProfile" in sim.calls_received
+
+
+class NoStationComposite16(SimCharger16):  # type: ignore[misc]
+    """A 1.6 charge point that answers GetCompositeSchedule for its connectors only (as one
+    that leaves ChargePointMaxProfile out of its composite does for connector 0)."""
+
+    @on(Action.get_composite_schedule)
+    def on_get_composite_schedule(
+        self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **kw: Any
+    ) -> Any:
+        if connector_id == 0:
+            self.calls_received.append("GetCompositeSchedule")
+            return call_result.GetCompositeSchedule(status="Rejected")
+        return super().on_get_composite_schedule(connector_id, duration, charging_rate_unit)
+
+
+@contextlib.asynccontextmanager
+async def running_as(sim_class: type[SimCharger16], url: str, identity: str) -> AsyncIterator[Any]:
+    """`simulator.running` for a subclass of the 1.6 simulator."""
+    ws = await open_connection(url, identity, ProtocolName.OCPP16, PASSWORD)
+    sim = sim_class(identity, ws)
+    task = asyncio.create_task(sim.start())
+    try:
+        yield sim
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await task
+        await ws.close()
+
+
+async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.dispatch")
+    async with (
+        sim_site(tmp_path, "CP-01") as site,
+        running_as(NoStationComposite16, site.ocpp_url, "CP-01") as sim,
+    ):
+        await boot(site, sim)
+        dispatcher = site.agent.dispatcher
+        for _ in range(2):
+            dispatcher._sent.clear()  # each round pushes, and reads back
+            readbacks = sum(dispatcher.readbacks.values())
+            await post_dispatch(site)
+            await eventually(
+                lambda n=readbacks: sum(dispatcher.readbacks.values()) > n, what="read-back"
+            )
+        assert dispatcher.readbacks["unavailable"] == 0
+        assert dispatcher.readbacks["ok"] >= 2
+        said = [
+            r for r in caplog.records if "connector" in r.getMessage() and "CP-01" in r.getMessage()
+        ]
+        assert len(said) == 1, [r.getMessage() for r in said]
