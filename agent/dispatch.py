@@ -47,11 +47,13 @@ from forecaster.flexibility import SessionSet, allocate
 from ocpp_bridge import (
     CentralSystem,
     ChargerConnected,
+    ChargerSnapshot,
     CommandResult,
     CommandStatus,
     CompositeSchedule,
     Event,
     PowerPeriod,
+    Purpose,
     SessionEnded,
     SessionStarted,
 )
@@ -85,6 +87,64 @@ class ReadBack:
     def limit_w(self, moment: datetime) -> float:
         """What the charger allows at `moment`: its connectors' limits add up."""
         return sum(_limit_at(c.periods, moment) for c in self.composites)
+
+    def covers(self, moment: datetime) -> bool:
+        for c in self.composites:
+            start = c.start or c.periods[0].start
+            if start <= moment < start + timedelta(seconds=c.duration_s or 0):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class AppliedLimit:
+    """The limit a charger holds by its own word, for every surface that shows one.
+
+    source: "dynamic" (our limit, in the purpose we prefer), "fallback" (our limit in another
+    purpose, named in `purpose`), "safe" (only the static safe profile), "none" (the charger
+    took no profile at all: its load cannot be steered), or None while not known (offline,
+    or just connected and not yet set up).
+    """
+
+    limit_w: float | None
+    source: str | None
+    purpose: str | None = None
+    read_back: bool = False  # the charger's composite schedule confirmed it
+    controllable: bool | None = None
+
+
+def applied_limit(
+    snapshot: ChargerSnapshot | None, read_back: ReadBack | None, now: datetime
+) -> AppliedLimit:
+    """What the charger accepted (and, where read back, what it reports), never what was
+    only sent: a refused profile leaves the limit the charger held before."""
+    if snapshot is None or not snapshot.online:
+        return AppliedLimit(None, None)
+    controllable = snapshot.controllable
+    station = next((d for d in snapshot.dynamic if d.evse_id == 0), None)
+    limit: float
+    if (
+        station is not None
+        and station.held
+        and station.purpose is not None
+        and station.profile_valid_to is not None
+        and now < station.profile_valid_to
+    ):
+        limit = _limit_at(station.held, now)
+        source = "dynamic" if station.purpose == Purpose.STATION_MAX.value else "fallback"
+        purpose: str | None = station.purpose
+    elif snapshot.safe_purpose is not None and snapshot.safe_limit_w is not None:
+        limit, source, purpose = snapshot.safe_limit_w, "safe", snapshot.safe_purpose
+    elif controllable is False:
+        return AppliedLimit(None, "none", controllable=False)
+    else:
+        return AppliedLimit(None, None, controllable=controllable)
+    checked = read_back is not None and read_back.covers(now)
+    if read_back is not None and checked:
+        reported = read_back.limit_w(now)
+        # Connectors read one by one add up to at most what the charger as a whole took.
+        limit = reported if len(read_back.composites) == 1 else min(limit, reported)
+    return AppliedLimit(limit, source, purpose, checked, controllable)
 
 
 class Dispatcher:
@@ -253,6 +313,7 @@ class Dispatcher:
             {k: v.tolist() for k, v in per_evse.items()},
         )
         await self._push(round_)
+        self.sync_limits()
         self.last_round = round_
         self.rounds += 1
         return round_
@@ -334,7 +395,7 @@ class Dispatcher:
                 self._command(self.bridge.set_dynamic_schedule(cid, periods, valid_until, evse_id))
             )
             if evse_id == 0:
-                self.site.charger(cid).limit_w = periods[0].limit_w
+                self.read_back.pop(cid, None)  # what the charger reported is about to change
         # An EVSE whose EV left keeps no limit of its own: the station-wide one rules again.
         for key in [k for k in self._sent if k[1] > 0 and k not in wanted]:
             del self._sent[key]
@@ -373,6 +434,7 @@ class Dispatcher:
             self._refused.discard(key)
             if key in wanted:  # (else: an EVSE's own limit the charger cleared)
                 self._sent[key] = (tuple(wanted[key]), valid_until)
+        self.sync_limits()
         if rejected:
             log.warning(
                 "chargers did not take their dynamic schedule",
@@ -427,6 +489,7 @@ class Dispatcher:
                 # charger as a whole was sent.
                 excess = excess or _excess(composite.periods, sent, until)
             self.readbacks["ok" if excess is None else "excess"] += 1
+            self.sync_limits([cid])
             if excess is not None:
                 moment, applied, allowed = excess
                 log.error(
@@ -436,6 +499,24 @@ class Dispatcher:
                     moment.isoformat(),
                     allowed,
                 )
+
+    def applied(self, charger_id: str) -> AppliedLimit:
+        """The limit the charger holds now, by the bridge's record of what it accepted and
+        the composite schedule it last reported."""
+        return applied_limit(
+            self.bridge.charger_snapshot(charger_id),
+            self.read_back.get(charger_id),
+            self.clock.now(),
+        )
+
+    def sync_limits(self, charger_ids: Sequence[str] | None = None) -> None:
+        """Bring the site model's limits up to what the chargers hold."""
+        for cid in self.site.chargers if charger_ids is None else charger_ids:
+            state = self.site.charger(cid)
+            applied = self.applied(cid)
+            state.limit_w = applied.limit_w
+            state.limit_source = applied.source
+            state.controllable = applied.controllable
 
     async def _read_back(self, charger_id: str) -> list[CompositeSchedule]:
         """The charger's composite schedule, or its connectors' where the charger refuses

@@ -60,8 +60,11 @@ class ChargerState:
     boot: BootInfo | None = None
     last_seen: datetime | None = None
     evses: dict[int, EvseState] = field(default_factory=dict)
-    # The last dynamic limit pushed to the charger (None: only the safe layer).
+    # The limit the charger holds by its own word (accepted, and read back where it was),
+    # where it comes from (agent.dispatch.AppliedLimit) and whether it takes profiles at all.
     limit_w: float | None = None
+    limit_source: str | None = None
+    controllable: bool | None = None
 
     @property
     def power_w(self) -> float:

@@ -117,7 +117,7 @@ class LiveStatus:
             sessions = [s for s in agent.site.sessions.values() if s.info.charger_id == charger_id]
         sessions = sorted(sessions, key=lambda s: s.info.evse_id)
         safe_w = agent.config.safe_power_w(configured) if configured is not None else None
-        dynamic_w = state.limit_w if state is not None else None
+        applied = agent.dispatcher.applied(charger_id)
         boot = state.boot if state is not None else None
         online = bool(state and state.online)
         return {
@@ -126,9 +126,13 @@ class LiveStatus:
             "online": online,
             "status": charger_status(state),
             "power_w": watts(state.power_w if state is not None and online else 0.0),
-            # What the charger may draw now: our dynamic limit, else its static safe profile.
-            "limit_w": watts(dynamic_w if dynamic_w is not None else safe_w),
-            "limit_source": "dynamic" if dynamic_w is not None else ("safe" if safe_w else None),
+            # What the charger may draw now by its own word (agent.dispatch.AppliedLimit):
+            # the profile it accepted, confirmed by its composite schedule where read back.
+            "limit_w": watts(applied.limit_w),
+            "limit_source": applied.source,
+            "limit_purpose": applied.purpose,
+            "limit_read_back": applied.read_back,
+            "controllable": applied.controllable,
             "safe_limit_w": safe_w,
             "max_power_w": configured.max_power_w if configured is not None else None,
             "last_seen": iso(state.last_seen if state is not None else None),

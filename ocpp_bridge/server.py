@@ -689,19 +689,27 @@ class CentralSystem:
 
     def snapshot(self) -> tuple[ChargerSnapshot, ...]:
         return tuple(
-            ChargerSnapshot(
-                charger_id=charger_id,
-                online=charger.model.online,
-                boot=charger.model.boot,
-                last_seen=charger.model.last_seen,
-                capabilities=charger.model.capabilities,
-                safe_limit_w=charger.smart.safe_limit_w,
-                safe_purpose=charger.smart.safe_purpose.value
-                if charger.smart.safe_purpose
-                else None,
-                evses=charger.model.evses(),
-                dynamic=charger.smart.snapshot(),
-                rejected_purposes=tuple(sorted(p.value for p in charger.smart.refused)),
-            )
+            self._snapshot_of(charger_id, charger)
             for charger_id, charger in sorted(self._chargers.items())
+        )
+
+    def charger_snapshot(self, charger_id: str) -> ChargerSnapshot | None:
+        """One charger's snapshot (None for a charger the bridge has not met)."""
+        charger = self._chargers.get(charger_id)
+        return None if charger is None else self._snapshot_of(charger_id, charger)
+
+    @staticmethod
+    def _snapshot_of(charger_id: str, charger: _Charger) -> ChargerSnapshot:
+        return ChargerSnapshot(
+            charger_id=charger_id,
+            online=charger.model.online,
+            boot=charger.model.boot,
+            last_seen=charger.model.last_seen,
+            capabilities=charger.model.capabilities,
+            safe_limit_w=charger.smart.safe_limit_w,
+            safe_purpose=charger.smart.safe_purpose.value if charger.smart.safe_purpose else None,
+            evses=charger.model.evses(),
+            dynamic=charger.smart.snapshot(),
+            rejected_purposes=tuple(sorted(p.value for p in charger.smart.refused)),
+            controllable=charger.smart.controllable,
         )

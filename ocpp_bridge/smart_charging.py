@@ -152,6 +152,7 @@ class SmartCharging:
         self.clock = clock
         self.sleep = sleep  # in the clock's time: the refresh timer must follow a scaled clock
         self.safe_purpose: Purpose | None = None  # accepted on the current connection
+        self.safe_refused = False  # the charger answered the safe layer with a refusal
         self.dynamic: dict[int, DynamicSchedule] = {}
         self.refused: set[Purpose] = set()
         self.schedule_ids = ScheduleIds()
@@ -174,6 +175,7 @@ class SmartCharging:
 
     def connection_lost(self) -> None:
         self.safe_purpose = None
+        self.safe_refused = False
         for schedule in self.dynamic.values():
             # A new connection (perhaps after a reboot or an update) gets a fresh start.
             schedule.failed_at = None
@@ -282,6 +284,7 @@ class SmartCharging:
         async with self.lock:
             result, purpose = await self._with_fallback(self._safe_chain(), attempt)
             self.safe_purpose = purpose
+            self.safe_refused = result.status is CommandStatus.REJECTED
         if not result.accepted:
             log.error(
                 "charger %s has no safe profile: %s",
@@ -347,6 +350,8 @@ class SmartCharging:
                 schedule.failures = 0
                 schedule.refusal = None
             else:
+                if not schedule.held:
+                    schedule.purpose = None  # (a TxProfile waiting for its transaction)
                 schedule.failed_at = now
                 schedule.failures += 1
                 schedule.refusal = result
@@ -544,9 +549,19 @@ class SmartCharging:
                 s.valid_until,
                 s.profile_valid_to,
                 s.purpose.value if s.purpose else None,
+                s.held,
             )
             for s in sorted(self.dynamic.values(), key=lambda s: s.evse_id)
         )
+
+    @property
+    def controllable(self) -> bool | None:
+        """Whether the charger takes any profile from us (see ChargerSnapshot)."""
+        if self.safe_purpose is not None or any(s.purpose for s in self.dynamic.values()):
+            return True
+        if self.safe_refused:
+            return False
+        return None
 
 
 def read_composite(

@@ -184,3 +184,89 @@ async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
             r for r in caplog.records if "connector" in r.getMessage() and "CP-01" in r.getMessage()
         ]
         assert len(said) == 1, [r.getMessage() for r in said]
+
+
+async def metrics_text(site: SimSite) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{site.url}/metrics") as response:
+        return await response.text()
+
+
+async def charger_json(site: SimSite, charger_id: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{site.url}/api/chargers/{charger_id}") as response,
+    ):
+        body = await response.json()
+    assert isinstance(body, dict)
+    return body
+
+
+async def page_text(site: SimSite) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{site.url}/") as response:
+        return await response.text()
+
+
+async def test_a_charger_that_takes_no_profile_is_shown_uncontrollable_everywhere(
+    tmp_path: Path,
+) -> None:
+    refuse = {"ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile"}
+    async with (
+        sim_site(tmp_path, "CP-01") as site,
+        running(SimCharger201, site.ocpp_url, "CP-01", PASSWORD, refuse_purposes=refuse) as sim,
+    ):
+        await sim.boot()
+        await sim.status(1, "Occupied")
+        await eventually(lambda: len(sim.store.history) >= 2, what="safe layer tried")
+        await sim.transaction_event(
+            "Started", "tx-1", 0, 0.0, trigger_reason="Authorized", charging_state="Charging"
+        )
+        await eventually(lambda: site.agent.site.sessions, what="session")
+        await post_dispatch(site)
+        await eventually(
+            lambda: any(p["charging_profile_purpose"] == "TxProfile" for p in sim.store.history),
+            what="TxProfile tried",
+        )
+
+        async def answered() -> bool:
+            return (await charger_json(site, "CP-01"))["controllable"] is not None
+
+        await eventually(answered, what="the refusal answered")
+        charger = await charger_json(site, "CP-01")
+        assert charger["limit_source"] == "none"
+        assert charger["controllable"] is False
+        assert charger["limit_w"] is None
+        assert 'flexbridge_charger_limit_watts{charger="CP-01"' not in await metrics_text(site)
+        assert "flexbridge_charger_uncontrollable" in await metrics_text(site)
+        assert "uncontrollable" in await page_text(site)
+        assert sim.store.profiles == []
+
+
+async def test_the_limit_shown_is_the_one_the_charger_took_and_read_back(tmp_path: Path) -> None:
+    """A 1.6 charge point that refuses ChargePointMaxProfile takes the dynamic limit as a
+    TxDefaultProfile: shown as a fallback with its purpose, and the watts the charger's own
+    composite schedule reports."""
+    async with (
+        sim_site(tmp_path, "CP-01") as site,
+        running(
+            SimCharger16,
+            site.ocpp_url,
+            "CP-01",
+            PASSWORD,
+            refuse_purposes={"ChargePointMaxProfile"},
+        ) as sim,
+    ):
+        await boot(site, sim)
+        dispatcher = site.agent.dispatcher
+        dispatcher._sent.clear()
+        await post_dispatch(site)
+        await eventually(lambda: "CP-01" in dispatcher.read_back, what="read-back")
+        charger = await charger_json(site, "CP-01")
+        assert charger["limit_source"] == "fallback"
+        assert charger["limit_purpose"] == "TxDefault"
+        assert charger["limit_read_back"] is True
+        assert charger["controllable"] is True
+        # An idle charger gets the minimum power: 6 A x 3 x 230 V, as the charger reports it.
+        composite = await site.agent.bridge.composite_schedule("CP-01", 0, 60)
+        assert charger["limit_w"] == round(composite.periods[0].limit_w) == 4_140
+        metrics = await metrics_text(site)
+        assert 'flexbridge_charger_limit_watts{charger="CP-01",source="fallback"} 4140.0' in metrics

@@ -68,7 +68,10 @@ async def test_json_api_shows_site_chargers_trade_delivery_and_chart(tmp_path: P
         assert isinstance(charger, dict)
         assert charger["online"] is False
         assert charger["status"] == "unknown"
-        assert charger["limit_source"] == "safe"
+        # Never connected: no word from the charger about any limit.
+        assert charger["limit_source"] is None
+        assert charger["limit_w"] is None
+        assert charger["controllable"] is None
         await get_json(http, f"{t.url}/api/chargers/NOPE", 404)
         error = await get_json(http, f"{t.url}/api/chart?period=31-12-2026", 400)
         assert error == {"error": "period '31-12-2026' is not a date YYYY-MM-DD"}
