@@ -299,9 +299,18 @@ class Dispatcher:
         calibration = await self.forecaster.calibration()
         online = {cid for cid, c in self.site.chargers.items() if c.online}
         sessions = [s for s in self.site.active_sessions() if s.info.charger_id in online]
+        # EVs on chargers that take no profile draw what they like: not planned, but their
+        # load takes its share of the cap.
+        fixed = [s for s in sessions if self.site.charger(s.info.charger_id).controllable is False]
+        steerable_cap = cap
+        if fixed:
+            sessions = [s for s in sessions if all(s is not f for f in fixed)]
+            drawn = await self.forecaster.uncontrolled_load(grid[0], horizon, fixed, now=now)
+            steerable_cap = np.maximum(cap - drawn, 0.0)
+            online -= {s.info.charger_id for s in fixed}
         needs = self.forecaster.needs(sessions, now, calibration)
         schedules, per_evse, unmet = await asyncio.to_thread(
-            self._allocate, needs, grid, cap, floor, online
+            self._allocate, needs, grid, steerable_cap, floor, online
         )
         round_ = DispatchRound(
             now,

@@ -239,6 +239,11 @@ async def test_a_charger_that_takes_no_profile_is_shown_uncontrollable_everywher
         assert "flexbridge_charger_uncontrollable" in await metrics_text(site)
         assert "uncontrollable" in await page_text(site)
         assert sim.store.profiles == []
+        # Not planned for: its EV draws what it likes, within the cap the others share.
+        await post_dispatch(site)
+        last = site.agent.dispatcher.last_round
+        assert last is not None
+        assert "CP-01" not in last.schedules
 
 
 async def test_the_limit_shown_is_the_one_the_charger_took_and_read_back(tmp_path: Path) -> None:
