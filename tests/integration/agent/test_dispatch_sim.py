@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
+from agent import store
 from agent.app import Agent
+from agent.market import Market
 from ocpp_bridge import PowerPeriod
 from ocpp_bridge.simulator import (
     ProtocolName,
@@ -29,8 +32,10 @@ from ocpp_bridge.simulator import (
     open_connection,
     running,
 )
-from tests.support.agent_env import make_env, running_agent
+from tests.support.agent_env import CP, DSO, TZ, connection, make_env, running_agent
 from tests.support.uftp import eventually
+from uftp.dso import DsoParticipant, Received
+from uftp.models import DPrognosis
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +47,7 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 @dataclass
 class SimSite:
     agent: Agent
+    dso: DsoParticipant
 
     @property
     def url(self) -> str:
@@ -66,8 +72,8 @@ async def sim_site(tmp_path: Path, *chargers: str) -> AsyncIterator[SimSite]:
         },
         http={"token": TOKEN},
     )
-    async with running_agent(env) as (agent, _dso):
-        yield SimSite(agent)
+    async with running_agent(env) as (agent, dso):
+        yield SimSite(agent, dso)
 
 
 async def boot(site: SimSite, sim: Any) -> None:
@@ -275,3 +281,103 @@ async def test_the_limit_shown_is_the_one_the_charger_took_and_read_back(tmp_pat
         assert charger["limit_w"] == round(composite.periods[0].limit_w) == 4_140
         metrics = await metrics_text(site)
         assert 'flexbridge_charger_limit_watts{charger="CP-01",source="fallback"} 4140.0' in metrics
+
+
+async def delivery_of(site: SimSite, isp: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{site.url}/api/trade") as response:
+        trade = await response.json()
+    (order,) = trade["delivery"]
+    (item,) = [i for i in order["isps"] if i["isp"] == isp]
+    assert isinstance(item, dict)
+    return item
+
+
+async def chart_of(site: SimSite, isp: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{site.url}/api/chart") as response:
+        chart = await response.json()
+    (item,) = [i for i in chart["isps"] if i["isp"] == isp]
+    assert isinstance(item, dict)
+    return item
+
+
+async def test_delivery_is_measured_live_and_judged_once_complete(tmp_path: Path) -> None:
+    """An EV draws 11 kW through an ordered ISP that has just finished: its energy shows at
+    once (not 0 W until the site model's next write), and the ISP is judged only once the
+    charger's meter has reported past its end."""
+    market = Market(TZ, 15)
+    now = datetime.now(UTC)
+    today, current = market.locate(now)
+    isps = market.isps(today)
+    if isps[current - 1].end - now < timedelta(seconds=45):  # room before the next boundary
+        await asyncio.sleep((isps[current - 1].end - now).total_seconds() + 1)
+        now = datetime.now(UTC)
+        today, current = market.locate(now)
+        isps = market.isps(today)
+    if current == 1:
+        pytest.skip("the first ISP of the market day has no finished ISP before it")
+    previous, running_isp = isps[current - 2], isps[current - 1]
+    async with (
+        sim_site(tmp_path, "CP-01") as site,
+        running(SimCharger16, site.ocpp_url, "CP-01", PASSWORD) as sim,
+    ):
+        await site.dso.wait_handled(
+            lambda o: isinstance(o, Received) and isinstance(o.message, DPrognosis), 60
+        )
+        conn = connection(site.agent.config)
+        try:
+            prognosis = store.latest_prognosis(conn, CP, today)
+            assert prognosis is not None
+            conn.execute("BEGIN IMMEDIATE")
+            store.insert_order(
+                conn,
+                store.OrderRow(
+                    message_id=str(uuid.uuid4()),
+                    conversation_id=str(uuid.uuid4()),
+                    offer_message_id=None,
+                    dso_domain=DSO,
+                    congestion_point=CP,
+                    period=today,
+                    order_reference="ORD-LIVE",
+                    option_reference="A",
+                    activation_factor=1.0,
+                    price="1.0000",
+                    currency="EUR",
+                    isps=[[previous.index, 2, -1_000]],
+                    baseline_message_id=prognosis.message_id,
+                    received_at=now,
+                    status="accepted",
+                    reason=None,
+                ),
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        await boot(site, sim)
+        began = previous.start + timedelta(minutes=1)
+        tx = await sim.start_transaction(1, 0, timestamp=began)
+        # 11 kW for 9 minutes of the finished ISP; no reading after its end yet.
+        middle = began + timedelta(minutes=9)
+        await sim.meter_values(1, tx, 0.0, 11_000.0, at=began)
+        await sim.meter_values(1, tx, 1_650.0, 11_000.0, at=middle)
+        await eventually(
+            lambda: site.agent.site.sessions and site.agent.site.chargers["CP-01"].evses[1].at,
+            what="the reading",
+        )
+        item = await delivery_of(site, previous.index)
+        assert item["measured_w"] == 6_600  # 1650 Wh so far in a 15-minute ISP: 6.6 kW
+        assert item["delivered"] is None  # the meter has not reported past the ISP's end
+        assert (await chart_of(site, previous.index))["measured_w"] == 6_600
+
+        # A reading in the ISP running now completes the finished one.
+        late = datetime.now(UTC).replace(microsecond=0)
+        wh = 1_650.0 + 11_000.0 * (late - middle).total_seconds() / 3600
+        await sim.meter_values(1, tx, wh, 11_000.0, at=late)
+        await eventually(
+            lambda: site.agent.site.chargers["CP-01"].evses[1].at == late, what="the reading"
+        )
+        item = await delivery_of(site, previous.index)
+        assert item["measured_w"] == round(11_000 * 14 / 15)  # charging from 1 min past its start
+        assert item["delivered"] is not None
+        chart = await chart_of(site, running_isp.index)
+        assert chart["measured_w"] is not None  # the running ISP's power so far
+        assert abs(chart["measured_w"] - 11_000) < 50
