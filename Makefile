@@ -12,7 +12,7 @@ CONSTRAINTS := requirements/constraints.txt
 PACKAGES := agent ocpp_bridge uftp forecaster bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: demo test lint typecheck pytest venv system-deps peers lock bench clean help
+.PHONY: demo test lint typecheck pytest venv system-deps peers everest-peer lock bench clean help
 
 help:
 	@echo "make demo    run flexbridge on embedded defaults (simulated site and DSO)"
@@ -22,7 +22,7 @@ help:
 demo: $(VENV)/.installed-runtime
 	$(BIN)/flexbridge demo
 
-test: $(VENV)/.installed-test system-deps peers
+test: $(VENV)/.installed-test system-deps peers everest-peer
 	$(BIN)/ruff check $(PACKAGES) tests
 	$(BIN)/ruff format --check $(PACKAGES) tests
 	$(BIN)/mypy $(PACKAGES)
@@ -76,6 +76,29 @@ peers: tests/peers/node_modules/.package-lock.json
 tests/peers/node_modules/.package-lock.json: tests/peers/package.json tests/peers/package-lock.json
 	@if command -v npm >/dev/null; then cd tests/peers && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm missing: the OCPP peer tests will say so" >&2; fi
+
+# --- Real chargers: EVerest libocpp (OCPP 1.6 and 2.0.1) ---------------------------------------
+# Built from the read-only `shared/peers/everest-libocpp` folder beside the clone (in a git
+# worktree: beside the main checkout) into EVEREST_PEER_DIR; about 8 minutes the first time,
+# under a second once built. As root build.sh apt-installs its build dependencies; otherwise it
+# lists the missing ones and the real-charger tests say they are skipped. Under CI=true a
+# failed or impossible build fails here (and the tests would fail too).
+EVEREST_PEER_DIR ?= /var/cache/flexbridge/everest-libocpp
+EVEREST_PEER_SOURCE ?= $(firstword $(wildcard ../shared/peers/everest-libocpp \
+	$(dir $(abspath $(shell git rev-parse --git-common-dir 2>/dev/null)))../shared/peers/everest-libocpp))
+export EVEREST_PEER_DIR EVEREST_PEER_SOURCE
+CI_STRICT := $(filter 1 true yes TRUE True YES,$(CI))
+
+everest-peer:
+	@if [ -z "$(EVEREST_PEER_SOURCE)" ] || [ ! -f "$(EVEREST_PEER_SOURCE)/build.sh" ]; then \
+	  msg="shared/peers/everest-libocpp not found beside the clone: the real-charger tests will be skipped"; \
+	  if [ -n "$(CI_STRICT)" ]; then echo "$$msg (CI=true: failing)" >&2; exit 1; fi; \
+	  echo "$$msg" >&2; exit 0; \
+	fi; \
+	if bash "$(EVEREST_PEER_SOURCE)/build.sh"; then :; else status=$$?; \
+	  if [ -n "$(CI_STRICT)" ]; then echo "EVerest build failed (exit $$status)" >&2; exit $$status; fi; \
+	  echo "EVerest build not done (exit $$status): the real-charger tests will be skipped" >&2; \
+	fi
 
 # --- Maintenance -----------------------------------------------------------------------------
 lock:

@@ -60,6 +60,7 @@ def bridge_settings(config: Config) -> BridgeSettings:
         heartbeat_interval_s=ocpp.heartbeat_interval_s,
         response_timeout_s=ocpp.response_timeout_s,
         dynamic_validity_s=float(ocpp.dynamic_profile_validity_s),
+        session_silence_s=ocpp.session_silence_s,
     )
 
 
@@ -181,6 +182,8 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     bridge = CentralSystem(
         bridge_settings(config), registry, on_event=site.handle, clock=now, sleep=clock.sleep
     )
+    # Sessions open when the agent stopped go back to the bridge before it listens.
+    site.resume_into = bridge.resume_sessions
     forecaster = SiteForecaster(config, db, clock)
     prognosis = PrognosisService(config, db, participant, forecaster, site, clock)
     dispatcher = Dispatcher(config, db, site, bridge, forecaster, clock)

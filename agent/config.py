@@ -144,6 +144,9 @@ class OcppConfig(Model):
     response_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     # Dynamic (flex) profiles expire after this; they are refreshed well before.
     dynamic_profile_validity_s: Annotated[int, Field(ge=60)] = 900
+    # A session with no sign of life for this long is closed ("NoSignOfLife") and no longer
+    # planned for; 0 keeps such sessions open for ever.
+    session_silence_s: Annotated[float, Field(ge=0)] = 7200.0
     chargers: list[ChargerConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -29,6 +29,7 @@ from ocpp_bridge import (
     CapabilitiesKnown,
     ChargerConnected,
     ChargerDisconnected,
+    ChargerSeen,
     ConnectorStatus,
     Event,
     EvseStatusChanged,
@@ -40,6 +41,9 @@ from ocpp_bridge import (
 )
 
 log = logging.getLogger(__name__)
+
+# Stop reason of a session row the store held open while the live model had no such session.
+STORE_ONLY = "NotOpenInAgent"
 
 
 @dataclass
@@ -120,6 +124,8 @@ class Site:
         self._dirty_sessions: dict[str, store.SessionRow] = {}
         self._boots: list[tuple[str, datetime, BootInfo]] = []
         self._listeners: list[SiteListener] = []
+        # Where the sessions open at the last stop go on start (the OCPP bridge's models).
+        self.resume_into: Callable[[Sequence[SessionInfo]], None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.started_at = clock.now()
         self._flush_lock = asyncio.Lock()
@@ -156,10 +162,13 @@ class Site:
                 requested_energy_wh=row.requested_energy_wh,
                 departure_time=row.departure_at,
                 soc_percent=row.soc_percent,
+                meter_start_wh=row.meter_start_wh,
             )
             self.sessions[row.session_id] = ActiveSession(info, row.congestion_point)
         if open_rows:
             log.info("resumed open sessions from the store", extra={"sessions": len(open_rows)})
+        if self.resume_into is not None:
+            self.resume_into([s.info for s in self.sessions.values()])
         self._flusher = asyncio.create_task(self._flush_forever(), name="site-flush")
 
     async def stop(self) -> None:
@@ -250,18 +259,29 @@ class Site:
                 charger = self.charger(cid)
                 charger.online = True
                 charger.boot = boot
-                charger.last_seen = at
+                self._seen(charger, at)
                 self._boots.append((cid, at, boot))
-            case ChargerDisconnected(charger_id=cid, at=at):
+                log.info(
+                    "charger %s online: %s %s, firmware %s, OCPP %s",
+                    cid,
+                    boot.vendor,
+                    boot.model,
+                    boot.firmware_version or "unknown",
+                    boot.protocol,
+                    extra={"charger_id": cid},
+                )
+            case ChargerDisconnected(charger_id=cid, at=at, reason=reason):
                 charger = self.charger(cid)
                 charger.online = False
-                charger.last_seen = at
+                self._seen(charger, at)
                 for evse in charger.evses.values():
                     evse.power_w = 0.0
                     self._energy.forget(f"{cid}/{evse.evse_id}")
-            case CapabilitiesKnown(charger_id=cid, at=at):
-                self.charger(cid).last_seen = at
+                log.info("charger %s disconnected: %s", cid, reason, extra={"charger_id": cid})
+            case ChargerSeen(charger_id=cid, at=at) | CapabilitiesKnown(charger_id=cid, at=at):
+                self._seen(self.charger(cid), at)
             case EvseStatusChanged(charger_id=cid, evse_id=evse_id, status=status, at=at):
+                self._seen(self.charger(cid), at)
                 evse = self._evse(cid, evse_id)
                 evse.status = status
                 if status in (ConnectorStatus.AVAILABLE, ConnectorStatus.UNAVAILABLE):
@@ -269,9 +289,27 @@ class Site:
                 active = self.sessions.get(evse.session_id or "")
                 if active is not None:
                     active.ev_suspended = status is ConnectorStatus.SUSPENDED_EV
-            case SessionStarted(session=info, at=at) | SessionUpdated(session=info, at=at):
+            case SessionStarted(session=info, at=at):
+                log.info(
+                    "session %s started on %s EVSE %d",
+                    info.session_id,
+                    info.charger_id,
+                    info.evse_id,
+                    extra={"charger_id": info.charger_id, "session_id": info.session_id},
+                )
+                self._session_changed(info, at)
+            case SessionUpdated(session=info, at=at):
                 self._session_changed(info, at)
             case SessionEnded(session=info, at=at):
+                log.info(
+                    "session %s ended on %s EVSE %d (%s): %s Wh",
+                    info.session_id,
+                    info.charger_id,
+                    info.evse_id,
+                    info.stop_reason or "no reason given",
+                    "unknown" if info.energy_wh is None else f"{info.energy_wh:.0f}",
+                    extra={"charger_id": info.charger_id, "session_id": info.session_id},
+                )
                 self._session_changed(info, at)
                 self.sessions.pop(info.session_id, None)
                 evse = self._evse(info.charger_id, info.evse_id)
@@ -279,6 +317,11 @@ class Site:
                 evse.power_w = 0.0
             case MeterSample():
                 self._meter(event)
+
+    @staticmethod
+    def _seen(charger: ChargerState, at: datetime) -> None:
+        if charger.last_seen is None or at > charger.last_seen:
+            charger.last_seen = at
 
     def _evse(self, charger_id: str, evse_id: int) -> EvseState:
         charger = self.charger(charger_id)
@@ -307,9 +350,13 @@ class Site:
                 if info.soc_percent is not None
                 else active.info.soc_percent,
                 energy_wh=info.energy_wh if info.energy_wh is not None else active.info.energy_wh,
+                meter_start_wh=info.meter_start_wh
+                if info.meter_start_wh is not None
+                else active.info.meter_start_wh,
             )
             active.info = merged
         active.updated_at = at
+        self._seen(self.charger(info.charger_id), at)
         evse = self._evse(info.charger_id, info.evse_id)
         evse.session_id = info.session_id
         current = active.info
@@ -326,12 +373,13 @@ class Site:
             soc_percent=current.soc_percent,
             id_token_hash=store.token_hash(current.id_token),
             stop_reason=current.stop_reason,
+            meter_start_wh=current.meter_start_wh,
         )
 
     def _meter(self, sample: MeterSample) -> None:
         cid = sample.charger_id
         charger = self.charger(cid)
-        charger.last_seen = sample.at
+        self._seen(charger, sample.at)
         evse = self._evse(cid, sample.evse_id)
         if sample.power_w is not None:
             evse.power_w = max(0.0, sample.power_w)
@@ -371,6 +419,7 @@ class Site:
             boots = list(self._boots)
             self._boots.clear()
             baselines = self._energy.baselines()
+            live = set(self.sessions)
             now = self.clock.now()
             per_charger: dict[tuple[str, int], float] = {}
             for (meter, bucket), wh in drained.items():
@@ -386,6 +435,9 @@ class Site:
                 store.add_isp_energy(conn, entries)
                 for row in sessions:
                     store.upsert_session(conn, row, now)
+                # The store keeps no session open that the live model closed or never had
+                # (the bridge closes those the chargers no longer have, with their reason).
+                store.close_stale_sessions(conn, live, now, STORE_ONLY)
                 for cid, at, boot in boots:
                     store.record_boot(
                         conn,

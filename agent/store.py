@@ -160,6 +160,11 @@ SCHEMA = [
         CREATE TABLE agent_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
     ),
+    Migration(
+        2,
+        "sessions: the charger's energy register at the start of the transaction",
+        "ALTER TABLE charging_session ADD COLUMN meter_start_wh REAL;",
+    ),
 ]
 
 
@@ -295,6 +300,9 @@ class SessionRow:
     soc_percent: float | None
     id_token_hash: str | None
     stop_reason: str | None
+    # The charger's register at the transaction's start: session energy after a restart is
+    # the register then minus this, as the charger itself counts it.
+    meter_start_wh: float | None = None
 
 
 def _session(row: sqlite3.Row) -> SessionRow:
@@ -311,6 +319,7 @@ def _session(row: sqlite3.Row) -> SessionRow:
         soc_percent=row["soc_percent"],
         id_token_hash=row["id_token_hash"],
         stop_reason=row["stop_reason"],
+        meter_start_wh=row["meter_start_wh"],
     )
 
 
@@ -320,8 +329,8 @@ def upsert_session(conn: sqlite3.Connection, s: SessionRow, now: datetime) -> No
         """
         INSERT INTO charging_session (session_id, charger_id, evse_id, congestion_point,
             started_at, ended_at, energy_wh, requested_energy_wh, departure_at, soc_percent,
-            id_token_hash, stop_reason, updated_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            id_token_hash, stop_reason, updated_at, meter_start_wh)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (session_id) DO UPDATE SET
             congestion_point = COALESCE(excluded.congestion_point, congestion_point),
             started_at = COALESCE(started_at, excluded.started_at),
@@ -332,7 +341,8 @@ def upsert_session(conn: sqlite3.Connection, s: SessionRow, now: datetime) -> No
             soc_percent = COALESCE(excluded.soc_percent, soc_percent),
             id_token_hash = COALESCE(excluded.id_token_hash, id_token_hash),
             stop_reason = COALESCE(excluded.stop_reason, stop_reason),
-            updated_at = excluded.updated_at
+            updated_at = excluded.updated_at,
+            meter_start_wh = COALESCE(meter_start_wh, excluded.meter_start_wh)
         """,
         (
             s.session_id,
@@ -348,6 +358,7 @@ def upsert_session(conn: sqlite3.Connection, s: SessionRow, now: datetime) -> No
             s.id_token_hash,
             s.stop_reason,
             ts(now),
+            s.meter_start_wh,
         ),
     )
 

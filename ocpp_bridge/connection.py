@@ -271,7 +271,7 @@ class Connection:
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         now = self.host.clock()
-        self.model.seen(now)
+        self._publish(self.model.seen(now))
         if isinstance(raw_msg, bytes):
             self.problems.report("binary frame", f"{len(raw_msg)} bytes; OCPP-J uses text frames")
             await self._send(
@@ -543,15 +543,17 @@ class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
         self, connector_id: int, error_code: str, status: str, **kwargs: Any
     ) -> dict[str, Any]:
         at = self._timestamp(kwargs.get("timestamp"))
-        self._publish(
-            self.model.status(
-                connector_id,
-                1 if connector_id else 0,
-                V16_STATUS[status],
-                at,
-                None if error_code == "NoError" else error_code,
-            )
+        events = self.model.status(
+            connector_id,
+            1 if connector_id else 0,
+            V16_STATUS[status],
+            at,
+            None if error_code == "NoError" else error_code,
         )
+        if status == "Available":
+            # Reconciliation: no transaction runs on an Available connector.
+            events += self.model.status_without_transaction(connector_id, self.host.clock())
+        self._publish(events)
         return {}
 
     @on(Action16.authorize)

@@ -70,6 +70,9 @@ class SessionInfo:
     departure_time: datetime | None = None
     soc_percent: float | None = None
     stop_reason: str | None = None
+    # The charger's energy register when the transaction began (1.6 meterStart, 2.0.1 the
+    # Transaction.Begin reading): kept across restarts so energy stays the charger's own count.
+    meter_start_wh: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,17 @@ class ChargerDisconnected:
     charger_id: str
     at: datetime
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerSeen:
+    """The charger sent something (Heartbeat, status, transaction or meter message): it is alive.
+
+    Published at most every few seconds per charger, whatever the message rate.
+    """
+
+    charger_id: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +159,7 @@ class MeterSample:
 Event = (
     ChargerConnected
     | ChargerDisconnected
+    | ChargerSeen
     | CapabilitiesKnown
     | EvseStatusChanged
     | SessionStarted

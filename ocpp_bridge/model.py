@@ -8,9 +8,10 @@ change, a transaction first seen mid-way is still a session) are tested without 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ocpp_bridge.capabilities import ChargerCapabilities
 from ocpp_bridge.events import (
@@ -18,6 +19,7 @@ from ocpp_bridge.events import (
     CapabilitiesKnown,
     ChargerConnected,
     ChargerDisconnected,
+    ChargerSeen,
     ConnectorStatus,
     Event,
     EvseSnapshot,
@@ -59,10 +61,24 @@ V201_CHARGING_STATE = {
 }
 
 
+# Reasons recorded for sessions the agent closes itself (the charger's own are OCPP reasons).
+SUPERSEDED = "Superseded"  # a newer transaction started on the same EVSE
+GONE_AVAILABLE = "ReconciledAvailable"  # the connector reports Available: no transaction
+GONE_NOT_ONGOING = "ReconciledNotOngoing"  # GetTransactionStatus: not ongoing, nothing queued
+NO_SIGN_OF_LIFE = "NoSignOfLife"  # nothing heard of it for the configured time
+
+# A ChargerSeen event at most this often per charger (Heartbeats, meter values, ...).
+SEEN_EVERY = timedelta(seconds=5)
+# Transactions closed here remembered for late messages (a replayed StopTransaction).
+CLOSED_MEMORY = 256
+
+
 @dataclass
 class _Session:
     info: SessionInfo
     meter_start_wh: float | None
+    # Last time the charger said anything about this transaction or its EVSE.
+    last_sign: datetime | None = None
 
 
 class ChargerModel:
@@ -76,7 +92,9 @@ class ChargerModel:
         self.capabilities: ChargerCapabilities | None = None
         self._status: dict[int, tuple[int, ConnectorStatus]] = {}
         self._sessions: dict[str, _Session] = {}
+        self._closed: OrderedDict[str, SessionInfo] = OrderedDict()
         self._registers: dict[int, tuple[datetime, float]] = {}
+        self._seen_published: datetime | None = None
 
     # --- connection -------------------------------------------------------------------------
 
@@ -86,8 +104,13 @@ class ChargerModel:
         self.ready = False
         self.last_seen = at
 
-    def seen(self, at: datetime) -> None:
+    def seen(self, at: datetime) -> list[Event]:
+        """Any inbound message: the charger is alive (published at most every SEEN_EVERY)."""
         self.last_seen = at
+        if self._seen_published is not None and at - self._seen_published < SEEN_EVERY:
+            return []
+        self._seen_published = at
+        return [ChargerSeen(self.charger_id, at)]
 
     def booted(self, boot: BootInfo | None, at: datetime) -> list[Event]:
         """The charger is past boot on this connection: it may now take our CALLs."""
@@ -122,9 +145,18 @@ class ChargerModel:
     ) -> list[Event]:
         previous = self._status.get(evse_id)
         self._status[evse_id] = (connector_id, status)
+        self._sign_of_life(evse_id, at)
         if previous is not None and previous[1] is status and error_code is None:
             return []
         return [EvseStatusChanged(self.charger_id, evse_id, connector_id, status, at, error_code)]
+
+    def status_without_transaction(self, evse_id: int, at: datetime) -> list[Event]:
+        """1.6: the connector reports Available, so no transaction runs on it: close any
+        session still open there (its StopTransaction was lost)."""
+        session = self.active_session(evse_id) if evse_id > 0 else None
+        if session is None:
+            return []
+        return self.end_session(session.transaction_id, at, at, reason=GONE_AVAILABLE)
 
     def evse_status(self, evse_id: int) -> ConnectorStatus | None:
         found = self._status.get(evse_id)
@@ -148,6 +180,21 @@ class ChargerModel:
         found = self._sessions.get(transaction_id)
         return None if found is None else found.info
 
+    def closed_here(self, transaction_id: str) -> bool:
+        return transaction_id in self._closed
+
+    def resume(self, sessions: Iterable[SessionInfo], at: datetime) -> None:
+        """Open sessions the agent kept across its restart: energy goes on from their
+        register at start, and reconciliation can close the ones the charger no longer has."""
+        for info in sessions:
+            if info.ended_at is None and info.transaction_id not in self._sessions:
+                self._sessions[info.transaction_id] = _Session(info, info.meter_start_wh, at)
+
+    def _sign_of_life(self, evse_id: int, at: datetime) -> None:
+        for session in self._sessions.values():
+            if session.info.evse_id == evse_id and session.info.ended_at is None:
+                session.last_sign = at
+
     def start_session(
         self,
         evse_id: int,
@@ -159,6 +206,17 @@ class ChargerModel:
     ) -> list[Event]:
         if transaction_id in self._sessions:
             return []  # a repeated Started (charger retry): nothing new
+        events: list[Event] = []
+        if evse_id > 0:
+            # One transaction per EVSE: an older one still open here lost its end message.
+            for older in [
+                s.info
+                for s in self._sessions.values()
+                if s.info.evse_id == evse_id and s.info.ended_at is None
+            ]:
+                events += self.end_session(
+                    older.transaction_id, started_at or at, at, reason=SUPERSEDED
+                )
         info = SessionInfo(
             session_id=self.session_id(transaction_id),
             charger_id=self.charger_id,
@@ -167,9 +225,11 @@ class ChargerModel:
             id_token=id_token,
             started_at=started_at,
             energy_wh=0.0 if meter_start_wh is not None else None,
+            meter_start_wh=meter_start_wh,
         )
-        self._sessions[transaction_id] = _Session(info, meter_start_wh)
-        return [SessionStarted(info, at)]
+        self._sessions[transaction_id] = _Session(info, meter_start_wh, at)
+        events.append(SessionStarted(info, at))
+        return events
 
     def _known_or_recovered(
         self, transaction_id: str, evse_id: int | None, at: datetime, events: list[Event]
@@ -191,11 +251,14 @@ class ChargerModel:
         requested_energy_wh: float | None = None,
         departure_time: datetime | None = None,
     ) -> list[Event]:
+        if transaction_id in self._closed:
+            return []  # closed here already: a late update does not revive it
         events: list[Event] = []
         session = self._known_or_recovered(transaction_id, evse_id, at, events)
         if session.info.ended_at is not None:
             return events
         info = session.info
+        session.last_sign = at
         changes: dict[str, object] = {}
         if evse_id and info.evse_id == 0:
             changes["evse_id"] = evse_id
@@ -203,7 +266,10 @@ class ChargerModel:
             changes["id_token"] = id_token
         if register_wh is not None:
             if session.meter_start_wh is None:
-                session.meter_start_wh = register_wh
+                # First register seen: the start unless energy was already counted (a session
+                # kept from before without its start register), which then goes on from there.
+                session.meter_start_wh = register_wh - (info.energy_wh or 0.0)
+                changes["meter_start_wh"] = session.meter_start_wh
             changes["energy_wh"] = max(0.0, register_wh - session.meter_start_wh)
         if soc_percent is not None:
             changes["soc_percent"] = soc_percent
@@ -228,6 +294,16 @@ class ChargerModel:
         reason: str | None = None,
     ) -> list[Event]:
         events: list[Event] = []
+        closed = self._closed.get(transaction_id)
+        if closed is not None:
+            # Closed here (reconciled, superseded, silent), and now its own end arrives late:
+            # the charger's account wins.
+            energy = closed.energy_wh
+            if register_wh is not None and closed.meter_start_wh is not None:
+                energy = max(0.0, register_wh - closed.meter_start_wh)
+            corrected = replace(closed, ended_at=ended_at, energy_wh=energy, stop_reason=reason)
+            self._closed[transaction_id] = corrected
+            return [SessionEnded(corrected, at)]
         session = self._known_or_recovered(transaction_id, evse_id, at, events)
         if session.info.ended_at is not None:
             return events  # repeated Ended
@@ -240,6 +316,26 @@ class ChargerModel:
         events.append(SessionEnded(session.info, at))
         # Only the open sessions matter from here; forget ended ones.
         del self._sessions[transaction_id]
+        if reason in (SUPERSEDED, GONE_AVAILABLE, GONE_NOT_ONGOING, NO_SIGN_OF_LIFE):
+            self._closed[transaction_id] = session.info
+            while len(self._closed) > CLOSED_MEMORY:
+                self._closed.popitem(last=False)
+        return events
+
+    def transaction_not_ongoing(self, transaction_id: str, at: datetime) -> list[Event]:
+        """2.0.1 GetTransactionStatus: the station has no such transaction and no message
+        about it queued: it ended while we were not listening."""
+        if transaction_id not in self._sessions:
+            return []
+        return self.end_session(transaction_id, at, at, reason=GONE_NOT_ONGOING)
+
+    def close_silent(self, now: datetime, after: timedelta) -> list[Event]:
+        """Close sessions nothing was heard of for `after`: not an EV to plan for any more."""
+        events: list[Event] = []
+        for transaction_id, session in list(self._sessions.items()):
+            last = session.last_sign or session.info.started_at
+            if session.info.ended_at is None and last is not None and now - last >= after:
+                events += self.end_session(transaction_id, now, now, reason=NO_SIGN_OF_LIFE)
         return events
 
     def ev_needs(
@@ -274,11 +370,17 @@ class ChargerModel:
         for reading in readings:
             if reading.is_empty:
                 continue
-            session_info = (
-                self.session(transaction_id)
-                if transaction_id is not None
-                else self.active_session(evse_id)
-            )
+            if transaction_id is not None and transaction_id in self._closed:
+                transaction_id = None  # a late sample of a session closed here: no revival
+                session_info = None
+            else:
+                session_info = (
+                    self.session(transaction_id)
+                    if transaction_id is not None
+                    else self.active_session(evse_id)
+                )
+            if evse_id > 0:
+                self._sign_of_life(evse_id, at)
             power = reading.power_w
             derived = False
             if reading.energy_wh is not None:

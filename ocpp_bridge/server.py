@@ -30,6 +30,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from ocpp.exceptions import OCPPError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -56,6 +57,8 @@ from ocpp_bridge.events import (
     MeterSample,
     PowerPeriod,
     ProtocolVersion,
+    SessionEnded,
+    SessionInfo,
 )
 from ocpp_bridge.model import ChargerModel
 from ocpp_bridge.passwords import CredentialCache, PasswordHashError, hash_password, verify_password
@@ -67,7 +70,7 @@ from ocpp_bridge.settings import (
     SecurityProfile,
     UnknownChargerPolicy,
 )
-from ocpp_bridge.smart_charging import SmartCharging, validate_schedule
+from ocpp_bridge.smart_charging import DynamicSchedule, SmartCharging, validate_schedule
 from ocpp_bridge.timestamps import real_sleep, utc_now
 
 log = logging.getLogger(__name__)
@@ -197,12 +200,30 @@ class EventBuffer:
 
 
 @dataclass
+class _SetUp:
+    """The set-up of one connection: nothing but the safe layer reaches the charger before it.
+
+    `done` is set once the safe layer was answered (accepted, fallen back or failed), the
+    charger was asked for what the agent does not know, and the dynamic layer kept from
+    before was re-sent; `applied` holds what that re-send achieved per EVSE.
+    """
+
+    connection: Connection
+    safe_done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    applied: dict[int, tuple[DynamicSchedule, tuple[PowerPeriod, ...], CommandResult]] = field(
+        default_factory=dict
+    )
+
+
+@dataclass
 class _Charger:
     model: ChargerModel
     record: ChargerRecord
     smart: SmartCharging
     connection: Connection | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    setup: _SetUp | None = None
 
 
 class CentralSystem:
@@ -244,6 +265,8 @@ class CentralSystem:
         self._server: Server | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._resumed: dict[str, list[SessionInfo]] = {}
         self._transaction_seq = 0
         self.port: int | None = None
 
@@ -294,6 +317,10 @@ class CentralSystem:
             self._watchdog = asyncio.get_running_loop().create_task(
                 self._watch_heartbeats(), name="ocpp-heartbeat-watchdog"
             )
+        if self.settings.session_silence_s > 0:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._close_silent_sessions(), name="ocpp-silent-sessions"
+            )
         log.info(
             "OCPP listener on %s:%s (security profile %d)",
             self.settings.host,
@@ -311,9 +338,10 @@ class CentralSystem:
                 task.cancel()
             if charger.connection is not None:
                 charger.connection.cancel_tasks()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        for background in (self._watchdog, self._sweeper):
+            if background is not None:
+                background.cancel()
+        self._watchdog = self._sweeper = None
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -340,6 +368,42 @@ class CentralSystem:
                 if connection is not None and seen is not None and now - seen > allowed:
                     connection.problems.report("silent", f"nothing received since {seen}")
                     await connection._connection.close(1001, "no heartbeat")
+
+    async def _close_silent_sessions(self) -> None:
+        """A session whose end message was lost and whose charger says nothing more about it
+        must not stay an EV the agent plans for: close it after `session_silence_s`."""
+        silence = timedelta(seconds=self.settings.session_silence_s)
+        while True:
+            await self.sleep(min(60.0, max(1.0, self.settings.session_silence_s / 4)))
+            now = self.clock()
+            for charger in list(self._chargers.values()):
+                events = charger.model.close_silent(now, silence)
+                for event in events:
+                    if not isinstance(event, SessionEnded):
+                        continue
+                    log.info(
+                        "charger %s: closing session %s: nothing heard of it for %.0f s",
+                        charger.model.charger_id,
+                        event.session.session_id,
+                        silence.total_seconds(),
+                        extra={"charger_id": charger.model.charger_id},
+                    )
+                self.publish(events)
+
+    def resume_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        """Sessions that were open when the agent last stopped (from its store).
+
+        Their chargers' models take them over, with the register at their start, so energy
+        continues from the charger's own count and reconciliation on the next connect can
+        close those the charger no longer has.
+        """
+        now = self.clock()
+        for info in sessions:
+            charger = self._chargers.get(info.charger_id)
+            if charger is not None:
+                charger.model.resume([info], now)
+            else:
+                self._resumed.setdefault(info.charger_id, []).append(info)
 
     async def events(self) -> AsyncIterator[Event]:
         if self._on_event is not None:
@@ -374,23 +438,129 @@ class CentralSystem:
         charger = self._chargers.get(connection.charger_id)
         if charger is None or charger.connection is not connection:
             return
+        setup = _SetUp(connection)
+        charger.setup = setup
         if not connection.model.ready:
             self.publish(connection.model.booted(None, self.clock()))
-        connection.spawn(self._set_up(charger, connection), "setup")
+        connection.spawn(self._set_up(charger, connection, setup), "setup")
 
     def transaction_started(self, connection: Connection, evse_id: int) -> None:
         charger = self._chargers.get(connection.charger_id)
         if charger is not None and charger.connection is connection:
-            connection.spawn(charger.smart.transaction_started(connection, evse_id), "tx-profile")
 
-    async def _set_up(self, charger: _Charger, connection: Connection) -> None:
-        """After boot: capabilities, safe layer, dynamic layer, then keep it refreshed."""
-        caps = await self._read_capabilities(connection)
-        self.publish(charger.model.capabilities_known(caps, self.clock()))
-        await charger.smart.apply_safe(connection)
-        for evse_id in list(charger.smart.dynamic):
-            await charger.smart.apply_dynamic(connection, evse_id)
+            async def after_safe_layer() -> None:
+                if await self._wait_set_up(charger, connection, safe_only=True):
+                    await charger.smart.transaction_started(connection, evse_id)
+
+            connection.spawn(after_safe_layer(), "tx-profile")
+
+    async def _set_up(self, charger: _Charger, connection: Connection, setup: _SetUp) -> None:
+        """After (re)connecting: capabilities, the safe layer, what we do not know, the
+        dynamic layer, then keep it refreshed.
+
+        Nothing else may reach the charger's profiles before the safe layer: a dynamic
+        profile that lands first would be the only limit left if the agent died right then.
+        Commands from the agent (a dispatch round the connection started) wait for `done`.
+        """
+        try:
+            caps = await self._read_capabilities(connection)
+            self.publish(charger.model.capabilities_known(caps, self.clock()))
+            await charger.smart.apply_safe(connection)
+            setup.safe_done.set()
+            await self._ask_what_is_unknown(charger, connection)
+            for evse_id in list(charger.smart.dynamic):
+                schedule = charger.smart.dynamic.get(evse_id)
+                if schedule is None:
+                    continue
+                periods = schedule.periods
+                result = await charger.smart.apply_dynamic(connection, evse_id)
+                setup.applied[evse_id] = (schedule, periods, result)
+        finally:
+            setup.safe_done.set()
+            setup.done.set()
         await charger.smart.refresh_forever(connection)
+
+    async def _wait_set_up(
+        self, charger: _Charger, connection: Connection, *, safe_only: bool = False
+    ) -> bool:
+        """Wait (bounded) until the connection's set-up has put the safe layer first."""
+        setup = charger.setup
+        if setup is None or setup.connection is not connection:
+            return True
+        event = setup.safe_done if safe_only else setup.done
+        if event.is_set():
+            return True
+        waiter = asyncio.ensure_future(event.wait())
+        closed = asyncio.ensure_future(connection.closed.wait())
+        try:
+            await asyncio.wait(
+                (waiter, closed),
+                timeout=4 * self.settings.response_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
+            closed.cancel()
+        return event.is_set() and not connection.closed.is_set()
+
+    async def _trigger(self, connection: Connection, payload: dict[str, Any]) -> str | None:
+        """TriggerMessage; the status, or None when the charger could not answer."""
+        try:
+            response = await connection.call_raw("TriggerMessage", payload)
+        except (OCPPError, TimeoutError, ConnectionError) as exc:
+            connection.problems.report(
+                "TriggerMessage failed", f"{payload['requestedMessage']}: {exc}"
+            )
+            return None
+        return str(response.get("status"))
+
+    async def _ask_what_is_unknown(self, charger: _Charger, connection: Connection) -> None:
+        """On every (re)connect: status and meter of each EVSE, and which transactions still
+        run. A charger that reconnects sends no BootNotification and need not repeat its
+        status; and transactions may have ended while nobody listened (their end messages
+        lost): those are closed here with a recorded reason."""
+        model = charger.model
+        if connection.version is ProtocolVersion.OCPP16:
+            # All connectors at once; an Available one closes a session still open there.
+            await self._trigger(connection, {"requestedMessage": "StatusNotification"})
+            await self._trigger(connection, {"requestedMessage": "MeterValues"})
+            return
+        known = sorted(e.evse_id for e in model.evses() if e.evse_id > 0)
+        evse_id = 0
+        while True:
+            evse_id = evse_id + 1
+            if known and evse_id > max(known):
+                break
+            status = await self._trigger(
+                connection,
+                {
+                    "requestedMessage": "StatusNotification",
+                    "evse": {"id": evse_id, "connectorId": 1},
+                },
+            )
+            # Without a known EVSE list, the first refused id is past the last EVSE.
+            if (status != "Accepted" and not known) or evse_id >= 64:
+                break
+        # Each running transaction reports itself (with its meter); refused when none runs.
+        await self._trigger(connection, {"requestedMessage": "TransactionEvent"})
+        for session in model.active_sessions():
+            try:
+                response = await connection.call_raw(
+                    "GetTransactionStatus", {"transactionId": session.transaction_id}
+                )
+            except (OCPPError, TimeoutError, ConnectionError) as exc:
+                connection.problems.report("GetTransactionStatus failed", str(exc))
+                continue
+            if response.get("ongoingIndicator") is False and not response.get("messagesInQueue"):
+                events = model.transaction_not_ongoing(session.transaction_id, self.clock())
+                if events:
+                    log.info(
+                        "charger %s no longer has transaction %s; session closed",
+                        model.charger_id,
+                        session.transaction_id,
+                        extra={"charger_id": model.charger_id},
+                    )
+                self.publish(events)
 
     async def _read_capabilities(self, connection: Connection) -> ChargerCapabilities:
         try:
@@ -541,6 +711,7 @@ class CentralSystem:
             )
             charger = _Charger(model, record, smart)
             self._chargers[record.charger_id] = charger
+            model.resume(self._resumed.pop(record.charger_id, ()), self.clock())
         else:
             charger.record = record
             charger.smart.electrical = record.electrical
@@ -649,17 +820,29 @@ class CentralSystem:
         charger = await self._known(charger_id)
         if charger is None:
             return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
-        charger.smart.want(evse_id, periods, valid_until)
+        schedule = charger.smart.want(evse_id, periods, valid_until)
         connection = self._online(charger)
         if connection is None:
             return CommandResult(CommandStatus.OFFLINE, "sent when the charger connects")
+        if not await self._wait_set_up(charger, connection):
+            return CommandResult(
+                CommandStatus.TIMEOUT, "the charger's set-up (safe layer first) is not done"
+            )
+        setup = charger.setup
+        if setup is not None and setup.connection is connection:
+            sent = setup.applied.get(evse_id)
+            if sent is not None and sent[0] is schedule and sent[1] == schedule.periods:
+                return sent[2]  # the set-up sent this very schedule after the safe layer
         return await charger.smart.apply_dynamic(connection, evse_id)
 
     async def clear_dynamic_schedule(self, charger_id: str, evse_id: int = 0) -> CommandResult:
         charger = await self._known(charger_id)
         if charger is None:
             return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
-        return await charger.smart.clear_dynamic(self._online(charger), evse_id)
+        connection = self._online(charger)
+        if connection is not None:
+            await self._wait_set_up(charger, connection)
+        return await charger.smart.clear_dynamic(connection, evse_id)
 
     async def composite_schedule(
         self, charger_id: str, evse_id: int = 0, duration_s: int = 3600

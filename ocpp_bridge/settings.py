@@ -76,6 +76,9 @@ class BridgeSettings:
     response_timeout_s: float = 30.0
     # Dynamic profiles carry validTo = now + this, refreshed when a third of it is left.
     dynamic_validity_s: float = 900.0
+    # An open session nothing was heard of for this long (no meter value, status or
+    # transaction message about it or its EVSE) is closed as "NoSignOfLife"; 0: never.
+    session_silence_s: float = 7200.0
     # Frames above this close the connection (1009); OCPP messages are a few KB.
     max_frame_bytes: int = 256 * 1024
     # Per-charger inbound CALL budget: a sustained rate and a burst. Above it a CALL gets a

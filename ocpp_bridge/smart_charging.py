@@ -182,16 +182,20 @@ class SmartCharging:
             schedule.failures = 0
             schedule.refusal = None
 
-    def want(self, evse_id: int, periods: Sequence[PowerPeriod], valid_until: datetime) -> None:
+    def want(
+        self, evse_id: int, periods: Sequence[PowerPeriod], valid_until: datetime
+    ) -> DynamicSchedule:
         """The schedule the EVSE should hold from now on. What the charger holds and its
         back-off stay as they are until the next attempt tells otherwise."""
         schedule = self.dynamic.get(evse_id)
         if schedule is None:
-            self.dynamic[evse_id] = DynamicSchedule(evse_id, tuple(periods), valid_until)
+            schedule = DynamicSchedule(evse_id, tuple(periods), valid_until)
+            self.dynamic[evse_id] = schedule
         else:
             schedule.periods = tuple(periods)
             schedule.valid_until = valid_until
         self.changed.set()
+        return schedule
 
     # --- sending ----------------------------------------------------------------------------
 
