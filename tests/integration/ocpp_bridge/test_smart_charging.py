@@ -283,7 +283,8 @@ async def test_a_charger_that_drops_mid_call_is_offline_not_a_timeout() -> None:
         assert later.status is CommandStatus.OFFLINE  # kept, and sent on the next connect
 
 
-async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream() -> None:
+@pytest.mark.parametrize("sim_class", SIMS)
+async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream(sim_class: Any) -> None:
     """A charger that refuses every purpose while a transaction runs: the bridge's own refresh
     and a caller pushing the schedule again and again (as dispatch rounds do) share one
     stream per EVSE; between the attempts of its growing back-off the caller gets the
@@ -291,10 +292,15 @@ async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream() -> No
     refuse = MAX | {"TxDefaultProfile", "TxProfile"}
     async with (
         run_bridge(settings(), records=[record()]) as bridge,
-        running(SimCharger16, bridge.url, "CP1", PASSWORD, refuse_purposes=refuse) as sim,
+        running(sim_class, bridge.url, "CP1", PASSWORD, refuse_purposes=refuse) as sim,
     ):
         await sim.boot()
-        await sim.start_transaction(1, 0)
+        if sim_class is SimCharger16:
+            await sim.start_transaction(1, 0)
+        else:
+            await sim.transaction_event(
+                "Started", "tx-1", 0, 0.0, trigger_reason="Authorized", charging_state="Charging"
+            )
         await bridge.log.wait_for(
             lambda: len(sim.store.history) >= 2, what="both safe purposes tried"
         )
@@ -309,11 +315,7 @@ async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream() -> No
                 )
             )
             await asyncio.sleep(0.5)
-        attempts = [
-            p
-            for p in dynamic_in_history(sim)
-            if p["charging_profile_purpose"] == "ChargePointMaxProfile"
-        ]
+        attempts = [p for p in dynamic_in_history(sim) if p["charging_profile_purpose"] in MAX]
         # Back-off of 5 s, then 10 s: attempts at 0 and 5 s, the next one only at 15 s.
         assert 2 <= len(attempts) <= 3, len(attempts)
         assert all(not r.accepted for r in results)
