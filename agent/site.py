@@ -310,11 +310,16 @@ class Site:
                     "unknown" if info.energy_wh is None else f"{info.energy_wh:.0f}",
                     extra={"charger_id": info.charger_id, "session_id": info.session_id},
                 )
+                evse = self._evse(info.charger_id, info.evse_id)
+                current = evse.session_id
                 self._session_changed(info, at)
                 self.sessions.pop(info.session_id, None)
-                evse = self._evse(info.charger_id, info.evse_id)
-                evse.session_id = None
-                evse.power_w = 0.0
+                if current in (None, info.session_id):
+                    evse.session_id = None
+                    evse.power_w = 0.0
+                else:
+                    # The late end of a session closed before: the newer one goes on.
+                    evse.session_id = current
             case MeterSample():
                 self._meter(event)
 

@@ -266,7 +266,8 @@ class CentralSystem:
         self._consumer: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._resumed: dict[str, list[SessionInfo]] = {}
+        # Models of chargers with sessions kept from before that have not connected yet.
+        self._waiting: dict[str, ChargerModel] = {}
         self._transaction_seq = 0
         self.port: int | None = None
 
@@ -376,17 +377,18 @@ class CentralSystem:
         while True:
             await self.sleep(min(60.0, max(1.0, self.settings.session_silence_s / 4)))
             now = self.clock()
-            for charger in list(self._chargers.values()):
-                events = charger.model.close_silent(now, silence)
+            models = [c.model for c in self._chargers.values()] + list(self._waiting.values())
+            for model in models:
+                events = model.close_silent(now, silence)
                 for event in events:
                     if not isinstance(event, SessionEnded):
                         continue
                     log.info(
                         "charger %s: closing session %s: nothing heard of it for %.0f s",
-                        charger.model.charger_id,
+                        model.charger_id,
                         event.session.session_id,
                         silence.total_seconds(),
-                        extra={"charger_id": charger.model.charger_id},
+                        extra={"charger_id": model.charger_id},
                     )
                 self.publish(events)
 
@@ -403,7 +405,9 @@ class CentralSystem:
             if charger is not None:
                 charger.model.resume([info], now)
             else:
-                self._resumed.setdefault(info.charger_id, []).append(info)
+                # Held until the charger connects, and closed if it stays silent too long.
+                model = self._waiting.setdefault(info.charger_id, ChargerModel(info.charger_id))
+                model.resume([info], now)
 
     async def events(self) -> AsyncIterator[Event]:
         if self._on_event is not None:
@@ -503,11 +507,22 @@ class CentralSystem:
             closed.cancel()
         return event.is_set() and not connection.closed.is_set()
 
-    async def _trigger(self, connection: Connection, payload: dict[str, Any]) -> str | None:
-        """TriggerMessage; the status, or None when the charger could not answer."""
+    async def _trigger(
+        self, connection: Connection, payload: dict[str, Any], *, probing: bool = False
+    ) -> str | None:
+        """TriggerMessage; the status, or None when the charger could not answer.
+
+        `probing`: asking for an EVSE that may not exist, so a CALLERROR is an answer too
+        (libocpp 2.0.1 answers OccurrenceConstraintViolation for an unknown EVSE)."""
         try:
             response = await connection.call_raw("TriggerMessage", payload)
-        except (OCPPError, TimeoutError, ConnectionError) as exc:
+        except OCPPError as exc:
+            if not probing:
+                connection.problems.report(
+                    "TriggerMessage failed", f"{payload['requestedMessage']}: {exc}"
+                )
+            return None
+        except (TimeoutError, ConnectionError) as exc:
             connection.problems.report(
                 "TriggerMessage failed", f"{payload['requestedMessage']}: {exc}"
             )
@@ -537,6 +552,7 @@ class CentralSystem:
                     "requestedMessage": "StatusNotification",
                     "evse": {"id": evse_id, "connectorId": 1},
                 },
+                probing=not known,
             )
             # Without a known EVSE list, the first refused id is past the last EVSE.
             if (status != "Accepted" and not known) or evse_id >= 64:
@@ -700,7 +716,7 @@ class CentralSystem:
     def _charger_for(self, record: ChargerRecord) -> _Charger:
         charger = self._chargers.get(record.charger_id)
         if charger is None:
-            model = ChargerModel(record.charger_id)
+            model = self._waiting.pop(record.charger_id, None) or ChargerModel(record.charger_id)
             smart = SmartCharging(
                 model,
                 record.electrical,
@@ -711,7 +727,6 @@ class CentralSystem:
             )
             charger = _Charger(model, record, smart)
             self._chargers[record.charger_id] = charger
-            model.resume(self._resumed.pop(record.charger_id, ()), self.clock())
         else:
             charger.record = record
             charger.smart.electrical = record.electrical

@@ -17,6 +17,7 @@ from ocpp_bridge import (
     BootInfo,
     ChargerConnected,
     ChargerDisconnected,
+    ChargerSeen,
     ConnectorStatus,
     EvseStatusChanged,
     MeterSample,
@@ -155,3 +156,70 @@ async def test_failed_flush_keeps_the_data(config: Config, db: Database) -> None
     await site.flush()
     energy = await db.read(lambda c: store.charger_energy(c, "DEMO-004", T0, T0 + timedelta(1)))
     assert sum(energy.values()) == pytest.approx(100.0)
+
+
+async def test_sessions_resume_with_their_start_register(config: Config, tmp_path: Path) -> None:
+    path = tmp_path / "resume.sqlite"
+    db = Database(path, SCHEMA)
+    await db.start()
+    site = Site(config, db, FixedClock(T0))
+    await site.start()
+    site.apply(SessionStarted(session("DEMO-005", "3", meter_start_wh=1234.0), T0))
+    await site.stop()
+    await db.stop()
+
+    db = Database(path, SCHEMA)
+    await db.start()
+    site = Site(config, db, FixedClock(T0 + timedelta(minutes=5)))
+    handed: list[SessionInfo] = []
+    site.resume_into = handed.extend
+    await site.start()
+    assert [(s.session_id, s.meter_start_wh) for s in handed] == [("DEMO-005/3", 1234.0)]
+    await site.stop()
+    await db.stop()
+
+
+async def test_last_seen_follows_any_sign_of_life(config: Config, db: Database) -> None:
+    site = Site(config, db, FixedClock(T0))
+    site.apply(boot("DEMO-006"))
+    later = T0 + timedelta(minutes=3)
+    site.apply(ChargerSeen("DEMO-006", later))
+    assert site.chargers["DEMO-006"].last_seen == later
+    site.apply(EvseStatusChanged("DEMO-006", 1, 1, ConnectorStatus.OCCUPIED, later + timedelta(1)))
+    assert site.chargers["DEMO-006"].last_seen == later + timedelta(1)
+    site.apply(ChargerSeen("DEMO-006", later))  # never backwards
+    assert site.chargers["DEMO-006"].last_seen == later + timedelta(1)
+
+
+async def test_the_store_keeps_no_session_the_live_model_does_not_have(
+    config: Config, db: Database
+) -> None:
+    site = Site(config, db, FixedClock(T0))
+    site.apply(SessionStarted(session("DEMO-007", "1"), T0))
+    await site.flush()
+
+    def orphan(conn: object) -> None:
+        store.upsert_session(
+            conn,  # type: ignore[arg-type]
+            store.SessionRow(
+                "DEMO-007/0", "DEMO-007", 1, CP, T0, None, 10.0, None, None, None, None, None
+            ),
+            T0,
+        )
+
+    await db.transaction(orphan)
+    await site.flush()
+    rows = await db.read(store.open_sessions)
+    assert [r.session_id for r in rows] == ["DEMO-007/1"]
+
+
+async def test_a_late_end_of_an_older_session_leaves_the_new_one(
+    config: Config, db: Database
+) -> None:
+    site = Site(config, db, FixedClock(T0))
+    site.apply(SessionStarted(session("DEMO-008", "2"), T0))
+    site.apply(meter("DEMO-008", T0, 100, 7000))
+    late = session("DEMO-008", "1", ended_at=T0, energy_wh=500.0, stop_reason="Local")
+    site.apply(SessionEnded(late, T0))
+    assert site.chargers["DEMO-008"].evses[1].session_id == "DEMO-008/2"
+    assert [s.info.session_id for s in site.active_sessions()] == ["DEMO-008/2"]
