@@ -432,8 +432,9 @@ class Dispatcher:
                 continue
             round_.pushed[key] = result
             if not result.accepted:
-                # Said once per refusal: the bridge retries with back-off and answers every
-                # round in between with the refusal it remembers.
+                # Not held: the next round asks again (the bridge retries with back-off and
+                # answers every round in between with the refusal it remembers). Said once.
+                self._sent.pop(key, None)
                 if key not in self._refused:
                     self._refused.add(key)
                     rejected.append(
