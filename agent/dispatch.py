@@ -47,9 +47,13 @@ from forecaster.flexibility import SessionSet, allocate
 from ocpp_bridge import (
     CentralSystem,
     ChargerConnected,
+    ChargerSnapshot,
     CommandResult,
+    CommandStatus,
+    CompositeSchedule,
     Event,
     PowerPeriod,
+    Purpose,
     SessionEnded,
     SessionStarted,
 )
@@ -71,6 +75,76 @@ class DispatchRound:
     # Per EVSE of chargers with several: each EVSE's own share of its station's limit
     evse_schedules: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     pushed: dict[tuple[str, int], CommandResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """Composite schedules a charger reported (its own, or one per connector) and when."""
+
+    at: datetime
+    composites: tuple[CompositeSchedule, ...]
+
+    def limit_w(self, moment: datetime) -> float:
+        """What the charger allows at `moment`: its connectors' limits add up."""
+        return sum(_limit_at(c.periods, moment) for c in self.composites)
+
+    def covers(self, moment: datetime) -> bool:
+        for c in self.composites:
+            start = c.start or c.periods[0].start
+            if start <= moment < start + timedelta(seconds=c.duration_s or 0):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class AppliedLimit:
+    """The limit a charger holds by its own word, for every surface that shows one.
+
+    source: "dynamic" (our limit, in the purpose we prefer), "fallback" (our limit in another
+    purpose, named in `purpose`), "safe" (only the static safe profile), "none" (the charger
+    took no profile at all: its load cannot be steered), or None while not known (offline,
+    or just connected and not yet set up).
+    """
+
+    limit_w: float | None
+    source: str | None
+    purpose: str | None = None
+    read_back: bool = False  # the charger's composite schedule confirmed it
+    controllable: bool | None = None
+
+
+def applied_limit(
+    snapshot: ChargerSnapshot | None, read_back: ReadBack | None, now: datetime
+) -> AppliedLimit:
+    """What the charger accepted (and, where read back, what it reports), never what was
+    only sent: a refused profile leaves the limit the charger held before."""
+    if snapshot is None or not snapshot.online:
+        return AppliedLimit(None, None)
+    controllable = snapshot.controllable
+    station = next((d for d in snapshot.dynamic if d.evse_id == 0), None)
+    limit: float
+    if (
+        station is not None
+        and station.held
+        and station.purpose is not None
+        and station.profile_valid_to is not None
+        and now < station.profile_valid_to
+    ):
+        limit = _limit_at(station.held, now)
+        source = "dynamic" if station.purpose == Purpose.STATION_MAX.value else "fallback"
+        purpose: str | None = station.purpose
+    elif snapshot.safe_purpose is not None and snapshot.safe_limit_w is not None:
+        limit, source, purpose = snapshot.safe_limit_w, "safe", snapshot.safe_purpose
+    elif controllable is False:
+        return AppliedLimit(None, "none", controllable=False)
+    else:
+        return AppliedLimit(None, None, controllable=controllable)
+    checked = read_back is not None and read_back.covers(now)
+    if read_back is not None and checked:
+        reported = read_back.limit_w(now)
+        # Connectors read one by one add up to at most what the charger as a whole took.
+        limit = reported if len(read_back.composites) == 1 else min(limit, reported)
+    return AppliedLimit(limit, source, purpose, checked, controllable)
 
 
 class Dispatcher:
@@ -107,6 +181,11 @@ class Dispatcher:
         # Why rounds must not run now (the clock guard), or None.
         self.hold: Callable[[], str | None] = lambda: None
         self._verifiers: set[asyncio.Task[None]] = set()
+        self._refused: set[tuple[str, int]] = set()
+        # Chargers read back per connector (no composite schedule for connector 0).
+        self._per_connector: set[str] = set()
+        # The last composite schedule(s) each charger reported after a push.
+        self.read_back: dict[str, ReadBack] = {}
         # Profiles in flight at once: enough to reach every charger of a large site within a
         # second, bounded so a round does not open thousands of OCPP calls in one burst.
         self.push_concurrency = 100
@@ -235,9 +314,18 @@ class Dispatcher:
         calibration = await self.forecaster.calibration()
         online = {cid for cid, c in self.site.chargers.items() if c.online}
         sessions = [s for s in self.site.active_sessions() if s.info.charger_id in online]
+        # EVs on chargers that take no profile draw what they like: not planned, but their
+        # load takes its share of the cap.
+        fixed = [s for s in sessions if self.site.charger(s.info.charger_id).controllable is False]
+        steerable_cap = cap
+        if fixed:
+            sessions = [s for s in sessions if all(s is not f for f in fixed)]
+            drawn = await self.forecaster.uncontrolled_load(grid[0], horizon, fixed, now=now)
+            steerable_cap = np.maximum(cap - drawn, 0.0)
+            online -= {s.info.charger_id for s in fixed}
         needs = self.forecaster.needs(sessions, now, calibration)
         schedules, per_evse, unmet = await asyncio.to_thread(
-            self._allocate, needs, grid, cap, floor, online
+            self._allocate, needs, grid, steerable_cap, floor, online
         )
         round_ = DispatchRound(
             now,
@@ -249,6 +337,7 @@ class Dispatcher:
             {k: v.tolist() for k, v in per_evse.items()},
         )
         await self._push(round_)
+        self.sync_limits()
         self.last_round = round_
         self.rounds += 1
         return round_
@@ -264,35 +353,17 @@ class Dispatcher:
         horizon = len(grid)
         schedules: dict[str, np.ndarray] = {cid: np.zeros(horizon) for cid in online}
         per_evse: dict[tuple[str, int], np.ndarray] = {}
-        unmet = 0.0
-        if needs:
-            sessions = SessionSet.from_instants(
-                grid[0],
-                self.config.uftp.isp_duration_min,
-                [grid[0]] * len(needs),
-                [n.leave for n in needs],
-                [n.energy_wh for n in needs],
-                [n.pmin_w for n in needs],
-                [n.pmax_w for n in needs],
-            )
-            # As much as the cap allows: that also serves a raise order's floor as far as the
-            # EVs can take energy (nobody can be made to charge a full battery).
-            result = allocate(sessions, cap, cap, self.config.uftp.isp_duration_min)
-            unmet = float(result.unmet_wh.sum())
-            for need, row in zip(needs, result.schedule_w, strict=True):
-                cid = need.session.info.charger_id
-                # Allocated in watts the EV draws; the charger's limit per phase must let a
-                # one-phase car draw them (its per-phase amps are a third of the 3-phase W).
-                limit = row * need.limit_factor
-                schedules[cid] = schedules.get(cid, np.zeros(horizon)) + limit
-                # A station with several EVSEs shares its station-wide limit as it sees fit
-                # (typically equally, pausing every EV below 6 A): each EVSE gets its own.
-                if self._evse_count(cid) > 1:
-                    per_evse[(cid, need.session.info.evse_id)] = limit
+        limits, used, unmet = allocate_limits(
+            needs, grid[0], cap, self.config.uftp.isp_duration_min, self._keep_levels(needs)
+        )
+        for need, limit in zip(needs, limits, strict=True):
+            cid = need.session.info.charger_id
+            schedules[cid] = schedules.get(cid, np.zeros(horizon)) + limit
+            # A station with several EVSEs shares its station-wide limit as it sees fit
+            # (typically equally, pausing every EV below 6 A): each EVSE gets its own.
+            if self._evse_count(cid) > 1:
+                per_evse[(cid, need.session.info.evse_id)] = limit
         busy = {n.session.info.charger_id for n in needs}
-        used = np.zeros(horizon)
-        if needs:
-            used = result.site_w.copy()
         for cid in sorted(online - busy):
             # An idle charger may start an EV at its minimum power while the cap has room.
             minimum = self._min_power(cid)
@@ -301,6 +372,21 @@ class Dispatcher:
             schedules[cid] = allowance
             used = used + allowance
         return schedules, per_evse, unmet
+
+    def _keep_levels(self, needs: Sequence[SessionNeed]) -> list[float]:
+        """Per EV, the charger limit (W) it keeps where the plan has no energy for it: its
+        share of its charger's safe limit, the level the charger falls back to anyway."""
+        sharing = collections.Counter(n.session.info.charger_id for n in needs)
+        return [
+            self.safe_power_w(n.session.info.charger_id) / sharing[n.session.info.charger_id]
+            for n in needs
+        ]
+
+    def safe_power_w(self, charger_id: str) -> float:
+        charger = self._chargers.get(charger_id)
+        if charger is None:  # admitted on first contact: the bridge's default safe limit
+            return float(self.bridge.settings.default_safe_power_w)
+        return float(self.config.safe_power_w(charger))
 
     def _evse_count(self, charger_id: str) -> int:
         state = self.site.chargers.get(charger_id)
@@ -333,7 +419,7 @@ class Dispatcher:
                 self._command(self.bridge.set_dynamic_schedule(cid, periods, valid_until, evse_id))
             )
             if evse_id == 0:
-                self.site.charger(cid).limit_w = periods[0].limit_w
+                self.read_back.pop(cid, None)  # what the charger reported is about to change
         # An EVSE whose EV left keeps no limit of its own: the station-wide one rules again.
         for key in [k for k in self._sent if k[1] > 0 and k not in wanted]:
             del self._sent[key]
@@ -361,9 +447,19 @@ class Dispatcher:
                 continue
             round_.pushed[key] = result
             if not result.accepted:
-                rejected.append(f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip())
-            elif key in wanted:  # else an accepted clear of an EVSE whose EV left
+                # Not held: the next round asks again (the bridge retries with back-off and
+                # answers every round in between with the refusal it remembers). Said once.
+                self._sent.pop(key, None)
+                if key not in self._refused:
+                    self._refused.add(key)
+                    rejected.append(
+                        f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip()
+                    )
+                continue
+            self._refused.discard(key)
+            if key in wanted:  # (else: an EVSE's own limit the charger cleared)
                 self._sent[key] = (tuple(wanted[key]), valid_until)
+        self.sync_limits()
         if rejected:
             log.warning(
                 "chargers did not take their dynamic schedule",
@@ -399,19 +495,26 @@ class Dispatcher:
     async def _verify(self, sample: dict[str, list[PowerPeriod]], round_: DispatchRound) -> None:
         """Re-read composite schedules: did the chargers apply what we sent?"""
         for cid, sent in sample.items():
-            composite = await self.bridge.composite_schedule(cid, 0, self.isp_seconds)
+            composites = await self._read_back(cid)
             if self._latest_push is not round_:
                 return  # a newer round is (re)setting limits: its own check will tell
-            if not composite.result.accepted or not composite.periods:
+            usable = [c for c in composites if c.result.accepted and c.periods]
+            if not usable:
                 self.readbacks["unavailable"] += 1
                 continue
-            start = composite.start or composite.periods[0].start
-            until = start + timedelta(seconds=composite.duration_s or self.isp_seconds)
+            self.read_back[cid] = ReadBack(self.clock.now(), tuple(usable))
             held = self.bridge.dynamic_schedule(cid, 0)
-            if held is not None and held.profile_valid_to is not None:
-                until = min(until, held.profile_valid_to)
-            excess = _excess(composite.periods, sent, until)
+            excess = None
+            for composite in usable:
+                start = composite.start or composite.periods[0].start
+                until = start + timedelta(seconds=composite.duration_s or self.isp_seconds)
+                if held is not None and held.profile_valid_to is not None:
+                    until = min(until, held.profile_valid_to)
+                # A connector's composite is within the charger's: both compare with what the
+                # charger as a whole was sent.
+                excess = excess or _excess(composite.periods, sent, until)
             self.readbacks["ok" if excess is None else "excess"] += 1
+            self.sync_limits([cid])
             if excess is not None:
                 moment, applied, allowed = excess
                 log.error(
@@ -421,6 +524,46 @@ class Dispatcher:
                     moment.isoformat(),
                     allowed,
                 )
+
+    def applied(self, charger_id: str) -> AppliedLimit:
+        """The limit the charger holds now, by the bridge's record of what it accepted and
+        the composite schedule it last reported."""
+        return applied_limit(
+            self.bridge.charger_snapshot(charger_id),
+            self.read_back.get(charger_id),
+            self.clock.now(),
+        )
+
+    def sync_limits(self, charger_ids: Sequence[str] | None = None) -> None:
+        """Bring the site model's limits up to what the chargers hold."""
+        for cid in self.site.chargers if charger_ids is None else charger_ids:
+            state = self.site.charger(cid)
+            applied = self.applied(cid)
+            state.limit_w = applied.limit_w
+            state.limit_source = applied.source
+            state.controllable = applied.controllable
+
+    async def _read_back(self, charger_id: str) -> list[CompositeSchedule]:
+        """The charger's composite schedule, or its connectors' where the charger refuses
+        one for the whole of it (a 1.6 charge point that leaves ChargePointMaxProfile out
+        of its composite answers connector 0 with Rejected)."""
+        if charger_id not in self._per_connector:
+            whole = await self.bridge.composite_schedule(charger_id, 0, self.isp_seconds)
+            if whole.result.status is not CommandStatus.REJECTED:
+                return [whole]
+            self._per_connector.add(charger_id)
+            log.info(
+                "charger %s refuses a composite schedule for connector 0 (%s); reading its "
+                "connectors' instead",
+                charger_id,
+                whole.result.reason,
+                extra={"charger_id": charger_id},
+            )
+        state = self.site.chargers.get(charger_id)
+        evses = sorted(e for e in (state.evses if state else ()) if e > 0) or [1]
+        return [
+            await self.bridge.composite_schedule(charger_id, e, self.isp_seconds) for e in evses
+        ]
 
     # --- delivery -------------------------------------------------------------------------------
 
@@ -443,6 +586,69 @@ class Dispatcher:
             measured = energy.get(int(isp_start.timestamp()), 0.0) * to_w
             out.append((index, base, float(change), measured))
         return out
+
+
+def allocate_limits(
+    needs: Sequence[SessionNeed],
+    start: datetime,
+    cap: np.ndarray,
+    isp_minutes: int,
+    keep_limit_w: Sequence[float],
+) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Charger limits (W) per plugged-in EV over the grid from `start`, the site power they
+    draw (W) and the energy left unmet (Wh).
+
+    The forecaster's allocation gives each EV the energy it is estimated to need; beyond that
+    estimate (which is only an estimate: the car may want more) and wherever the allocation
+    leaves an EV without power, the EV keeps charging at `keep_limit_w` (its share of the
+    safe limit) as far as the cap has room. So a plugged-in EV is held at 0 only where an
+    order or the site limit leaves no room for its minimum, never by where a plan ends.
+    """
+    horizon = len(cap)
+    if not needs:
+        return [], np.zeros(horizon), 0.0
+    sessions = SessionSet.from_instants(
+        start,
+        isp_minutes,
+        [start] * len(needs),
+        [n.leave for n in needs],
+        [n.energy_wh for n in needs],
+        [n.pmin_w for n in needs],
+        [n.pmax_w for n in needs],
+    )
+    # As much as the cap allows: that also serves a raise order's floor as far as the EVs
+    # can take energy (nobody can be made to charge a full battery).
+    result = allocate(sessions, cap, cap, isp_minutes)
+    # Allocated in watts the EV draws; the charger's limit per phase must let a one-phase
+    # car draw them (its per-phase amps are a third of the 3-phase W): limit = W x factor.
+    levels = [
+        min(n.pmax_w, keep / n.limit_factor) for n, keep in zip(needs, keep_limit_w, strict=True)
+    ]
+    drawn = keep_charging(
+        result.schedule_w,
+        np.array([n.pmin_w for n in needs]),
+        np.array(levels),
+        cap - result.site_w,
+    )
+    limits = [row * n.limit_factor for n, row in zip(needs, drawn, strict=True)]
+    return limits, drawn.sum(axis=0), float(result.unmet_wh.sum())
+
+
+def keep_charging(
+    schedule_w: np.ndarray, pmin_w: np.ndarray, level_w: np.ndarray, room_w: np.ndarray
+) -> np.ndarray:
+    """`schedule_w` (N, H) raised towards `level_w` (N,) wherever it is lower, using at most
+    `room_w` (H,) of spare site power in all; a raise that would leave an EV below its
+    minimum `pmin_w` (N,) is not made (it would be a pause in disguise)."""
+    out = np.array(schedule_w, dtype=np.float64, copy=True)
+    room = np.maximum(np.asarray(room_w, dtype=np.float64), 0.0)
+    for i in range(out.shape[0]):
+        extra = np.minimum(np.maximum(level_w[i] - out[i], 0.0), room)
+        raised = out[i] + extra
+        usable = (extra > 0) & (raised >= pmin_w[i] - 1e-6)
+        out[i] = np.where(usable, raised, out[i])
+        room = room - np.where(usable, extra, 0.0)
+    return out
 
 
 def _periods(

@@ -128,6 +128,15 @@ class EnergyAccumulator:
         for key, wh in drained.items():
             self._pending[key] += wh
 
+    def pending(self) -> dict[tuple[str, datetime], float]:
+        """Totals counted since the last `drain` (a copy; nothing is taken)."""
+        return dict(self._pending)
+
+    def last_reading_at(self, meter: str) -> datetime | None:
+        """When `meter` last reported: its energy is accounted up to that moment."""
+        last = self._last.get(meter)
+        return None if last is None else last.at
+
     def drain(self) -> dict[tuple[str, datetime], float]:
         pending = dict(self._pending)
         self._pending.clear()

@@ -33,7 +33,7 @@ from agent.config import ChargerConfig, Config
 from agent.db import Database, Migration, apply_migrations
 from agent.site import ActiveSession
 from forecaster.calendar import SiteCalendar, public_holidays
-from forecaster.flexibility import SessionSet
+from forecaster.flexibility import SessionSet, allocate
 from forecaster.forecast import (
     EmptyHistoryError,
     ForecastSettings,
@@ -562,6 +562,30 @@ class SiteForecaster:
         if not scenarios:
             scenarios.append(self._session_set(grid_start, rows))
         return scenarios
+
+    async def uncontrolled_load(
+        self,
+        grid_start: datetime,
+        horizon: int,
+        sessions: Sequence[ActiveSession],
+        *,
+        now: datetime | None = None,
+    ) -> np.ndarray:
+        """Power (H,) W the plugged-in EVs of chargers that take no profile will draw on the
+        grid: each as early and as fast as it can, since nothing holds it back."""
+        if not sessions:
+            return np.zeros(horizon)
+        now = now or self.clock.now()
+        calibration = await self.calibration()
+        rows = [
+            (now, need.leave, need.energy_wh, need.pmin_w, need.pmax_w)
+            for need in self.needs(sessions, now, calibration)
+        ]
+        unbounded = np.full(horizon, float(sum(r[4] for r in rows)))
+        result = allocate(
+            self._session_set(grid_start, rows), unbounded, unbounded, self.isp_minutes
+        )
+        return np.asarray(result.site_w, dtype=np.float64)
 
     def needs(
         self, sessions: Sequence[ActiveSession], now: datetime, calibration: Calibration

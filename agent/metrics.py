@@ -148,7 +148,12 @@ class StateCollector:
         )
         limit = GaugeMetricFamily(
             "flexbridge_charger_limit_watts",
-            "Dynamic limit last pushed per charger (absent: only the safe profile)",
+            "Limit the charger holds by its own word, by source (dynamic, fallback, safe)",
+            labels=["charger", "source"],
+        )
+        uncontrollable = GaugeMetricFamily(
+            "flexbridge_charger_uncontrollable",
+            "1 while a connected charger takes no charging profile at all",
             labels=["charger"],
         )
         up = GaugeMetricFamily(
@@ -157,10 +162,13 @@ class StateCollector:
         for charger_id, state in sorted(site.chargers.items()):
             power.add_metric([charger_id], state.power_w if state.online else 0.0)
             up.add_metric([charger_id], 1.0 if state.online else 0.0)
-            if state.limit_w is not None:
-                limit.add_metric([charger_id], state.limit_w)
+            applied = agent.dispatcher.applied(charger_id)
+            if applied.limit_w is not None and applied.source is not None:
+                limit.add_metric([charger_id, applied.source], applied.limit_w)
+            uncontrollable.add_metric([charger_id], 1.0 if applied.controllable is False else 0.0)
         yield power
         yield limit
+        yield uncontrollable
         yield up
         yield CounterMetricFamily(
             "flexbridge_ocpp_dropped_events",

@@ -149,6 +149,7 @@ def plan_offer(
     min_offer_power_w: int = 0,
     mutex_options: bool = False,
     partial_fractions: Sequence[float] = (),
+    uncontrolled_w: Sequence[float] | np.ndarray | None = None,
 ) -> OfferPlan:
     """Plan the options of a FlexOffer answering `elements` for one period.
 
@@ -157,10 +158,16 @@ def plan_offer(
     limit_w: the site limit, scalar or (N,).
     reserved_w: (N,) change already promised in outstanding offers (signed W, 0 where none).
     first_index: the first ISP that may still be offered (later than now plus a lead time).
+    uncontrolled_w: (N,) load in the prognosis that we cannot steer (EVs on chargers that take
+    no charging profile): it is part of neither the scenarios nor what is offered, and it
+    takes its share of the site limit.
     """
     n = len(prognosis_w)
-    prognosis = np.clip(np.asarray(prognosis_w, dtype=np.float64), 0.0, None)
+    fixed = np.zeros(n) if uncontrolled_w is None else np.asarray(uncontrolled_w, dtype=np.float64)
+    fixed = np.clip(fixed, 0.0, None)
+    prognosis = np.clip(np.asarray(prognosis_w, dtype=np.float64) - fixed, 0.0, None)
     limit = np.broadcast_to(np.asarray(limit_w, dtype=np.float64), (n,)).copy()
+    limit = np.clip(limit - fixed, 0.0, None)
     reserved = np.zeros(n) if reserved_w is None else np.asarray(reserved_w, dtype=np.float64)
     if not scenarios:
         raise ValueError("plan_offer needs at least one scenario of sessions")

@@ -64,8 +64,11 @@ class ChargerState:
     boot: BootInfo | None = None
     last_seen: datetime | None = None
     evses: dict[int, EvseState] = field(default_factory=dict)
-    # The last dynamic limit pushed to the charger (None: only the safe layer).
+    # The limit the charger holds by its own word (accepted, and read back where it was),
+    # where it comes from (agent.dispatch.AppliedLimit) and whether it takes profiles at all.
     limit_w: float | None = None
+    limit_source: str | None = None
+    controllable: bool | None = None
 
     @property
     def power_w(self) -> float:
@@ -188,6 +191,42 @@ class Site:
             for c in self.chargers.values()
             if c.online and (congestion_point is None or c.congestion_point == congestion_point)
         )
+
+    async def isp_energy(
+        self, congestion_point: str, start: datetime, end: datetime
+    ) -> dict[int, float]:
+        """Wh per ISP start (epoch s) in [start, end): what the store holds plus what was
+        counted since the last write, so the ISP in progress and just-finished ones are
+        current. (Under the flush lock: a batch is either still here or already stored.)"""
+        async with self._flush_lock:
+            out = await self.db.read(
+                lambda c: store.congestion_point_energy(c, congestion_point, start, end)
+            )
+            for (meter, bucket), wh in self._energy.pending().items():
+                if not start <= bucket < end:
+                    continue
+                if self.congestion_point_of(meter.rpartition("/")[0]) == congestion_point:
+                    key = int(bucket.timestamp())
+                    out[key] = out.get(key, 0.0) + wh
+        return out
+
+    def reported_until(self, congestion_point: str, now: datetime) -> datetime:
+        """The moment up to which the congestion point's energy is known: the oldest last
+        reading among the meters behind an active session on an online charger (an idle
+        EVSE draws nothing); `now` when there is none. An ISP that ended by then is measured
+        completely."""
+        until = now
+        for active in self.sessions.values():
+            cid = active.info.charger_id
+            state = self.chargers.get(cid)
+            if active.congestion_point != congestion_point or state is None or not state.online:
+                continue
+            meter = f"{cid}/0" if cid in self._main_meter else f"{cid}/{active.info.evse_id}"
+            at = self._energy.last_reading_at(meter)
+            if at is None:
+                at = active.info.started_at or now
+            until = min(until, at)
+        return until
 
     def active_sessions(self, congestion_point: str | None = None) -> list[ActiveSession]:
         return [

@@ -118,7 +118,7 @@ class LiveStatus:
             sessions = [s for s in agent.site.sessions.values() if s.info.charger_id == charger_id]
         sessions = sorted(sessions, key=lambda s: s.info.evse_id)
         safe_w = agent.config.safe_power_w(configured) if configured is not None else None
-        dynamic_w = state.limit_w if state is not None else None
+        applied = agent.dispatcher.applied(charger_id)
         boot = state.boot if state is not None else None
         online = bool(state and state.online)
         return {
@@ -127,9 +127,13 @@ class LiveStatus:
             "online": online,
             "status": charger_status(state),
             "power_w": watts(state.power_w if state is not None and online else 0.0),
-            # What the charger may draw now: our dynamic limit, else its static safe profile.
-            "limit_w": watts(dynamic_w if dynamic_w is not None else safe_w),
-            "limit_source": "dynamic" if dynamic_w is not None else ("safe" if safe_w else None),
+            # What the charger may draw now by its own word (agent.dispatch.AppliedLimit):
+            # the profile it accepted, confirmed by its composite schedule where read back.
+            "limit_w": watts(applied.limit_w),
+            "limit_source": applied.source,
+            "limit_purpose": applied.purpose,
+            "limit_read_back": applied.read_back,
+            "controllable": applied.controllable,
             "safe_limit_w": safe_w,
             "max_power_w": configured.max_power_w if configured is not None else None,
             "last_seen": iso(state.last_seen if state is not None else None),
@@ -287,15 +291,6 @@ class _TradeRows:
     offers: list[store.OfferRow]
     orders: list[store.OrderRow]
     baselines: dict[str, store.PrognosisRow]
-    energy: dict[str, dict[int, float]]
-    recorded_until: datetime | None
-
-
-def recorded_until(uptime: list[tuple[datetime, datetime]]) -> datetime | None:
-    """Until when the store holds the site's energy: the site writes it in batches and marks
-    itself alive with each, so an ISP that ended after the last batch is not complete yet
-    (at the demo's speed a batch is minutes of market time)."""
-    return max((until for _, until in uptime), default=None)
 
 
 async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
@@ -316,41 +311,30 @@ async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
                 row = store.prognosis_by_message(conn, ref)
                 if row is not None:
                     baselines[ref] = row
-        energy = {
-            cp: store.congestion_point_energy(conn, cp, start, end)
-            for cp in {o.congestion_point for o in orders if o.period == today}
-        }
-        return _TradeRows(
-            prognoses,
-            store.open_offers(conn, now),
-            orders,
-            baselines,
-            energy,
-            recorded_until(store.uptime(conn, start, end)),
-        )
+        return _TradeRows(prognoses, store.open_offers(conn, now), orders, baselines)
 
     rows = await agent.db.read(read)
+    ordered_cps = sorted({o.congestion_point for o in rows.orders if o.period == today})
+    energy = {cp: await agent.site.isp_energy(cp, start, end) for cp in ordered_cps}
+    reported = {cp: agent.site.reported_until(cp, now) for cp in ordered_cps}
     snapshot = TradeSnapshot(today, current)
     snapshot.prognoses = [_prognosis_view(p, current, market) for p in rows.prognoses]
     snapshot.offers = [_offer_view(o) for o in rows.offers]
     snapshot.orders = [_order_view(o) for o in rows.orders]
     isps = market.isps(today)
-    to_w = 3600.0 / (market.isp_minutes * 60)
     for order in rows.orders:
         if order.period != today:
             continue
         baseline = rows.baselines.get(order.baseline_message_id or "")
-        energy = rows.energy.get(order.congestion_point, {})
+        cp = order.congestion_point
         items = []
         for index, change in sorted(order.change_per_isp().items()):
             if not 1 <= index <= len(isps):
                 continue
             isp = isps[index - 1]
             base = baseline.power_w[index - 1] if baseline is not None else None
-            complete = isp.end <= now and (
-                rows.recorded_until is None or isp.end <= rows.recorded_until
-            )
-            measured = energy.get(int(isp.start.timestamp()), 0.0) * to_w if complete else None
+            measured = measured_power_w(isp, energy.get(cp, {}), now, reported[cp])
+            complete = isp.end <= reported[cp]
             target = None if base is None else max(0, base + change)
             items.append(
                 {
@@ -359,10 +343,14 @@ async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
                     "baseline_w": base,
                     "ordered_w": change,
                     "target_w": target,
+                    # Average power so far: the ISP in progress and finished ones whose
+                    # meters have not all reported past their end count as they stand.
                     "measured_w": watts(measured),
-                    # Reduction orders are met at or below the target, raise orders at or above.
+                    "complete": complete,
+                    # Judged once every meter reported past the ISP's end; reduction orders
+                    # are met at or below the target, raise orders at or above.
                     "delivered": None
-                    if measured is None or target is None
+                    if measured is None or target is None or not complete
                     else (measured <= target if change < 0 else measured >= target),
                 }
             )
@@ -379,6 +367,21 @@ async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
     return snapshot
 
 
+def measured_power_w(
+    isp: Isp, energy: dict[int, float], now: datetime, reported_until: datetime
+) -> float | None:
+    """Average power of `isp` from the energy counted so far: over the whole ISP once it has
+    ended, over the part the meters have reported while it runs (so a running ISP shows no
+    dip); None for an ISP that has not begun."""
+    if isp.start > now:
+        return None
+    wh = energy.get(int(isp.start.timestamp()), 0.0)
+    if isp.end <= now:
+        return wh * 3600.0 / (isp.end - isp.start).total_seconds()
+    seconds = (min(now, reported_until) - isp.start).total_seconds()
+    return wh * 3600.0 / seconds if seconds > 0 else None
+
+
 # --- the day chart ------------------------------------------------------------------------------
 
 
@@ -389,7 +392,6 @@ class _ChartRows:
     orders: list[store.OrderRow]
     requests: list[store.RequestRow]
     context: OrderContext
-    energy: dict[int, float]
     uptime: list[tuple[datetime, datetime]]
 
 
@@ -494,31 +496,29 @@ async def day_chart(agent: Agent, congestion_point: str, period: date, now: date
             store.accepted_orders(conn, congestion_point=congestion_point, period=period),
             store.requests_for(conn, congestion_point, period),
             load_context(conn, period=period),
-            store.congestion_point_energy(conn, congestion_point, start, end),
             store.uptime(conn, start, end),
         )
 
     rows = await agent.db.read(read)
-    prognosis, energy = rows.prognosis, rows.energy
-    to_w = 3600.0 / (market.isp_minutes * 60)
+    prognosis = rows.prognosis
+    energy = await agent.site.isp_energy(congestion_point, start, end)
+    reported = agent.site.reported_until(congestion_point, now)
     ordered: dict[int, int] = {}
     for order in rows.orders:
         for index, change in order.change_per_isp().items():
             ordered[index] = ordered.get(index, 0) + change
     n = len(isps)
-    written = recorded_until(rows.uptime)
 
     def measured(isp: Isp) -> float | None:
-        """Finished and written ISPs only (a running one would show as a dip); no energy
-        recorded means zero load while the agent ran and unknown while it did not (skipped,
-        not measured)."""
-        if isp.end > now or (written is not None and isp.end > written):
-            return None
-        wh = energy.get(int(isp.start.timestamp()))
-        if wh is not None:
-            return wh * to_w
-        alive = any(a < isp.end and isp.start < b for a, b in rows.uptime)
-        return 0.0 if alive else None
+        """Average power so far (see measured_power_w); no energy recorded means zero load
+        while the agent ran and unknown while it did not."""
+        if int(isp.start.timestamp()) not in energy:
+            alive = isp.start <= now and (
+                isp.end > now or any(a < isp.end and isp.start < b for a, b in rows.uptime)
+            )
+            if not alive:
+                return None
+        return measured_power_w(isp, energy, now, reported)
 
     def per_isp(values: list[int] | None) -> list[float | None]:
         if values is None or len(values) != n:

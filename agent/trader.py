@@ -487,9 +487,13 @@ class Trader:
             for index, change in offer.reserved_w.items():
                 if 1 <= index <= n:
                     reserved[index - 1] += change
-        scenarios = await self.forecaster.scenarios(
-            cp, isps[0].start, n, self.site.active_sessions(cp), now=now
-        )
+        # EVs on chargers that take no profile cannot be steered: their load is not offered.
+        plugged = self.site.active_sessions(cp)
+        steered = [self.site.charger(s.info.charger_id).controllable is not False for s in plugged]
+        fixed = [s for s, ok in zip(plugged, steered, strict=True) if not ok]
+        steerable = [s for s, ok in zip(plugged, steered, strict=True) if ok]
+        scenarios = await self.forecaster.scenarios(cp, isps[0].start, n, steerable, now=now)
+        uncontrolled = await self.forecaster.uncontrolled_load(isps[0].start, n, fixed, now=now)
         lead = timedelta(minutes=self.config.trading.offer_lead_time_min)
         first_index = 1
         for isp in isps:
@@ -512,6 +516,7 @@ class Trader:
             min_offer_power_w=self.config.trading.min_offer_power_w,
             mutex_options=self.mutex.get(cp, False),
             partial_fractions=self.config.trading.partial_option_fractions,
+            uncontrolled_w=uncontrolled,
         )
         return plan, prognosis
 

@@ -228,6 +228,9 @@ class DynamicScheduleSnapshot:
     # validTo of the profile the charger holds now; refreshed before it passes.
     profile_valid_to: datetime | None
     purpose: str | None
+    # The periods (W) of the profile the charger accepted last: `periods` is what we want it
+    # to hold, this is what it took (() when it took none).
+    held: tuple[PowerPeriod, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,3 +245,6 @@ class ChargerSnapshot:
     evses: tuple[EvseSnapshot, ...] = ()
     dynamic: tuple[DynamicScheduleSnapshot, ...] = ()
     rejected_purposes: tuple[str, ...] = field(default_factory=tuple)
+    # True once the charger took a profile on this connection; False when it refused the safe
+    # layer and holds no dynamic one either (its load cannot be steered); None while unknown.
+    controllable: bool | None = None

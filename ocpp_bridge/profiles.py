@@ -194,6 +194,7 @@ def plan_periods(
     unit: RateUnit,
     electrical: ElectricalData,
     fill_limit_w: float,
+    tail_s: float = 0.0,
 ) -> tuple[datetime, list[tuple[int, int]], datetime]:
     """(startSchedule, [(startPeriod s, limit)], validTo) for a dynamic schedule.
 
@@ -203,6 +204,11 @@ def plan_periods(
     - Equal neighbours merge; beyond `max_periods` the profile ends (validTo) where the first
       dropped period starts, so the last kept limit never outlives its period: the safe layer
       rules until the caller refreshes with the next chunk.
+    - The last `tail_s` seconds before validTo allow at most `fill_limit_w`: the profile ends
+      on a level the safe layer would also allow, so a charger whose refresh never comes (the
+      agent died) goes on charging at that level instead of at whatever the plan held last.
+      A refresh replaces the profile before its tail begins. (Needs two periods: a charger
+      that takes one only keeps its single period.)
     """
     if not periods:
         raise ProfileError("a schedule needs at least one period")
@@ -248,11 +254,23 @@ def plan_periods(
         if merged and merged[-1][1] == limit:
             continue
         merged.append((offset, limit))
-    if len(merged) > max_periods:
-        cut = start + timedelta(seconds=merged[max_periods][0])
+    tail_limit = limit_in_unit(fill_limit_w, unit, electrical)
+    # One period is kept free for the tail whenever the charger takes two or more.
+    room = max_periods - 1 if tail_s > 0 and max_periods >= 2 else max_periods
+    if len(merged) > room:
+        cut = start + timedelta(seconds=merged[room][0])
         # Whole-second offsets can put the cut a fraction of a second before now.
         valid_to = min(valid_to, max(cut, now + timedelta(seconds=1)))
-        merged = merged[:max_periods]
+        merged = merged[:room]
+    if room == max_periods or merged[-1][1] <= tail_limit:
+        return start, merged, valid_to
+    # A drop starts no later than asked (floor), like every other drop.
+    tail = math.floor((valid_to - timedelta(seconds=tail_s) - start).total_seconds())
+    if tail > merged[-1][0]:
+        return start, [*merged, (tail, tail_limit)], valid_to
+    merged[-1] = (merged[-1][0], tail_limit)
+    if len(merged) > 1 and merged[-2][1] == tail_limit:
+        merged.pop()
     return start, merged, valid_to
 
 
@@ -366,6 +384,7 @@ def build_dynamic_profile(
     fill_limit_w: float,
     unit: RateUnit | None = None,
     profile_id: int | None = None,
+    tail_s: float = 0.0,
 ) -> BuiltProfile:
     """A dynamic-layer profile for `periods`, ending at `valid_to` (or earlier, see plan).
 
@@ -377,7 +396,7 @@ def build_dynamic_profile(
     chosen = _check_unit(caps, unit)
     level = stack_level_for(target, caps)
     start, offsets, effective_valid_to = plan_periods(
-        periods, now, valid_to, caps.max_periods, chosen, electrical, fill_limit_w
+        periods, now, valid_to, caps.max_periods, chosen, electrical, fill_limit_w, tail_s
     )
     profile_id = profile_id if profile_id is not None else profile_id_for(target)
     payload = _assemble(

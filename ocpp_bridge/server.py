@@ -191,7 +191,9 @@ class _SetUp:
     connection: Connection
     safe_done: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    applied: dict[int, tuple[DynamicSchedule, CommandResult]] = field(default_factory=dict)
+    applied: dict[int, tuple[DynamicSchedule, tuple[PowerPeriod, ...], CommandResult]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -467,8 +469,9 @@ class CentralSystem:
                 schedule = charger.smart.dynamic.get(evse_id)
                 if schedule is None:
                     continue
+                periods = schedule.periods
                 result = await charger.smart.apply_dynamic(connection, evse_id)
-                setup.applied[evse_id] = (schedule, result)
+                setup.applied[evse_id] = (schedule, periods, result)
         finally:
             setup.safe_done.set()
             setup.done.set()
@@ -826,9 +829,7 @@ class CentralSystem:
         charger = await self._known(charger_id)
         if charger is None:
             return CommandResult(CommandStatus.REJECTED, f"unknown charger {charger_id!r}")
-        schedule = DynamicSchedule(evse_id, tuple(periods), valid_until)
-        charger.smart.dynamic[evse_id] = schedule
-        charger.smart.changed.set()
+        schedule = charger.smart.want(evse_id, periods, valid_until)
         connection = self._online(charger)
         if connection is None:
             return CommandResult(CommandStatus.OFFLINE, "sent when the charger connects")
@@ -839,8 +840,8 @@ class CentralSystem:
         setup = charger.setup
         if setup is not None and setup.connection is connection:
             sent = setup.applied.get(evse_id)
-            if sent is not None and sent[0] is schedule:
-                return sent[1]  # the set-up sent this very schedule after the safe layer
+            if sent is not None and sent[0] is schedule and sent[1] == schedule.periods:
+                return sent[2]  # the set-up sent this very schedule after the safe layer
         return await charger.smart.apply_dynamic(connection, evse_id)
 
     async def clear_dynamic_schedule(self, charger_id: str, evse_id: int = 0) -> CommandResult:
@@ -880,19 +881,27 @@ class CentralSystem:
 
     def snapshot(self) -> tuple[ChargerSnapshot, ...]:
         return tuple(
-            ChargerSnapshot(
-                charger_id=charger_id,
-                online=charger.model.online,
-                boot=charger.model.boot,
-                last_seen=charger.model.last_seen,
-                capabilities=charger.model.capabilities,
-                safe_limit_w=charger.smart.safe_limit_w,
-                safe_purpose=charger.smart.safe_purpose.value
-                if charger.smart.safe_purpose
-                else None,
-                evses=charger.model.evses(),
-                dynamic=charger.smart.snapshot(),
-                rejected_purposes=tuple(sorted(p.value for p in charger.smart.refused)),
-            )
+            self._snapshot_of(charger_id, charger)
             for charger_id, charger in sorted(self._chargers.items())
+        )
+
+    def charger_snapshot(self, charger_id: str) -> ChargerSnapshot | None:
+        """One charger's snapshot (None for a charger the bridge has not met)."""
+        charger = self._chargers.get(charger_id)
+        return None if charger is None else self._snapshot_of(charger_id, charger)
+
+    @staticmethod
+    def _snapshot_of(charger_id: str, charger: _Charger) -> ChargerSnapshot:
+        return ChargerSnapshot(
+            charger_id=charger_id,
+            online=charger.model.online,
+            boot=charger.model.boot,
+            last_seen=charger.model.last_seen,
+            capabilities=charger.model.capabilities,
+            safe_limit_w=charger.smart.safe_limit_w,
+            safe_purpose=charger.smart.safe_purpose.value if charger.smart.safe_purpose else None,
+            evses=charger.model.evses(),
+            dynamic=charger.smart.snapshot(),
+            rejected_purposes=tuple(sorted(p.value for p in charger.smart.refused)),
+            controllable=charger.smart.controllable,
         )

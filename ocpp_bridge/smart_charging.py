@@ -56,19 +56,38 @@ STATION_DYNAMIC_CHAIN = (Purpose.STATION_MAX, Purpose.TX_DEFAULT, Purpose.TX)
 EVSE_DYNAMIC_CHAIN = (Purpose.TX_DEFAULT, Purpose.TX)
 # CALLERROR codes that mean "this charger does not do that" rather than "bad payload".
 _UNSUPPORTED_CODES = {"NotSupported", "NotImplemented"}
-# Seconds between retries of a refresh the charger did not take.
+# Back-off of a dynamic schedule the charger did not take: the first retry after this many
+# seconds, each further one after twice as long, at most _RETRY_MAX_S apart. A charger that
+# refuses keeps refusing; asking again every few seconds only floods its message log.
 _RETRY_S = 5.0
+_RETRY_MAX_S = 300.0
+
+
+def retry_delay_s(failures: int) -> float:
+    """Seconds to wait after the `failures`-th failed attempt in a row (>= 1)."""
+    return min(_RETRY_MAX_S, _RETRY_S * 2.0 ** min(max(0, failures - 1), 16))
 
 
 @dataclass
 class DynamicSchedule:
     evse_id: int
-    periods: tuple[PowerPeriod, ...]
+    periods: tuple[PowerPeriod, ...]  # what we want the charger to hold
     valid_until: datetime
     profile_valid_to: datetime | None = None  # what the charger holds now
     purpose: Purpose | None = None
     split_evses: tuple[int, ...] = ()  # EVSEs holding split TxProfiles (station limit)
     failed_at: datetime | None = None
+    # Failed attempts in a row and the last answer: remembered, so every caller within the
+    # back-off gets that answer instead of asking the charger again.
+    failures: int = 0
+    refusal: CommandResult | None = None
+    # The periods of the profile the charger accepted last (W); () when it holds none.
+    held: tuple[PowerPeriod, ...] = ()
+
+    def retry_at(self) -> datetime | None:
+        if self.failed_at is None:
+            return None
+        return self.failed_at + timedelta(seconds=retry_delay_s(self.failures))
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,7 @@ class SmartCharging:
         self.clock = clock
         self.sleep = sleep  # in the clock's time: the refresh timer must follow a scaled clock
         self.safe_purpose: Purpose | None = None  # accepted on the current connection
+        self.safe_refused = False  # the charger answered the safe layer with a refusal
         self.dynamic: dict[int, DynamicSchedule] = {}
         self.refused: set[Purpose] = set()
         self.schedule_ids = ScheduleIds()
@@ -147,10 +167,35 @@ class SmartCharging:
     def refresh_margin(self) -> timedelta:
         return self.validity / 3
 
+    @property
+    def tail_s(self) -> float:
+        """The end of each dynamic profile that allows no more than the safe limit: half the
+        refresh margin, so a live agent's refresh always replaces the profile before it."""
+        return self.refresh_margin.total_seconds() / 2
+
     def connection_lost(self) -> None:
         self.safe_purpose = None
+        self.safe_refused = False
         for schedule in self.dynamic.values():
+            # A new connection (perhaps after a reboot or an update) gets a fresh start.
             schedule.failed_at = None
+            schedule.failures = 0
+            schedule.refusal = None
+
+    def want(
+        self, evse_id: int, periods: Sequence[PowerPeriod], valid_until: datetime
+    ) -> DynamicSchedule:
+        """The schedule the EVSE should hold from now on. What the charger holds and its
+        back-off stay as they are until the next attempt tells otherwise."""
+        schedule = self.dynamic.get(evse_id)
+        if schedule is None:
+            schedule = DynamicSchedule(evse_id, tuple(periods), valid_until)
+            self.dynamic[evse_id] = schedule
+        else:
+            schedule.periods = tuple(periods)
+            schedule.valid_until = valid_until
+        self.changed.set()
+        return schedule
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -243,6 +288,7 @@ class SmartCharging:
         async with self.lock:
             result, purpose = await self._with_fallback(self._safe_chain(), attempt)
             self.safe_purpose = purpose
+            self.safe_refused = result.status is CommandStatus.REJECTED
         if not result.accepted:
             log.error(
                 "charger %s has no safe profile: %s",
@@ -268,6 +314,14 @@ class SmartCharging:
             if schedule.valid_until <= now:
                 del self.dynamic[evse_id]
                 return CommandResult(CommandStatus.REJECTED, "the schedule has ended")
+            retry_at = schedule.retry_at()
+            if schedule.refusal is not None and retry_at is not None and now < retry_at:
+                # One stream per EVSE: whoever asks within the back-off gets the last answer.
+                return replace(
+                    schedule.refusal,
+                    reason=f"{schedule.refusal.reason} (refused {schedule.failures} time(s) "
+                    f"in a row; next attempt at {retry_at.isoformat(timespec='seconds')})",
+                )
             valid_to = min(schedule.valid_until, now + self.validity)
             holder: dict[str, Any] = {}
 
@@ -284,6 +338,7 @@ class SmartCharging:
                     valid_to,
                     self.schedule_ids.next(),
                     fill_limit_w=self.safe_limit_w,
+                    tail_s=self.tail_s,
                 )
                 holder["valid_to"] = built.valid_to
                 return await self._set(connection, built)
@@ -294,9 +349,25 @@ class SmartCharging:
                     schedule.split_evses = ()
                 schedule.purpose = purpose
                 schedule.profile_valid_to = holder.get("valid_to")
+                schedule.held = schedule.periods if schedule.profile_valid_to else ()
                 schedule.failed_at = None
+                schedule.failures = 0
+                schedule.refusal = None
             else:
+                if not schedule.held:
+                    schedule.purpose = None  # (a TxProfile waiting for its transaction)
                 schedule.failed_at = now
+                schedule.failures += 1
+                schedule.refusal = result
+                if schedule.failures == 1:
+                    log.warning(
+                        "charger %s EVSE %d did not take its dynamic schedule: %s; retrying "
+                        "with back-off",
+                        self.model.charger_id,
+                        evse_id,
+                        result.reason,
+                        extra={"charger_id": self.model.charger_id},
+                    )
             self.changed.set()
             return result
 
@@ -334,6 +405,7 @@ class SmartCharging:
                 valid_to,
                 self.schedule_ids.next(),
                 fill_limit_w=self.safe_limit_w * share,
+                tail_s=self.tail_s,
                 profile_id=None
                 if schedule.evse_id
                 else STATION_SPLIT_PROFILE_ID_BASE + session.evse_id,
@@ -426,8 +498,9 @@ class SmartCharging:
         moments: list[datetime] = []
         for schedule in self.dynamic.values():
             moments.append(schedule.valid_until)
-            if schedule.failed_at is not None:
-                moments.append(schedule.failed_at + timedelta(seconds=_RETRY_S))
+            retry_at = schedule.retry_at()
+            if retry_at is not None:
+                moments.append(retry_at)
             elif schedule.profile_valid_to is not None:
                 moments.append(schedule.profile_valid_to - self.refresh_margin)
         return min(moments) if moments else None
@@ -438,8 +511,9 @@ class SmartCharging:
             del self.dynamic[evse_id]  # the charger's profile expires at the same moment
         due: list[int] = []
         for evse_id, schedule in self.dynamic.items():
-            if schedule.failed_at is not None:
-                if now >= schedule.failed_at + timedelta(seconds=_RETRY_S):
+            retry_at = schedule.retry_at()
+            if retry_at is not None:
+                if now >= retry_at:
                     due.append(evse_id)
             elif schedule.profile_valid_to is not None and (
                 schedule.profile_valid_to < schedule.valid_until
@@ -479,9 +553,19 @@ class SmartCharging:
                 s.valid_until,
                 s.profile_valid_to,
                 s.purpose.value if s.purpose else None,
+                s.held,
             )
             for s in sorted(self.dynamic.values(), key=lambda s: s.evse_id)
         )
+
+    @property
+    def controllable(self) -> bool | None:
+        """Whether the charger takes any profile from us (see ChargerSnapshot)."""
+        if self.safe_purpose is not None or any(s.purpose for s in self.dynamic.values()):
+            return True
+        if self.safe_refused:
+            return False
+        return None
 
 
 def read_composite(

@@ -109,6 +109,16 @@ def _day_links(period: date, today: date) -> str:
     return '<p class="sub">' + " · ".join(links) + "</p>"
 
 
+def _limit_cell(charger: dict[str, Any]) -> str:
+    """The limit the charger holds, and where it comes from unless it is our dynamic one."""
+    source = charger["limit_source"]
+    if source == "none":
+        return "uncontrollable"
+    if source == "fallback":
+        return f"{kw(charger['limit_w'])} ({_text(charger['limit_purpose'])})"
+    return kw(charger["limit_w"]) + (" (safe)" if source == "safe" else "")
+
+
 def render_status_page(
     *,
     info: JsonObject,
@@ -235,7 +245,7 @@ def render_status_page(
                     _text(c["id"]),
                     _text(c["status"]),
                     kw(c["power_w"]),
-                    kw(c["limit_w"]) + (" (safe)" if c["limit_source"] == "safe" else ""),
+                    _limit_cell(c),
                     kwh(c["session_energy_wh"]) if c["session_active"] else "–",
                     _text(" ".join(x for x in (c["vendor"], c["model"]) if x)),
                     _local(c["last_seen"], zone),

@@ -282,7 +282,11 @@ class StatusServer:
                 "cap_w": round_.cap_w[0],
                 "unmet_wh": round_.unmet_wh,
                 "chargers": len(round_.schedules),
-                "pushed": {cid: str(r.status) for cid, r in round_.pushed.items()},
+                # The station-wide limit under the charger's id, an EVSE's own as "id/evse".
+                "pushed": {
+                    cid if evse_id == 0 else f"{cid}/{evse_id}": str(r.status)
+                    for (cid, evse_id), r in round_.pushed.items()
+                },
             }
         )
 

@@ -46,7 +46,7 @@ async def test_json_api_shows_site_chargers_trade_delivery_and_chart(tmp_path: P
         assert [o["message_id"] for o in trade["offers"]] == [t.offer.message_id]
         assert "ORD-TODAY" in [o["order_reference"] for o in trade["orders"]]
         (delivery,) = [d for d in trade["delivery"] if d["order_reference"] == "ORD-TODAY"]
-        finished = [i for i in delivery["isps"] if i["measured_w"] is not None]
+        finished = [i for i in delivery["isps"] if i["complete"] and i["isp"] < t.current_isp]
         assert finished, "the order starts four ISPs before now"
         for isp in finished:
             assert isp["measured_w"] == MEASURED_W
@@ -60,7 +60,9 @@ async def test_json_api_shows_site_chargers_trade_delivery_and_chart(tmp_path: P
         assert all(i["prognosis_w"] is not None for i in isps)
         past = [i for i in isps if i["isp"] < t.current_isp]
         assert [i["measured_w"] for i in past] == [MEASURED_W] * len(past)
-        assert all(i["measured_w"] is None for i in isps if i["isp"] >= t.current_isp)
+        # The running ISP: its average so far (no charger draws here); later ones: nothing.
+        assert [i["measured_w"] for i in isps if i["isp"] == t.current_isp] == [0.0]
+        assert all(i["measured_w"] is None for i in isps if i["isp"] > t.current_isp)
         ordered = {i["isp"] for i in isps if i["ordered_w"] == ORDERED_W}
         first = t.order.isps[0][0]
         assert ordered == set(range(first, first + 8)) & {i["isp"] for i in isps}
@@ -69,7 +71,10 @@ async def test_json_api_shows_site_chargers_trade_delivery_and_chart(tmp_path: P
         assert isinstance(charger, dict)
         assert charger["online"] is False
         assert charger["status"] == "unknown"
-        assert charger["limit_source"] == "safe"
+        # Never connected: no word from the charger about any limit.
+        assert charger["limit_source"] is None
+        assert charger["limit_w"] is None
+        assert charger["controllable"] is None
         await get_json(http, f"{t.url}/api/chargers/NOPE", 404)
         error = await get_json(http, f"{t.url}/api/chart?period=31-12-2026", 400)
         assert error == {"error": "period '31-12-2026' is not a date YYYY-MM-DD"}

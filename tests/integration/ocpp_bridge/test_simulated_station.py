@@ -298,14 +298,15 @@ async def test_after_the_bridge_dies_the_safe_layer_rules_and_a_restart_gets_eve
             measured = samples(second, "CP1", 1)
             offline = [s for s in measured if died <= s.at]
             assert [s.at for s in offline] == sorted(s.at for s in offline)
-            assert {s.power_w for s in offline if s.at < valid_to - timedelta(seconds=1)} <= {
-                11_000
-            }
+            # The dynamic profile's last sixth allows only the safe level: a dead agent's
+            # last profile ends where the safe layer takes over.
+            tail = valid_to - timedelta(seconds=validity_s / 6)
+            assert {s.power_w for s in offline if s.at < tail - timedelta(seconds=1)} <= {11_000}
             assert ev.unplugged_at is not None
             after = [
                 s.power_w
                 for s in offline
-                if valid_to + timedelta(seconds=1) < s.at < ev.unplugged_at - timedelta(seconds=1)
+                if tail + timedelta(seconds=1) < s.at < ev.unplugged_at - timedelta(seconds=1)
             ]
             assert after
             assert set(after) == {4_140}

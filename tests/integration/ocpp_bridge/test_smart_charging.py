@@ -13,6 +13,7 @@ from ocpp_bridge.events import CapabilitiesKnown, CommandStatus, PowerPeriod
 from ocpp_bridge.profiles import DYNAMIC_PROFILE_ID_BASE, SAFE_PROFILE_ID, ElectricalData
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord
 from ocpp_bridge.simulator import SimCharger16, SimCharger201, running
+from ocpp_bridge.smart_charging import retry_delay_s
 from ocpp_bridge.timestamps import utc_now
 from tests.integration.ocpp_bridge.conftest import PASSWORD, RunningBridge, run_bridge, test_hash
 
@@ -280,3 +281,50 @@ async def test_a_charger_that_drops_mid_call_is_offline_not_a_timeout() -> None:
             "CP1", [PowerPeriod(now, 5_000)], now + timedelta(minutes=5)
         )
         assert later.status is CommandStatus.OFFLINE  # kept, and sent on the next connect
+
+
+@pytest.mark.parametrize("sim_class", SIMS)
+async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream(sim_class: Any) -> None:
+    """A charger that refuses every purpose while a transaction runs: the bridge's own refresh
+    and a caller pushing the schedule again and again (as dispatch rounds do) share one
+    stream per EVSE; between the attempts of its growing back-off the caller gets the
+    remembered refusal without another call to the charger."""
+    refuse = MAX | {"TxDefaultProfile", "TxProfile"}
+    async with (
+        run_bridge(settings(), records=[record()]) as bridge,
+        running(sim_class, bridge.url, "CP1", PASSWORD, refuse_purposes=refuse) as sim,
+    ):
+        await sim.boot()
+        if sim_class is SimCharger16:
+            await sim.start_transaction(1, 0)
+        else:
+            await sim.transaction_event(
+                "Started", "tx-1", 0, 0.0, trigger_reason="Authorized", charging_state="Charging"
+            )
+        await bridge.log.wait_for(
+            lambda: len(sim.store.history) >= 2, what="both safe purposes tried"
+        )
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        results = []
+        while loop.time() - began < 12.0:
+            now = utc_now()
+            results.append(
+                await bridge.system.set_dynamic_schedule(
+                    "CP1", [PowerPeriod(now, 8_280)], now + timedelta(minutes=30)
+                )
+            )
+            await asyncio.sleep(0.5)
+        attempts = [p for p in dynamic_in_history(sim) if p["charging_profile_purpose"] in MAX]
+        # Back-off of 5 s, then 10 s: attempts at 0 and 5 s, the next one only at 15 s.
+        assert 2 <= len(attempts) <= 3, len(attempts)
+        assert all(not r.accepted for r in results)
+        assert len(results) > 10
+        assert "refused" in (results[-1].reason or "")
+
+
+def test_retry_delays_grow_and_are_capped() -> None:
+    delays = [retry_delay_s(n) for n in range(1, 12)]
+    assert delays[:4] == [5.0, 10.0, 20.0, 40.0]
+    assert delays == sorted(delays)
+    assert max(delays) == 300.0

@@ -207,3 +207,20 @@ def test_an_offer_is_deliverable(
     capped = allocate(evs, caps, caps)
     assert capped.unmet_wh.sum() <= free.unmet_wh.sum() + 1.0
     assert np.all(capped.site_w <= caps + 1e-6)
+
+
+def test_the_load_of_an_uncontrollable_charger_is_not_offered() -> None:
+    """Two EVs draw 11 kW each in the first ISPs; one is on a charger that takes no charging
+    profile. Only the other one's load can be offered as a reduction."""
+    steerable = sessions((0, 8, 10_000, 11_000))
+    uncontrolled = [11_000.0] * 4 + [0.0] * (N - 4)
+    prognosis = [p + u for p, u in zip(PROGNOSIS, uncontrolled, strict=True)]
+    elements = [reduce(1, 2, -40_000, -3_000), available(3, 94, 40_000)]
+    plan = plan_offer(
+        elements, prognosis, [steerable], 150_000, pricing=PRICING, uncontrolled_w=uncontrolled
+    )
+    (option,) = plan.options
+    assert option.isps == ((1, 2, -11_000),)
+    # The same EV alone on a site whose limit the uncontrolled one shares: the same offer.
+    alone = plan_offer(elements, PROGNOSIS, [steerable], 139_000, pricing=PRICING)
+    assert alone.options[0].isps == option.isps
