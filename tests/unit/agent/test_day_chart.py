@@ -103,9 +103,11 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
     assert chart.measured_w[:40] == [10_000.0] * 40
     assert chart.measured_w[40:48] == [0.0] * 8
     assert chart.measured_w[48:] == [None] * 48
-    # Never for what is still to come (nor the ISP running now).
+    # The ISP running now by its average so far (here: its recorded energy over the five
+    # minutes it has run); never for what is still to come.
     assert during.measured_w[:20] == [10_000.0] * 20
-    assert during.measured_w[20:] == [None] * 76
+    assert during.measured_w[20] == 30_000.0
+    assert during.measured_w[21:] == [None] * 75
     # The DSO asked for at most prognosis + MaxPower; the order caps the site at its target.
     assert chart.dso_limit_w[:36] == [12_000.0] * 36
     assert chart.dso_limit_w[36:40] == [7_000.0] * 4
