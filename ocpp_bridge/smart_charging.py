@@ -289,7 +289,16 @@ class SmartCharging:
             result, purpose = await self._with_fallback(self._safe_chain(), attempt)
             self.safe_purpose = purpose
             self.safe_refused = result.status is CommandStatus.REJECTED
-        if not result.accepted:
+        if result.status is CommandStatus.OFFLINE:
+            # Gone during set-up: the next connect installs the safe layer first again, so
+            # this is no fault of the charger's configuration (the disconnect is logged).
+            log.info(
+                "charger %s left before its safe profile was set: %s",
+                self.model.charger_id,
+                result.reason,
+                extra={"charger_id": self.model.charger_id},
+            )
+        elif not result.accepted:
             log.error(
                 "charger %s has no safe profile: %s",
                 self.model.charger_id,
