@@ -509,20 +509,17 @@ async def day_chart(agent: Agent, congestion_point: str, period: date, now: date
             ordered[index] = ordered.get(index, 0) + change
     n = len(isps)
 
-    live_since = agent.site.started_at
-
-    def watched(isp: Isp) -> bool:
-        """Whether the agent ran from the ISP's start until its end (or now): only then is its
-        energy all there. A skipped ISP, or one the agent saw only part of, is not drawn (it
-        would show as a dip)."""
-        until = min(isp.end, now)
-        return isp.start >= live_since or any(a <= isp.start and until <= b for a, b in rows.uptime)
-
     def measured(isp: Isp) -> float | None:
-        """Average power so far (see measured_power_w); nothing for what is still to come or
-        was not watched throughout; no energy recorded while watched means zero load."""
-        if isp.start > now or not watched(isp):
+        """Average power so far (see measured_power_w), from the chargers' own timestamped
+        readings, so also across an agent restart; no energy recorded means zero load while
+        the agent ran and unknown while it did not (skipped: not drawn), never for what is
+        still to come."""
+        if isp.start > now:
             return None
+        if int(isp.start.timestamp()) not in energy:
+            alive = isp.end > now or any(a < isp.end and isp.start < b for a, b in rows.uptime)
+            if not alive:
+                return None
         return measured_power_w(isp, energy, now, reported)
 
     def per_isp(values: list[int] | None) -> list[float | None]:

@@ -98,11 +98,12 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
     finally:
         await agent.db.stop()
 
-    # Energy where recorded, 0 while the agent ran without any, nothing for an ISP whose
-    # energy is only partly written (12:00-12:15) nor for the skipped afternoon and night.
+    # Energy where recorded (12:00-12:15 by what its meters reported), 0 while the agent ran
+    # without any, nothing for the skipped afternoon and night.
     assert chart.measured_w[:40] == [10_000.0] * 40
     assert chart.measured_w[40:48] == [0.0] * 8
-    assert chart.measured_w[48:] == [None] * 48
+    assert chart.measured_w[48] == 6_800.0
+    assert chart.measured_w[49:] == [None] * 47
     # The ISP running now by its average so far (here: its recorded energy over the five
     # minutes it has run); never for what is still to come.
     assert during.measured_w[:20] == [10_000.0] * 20
@@ -121,4 +122,4 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
     titles = [t.text for t in svg.iter(f"{SVG}text") if t.get("class") == "axis-title"]
     assert titles == ["power (kW)", f"time of day, {TZ} (market time)"]
     (measured,) = svg.findall(f".//{SVG}path[@class='series-measured']")
-    assert measured.get("d", "").count("M") + measured.get("d", "").count("L") == 48
+    assert measured.get("d", "").count("M") + measured.get("d", "").count("L") == 49
