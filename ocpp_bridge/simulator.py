@@ -600,11 +600,14 @@ def ev_current_a(ev_max_power_w: float, phases: int, volts: float) -> float:
 
 
 class ProfileListener(Protocol):
-    """What a station does around profile changes (integrate energy, then re-plan power)."""
+    """What a station does around profile changes (integrate energy, then re-plan power), and
+    for a CSMS's TriggerMessage (send the current state it asks for)."""
 
     def profiles_changing(self) -> None: ...
 
     def profiles_changed(self, installed: StoredProfile | None = None) -> None: ...
+
+    def triggered(self, requested: str, evse_id: int | None) -> bool: ...
 
 
 class _Sim:
@@ -802,6 +805,23 @@ class SimCharger16(_Sim, CP16):  # type: ignore[misc]
                 "chargingSchedulePeriod": composite["periods"],
             },
         )
+
+    @on(A16.trigger_message)
+    def on_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **kwargs: Any
+    ) -> Any:
+        self.calls_received.append("TriggerMessage")
+        known = requested_message in ("StatusNotification", "MeterValues", "Heartbeat")
+        return r16.TriggerMessage(status="Accepted" if known else "NotImplemented")
+
+    @after(A16.trigger_message)
+    def after_trigger_message(
+        self, requested_message: str, connector_id: int | None = None, **kwargs: Any
+    ) -> None:
+        """The triggered message goes out after the CALLRESULT, through the station's outbox
+        (1.6 F04: the requested message follows the response)."""
+        if self.listener is not None:
+            self.listener.triggered(requested_message, connector_id)
 
     # --- messages the charge point sends --------------------------------------------------
 
@@ -1090,6 +1110,22 @@ class SimCharger201(_Sim, CP201):  # type: ignore[misc]
                 )
 
     # --- messages the station sends --------------------------------------------------------
+
+    @on(A201.trigger_message)
+    def on_trigger_message(
+        self, requested_message: str, evse: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        self.calls_received.append("TriggerMessage")
+        known = requested_message in ("StatusNotification", "TransactionEvent", "Heartbeat")
+        return r201.TriggerMessage(status="Accepted" if known else "NotImplemented")
+
+    @after(A201.trigger_message)
+    def after_trigger_message(
+        self, requested_message: str, evse: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """As in 1.6: the requested message follows the response (2.0.1 F06)."""
+        if self.listener is not None:
+            self.listener.triggered(requested_message, (evse or {}).get("id"))
 
     async def boot(self, vendor: str = "Sim", model: str = "Sim201", **extra: Any) -> Any:
         station = {"model": model, "vendor_name": vendor, **extra}
@@ -1599,14 +1635,17 @@ class SimulatedStation:
             await charger.status(evse_id, "Available" if state == "Available" else "Occupied")
 
     def _status_changed(self, evse: EvseState) -> None:
-        state = evse.state
-        evse_id = evse.evse_id
+        if self.spec.protocol is ProtocolName.OCPP201 and evse.state not in (
+            "Available",
+            "Preparing",
+        ):
+            return  # 2.0.1 tells charging states in TransactionEvent, not StatusNotification
+        self._enqueue_status(evse.evse_id, evse.state)
 
+    def _enqueue_status(self, evse_id: int, state: str) -> None:
         async def send(charger: SimCharger16 | SimCharger201) -> None:
             await self._send_status(charger, evse_id, state)
 
-        if self.spec.protocol is ProtocolName.OCPP201 and state not in ("Available", "Preparing"):
-            return  # 2.0.1 tells charging states in TransactionEvent, not StatusNotification
         self._enqueue(send, f"status {evse_id} {state}", transactional=False)
 
     # --- EV sessions ---------------------------------------------------------------------
@@ -1798,6 +1837,37 @@ class SimulatedStation:
         self.sessions.append(ev)
 
     # --- physics -------------------------------------------------------------------------
+
+    def triggered(self, requested: str, evse_id: int | None) -> bool:
+        """Queue the current state a CSMS asked for with TriggerMessage; False for a message
+        this station does not send on request."""
+        evses = [e for e in self.evses.values() if evse_id in (None, 0, e.evse_id)]
+        now = self.clock.now()
+        if requested == "Heartbeat":
+
+            async def beat(charger: SimCharger16 | SimCharger201) -> None:
+                await charger.heartbeat()
+
+            self._enqueue(beat, "heartbeat", transactional=False)
+        elif requested == "StatusNotification":
+            if self.spec.protocol is ProtocolName.OCPP16 and evse_id in (None, 0):
+
+                async def station(charger: SimCharger16 | SimCharger201) -> None:
+                    await self._send_status(charger, 0, "Available")
+
+                self._enqueue(station, "status 0", transactional=False)
+            for evse in evses:
+                self._enqueue_status(evse.evse_id, evse.state)
+        elif requested in ("MeterValues", "TransactionEvent"):
+            for evse in evses:
+                if evse.ev is not None and evse.ev.transaction_id is not None:
+                    if self.spec.protocol is ProtocolName.OCPP16:
+                        self._sample(evse, now)
+                    else:
+                        self._enqueue_updated(evse, evse.ev, now, "Trigger", "triggered")
+        else:
+            return False
+        return True
 
     def profiles_changing(self) -> None:
         self._advance(self.clock.now())
