@@ -450,7 +450,9 @@ class Dispatcher:
                 # Not held: the next round asks again (the bridge retries with back-off and
                 # answers every round in between with the refusal it remembers). Said once.
                 self._sent.pop(key, None)
-                if key not in self._refused:
+                # Offline is no refusal: the disconnect is logged where it happens, and the
+                # charger's own profile runs out at its validTo onto the safe layer.
+                if result.status is not CommandStatus.OFFLINE and key not in self._refused:
                     self._refused.add(key)
                     rejected.append(
                         f"{key[0]}/{key[1]}: {result.status} {result.reason or ''}".strip()
