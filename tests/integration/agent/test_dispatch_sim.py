@@ -104,8 +104,11 @@ async def test_post_dispatch_answers_what_a_round_pushed(tmp_path: Path, sim_cla
         running(sim_class, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
-        # Forget what the first rounds sent, so the round asked for here pushes again.
-        site.agent.dispatcher._sent.clear()
+        # The round the connection started pushes first; once it has, forget what it sent,
+        # so the round asked for here pushes again (and no other round races it to that).
+        dispatcher = site.agent.dispatcher
+        await eventually(lambda: ("CP-01", 0) in dispatcher._sent, what="the first round's push")
+        dispatcher._sent.clear()
         body = await post_dispatch(site)
         assert body["pushed"] == {"CP-01": "accepted"}
         assert body["chargers"] == 1
