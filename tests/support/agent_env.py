@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -38,6 +38,7 @@ TZ = "Europe/Amsterdam"
 CHARGERS = [f"CP-{i:02d}" for i in range(1, 9)]
 if TYPE_CHECKING:
     from agent.app import Agent
+    from agent.clock import Clock
 
 FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.5, request_timeout_s=5.0)
 
@@ -164,13 +165,20 @@ def connection(config: Config) -> sqlite3.Connection:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(env: Env) -> AsyncIterator[tuple[Agent, DsoParticipant]]:
-    """The simulated DSO and the whole agent started in order; stopped in reverse."""
+async def running_agent(
+    env: Env,
+    clock: Clock | None = None,
+    prepare: Callable[[Agent], None] | None = None,
+) -> AsyncIterator[tuple[Agent, DsoParticipant]]:
+    """The simulated DSO and the whole agent started in order; stopped in reverse.
+    `prepare` tunes the built agent (test intervals) before anything starts."""
     from agent.app import build_agent
 
     dso = env.dso()
     await dso.start()
-    agent = build_agent(env.config)
+    agent = build_agent(env.config, clock)
+    if prepare is not None:
+        prepare(agent)
     started: list[Component] = []
     try:
         for component in agent.components:
