@@ -36,6 +36,7 @@ from agent.market import Market
 from agent.orders import OrderedIsp, load_context, prognosis_with_orders
 from agent.service import cancel_and_wait
 from agent.site import Site
+from forecaster.worker import WorkerError
 from uftp import calendar
 from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
 from uftp.participant import Participant
@@ -176,6 +177,9 @@ class PrognosisService:
                     await self.tick()
             except asyncio.CancelledError:
                 raise
+            except WorkerError:
+                # Logged by the forecaster in one line; the last revision stays in effect.
+                log.info("D-prognosis round without a forecast; retrying at the next tick")
             except Exception:
                 log.exception("D-prognosis round failed; retrying at the next tick")
             self._wake.clear()
