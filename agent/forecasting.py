@@ -39,32 +39,25 @@ from agent.clock import Clock
 from agent.config import ChargerConfig, Config
 from agent.db import Database, Migration, apply_migrations
 from agent.site import ActiveSession
+from forecaster import rounds
 from forecaster.calendar import SiteCalendar, public_holidays
 from forecaster.flexibility import SessionSet, allocate
 from forecaster.forecast import (
     EmptyHistoryError,
     ForecastSettings,
     PowerHistory,
-    QuantileForecast,
-    fit_profiles,
 )
-from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
+from forecaster.intraday import KnownSessions, SessionCalibration
 from forecaster.selection import (
     EVAL_DAYS,
-    DayTable,
     Selection,
     SelectionError,
-    day_table,
-    forecast_days,
-    regime_changed,
-    select,
 )
 from forecaster.worker import WorkerError, run_in_worker
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-RESELECT_AFTER = timedelta(days=7)
 SCHEMA = [
     Migration(
         1,
@@ -137,26 +130,6 @@ def save_structure(
             json.dumps(chosen.selection.as_json()),
         ),
     )
-
-
-def reselect_reason(chosen: ChosenStructure | None, table: DayTable, now: datetime) -> str | None:
-    """Why the structure must be chosen again now, or None: none yet, a week old, or the
-    days since it was chosen show a regime change in its residuals."""
-    if chosen is None:
-        return "first"
-    if now - chosen.selected_at >= RESELECT_AFTER:
-        return "weekly"
-    bands = math.ceil(table.values.shape[1] / chosen.selection.slots_per_band)
-    if bands != len(chosen.selection.band_lo):
-        return "ISP length changed"
-    since = table.ordinals >= chosen.selection.origin_ordinal
-    if since.sum() >= 3:
-        ordinals = table.ordinals[since][-3:]
-        holiday = table.holiday[since][-3:]
-        p50 = forecast_days(chosen.selection, table, ordinals, holiday)[1]
-        if regime_changed(chosen.selection, table.values[since][-3:], p50):
-            return "regime change"
-    return None
 
 
 DEFAULT_STAY_S = 8 * 3600.0
@@ -343,7 +316,9 @@ class SiteForecaster:
         samples = calibration.samples if calibration is not None else None
         job = (history, until if origin is not None else None, list(targets), self.calendar)
         try:
-            result = await self._in_worker(profile_forecast, (*job, known, samples, self.settings))
+            result = await self._in_worker(
+                rounds.profile_forecast, (*job, known, samples, self.settings)
+            )
             if isinstance(result, list):
                 raise EmptyHistoryError(result)
         except EmptyHistoryError as exc:
@@ -389,20 +364,23 @@ class SiteForecaster:
         change, and stores the new choice."""
         chosen = dict(await self.structures())
         now = self.clock.now()
-        bands, fresh, waiting = await self._in_worker(
-            select_and_forecast,
+        stored = {cp: (c.selection, c.selected_at) for cp, c in chosen.items()}
+        result = await self._in_worker(
+            rounds.day_ahead,
             (
                 list(congestion_points),
                 history,
                 self.calendar,
                 until,
                 list(targets),
-                chosen,
+                stored,
                 now,
                 self.config.forecast.history_days,
             ),
         )
-        for cp, why in waiting.items():
+        bands = {cp: Bands(*b) for cp, b in result.bands.items()}
+        fresh = {cp: ChosenStructure(sel, now, why) for cp, (sel, why) in result.chosen.items()}
+        for cp, why in result.waiting.items():
             log.info("forecast structure of %s not chosen yet: %s", cp, why)
         if fresh:
 
@@ -622,70 +600,6 @@ class SiteForecaster:
         return SessionSet.from_instants(
             grid_start, self.isp_minutes, list(arrive), list(leave), energy, pmin, pmax
         )
-
-
-def profile_forecast(
-    history: PowerHistory,
-    origin: datetime | None,
-    targets: list[datetime],
-    calendar: SiteCalendar,
-    known: KnownSessions | None,
-    samples: SessionCalibration | None,
-    settings: ForecastSettings,
-) -> QuantileForecast | list[int]:
-    """The day-type profile forecast, intraday from `origin` with the `known` sessions when
-    there is a calibration; run in the forecast worker. Series without any history come back
-    as their indices instead (EmptyHistoryError's own pickling would lose them)."""
-    try:
-        if origin is not None and known is not None and samples is not None:
-            return forecast_intraday(history, origin, targets, calendar, known, samples, settings)
-        return fit_profiles(history, calendar, settings).forecast(targets)
-    except EmptyHistoryError as exc:
-        return exc.series
-
-
-def select_and_forecast(
-    congestion_points: list[str],
-    history: PowerHistory,
-    calendar: SiteCalendar,
-    until: datetime,
-    targets: list[datetime],
-    chosen: dict[str, ChosenStructure],
-    now: datetime,
-    history_days: int,
-) -> tuple[dict[str, Bands], dict[str, ChosenStructure], dict[str, str]]:
-    """Day-ahead bands of the congestion points that have (or now get) a structure, run in
-    the forecast worker: the bands, the structures chosen now, and why the others have none
-    yet."""
-    until_epoch = int(until.timestamp())
-    epochs = np.array([int(t.timestamp()) for t in targets], dtype=np.int64)
-    ordinal, slot = calendar.local_day_and_slot(epochs)
-    days = np.unique(ordinal)
-    holiday = np.array([date.fromordinal(int(o)) in calendar.holidays for o in days])
-    row = np.searchsorted(days, ordinal)
-    bands: dict[str, Bands] = {}
-    fresh: dict[str, ChosenStructure] = {}
-    waiting: dict[str, str] = {}
-    for s, cp in enumerate(congestion_points):
-        table = day_table(history.values[s], history.start_epoch, calendar, until_epoch)
-        current = chosen.get(cp)
-        reason = reselect_reason(current, table, now)
-        if reason is not None:
-            try:
-                current = ChosenStructure(select(table), now, reason)
-                fresh[cp] = current
-            except SelectionError as exc:
-                waiting[cp] = str(exc)
-        if current is None:
-            continue
-        p10, p50, p90 = forecast_days(current.selection, table, days, holiday)
-        bands[cp] = Bands(
-            [float(v) for v in p10[row, slot]],
-            [float(v) for v in p50[row, slot]],
-            [float(v) for v in p90[row, slot]],
-            min(int((~np.isnan(table.values).all(axis=1)).sum()), history_days),
-        )
-    return bands, fresh, waiting
 
 
 def _still_wanted(
