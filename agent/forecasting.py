@@ -13,7 +13,7 @@ arrays and back. Three products:
 
 Forecasts (day-ahead with structure selection, intraday) run in a short-lived worker
 process (`forecaster.worker`), which loads numba and the compiled kernels from the cache under
-the state directory and exits; the agent's own process never loads numba (about 63 MB that
+the state directory and exits; the agent's own process never loads numba (over 100 MB that
 would stay resident for a few forecasts a day). A worker that fails or is killed is one logged
 error: the forecast is unavailable for that round, and what was sent before stays in effect.
 The rest (calibration, scenarios, allocation) stays in this process, on the

@@ -172,6 +172,9 @@ class PrognosisService:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, so a request made while it runs (a forecast round
+            # takes seconds in its worker) starts the next one at once.
+            self._wake.clear()
             try:
                 if self.hold() is None:  # no prognosis on a clock not to trust
                     await self.tick()
@@ -182,7 +185,6 @@ class PrognosisService:
                 log.info("D-prognosis round without a forecast; retrying at the next tick")
             except Exception:
                 log.exception("D-prognosis round failed; retrying at the next tick")
-            self._wake.clear()
             await sleep_or_wake(self.clock, self.tick_s, self._wake)
 
     async def tick(self) -> None:

@@ -1,6 +1,6 @@
 """numpy twins of the kernels an agent runs every few seconds, for a process without numba.
 
-Importing numba (and LLVM) costs a process about 63 MB that stays resident; the agent runs its
+Importing numba (and LLVM) costs a process over 100 MB that stays resident; the agent runs its
 forecasts, which need the compiled kernels, in a short-lived worker process
 (`forecaster.worker`), and keeps numba out of its own process. What it computes between
 forecasts (allocating a site target to per-session schedules, the flexibility envelope, the

@@ -1,7 +1,7 @@
 """Forecasts in a short-lived process of their own, so that numba is loaded there and not in
 the long-running process that asks for them.
 
-numba with LLVM adds about 63 MB to a process, and it stays resident for as long as that process
+numba with LLVM adds over 100 MB to a process, and it stays resident for as long as that process
 lives, although an agent forecasts only a few times a day (and once per ISP intraday). A worker
 started per forecast round loads it, runs the compiled kernels from the on-disk cache (the
 parent's NUMBA_CACHE_DIR is inherited: `forecaster.cache`), answers and exits, handing the

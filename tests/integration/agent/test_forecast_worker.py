@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import pytest
 
 from agent import store
@@ -34,6 +35,7 @@ from uftp import store as uftp_store
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
+TOKEN = "worker-test-token-0123456789"
 KILLED = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
 EXITS = [sys.executable, "-c", "import sys; sys.exit('LLVM ERROR: out of memory')"]
 
@@ -185,7 +187,7 @@ async def test_forecasts_through_the_worker_equal_those_computed_here(tmp_path: 
 async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, argv: list[str], said: str
 ) -> None:
-    env = make_env(tmp_path)
+    env = make_env(tmp_path, http={"token": TOKEN})
     now = datetime.now(UTC)
     seed_history(env.config, now.date(), days=28)
     caplog.set_level(logging.INFO, logger="agent")
@@ -223,6 +225,21 @@ async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
             task = agent.prognosis._task
             assert task is not None
             assert not task.done()
+            # An operator's resend is answered with the reason, and sends nothing either.
+            http = env.config.http
+            async with (
+                aiohttp.ClientSession() as client,
+                client.post(
+                    f"http://{http.host}:{http.port}/api/prognosis/resend",
+                    json={},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as response,
+            ):
+                assert response.status == 503
+                assert "no forecast, nothing sent: forecast worker" in await response.text()
+            now_row = latest()
+            assert now_row is not None
+            assert now_row.revision == first.revision
 
             agent.forecaster.worker_argv = None
             agent.prognosis.request(CP, today, "resend")
