@@ -399,7 +399,6 @@ class Dispatcher:
         return charger.min_current_a * charger.nominal_voltage_v * charger.phases
 
     async def _push(self, round_: DispatchRound) -> None:
-        self._latest_push = round_
         valid_until = round_.grid[-1] + timedelta(seconds=self.isp_seconds)
         wanted: dict[tuple[str, int], list[PowerPeriod]] = {}
         for cid, values in round_.schedules.items():
@@ -434,7 +433,8 @@ class Dispatcher:
             },
         )
         if not jobs:
-            return
+            return  # nothing changes on the chargers: the last push's read-back stays valid
+        self._latest_push = round_
         if len(jobs) > 1 and min(round_.cap_w) < self.capacity_w:
             # Crash-safety tests die here: one charger has its new limit, the others not.
             await asyncio.wait(jobs.values(), return_when=asyncio.FIRST_COMPLETED)
