@@ -143,7 +143,7 @@ def main(argv: list[str]) -> None:
 
     from nacl.signing import SigningKey
 
-    from agent.config import Config
+    from agent.runtime.config import Config
     from ocpp_bridge import hash_password
     from tests.support.agent_env import seed_history
     from tests.support.processes import AgentProcess

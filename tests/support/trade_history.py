@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import store
-from agent.market import Market
+from agent.storage import store
+from agent.trading.market import Market
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, running_agent
 from tests.support.agent_env import seed_history as seed_days
 from tests.support.uftp import eventually

@@ -1,8 +1,8 @@
 """kill -9 in the middle of the order flow, restart, and nothing is lost or done twice.
 
 The agent runs as a real process (`flexbridge run`) with simulated stations and the simulated
-DSO in the test process. A failpoint (agent/failpoints.py) makes it SIGKILL itself at one of the
-moments that matter:
+DSO in the test process. A failpoint (agent/runtime/failpoints.py) makes it SIGKILL itself at
+one of the moments that matter:
 
 - after the FlexOrder was stored and acknowledged (HTTP 200) but before it was handled,
 - after the order was accepted and its answer queued, before anything was sent,
@@ -26,8 +26,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent import failpoints, store
-from agent.market import Market
+from agent.runtime import failpoints
+from agent.storage import store
+from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
 from tests.support.processes import AgentProcess

@@ -20,19 +20,19 @@ from shapeshifter_uftp import FlexRequestISP as LibFlexRequestISP
 from shapeshifter_uftp.uftp.enums import AvailableRequested as LibAvailableRequested
 from xsdata.models.datatype import XmlDate
 
-from agent import store
 from agent.app import build_agent
-from agent.clock import ScaledClock
-from agent.config import Config
-from agent.demo import seed_history
-from agent.market import Market
-from agent.simulation import (
+from agent.demo.scenario import seed_history
+from agent.demo.simulation import (
     DEFAULT_PASSWORD,
     SessionGenerator,
     SimulatedSite,
     charger_config,
     default_fleet,
 )
+from agent.runtime.clock import ScaledClock
+from agent.runtime.config import Config
+from agent.storage import store
+from agent.trading.market import Market
 from tests.support.agent_env import connection
 from tests.support.ports import free_port
 from tests.support.shapeshifter_peer import ShapeshifterDso

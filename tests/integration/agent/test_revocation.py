@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent import store
-from agent.market import Market
+from agent.storage import store
+from agent.trading.market import Market
 from forecaster.flexibility import SessionSet
 from tests.integration.agent.test_trade_flow import request_for
 from tests.support.agent_env import TZ, connection, make_env, running_agent, seed_history

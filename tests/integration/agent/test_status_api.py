@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import store
+from agent.storage import store
 from tests.support.agent_env import CHARGERS, CP, connection
 from tests.support.trade_history import MEASURED_W, ORDERED_W, TOKEN, trading_agent
 from uftp.dso import Received

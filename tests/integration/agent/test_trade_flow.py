@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import store
 from agent.app import Agent, build_agent
-from agent.market import Market
+from agent.storage import store
+from agent.trading.market import Market
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
 from tests.support.trade_history import flex_request
 from uftp import calendar

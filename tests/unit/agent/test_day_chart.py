@@ -9,11 +9,11 @@ from pathlib import Path
 
 from lxml import etree
 
-from agent import store
 from agent.app import build_agent
-from agent.market import Market
-from agent.status import day_chart
-from agent.web.page import chart_svg
+from agent.interfaces.status import day_chart
+from agent.interfaces.web.page import chart_svg
+from agent.storage import store
+from agent.trading.market import Market
 from tests.support.agent_env import CP, DSO, TZ, make_env
 
 DAY = date(2026, 6, 2)

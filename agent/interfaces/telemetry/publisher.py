@@ -1,4 +1,4 @@
-"""What the agent publishes over MQTT: the topic tree of `agent.telemetry.topics`, throttled.
+"""What the agent publishes over MQTT: the topic tree of `telemetry.topics`, throttled.
 
 A site of 1,000 chargers reporting meter values every few seconds must not turn into thousands
 of MQTT messages a second. So nothing is published per event: events only mark a charger (and
@@ -30,14 +30,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
-from agent.status import CHARGER_STATUSES, LiveStatus, TradeSnapshot, trade_snapshot
-from agent.telemetry.mqtt import MessageHandler, Payload, encode
-from agent.telemetry.topics import HomeAssistant, Topics, stale_state_topic
+from agent.interfaces.status import CHARGER_STATUSES, LiveStatus, TradeSnapshot, trade_snapshot
+from agent.interfaces.telemetry.mqtt import MessageHandler, Payload, encode
+from agent.interfaces.telemetry.topics import HomeAssistant, Topics, stale_state_topic
 from ocpp_bridge import ChargerConnected, Event, MeterSample
 
 if TYPE_CHECKING:
     from agent.app import Agent
-from agent.service import cancel_and_wait
+from agent.runtime.service import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -244,7 +244,7 @@ class HomeAssistant:
                 "mdi:file-document-check",
             ),
         ]
-        # Problems an operator must act on (agent.faults): storage that cannot be written, a
+        # Problems an operator must act on (agent.runtime.faults): storage that cannot be written, a
         # clock the agent does not trust. Their reasons are in the site state's "faults".
         entities.extend(
             Entity(

@@ -94,7 +94,7 @@ class MqttTelemetry:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id)
-        client.enable_logger(logging.getLogger("agent.telemetry.paho"))
+        client.enable_logger(logging.getLogger("agent.interfaces.telemetry.paho"))
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls:

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from agent.service import StartError
+from agent.runtime.service import StartError
 
 log = logging.getLogger(__name__)
 

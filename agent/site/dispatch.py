@@ -33,16 +33,17 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from agent import failpoints, store
-from agent.clock import Clock, sleep_or_wake
-from agent.config import Config
-from agent.db import Database
-from agent.forecasting import SessionNeed, SiteForecaster
-from agent.market import Market
-from agent.metrics import Observe, discard, timed
-from agent.orders import OrderedIsp, load_context
-from agent.service import cancel_and_wait
-from agent.site import Site
+from agent.interfaces.metrics import Observe, discard, timed
+from agent.runtime import failpoints
+from agent.runtime.clock import Clock, sleep_or_wake
+from agent.runtime.config import Config
+from agent.runtime.service import cancel_and_wait
+from agent.site.forecasting import SessionNeed, SiteForecaster
+from agent.site.model import Site
+from agent.storage import store
+from agent.storage.db import Database
+from agent.trading.market import Market
+from agent.trading.orders import OrderedIsp, load_context
 from forecaster.flexibility import SessionSet, allocate
 from ocpp_bridge import (
     CentralSystem,
@@ -196,7 +197,7 @@ class Dispatcher:
         # read back while a newer round pushes would compare old limits with new ones.
         self._latest_push: DispatchRound | None = None
         self.rounds = 0
-        # agent.metrics hooks: round and command durations, command outcomes.
+        # agent.interfaces.metrics hooks: round and command durations, command outcomes.
         self.observe: Observe = discard
         self.command_results: collections.Counter[str] = collections.Counter()
         # Composite schedules read back, by outcome: "ok", "excess" (a charger allows more
@@ -220,7 +221,7 @@ class Dispatcher:
         self._wake.set()
 
     async def release(self) -> None:
-        """Take every dynamic schedule back (while the clock is not trusted, agent.clock):
+        """Take every dynamic schedule back (while the clock is not trusted, agent.runtime.clock):
         the chargers run on their safe profile, which no clock can expire."""
         sent, self._sent = list(self._sent), {}
         for cid, evse_id in sent:

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent import store
-from agent.market import Market
+from agent.storage import store
+from agent.trading.market import Market
 
 log = logging.getLogger(__name__)
 

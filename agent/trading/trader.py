@@ -23,18 +23,19 @@ from decimal import Decimal
 
 import numpy as np
 
-from agent import failpoints, store
-from agent.clock import Clock, sleep_or_wake
-from agent.config import Config
-from agent.db import Database
-from agent.forecasting import SiteForecaster
-from agent.market import Market
-from agent.metering import metering_message
-from agent.metrics import Observe, discard, timed
-from agent.offers import OfferPlan, Pricing, RequestElement, plan_offer
-from agent.prognosis import PrognosisService
-from agent.service import cancel_and_wait
-from agent.site import Site
+from agent.interfaces.metrics import Observe, discard, timed
+from agent.runtime import failpoints
+from agent.runtime.clock import Clock, sleep_or_wake
+from agent.runtime.config import Config
+from agent.runtime.service import cancel_and_wait
+from agent.site.forecasting import SiteForecaster
+from agent.site.model import Site
+from agent.storage import store
+from agent.storage.db import Database
+from agent.trading.market import Market
+from agent.trading.metering import metering_message
+from agent.trading.offers import OfferPlan, Pricing, RequestElement, plan_offer
+from agent.trading.prognosis import PrognosisService
 from ocpp_bridge import ChargerDisconnected, Event, SessionEnded
 from uftp import reasons
 from uftp import store as uftp_store
@@ -110,7 +111,7 @@ class Trader:
         self._housekeeping_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        # agent.metrics hook: how long each inbound message took to handle, by type.
+        # agent.interfaces.metrics hook: how long each inbound message took to handle, by type.
         self.observe: Observe = discard
         # Why trading must wait now (the clock guard), or None.
         self.hold: Callable[[], str | None] = lambda: None

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from agent import store
-from agent.metrics import AgentMetrics
-from agent.status import LiveStatus, day_chart, trade_snapshot
-from agent.web.page import chart_svg, render_status_page
+from agent.interfaces.metrics import AgentMetrics
+from agent.interfaces.status import LiveStatus, day_chart, trade_snapshot
+from agent.interfaces.web.page import chart_svg, render_status_page
+from agent.storage import store
 
 if TYPE_CHECKING:
     from agent.app import Agent

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from agent import store
-from agent.clock import Clock
-from agent.config import Config
-from agent.db import Database
-from agent.energy import EnergyAccumulator
-from agent.service import cancel_and_wait
+from agent.runtime.clock import Clock
+from agent.runtime.config import Config
+from agent.runtime.service import cancel_and_wait
+from agent.site.energy import EnergyAccumulator
+from agent.storage import store
+from agent.storage.db import Database
 from ocpp_bridge import (
     BootInfo,
     CapabilitiesKnown,
@@ -65,7 +65,7 @@ class ChargerState:
     last_seen: datetime | None = None
     evses: dict[int, EvseState] = field(default_factory=dict)
     # The limit the charger holds by its own word (accepted, and read back where it was),
-    # where it comes from (agent.dispatch.AppliedLimit) and whether it takes profiles at all.
+    # where it comes from (agent.site.dispatch.AppliedLimit) and whether it takes profiles at all.
     limit_w: float | None = None
     limit_source: str | None = None
     controllable: bool | None = None

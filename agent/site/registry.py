@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from agent import store
-from agent.clock import Clock
-from agent.config import ChargerConfig, Config
-from agent.db import Database
+from agent.runtime.clock import Clock
+from agent.runtime.config import ChargerConfig, Config
+from agent.storage import store
+from agent.storage.db import Database
 from ocpp_bridge import ChargerRecord, ElectricalData, hash_password
 
 log = logging.getLogger(__name__)

@@ -32,11 +32,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent import __version__
-from agent.faults import KNOWN as KNOWN_FAULTS
+from agent.runtime.faults import KNOWN as KNOWN_FAULTS
 
 if TYPE_CHECKING:
     from agent.app import Agent
-    from agent.telemetry.mqtt import MqttTelemetry
+    from agent.interfaces.telemetry.mqtt import MqttTelemetry
     from ocpp_bridge import Event
 
 Observe = Callable[[str, float], None]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from agent.db import Migration
+from agent.storage.db import Migration
 
 SCHEMA = [
     Migration(

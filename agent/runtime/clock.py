@@ -156,7 +156,7 @@ class ClockGuard:
     offers, handles no UFTP message (they wait in the inbox, and new ones are answered 503
     with Retry-After), runs no dispatch round and takes its dynamic profiles back off the
     chargers, which then run on their safe profile (it has no validTo, so a wrong clock
-    cannot expire it). The clock fault is raised on every surface (agent.faults); when the
+    cannot expire it). The clock fault is raised on every surface (agent.runtime.faults); when the
     clock is sane again, the fault clears and the work resumes.
 
     The high-water mark is persisted every `record_s` (once a minute by default: one small

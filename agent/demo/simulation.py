@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from agent.clock import Clock, SystemClock
+from agent.runtime.clock import Clock, SystemClock
 from forecaster.calendar import (
     WEEKDAY,
     Float64Array,
@@ -198,8 +198,8 @@ class SessionPool:
     def read(cls, path: Path | None = None) -> SessionPool:
         """A pool file; by default the one shipped with the package."""
         if path is None:
-            raw = resources.files("agent").joinpath(POOL_FILE).read_bytes()
-            name = f"agent/{POOL_FILE}"
+            raw = resources.files("agent.demo").joinpath(POOL_FILE).read_bytes()
+            name = f"agent/demo/{POOL_FILE}"
         else:
             raw = path.read_bytes()
             name = str(path)

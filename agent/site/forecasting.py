@@ -27,11 +27,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
-from agent import store
-from agent.clock import Clock
-from agent.config import ChargerConfig, Config
-from agent.db import Database, Migration, apply_migrations
-from agent.site import ActiveSession
+from agent.runtime.clock import Clock
+from agent.runtime.config import ChargerConfig, Config
+from agent.site.model import ActiveSession
+from agent.storage import store
+from agent.storage.db import Database, Migration, apply_migrations
 from forecaster.calendar import SiteCalendar, public_holidays
 from forecaster.flexibility import SessionSet, allocate
 from forecaster.forecast import (

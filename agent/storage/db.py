@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from agent.service import StartError
+from agent.runtime.service import StartError
 from uftp.database import GroupCommit, Outcomes, Work, commit_batch
 from uftp.participant import is_transient
 
@@ -174,11 +174,11 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self._thread_id: int | None = None
         self._commits = GroupCommit(self._run_batch)
-        # (kind, seconds) of every transaction and read, for agent.metrics; called on the
+        # (kind, seconds) of every transaction and read, for agent.interfaces.metrics; called on the
         # database thread.
         self.observe: Callable[[str, float], None] = lambda _kind, _seconds: None
         # After each write on the event loop: the storage error it met, or None when it
-        # committed (agent.faults turns this into the storage fault).
+        # committed (agent.runtime.faults turns this into the storage fault).
         self.on_storage: Callable[[BaseException | None], None] = lambda _error: None
         self.storage_error: BaseException | None = None
         self.write_failures = 0

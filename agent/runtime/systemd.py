@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from agent.service import cancel_and_wait
+from agent.runtime.service import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from agent import store
-from agent.clock import Clock, sleep_or_wake
-from agent.config import Config
-from agent.db import Database
-from agent.forecasting import SiteForecaster
-from agent.market import Market
-from agent.orders import OrderedIsp, load_context, prognosis_with_orders
-from agent.service import cancel_and_wait
-from agent.site import Site
+from agent.runtime.clock import Clock, sleep_or_wake
+from agent.runtime.config import Config
+from agent.runtime.service import cancel_and_wait
+from agent.site.forecasting import SiteForecaster
+from agent.site.model import Site
+from agent.storage import store
+from agent.storage.db import Database
+from agent.trading.market import Market
+from agent.trading.orders import OrderedIsp, load_context, prognosis_with_orders
 from uftp import calendar
 from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
 from uftp.participant import Participant

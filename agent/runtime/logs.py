@@ -1,7 +1,7 @@
 """Logging set-up: readable on a terminal, one line per event under systemd, never a secret.
 
 Under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set) or when piped, each record is one
-logfmt line (``level=info logger=agent.service msg="..." charger=CP1``) so journald and log
+logfmt line (``level=info logger=agent.runtime.service msg="..." charger=CP1``) so journald and log
 shippers can index the fields; ``json`` gives the same fields as one JSON object. Structured
 fields come from ``extra={...}`` on the logging call.
 
@@ -73,7 +73,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class HumanFormatter(logging.Formatter):
-    """``13:04:05 INFO  agent.service  started  charger=CP1``: for a person at a terminal."""
+    """``13:04:05 INFO  agent.runtime.service  started  charger=CP1``: for a person at a
+    terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))

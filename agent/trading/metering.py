@@ -2,7 +2,7 @@
 that ask for it (`[metering] enabled`), one message per connection per day before settlement.
 
 Two profiles, as the spec recommends: ImportEnergy in kWh per ISP and Power in kW (the ISP's
-energy x 60 / ISP minutes). The values are what `agent.site` measured from the chargers'
+energy x 60 / ISP minutes). The values are what `agent.site.model` measured from the chargers'
 energy registers, summed over every congestion point of the connection; an ISP without a
 measurement reports 0 only when the agent was running then (it knows the load was zero), and
 is left out otherwise rather than invented.
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from agent.market import Isp
+from agent.trading.market import Isp
 from uftp.models import Metering, MeteringISP, MeteringProfile, MeteringProfileType, MeteringUnit
 
 

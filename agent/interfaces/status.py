@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from agent import __version__, store
-from agent.market import Isp, Market
-from agent.orders import OrderContext, load_context
-from agent.site import ActiveSession, ChargerState
+from agent import __version__
+from agent.site.model import ActiveSession, ChargerState
+from agent.storage import store
+from agent.trading.market import Isp, Market
+from agent.trading.orders import OrderContext, load_context
 from ocpp_bridge import ConnectorStatus
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class LiveStatus:
             "online": online,
             "status": charger_status(state),
             "power_w": watts(state.power_w if state is not None and online else 0.0),
-            # What the charger may draw now by its own word (agent.dispatch.AppliedLimit):
+            # What the charger may draw now by its own word (agent.site.dispatch.AppliedLimit):
             # the profile it accepted, confirmed by its composite schedule where read back.
             "limit_w": watts(applied.limit_w),
             "limit_source": applied.source,
@@ -187,7 +188,7 @@ class LiveStatus:
             "dispatch_rounds": agent.dispatcher.rounds,
             "last_dispatch_at": iso(round_.at if round_ is not None else None),
             "unmet_wh": watts(round_.unmet_wh if round_ is not None else None),
-            # {"storage": None | {"reason", "since"}, "clock": ...} (agent.faults).
+            # {"storage": None | {"reason", "since"}, "clock": ...} (agent.runtime.faults).
             "faults": agent.faults.view(),
         }
 

@@ -36,13 +36,13 @@ from typing import Any, TextIO
 
 from nacl.signing import SigningKey
 
-from agent import store
-from agent.clock import ScaledClock
-from agent.config import Config
-from agent.db import apply_migrations, connect
-from agent.market import Market
-from agent.statedir import StateDirectory
-from agent.store import SCHEMA
+from agent.runtime.clock import ScaledClock
+from agent.runtime.config import Config
+from agent.runtime.statedir import StateDirectory
+from agent.storage import store
+from agent.storage.db import apply_migrations, connect
+from agent.storage.store import SCHEMA
+from agent.trading.market import Market
 from uftp import keys
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ SAFE_LIMIT_W = 100_000
 
 
 def _fleet(meter_interval_s: float = 120.0) -> list[Any]:
-    from agent.simulation import default_fleet
+    from agent.demo.simulation import default_fleet
 
     return default_fleet(DEMO_CHARGERS, meter_interval_s=meter_interval_s)
 
@@ -72,7 +72,7 @@ def demo_config(
     http_port: int = 0,
 ) -> Config:
     """The demo site: 20 stations behind a 150 kW connection, one (simulated) DSO peer."""
-    from agent.simulation import DEFAULT_PASSWORD, charger_config
+    from agent.demo.simulation import DEFAULT_PASSWORD, charger_config
 
     state_dir.mkdir(parents=True, exist_ok=True)
     agr_key_file = state_dir / "agr-signing.key"
@@ -185,7 +185,7 @@ def seed_history(
     """Write `days` of uncontrolled charging before `today` into the store: finished sessions
     (for calibration and offer scenarios), energy per ISP per charger and the uptime that says
     those ISPs were measured. Returns the number of sessions."""
-    from agent.simulation import drawn_power_w
+    from agent.demo.simulation import drawn_power_w
 
     first = today - timedelta(days=days)
     plan = generator.plan(first, days)
@@ -287,7 +287,7 @@ class TimelineLog(logging.Handler):
         self.timeline: Timeline | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        from agent.logs import record_fields
+        from agent.runtime.logs import record_fields
 
         try:
             fields = record_fields(record)
@@ -393,7 +393,7 @@ async def _story(
     import time as wall
 
     from agent.app import build_agent
-    from agent.simulation import DEFAULT_PASSWORD, SessionGenerator, SimulatedSite
+    from agent.demo.simulation import DEFAULT_PASSWORD, SessionGenerator, SimulatedSite
     from forecaster.cache import warm_up
     from uftp import calendar
     from uftp import store as uftp_store
@@ -790,8 +790,8 @@ async def _settlement_answer(dso: Any, settlement_id: str, wait_s: float) -> Any
 async def write_report(agent: Any, day: date, path: Path, timeline: list[str]) -> Path:
     """An HTML page with the day's chart (as on the status page) and the timeline; no
     scripts, works offline."""
-    from agent.status import day_chart
-    from agent.web.page import chart_svg
+    from agent.interfaces.status import day_chart
+    from agent.interfaces.web.page import chart_svg
 
     chart = chart_svg(await day_chart(agent, DEMO_CONGESTION_POINT, day, agent.clock.now()), None)
     lines = "\n".join(f"<li>{html.escape(line)}</li>" for line in timeline)

@@ -13,8 +13,8 @@ from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.status import DayChart, JsonObject, TradeSnapshot
-from agent.web.chart import Series, render_power_chart
+from agent.interfaces.status import DayChart, JsonObject, TradeSnapshot
+from agent.interfaces.web.chart import Series, render_power_chart
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
