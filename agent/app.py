@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from agent.control.dispatch import Dispatcher
 from agent.interfaces.metrics import AgentMetrics
 from agent.interfaces.telemetry.mqtt import MqttSettings, MqttTelemetry
 from agent.interfaces.telemetry.publisher import TelemetryPublisher
@@ -25,7 +26,6 @@ from agent.runtime.service import Component
 from agent.runtime.statedir import StateDirectory
 from agent.runtime.systemd import NamedProbe, SystemdWatchdog
 from agent.site import forecasting
-from agent.site.dispatch import Dispatcher
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site
 from agent.site.registry import StoreRegistry

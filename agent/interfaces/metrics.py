@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,27 +34,9 @@ from agent import __version__
 from agent.runtime.faults import KNOWN as KNOWN_FAULTS
 
 if TYPE_CHECKING:
-    from agent.app import Agent
     from agent.interfaces.telemetry.mqtt import MqttTelemetry
+    from agent.interfaces.view import AgentView
     from ocpp_bridge import Event
-
-Observe = Callable[[str, float], None]
-"""(what, seconds): `what` is the label, e.g. "round", "FlexRequest", "transaction"."""
-
-
-def discard(_what: str, _seconds: float) -> None:
-    return None
-
-
-@contextmanager
-def timed(observe: Observe, what: str) -> Iterator[None]:
-    """Observe how long the block took, also when it raised."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        observe(what, time.perf_counter() - started)
-
 
 # Dispatch rounds and UFTP handling run in milliseconds to seconds on a Raspberry Pi; SQLite
 # commits with synchronous=FULL take one or two fsyncs (sub-ms on SSD, tens of ms on SD cards).
@@ -107,7 +88,7 @@ def _store_counts(conn: sqlite3.Connection, now: float) -> _StoreCounts:
 class StateCollector:
     """Reads the agent's live state and the last store counts when Prometheus scrapes."""
 
-    def __init__(self, agent: Agent, mqtt: MqttTelemetry | None = None) -> None:
+    def __init__(self, agent: AgentView, mqtt: MqttTelemetry | None = None) -> None:
         self.agent = agent
         self.mqtt = mqtt
         self.counts = _StoreCounts()
@@ -295,7 +276,7 @@ class StateCollector:
 class AgentMetrics:
     """The registry behind /metrics, and the hooks that feed its histograms."""
 
-    def __init__(self, agent: Agent, mqtt: MqttTelemetry | None = None) -> None:
+    def __init__(self, agent: AgentView, mqtt: MqttTelemetry | None = None) -> None:
         self.agent = agent
         self.registry = CollectorRegistry(auto_describe=True)
         self.dispatch_round = Histogram(

@@ -25,7 +25,7 @@ from agent.trading.orders import OrderContext, load_context
 from ocpp_bridge import ConnectorStatus
 
 if TYPE_CHECKING:
-    from agent.app import Agent
+    from agent.interfaces.view import AgentView
 
 # Version of the topic tree and of the JSON shapes below.
 SCHEMA_VERSION = 1
@@ -92,7 +92,7 @@ def session_view(active: ActiveSession) -> JsonObject:
 class LiveStatus:
     """Reads the live state of one agent; built once, so per-charger lookups stay O(1)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentView) -> None:
         self.agent = agent
         self.configured = {c.id: c for c in agent.config.ocpp.chargers}
         self.registered: set[str] = set()
@@ -128,7 +128,7 @@ class LiveStatus:
             "online": online,
             "status": charger_status(state),
             "power_w": watts(state.power_w if state is not None and online else 0.0),
-            # What the charger may draw now by its own word (agent.site.dispatch.AppliedLimit):
+            # What the charger may draw now by its own word (agent.control.dispatch.AppliedLimit):
             # the profile it accepted, confirmed by its composite schedule where read back.
             "limit_w": watts(applied.limit_w),
             "limit_source": applied.source,
@@ -294,7 +294,7 @@ class _TradeRows:
     baselines: dict[str, store.PrognosisRow]
 
 
-async def trade_snapshot(agent: Agent, now: datetime) -> TradeSnapshot:
+async def trade_snapshot(agent: AgentView, now: datetime) -> TradeSnapshot:
     market = agent.dispatcher.market
     today, current = market.locate(now)
     start, end = market.bounds(today)
@@ -481,7 +481,9 @@ def site_cap(
     return out
 
 
-async def day_chart(agent: Agent, congestion_point: str, period: date, now: datetime) -> DayChart:
+async def day_chart(
+    agent: AgentView, congestion_point: str, period: date, now: datetime
+) -> DayChart:
     market = agent.dispatcher.market
     isps = market.isps(period)
     start, end = market.bounds(period)

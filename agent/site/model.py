@@ -65,7 +65,8 @@ class ChargerState:
     last_seen: datetime | None = None
     evses: dict[int, EvseState] = field(default_factory=dict)
     # The limit the charger holds by its own word (accepted, and read back where it was),
-    # where it comes from (agent.site.dispatch.AppliedLimit) and whether it takes profiles at all.
+    # where it comes from (agent.control.dispatch.AppliedLimit) and whether it takes profiles
+    # at all.
     limit_w: float | None = None
     limit_source: str | None = None
     controllable: bool | None = None

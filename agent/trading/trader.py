@@ -23,10 +23,10 @@ from decimal import Decimal
 
 import numpy as np
 
-from agent.interfaces.metrics import Observe, discard, timed
 from agent.runtime import failpoints
 from agent.runtime.clock import Clock, sleep_or_wake
 from agent.runtime.config import Config
+from agent.runtime.observe import Observe, discard, timed
 from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site

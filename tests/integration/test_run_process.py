@@ -18,7 +18,7 @@ EXAMPLE = ROOT / "systemd" / "flexbridge.toml.example"
 
 @pytest.fixture
 def config_file(tmp_path: Path, state_dir: Path) -> Path:
-    from agent.interfaces.cli import main
+    from agent.cli import main
 
     key = tmp_path / "agr.key"
     assert main(["keys", "--out", str(key)]) == 0

@@ -11,7 +11,7 @@ import pytest
 from nacl.signing import VerifyKey
 
 from agent import __version__
-from agent.interfaces.cli import EX_CONFIG, main
+from agent.cli import EX_CONFIG, main
 from uftp.keys import load_signing_key
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.interfaces.cli import (
+from agent.cli import (
     EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from agent.interfaces.cli import main
+from agent.cli import main
 from ocpp_bridge.passwords import parse_password_hash, verify_password
 
 

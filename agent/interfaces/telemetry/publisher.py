@@ -36,7 +36,7 @@ from agent.interfaces.telemetry.topics import HomeAssistant, Topics, stale_state
 from ocpp_bridge import ChargerConnected, Event, MeterSample
 
 if TYPE_CHECKING:
-    from agent.app import Agent
+    from agent.interfaces.view import AgentView
 from agent.runtime.service import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class TelemetryPublisher:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: AgentView,
         transport: Transport,
         topics: Topics,
         discovery_prefix: str,

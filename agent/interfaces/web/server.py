@@ -26,7 +26,7 @@ from agent.interfaces.web.page import chart_svg, render_status_page
 from agent.storage import store
 
 if TYPE_CHECKING:
-    from agent.app import Agent
+    from agent.interfaces.view import AgentView
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class StatusServer:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: AgentView,
         metrics: AgentMetrics,
         health: HealthCheck,
         *,

@@ -134,7 +134,7 @@ async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
             "CP-01", list(periods), now + timedelta(hours=1), 1
         )
         dispatcher._sent[("CP-01", 1)] = (periods, now + timedelta(hours=1))
-        caplog.set_level(logging.WARNING, logger="agent.site.dispatch")
+        caplog.set_level(logging.WARNING, logger="agent.control.dispatch")
         body = await post_dispatch(site)
         assert body["pushed"]["CP-01/1"] == "accepted"
         assert not [r for r in caplog.records if "did not take" in r.getMessage()]
@@ -173,7 +173,7 @@ async def running_as(sim_class: type[SimCharger16], url: str, identity: str) -> 
 async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.site.dispatch")
+    caplog.set_level(logging.INFO, logger="agent.control.dispatch")
     async with (
         sim_site(tmp_path, "CP-01") as site,
         running_as(NoStationComposite16, site.ocpp_url, "CP-01") as sim,

@@ -78,7 +78,7 @@ def test_unit_verifies(tmp_path: Path) -> None:
 
 
 def test_service_notifies_ready_watchdog_and_stopping(tmp_path: Path, state_dir: Path) -> None:
-    from agent.interfaces.cli import main
+    from agent.cli import main
 
     key = tmp_path / "agr.key"
     main(["keys", "--out", str(key)])

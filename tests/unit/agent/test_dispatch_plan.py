@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.site.dispatch import _periods, allocate_limits, keep_charging
+from agent.control.dispatch import _periods, allocate_limits, keep_charging
 from agent.site.forecasting import SessionNeed
 from agent.site.model import ActiveSession
 from ocpp_bridge import SessionInfo

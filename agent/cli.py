@@ -52,7 +52,7 @@ EXIT_CODES = f"""exit codes:
   {EX_CONFIG}   the configuration cannot be used (every problem is listed)
   {EX_INTERRUPTED}  interrupted (Ctrl-C)"""
 
-log = logging.getLogger("agent.interfaces.cli")
+log = logging.getLogger("agent.cli")
 
 
 def _error(message: str, code: int) -> int:

@@ -33,10 +33,10 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from agent.interfaces.metrics import Observe, discard, timed
 from agent.runtime import failpoints
 from agent.runtime.clock import Clock, sleep_or_wake
 from agent.runtime.config import Config
+from agent.runtime.observe import Observe, discard, timed
 from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SessionNeed, SiteForecaster
 from agent.site.model import Site
