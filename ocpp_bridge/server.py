@@ -263,7 +263,7 @@ class CentralSystem:
                 seen = charger.model.last_seen
                 if connection is not None and seen is not None and now - seen > allowed:
                     connection.problems.report("silent", f"nothing received since {seen}")
-                    await connection._connection.close(1001, "no heartbeat")
+                    await connection.close(1001, "no heartbeat")
 
     async def _close_silent_sessions(self) -> None:
         """A session whose end message was lost and whose charger says nothing more about it
@@ -661,7 +661,7 @@ class CentralSystem:
             # The charger reconnected before we noticed the old socket died.
             previous.connection_lost()
             charger.smart.connection_lost()
-            await previous._connection.close(1000, "replaced by a new connection")
+            await previous.close(1000, "replaced by a new connection")
         charger.model.connection_opened(version, self.clock())
         log.info(
             "charger %s connected (OCPP %s)",
