@@ -334,8 +334,8 @@ class Endpoint:
         return self._call(Call(unique_id, message[2], message[3]))
 
     def _call(self, call: Call) -> list[Event]:
-        action = self.handled_actions
-        if action is not None and call.action not in action:
+        handled = self.handled_actions
+        if handled is not None and call.action not in handled:
             # OCPP-J (1.6 §4.2.3, 2.0.1 §4.3): NotImplemented is "Requested Action is not known
             # by receiver", NotSupported "recognized but not supported". (The `ocpp` library
             # answers the other way round.)
