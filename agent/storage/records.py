@@ -163,13 +163,30 @@ REQUEST_VERDICT: Mapping[Event, RequestStatus] = {
 }
 
 # The statuses of an offer the DSO may still order (and we may still revoke).
-OPEN_OFFER: tuple[str, ...] = tuple(TRANSITIONS[Event.OFFER_ORDERED].sources)
+OPEN_OFFER: tuple[str, ...] = tuple(sorted(TRANSITIONS[Event.OFFER_ORDERED].sources))
+
+
+# The statuses no event leaves, per record kind (tests/unit/agent/test_records.py holds them to
+# the table).
+TERMINAL: Mapping[Record, frozenset[str]] = {
+    PROGNOSIS: frozenset({PrognosisStatus.ACCEPTED, PrognosisStatus.REJECTED}),
+    FLEX_REQUEST: frozenset(RequestStatus),
+    REQUEST_OFFER: frozenset({OfferState.OFFERED, OfferState.NONE, OfferState.NOT_APPLICABLE}),
+    FLEX_OFFER: frozenset(
+        {OfferStatus.REJECTED, OfferStatus.ORDERED, OfferStatus.REVOKED, OfferStatus.EXPIRED}
+    ),
+    FLEX_ORDER: frozenset(OrderStatus),
+    FLEX_SETTLEMENT: frozenset(SettlementResult),
+}
 
 
 def terminal(record: Record) -> frozenset[str]:
     """The statuses no event leaves."""
-    left = {s for t in TRANSITIONS.values() if t.record == record for s in t.sources}
-    return frozenset(s for s in record.statuses if s not in left)
+    return TERMINAL[record]
+
+
+def left_by_some_event(record: Record) -> frozenset[str]:
+    return frozenset(s for t in TRANSITIONS.values() if t.record == record for s in t.sources)
 
 
 def initial(record: Record) -> frozenset[str]:

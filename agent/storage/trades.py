@@ -47,9 +47,10 @@ def apply(conn: sqlite3.Connection, event: Event, key: str, **columns: str | Non
         raise ValueError(f"{event.value!r} creates a {transition.record}: insert it")
     record = transition.record
     sources = sorted(transition.sources)
-    extra = "".join(f", {name} = COALESCE(?, {name})" for name in columns if name.isidentifier())
-    if len(columns) != extra.count("?"):
-        raise ValueError(f"not column names: {sorted(columns)}")
+    for name in columns:
+        if not name.isidentifier() or name in (record.key, record.column):
+            raise ValueError(f"{record}: {name!r} is not a column `apply` may set")
+    extra = "".join(f", {name} = COALESCE(?, {name})" for name in columns)
     cursor = conn.execute(
         f"UPDATE {record.table} SET {record.column} = ?{extra} WHERE {record.key} = ? "
         f"AND {record.column} IN ({', '.join('?' * len(sources))})",

@@ -159,6 +159,11 @@ def test_every_status_is_reachable_and_every_record_can_end() -> None:
         assert records.terminal(record), record
 
 
+def test_the_terminal_statuses_are_exactly_those_no_event_leaves() -> None:
+    for record in RECORDS:
+        assert records.TERMINAL[record] == set(record.statuses) - records.left_by_some_event(record)
+
+
 def test_the_offer_life_cycle() -> None:
     assert records.initial(FLEX_OFFER) == {"sent"}
     assert records.terminal(FLEX_OFFER) == {"ordered", "revoked", "expired", "rejected"}
