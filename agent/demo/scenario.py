@@ -39,7 +39,7 @@ from nacl.signing import SigningKey
 from agent.runtime.clock import ScaledClock
 from agent.runtime.config import Config
 from agent.runtime.statedir import StateDirectory
-from agent.storage import store
+from agent.storage import store, trades
 from agent.storage.db import apply_migrations, connect
 from agent.storage.store import SCHEMA
 from agent.trading.market import Market
@@ -580,7 +580,7 @@ async def _story(
         try:
             answered = await dso.wait_handled(is_offer, real(1800))
         except TimeoutError:
-            stored = await agent.db.read(lambda c: store.find_request(c, request.message_id))
+            stored = await agent.db.read(lambda c: trades.find_request(c, request.message_id))
             reason = stored.reason if stored else "no answer"
             say.say(f"no FlexOffer: {reason}")
             raise
@@ -620,7 +620,7 @@ async def _story(
         )
         await clock.sleep_until(ordered_end + timedelta(minutes=20))
         await agent.site.flush()
-        accepted = await agent.db.read(lambda c: store.accepted_orders(c, period=today))
+        accepted = await agent.db.read(lambda c: trades.accepted_orders(c, period=today))
         delivered = await agent.dispatcher.delivery(accepted[0])
         for index, base, change, measured in delivered:
             result.delivered_w[index] = measured - base

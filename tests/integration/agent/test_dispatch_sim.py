@@ -22,7 +22,7 @@ from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
 from agent.app import Agent
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from ocpp_bridge import PowerPeriod
 from ocpp_bridge.simulator import (
@@ -330,12 +330,12 @@ async def test_delivery_is_measured_live_and_judged_once_complete(tmp_path: Path
         )
         conn = connection(site.agent.config)
         try:
-            prognosis = store.latest_prognosis(conn, CP, today)
+            prognosis = trades.latest_prognosis(conn, CP, today)
             assert prognosis is not None
             conn.execute("BEGIN IMMEDIATE")
-            store.insert_order(
+            trades.insert_order(
                 conn,
-                store.OrderRow(
+                trades.OrderRow(
                     message_id=str(uuid.uuid4()),
                     conversation_id=str(uuid.uuid4()),
                     offer_message_id=None,
