@@ -13,26 +13,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent import forecasting, store
-from agent.clock import HIGH_WATER_KEY, Clock, ClockCheck, ClockGuard, SystemClock
-from agent.config import Config
-from agent.db import Database, describe_storage_error
-from agent.dispatch import Dispatcher
-from agent.faults import CLOCK, STORAGE, Faults
-from agent.forecasting import SiteForecaster
-from agent.metrics import AgentMetrics
-from agent.prognosis import PrognosisService
-from agent.registry import StoreRegistry
-from agent.service import Component
-from agent.site import Site
-from agent.statedir import StateDirectory
-from agent.store import SCHEMA
-from agent.systemd import NamedProbe, SystemdWatchdog
-from agent.telemetry.mqtt import MqttSettings, MqttTelemetry
-from agent.telemetry.publisher import TelemetryPublisher
-from agent.telemetry.topics import Topics
-from agent.trader import Trader
-from agent.web.server import StatusServer
+from agent.control.dispatch import Dispatcher
+from agent.interfaces.metrics import AgentMetrics
+from agent.interfaces.telemetry.mqtt import MqttSettings, MqttTelemetry
+from agent.interfaces.telemetry.publisher import TelemetryPublisher
+from agent.interfaces.telemetry.topics import Topics
+from agent.interfaces.web.server import StatusServer
+from agent.runtime.clock import HIGH_WATER_KEY, Clock, ClockCheck, ClockGuard, SystemClock
+from agent.runtime.config import Config
+from agent.runtime.faults import CLOCK, STORAGE, Faults
+from agent.runtime.service import Component
+from agent.runtime.statedir import StateDirectory
+from agent.runtime.systemd import NamedProbe, SystemdWatchdog
+from agent.site import forecasting
+from agent.site.forecasting import SiteForecaster
+from agent.site.model import Site
+from agent.site.registry import StoreRegistry
+from agent.storage import store
+from agent.storage.db import Database, describe_storage_error
+from agent.storage.store import SCHEMA
+from agent.trading.prognosis import PrognosisService
+from agent.trading.trader import Trader
 from ocpp_bridge import (
     BridgeSettings,
     CentralSystem,

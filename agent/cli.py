@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent import __version__
-from agent.config import (
+from agent.runtime.config import (
     Config,
     ConfigError,
     ConfigFileMissing,
     load_config,
     summary,
 )
-from agent.logs import configure_logging
+from agent.runtime.logs import configure_logging
 
 EX_OK = 0
 EX_FAILURE = 1  # a bug: the traceback says where
@@ -72,8 +72,8 @@ def _report_config(exc: ConfigError) -> int:
 
 def _start_failure(exc: BaseException, component: str, state: Path) -> tuple[str, int]:
     """One line and an exit code for an expected start-up failure."""
-    from agent.db import DatabaseError
-    from agent.statedir import StateDirectoryError, StateDirectoryLocked
+    from agent.runtime.statedir import StateDirectoryError, StateDirectoryLocked
+    from agent.storage.db import DatabaseError
 
     if isinstance(exc, StateDirectoryLocked):
         return (
@@ -130,8 +130,8 @@ def _load_or_report(path: Path) -> Config | int:
 
 def _run_config(config: Config) -> int:
     from agent.app import build_components
-    from agent.service import EXPECTED_START_ERRORS, ServiceError, serve
-    from agent.statedir import StateDirectory, StateDirectoryError
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, serve
+    from agent.runtime.statedir import StateDirectory, StateDirectoryError
     from forecaster.cache import cache_dir_for, point_cache_at
 
     # First: a second agent on the same state says so and nothing else.
@@ -169,8 +169,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from agent.demo import DemoError, DemoResult, demo_state_dir, numba_cache_dir, run_demo
-    from agent.service import EXPECTED_START_ERRORS, install_signal_handlers
+    from agent.demo.scenario import DemoError, DemoResult, demo_state_dir, numba_cache_dir, run_demo
+    from agent.runtime.service import EXPECTED_START_ERRORS, install_signal_handlers
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())

@@ -4,7 +4,7 @@
   validated with jsonschema (in the default thread pool, ``ASYNC_VALIDATION``), handlers
   that answer and keep nothing.
 - ``bridge``: flexbridge's `CentralSystem` at security profile 1 with the agent-side event
-  handling attached (a consumer that keeps the live per-charger state, as agent.site does).
+  handling attached (a consumer that keeps the live per-charger state, as agent.site.model does).
 
 Prints ``READY <port>`` once listening; stops on SIGTERM or when stdin closes.
 """
@@ -98,7 +98,7 @@ async def baseline(port: int) -> None:
 
 
 class SiteState:
-    """What agent.site keeps per event: latest power and energy per charger, open sessions."""
+    """What agent.site.model keeps per event: latest power and energy per charger, open sessions."""
 
     def __init__(self) -> None:
         self.power: dict[tuple[str, int], float | None] = {}

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from agent.app import build_agent
-from agent.config import ClockConfig, Config
-from agent.demo import demo_config
-from agent.service import serve
+from agent.demo.scenario import demo_config
+from agent.runtime.config import ClockConfig, Config
+from agent.runtime.service import serve
 from uftp import keys
 
 

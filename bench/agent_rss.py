@@ -166,12 +166,12 @@ class ChildSampler(threading.Thread):
 async def in_process_rounds(raw: dict[str, Any], rounds: int) -> list[float]:
     """The agent's day-ahead forecast on the store it left, run in this process (numba
     loaded here): the cost of a round before forecasts moved to a worker."""
-    from agent import forecasting
-    from agent.clock import SystemClock
-    from agent.config import Config
-    from agent.db import Database
-    from agent.market import Market
-    from agent.store import SCHEMA
+    from agent.runtime.clock import SystemClock
+    from agent.runtime.config import Config
+    from agent.site import forecasting
+    from agent.storage.db import Database
+    from agent.storage.store import SCHEMA
+    from agent.trading.market import Market
     from uftp import store as uftp_store
 
     config = Config.model_validate(raw)
@@ -215,7 +215,7 @@ def main(argv: list[str]) -> None:
 
     from nacl.signing import SigningKey
 
-    from agent.config import Config
+    from agent.runtime.config import Config
     from forecaster.cache import cache_dir_for, point_cache_at
     from ocpp_bridge import hash_password
     from tests.support.agent_env import seed_history

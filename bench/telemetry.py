@@ -1,11 +1,11 @@
 """MQTT telemetry of a 1,000-charger site: messages and CPU per simulated second.
 
-Ours: `agent.telemetry.publisher.TelemetryPublisher` (changed objects coalesced per topic, at most
-one message per topic per `min_interval_s`, a tick per second). Baseline: a per-event publisher
-that sends the charger's state on every OCPP event, which is what a bridge without throttling
-does (one message per meter value). Both get the same event stream through the same real `Site`
-and count messages in an in-process transport, so the figures are the publisher's own cost, not
-the broker's. Headline: how many times fewer messages ours sends.
+Ours: `agent.interfaces.telemetry.publisher.TelemetryPublisher` (changed objects coalesced per
+topic, at most one message per topic per `min_interval_s`, a tick per second). Baseline: a per-
+event publisher that sends the charger's state on every OCPP event, which is what a bridge
+without throttling does (one message per meter value). Both get the same event stream through
+the same real `Site` and count messages in an in-process transport, so the figures are the
+publisher's own cost, not the broker's. Headline: how many times fewer messages ours sends.
 
     python -m bench telemetry [--chargers 1000] [--seconds 60] [--meter-interval 1]
 """
@@ -20,11 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.app import build_agent
-from agent.demo import demo_config
-from agent.status import LiveStatus
-from agent.telemetry.mqtt import MessageHandler, Payload, encode
-from agent.telemetry.publisher import TelemetryPublisher
-from agent.telemetry.topics import Topics
+from agent.demo.scenario import demo_config
+from agent.interfaces.status import LiveStatus
+from agent.interfaces.telemetry.mqtt import MessageHandler, Payload, encode
+from agent.interfaces.telemetry.publisher import TelemetryPublisher
+from agent.interfaces.telemetry.topics import Topics
 from bench.report import emit, ratio
 from ocpp_bridge import BootInfo, ChargerConnected, Event, MeterSample, ProtocolVersion
 

@@ -32,8 +32,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.clock import SystemClock
-from agent.demo import (
+from agent.demo.scenario import (
     DEMO_AGR_DOMAIN,
     DEMO_DSO_DOMAIN,
     DEMO_TIMEZONE,
@@ -41,8 +40,9 @@ from agent.demo import (
     seed_history,
     simulated_dso,
 )
-from agent.market import Market
-from agent.simulation import DEFAULT_PASSWORD, SessionGenerator, default_fleet
+from agent.demo.simulation import DEFAULT_PASSWORD, SessionGenerator, default_fleet
+from agent.runtime.clock import SystemClock
+from agent.trading.market import Market
 from bench._wear_agent import wear_config
 from bench.report import emit, ratio
 from ocpp_bridge.simulator import ReconnectPolicy, SimulatedStation

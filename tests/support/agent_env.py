@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 
 from nacl.signing import SigningKey
 
-from agent import store
-from agent.config import Config
-from agent.db import connect
-from agent.energy import split_energy
-from agent.service import Component
-from agent.store import SCHEMA
+from agent.runtime.config import Config
+from agent.runtime.service import Component
+from agent.site.energy import split_energy
+from agent.storage import store
+from agent.storage.db import connect
+from agent.storage.store import SCHEMA
 from tests.support.ports import free_port
 from tests.support.uftp import peer, settings, url
 from uftp import keys
@@ -38,7 +38,7 @@ TZ = "Europe/Amsterdam"
 CHARGERS = [f"CP-{i:02d}" for i in range(1, 9)]
 if TYPE_CHECKING:
     from agent.app import Agent
-    from agent.clock import Clock
+    from agent.runtime.clock import Clock
 
 FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.5, request_timeout_s=5.0)
 
@@ -114,7 +114,7 @@ def seed_history(
     gets one EV at `first_arrival` + 15 min x its number, 20 kWh at 11 kW, leaving 8 h later."""
     zone = ZoneInfo(config.site.timezone)
     conn = connect(config.storage.database_path)
-    from agent.db import apply_migrations
+    from agent.storage.db import apply_migrations
 
     apply_migrations(conn, "agent_schema", SCHEMA)
     uftp_store.migrate(conn)

@@ -59,7 +59,7 @@ def test_agent_rss_writes_a_config_the_agent_reads(tmp_path: Path) -> None:
     import os
     import tomllib
 
-    from agent.config import Config
+    from agent.runtime.config import Config
     from bench.agent_rss import rss_mb, write_config
 
     raw = {

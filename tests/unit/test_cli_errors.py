@@ -23,7 +23,7 @@ from agent.cli import (
     build_parser,
     main,
 )
-from agent.statedir import StateDirectory
+from agent.runtime.statedir import StateDirectory
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "systemd" / "flexbridge.toml.example"
@@ -258,8 +258,8 @@ def test_the_demo_removes_its_temporary_state_and_keeps_the_report(
 ) -> None:
     """What `flexbridge demo` leaves behind, with the story itself replaced (it has its own
     end-to-end test): the report, not the state directory, whether the story ends or fails."""
-    import agent.demo
-    from agent.demo import DemoError, DemoResult
+    import agent.demo.scenario
+    from agent.demo.scenario import DemoError, DemoResult
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
@@ -273,7 +273,7 @@ def test_the_demo_removes_its_temporary_state_and_keeps_the_report(
         await asyncio.to_thread(report.write_text, "<html>")
         return DemoResult(date(2026, 6, 1), report=report)
 
-    monkeypatch.setattr(agent.demo, "run_demo", story)
+    monkeypatch.setattr(agent.demo.scenario, "run_demo", story)
     code, out, _ = _outcome(["demo"], capsys)
     assert code == 0
     assert not seen[0].exists(), "the temporary state directory is removed"

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from agent.logs import choose_format, configure_logging
+from agent.runtime.logs import choose_format, configure_logging
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.service import Service, ServiceError
-from agent.statedir import StateDirectory, StateDirectoryError
+from agent.runtime.service import Service, ServiceError
+from agent.runtime.statedir import StateDirectory, StateDirectoryError
 
 
 class Recorder:

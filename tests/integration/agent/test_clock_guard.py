@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import store
 from agent.app import Agent
-from agent.clock import HIGH_WATER_KEY
-from agent.faults import CLOCK
-from agent.market import Market
+from agent.runtime.clock import HIGH_WATER_KEY
+from agent.runtime.faults import CLOCK
+from agent.storage import store
+from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support.agent_env import TZ, Env, connection, make_env, running_agent, seed_history
 from tests.support.trade_history import flex_request

@@ -1,8 +1,8 @@
 """kill -9 in the middle of the order flow, restart, and nothing is lost or done twice.
 
 The agent runs as a real process (`flexbridge run`) with simulated stations and the simulated
-DSO in the test process. A failpoint (agent/failpoints.py) makes it SIGKILL itself at one of the
-moments that matter:
+DSO in the test process. A failpoint (agent/runtime/failpoints.py) makes it SIGKILL itself at
+one of the moments that matter:
 
 - after the FlexOrder was stored and acknowledged (HTTP 200) but before it was handled,
 - after the order was accepted and its answer queued, before anything was sent,
@@ -26,8 +26,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent import failpoints, store
-from agent.market import Market
+from agent.runtime import failpoints
+from agent.storage import trades
+from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
 from tests.support.processes import AgentProcess
@@ -278,7 +279,7 @@ async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> N
             async def revision_with_order() -> bool:
                 conn = connection(r.env.config)
                 try:
-                    latest = store.latest_prognosis(conn, CP, order.period)
+                    latest = trades.latest_prognosis(conn, CP, order.period)
                 finally:
                     conn.close()
                 return latest is not None and order.message_id in latest.orders
@@ -299,8 +300,8 @@ async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> N
 
             conn = connection(r.env.config)
             try:
-                orders = store.accepted_orders(conn, period=order.period)
-                baseline = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+                orders = trades.accepted_orders(conn, period=order.period)
+                baseline = trades.prognosis_by_message(conn, orders[0].baseline_message_id or "")
             finally:
                 conn.close()
             assert [o.message_id for o in orders] == [order.message_id]

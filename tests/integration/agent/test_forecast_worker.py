@@ -21,11 +21,11 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from agent import store
-from agent.db import Database
-from agent.forecasting import Bands, SiteForecaster, migrate
-from agent.site import ActiveSession
-from agent.store import SCHEMA
+from agent.site.forecasting import Bands, SiteForecaster, migrate
+from agent.site.model import ActiveSession
+from agent.storage import trades
+from agent.storage.db import Database
+from agent.storage.store import SCHEMA
 from forecaster.rounds import day_ahead, profile_forecast
 from ocpp_bridge.events import SessionInfo
 from tests.support.agent_env import CP, TZ, connection, make_env, running_agent, seed_history
@@ -44,8 +44,8 @@ import asyncio, sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent import store
-from agent.site import ActiveSession
+from agent.storage import trades
+from agent.site.model import ActiveSession
 from ocpp_bridge.events import SessionInfo
 from tests.support.agent_env import CP, connection, make_env, running_agent, seed_history
 
@@ -58,7 +58,7 @@ async def main(tmp: Path) -> None:
         today = agent.prognosis.market.today(now)
         conn = connection(env.config)
         deadline = asyncio.get_running_loop().time() + 240
-        while store.latest_prognosis(conn, CP, today) is None:
+        while trades.latest_prognosis(conn, CP, today) is None:
             assert asyncio.get_running_loop().time() < deadline, "no day-ahead prognosis"
             await asyncio.sleep(0.1)
         conn.close()
@@ -196,8 +196,8 @@ async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
         async with running_agent(env) as (agent, _dso):
             today = agent.prognosis.market.today(now)
 
-            def latest() -> store.PrognosisRow | None:
-                return store.latest_prognosis(conn, CP, today)
+            def latest() -> trades.PrognosisRow | None:
+                return trades.latest_prognosis(conn, CP, today)
 
             await eventually(lambda: latest() is not None, 240, "the first D-prognosis")
             first = latest()
@@ -215,7 +215,7 @@ async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
             )
             failure = next(r for r in caplog.records if r.getMessage().endswith("stays in use"))
             assert failure.levelno == logging.ERROR
-            assert failure.name == "agent.forecasting"
+            assert failure.name == SiteForecaster.__module__
             assert "\n" not in failure.getMessage()
             assert re.search(r"^forecast worker \(pid \d+\) " + said, failure.getMessage())
             # Nothing new was sent: the last revision stays in effect, and the loop runs on.

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent import store
-from agent.market import Market
+from agent.storage import store
+from agent.trading.market import Market
 from tests.support import uftp as build
 from tests.support.agent_env import AGR, DSO, TZ, make_env, running_agent, seed_history
 from tests.support.trade_history import flex_request

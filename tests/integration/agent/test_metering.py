@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent import store
 from agent.app import build_agent
-from agent.market import Market
+from agent.storage import store
+from agent.trading.market import Market
 from tests.support.agent_env import CP, TZ, connection, make_env, seed_history
 from uftp.dso import Received
 from uftp.models import Metering, MeteringProfileType

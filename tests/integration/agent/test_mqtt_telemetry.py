@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.telemetry.mqtt import MqttSettings, MqttTelemetry
+from agent.interfaces.telemetry.mqtt import MqttSettings, MqttTelemetry
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_watcher import Watcher
 
@@ -75,7 +75,7 @@ def test_last_will_when_the_agent_dies(mosquitto: MosquittoBroker, watcher: Watc
     script = textwrap.dedent(
         f"""
         import asyncio
-        from agent.telemetry.mqtt import MqttSettings, MqttTelemetry
+        from agent.interfaces.telemetry.mqtt import MqttSettings, MqttTelemetry
         async def main():
             t = MqttTelemetry(MqttSettings(host="{mosquitto.host}", port={mosquitto.port},
                                            client_id="dying"), "{AVAIL}")

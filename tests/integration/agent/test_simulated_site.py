@@ -1,4 +1,4 @@
-"""A simulated site (agent.simulation) against a real CentralSystem, on a scaled clock.
+"""A simulated site (agent.demo.simulation) against a real CentralSystem, on a scaled clock.
 
 A morning of a Monday: the fleet connects with its credentials, the drawn sessions arrive on
 time, and what the bridge reports about them is what the stations' EVs drew.
@@ -12,14 +12,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.simulation import (
+from agent.demo.simulation import (
     DEFAULT_PASSWORD,
     SessionGenerator,
     SimulatedSite,
     charger_records,
     default_fleet,
 )
+from agent.runtime.clock import ScaledClock
 from ocpp_bridge.events import ChargerConnected, SessionEnded, SessionStarted, SessionUpdated
 from ocpp_bridge.passwords import ScryptParameters
 from ocpp_bridge.settings import BridgeSettings

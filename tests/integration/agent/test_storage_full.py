@@ -24,9 +24,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.db import connect
-from agent.market import Market
-from agent.telemetry.topics import Topics
+from agent.interfaces.telemetry.topics import Topics
+from agent.storage.db import connect
+from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support import uftp as build
 from tests.support.agent_env import AGR, CP, DSO, TZ, Env, make_env

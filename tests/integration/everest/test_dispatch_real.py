@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agent import store
-from agent.config import load_config
-from agent.db import apply_migrations, connect
+from agent.runtime.config import load_config
+from agent.storage import store
+from agent.storage.db import apply_migrations, connect
 from tests.support.everest import V16, V201, AgentSite, Station, stack_level
 from uftp import store as uftp_store
 

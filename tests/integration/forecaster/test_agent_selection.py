@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from agent import store
-from agent.db import Database
-from agent.forecasting import SiteForecaster, migrate
-from agent.store import SCHEMA
+from agent.site.forecasting import SiteForecaster, migrate
+from agent.storage import store
+from agent.storage.db import Database
+from agent.storage.store import SCHEMA
 from tests.support.agent_env import CP, make_env
 from uftp import store as uftp_store
 

@@ -83,7 +83,7 @@ async def run_bridge(
     registry: InMemoryRegistry | None = None,
     clock: Any = None,
 ) -> AsyncIterator[RunningBridge]:
-    """`clock`: an `agent.clock` clock (now/sleep) for the bridge's whole time base."""
+    """`clock`: an `agent.runtime.clock` clock (now/sleep) for the bridge's whole time base."""
     log = EventLog()
     registry = registry or InMemoryRegistry(records or [])
     timing: dict[str, Any] = {} if clock is None else {"clock": clock.now, "sleep": clock.sleep}

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.clock import ScaledClock
+from agent.runtime.clock import ScaledClock
 from ocpp_bridge.events import (
     ChargerConnected,
     ConnectorStatus,

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 
 class AgrApp:
-    """The AGR's business answers: what `agent.trader` will do, minus forecasting."""
+    """The AGR's business answers: what `agent.trading.trader` will do, minus forecasting."""
 
     def __init__(self) -> None:
         self.agr: AgrParticipant | None = None

@@ -164,7 +164,7 @@ def test_retry_delays_double_up_to_the_cap() -> None:
 
 
 async def test_the_agent_pattern_one_transaction_on_its_own_connection(tmp_path: Path) -> None:
-    """What agent.trader does: business change + answer + processed, committed together."""
+    """What agent.trading.trader does: business change + answer + processed, committed together."""
     key, dso_key, peer_port = SigningKey.generate(), SigningKey.generate(), free_port()
     peer = build.RecordingPeer(peer_port)
     await peer.start()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Config
-from agent.db import Database
-from agent.demo import demo_config
-from agent.store import SCHEMA
+from agent.demo.scenario import demo_config
+from agent.runtime.config import Config
+from agent.storage.db import Database
+from agent.storage.store import SCHEMA
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from lxml import etree
 
-from agent.web.chart import Series, render_power_chart
+from agent.interfaces.web.chart import Series, render_power_chart
 
 START = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)  # 00:00 in Amsterdam (CEST)
 ISPS = [START + timedelta(minutes=15 * i) for i in range(96)]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.clock import ClockCheck
+from agent.runtime.clock import ClockCheck
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

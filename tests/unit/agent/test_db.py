@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.db import Database, DatabaseError, Migration, apply_migrations, connect
+from agent.storage.db import Database, DatabaseError, Migration, apply_migrations, connect
 
 M1 = Migration(1, "things", "CREATE TABLE thing (id INTEGER PRIMARY KEY, name TEXT NOT NULL);")
 M2 = Migration(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.dispatch import _excess, _limit_at, _periods, _same_from
+from agent.control.dispatch import _excess, _limit_at, _periods, _same_from
 from ocpp_bridge import PowerPeriod
 
 ISP = timedelta(minutes=15)

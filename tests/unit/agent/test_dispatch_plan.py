@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dispatch import _periods, allocate_limits, keep_charging
-from agent.forecasting import SessionNeed
-from agent.site import ActiveSession
+from agent.control.dispatch import _periods, allocate_limits, keep_charging
+from agent.site.forecasting import SessionNeed
+from agent.site.model import ActiveSession
 from ocpp_bridge import SessionInfo
 from ocpp_bridge.capabilities import DEFAULTS, Purpose, RateUnit
 from ocpp_bridge.events import ProtocolVersion

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.energy import EnergyAccumulator, isp_start, split_energy
+from agent.site.energy import EnergyAccumulator, isp_start, split_energy
 
 T0 = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 ISP = 900

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.offers import Pricing, RequestElement, plan_offer
+from agent.trading.offers import Pricing, RequestElement, plan_offer
 from forecaster.flexibility import SessionSet, allocate
 
 N = 96

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from agent.config import Config
-from agent.db import Database
-from agent.registry import StoreRegistry
-from agent.store import SCHEMA
+from agent.runtime.config import Config
+from agent.site.registry import StoreRegistry
+from agent.storage.db import Database
+from agent.storage.store import SCHEMA
 from ocpp_bridge import verify_password
 
 

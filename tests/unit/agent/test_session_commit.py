@@ -6,8 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import store
 from agent.app import build_agent
+from agent.storage import store
 from ocpp_bridge import SessionEnded, SessionInfo, SessionStarted
 from tests.support.agent_env import make_env
 

@@ -17,8 +17,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from agent.config import ChargerConfig
-from agent.simulation import (
+from agent.demo.simulation import (
     ATTRIBUTION,
     CHANGEOVER,
     EV_MIX,
@@ -32,6 +31,7 @@ from agent.simulation import (
     default_fleet,
     drawn_power_w,
 )
+from agent.runtime.config import ChargerConfig
 from forecaster.calendar import CalendarError
 from ocpp_bridge.passwords import ScryptParameters, verify_password
 from ocpp_bridge.simulator import ProtocolName
@@ -62,12 +62,12 @@ def key(s: PlannedSession) -> tuple[object, ...]:
 def test_the_packaged_pool_is_what_the_vendored_caltech_files_give(tmp_path: Path) -> None:
     fresh = tmp_path / "pool.csv.gz"
     SessionPool.derive(SOURCES).write(fresh)
-    packaged = resources.files("agent").joinpath(POOL_FILE).read_bytes()
+    packaged = resources.files("agent.demo").joinpath(POOL_FILE).read_bytes()
     assert gzip.decompress(fresh.read_bytes()) == gzip.decompress(packaged)
 
 
 def test_the_pool_carries_its_attribution_and_source_facts(pool: SessionPool) -> None:
-    text = gzip.decompress(resources.files("agent").joinpath(POOL_FILE).read_bytes()).decode()
+    text = gzip.decompress(resources.files("agent.demo").joinpath(POOL_FILE).read_bytes()).decode()
     assert text.startswith(f"# {ATTRIBUTION}\n")
     assert "CC BY 4.0" in ATTRIBUTION
     assert pool.source_evses == 53  # distinct station_id in the Caltech files
@@ -80,7 +80,7 @@ def test_the_pool_carries_its_attribution_and_source_facts(pool: SessionPool) ->
 
 
 def test_a_damaged_pool_file_is_refused_with_its_name_and_line(tmp_path: Path) -> None:
-    good = gzip.decompress(resources.files("agent").joinpath(POOL_FILE).read_bytes()).decode()
+    good = gzip.decompress(resources.files("agent.demo").joinpath(POOL_FILE).read_bytes()).decode()
     lines = good.splitlines()
     lines[6] = lines[6].replace(",", ",x", 1)
     bad = tmp_path / "bad.csv.gz"

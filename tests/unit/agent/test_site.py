@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import store
-from agent.clock import Clock
-from agent.config import Config
-from agent.db import Database
-from agent.site import Site
-from agent.store import SCHEMA
+from agent.runtime.clock import Clock
+from agent.runtime.config import Config
+from agent.site.model import Site
+from agent.storage import store
+from agent.storage.db import Database
+from agent.storage.store import SCHEMA
 from ocpp_bridge import (
     BootInfo,
     ChargerConnected,

@@ -8,8 +8,8 @@ from pathlib import Path
 from lxml import html as lxml_html
 
 from agent.app import build_agent
-from agent.status import DayChart, LiveStatus, TradeSnapshot
-from agent.web.page import render_status_page
+from agent.interfaces.status import DayChart, LiveStatus, TradeSnapshot
+from agent.interfaces.web.page import render_status_page
 from ocpp_bridge import BootInfo, ChargerConnected, MeterSample, ProtocolVersion
 from tests.support.agent_env import CP, make_env
 

@@ -7,8 +7,8 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import store
-from agent.db import apply_migrations, connect
+from agent.storage import store
+from agent.storage.db import apply_migrations, connect
 
 CHARGERS = [f"CP-{i:02d}" for i in range(20)]
 ISP = 900

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import NamedProbe, Notifier, SystemdWatchdog, watchdog_interval_s
+from agent.runtime.systemd import NamedProbe, Notifier, SystemdWatchdog, watchdog_interval_s
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent.app import Agent, build_agent
-from agent.telemetry.mqtt import MessageHandler, Payload, encode
-from agent.telemetry.publisher import TelemetryPublisher
-from agent.telemetry.topics import Topics
+from agent.interfaces.telemetry.mqtt import MessageHandler, Payload, encode
+from agent.interfaces.telemetry.publisher import TelemetryPublisher
+from agent.interfaces.telemetry.topics import Topics
 from ocpp_bridge import BootInfo, ChargerConnected, MeterSample, ProtocolVersion
 from tests.support.agent_env import make_env
 

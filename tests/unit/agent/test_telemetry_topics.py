@@ -8,7 +8,7 @@ from urllib.parse import unquote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.telemetry.topics import HomeAssistant, Topics, object_id, topic_level
+from agent.interfaces.telemetry.topics import HomeAssistant, Topics, object_id, topic_level
 
 ids = st.text(min_size=1, max_size=60).filter(lambda s: "\0" not in s)
 

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from agent.config import ConfigError, parse_config
+from agent.runtime.config import ConfigError, parse_config
 from tests.unit.test_config import MINIMAL
 
 
@@ -26,7 +26,7 @@ def test_country_and_subdivision_are_checked_when_the_config_is_read() -> None:
 
 
 def test_the_agent_calendar_has_public_holidays_and_extra_dates() -> None:
-    from agent.forecasting import SiteForecaster
+    from agent.site.forecasting import SiteForecaster
 
     class FixedClock:
         def __init__(self, moment: datetime) -> None:

@@ -1,0 +1,1 @@
+"""The demo: a simulated site and DSO around the normal service."""

@@ -1,0 +1,248 @@
+"""Time as the agent sees it: UTC-aware, and scalable for the demo.
+
+Everything in `agent` asks a `Clock` for the time and sleeps through it, never `datetime.now()`
+or `asyncio.sleep()` directly. In production that is the system clock. `flexbridge demo` runs a
+day of trading in under two minutes with a `ScaledClock`: simulated time starts at a chosen
+instant and runs `speed` times faster than the wall clock, and every component (site simulator,
+DSO, dispatcher, the OCPP bridge's profile timestamps) sees the same simulated time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current instant, UTC-aware."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for `seconds` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class ScaledClock:
+    """Simulated time: `start` at creation, advancing `speed` simulated seconds per real second."""
+
+    def __init__(self, start: datetime, speed: float) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ScaledClock needs a timezone-aware start")
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.start = start.astimezone(UTC)
+        self.speed = speed
+        self._real_start = time.monotonic()
+
+    def now(self) -> datetime:
+        elapsed = (time.monotonic() - self._real_start) * self.speed
+        return self.start + timedelta(seconds=elapsed)
+
+    def real_seconds(self, simulated_seconds: float) -> float:
+        return simulated_seconds / self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+    async def sleep_until(self, instant: datetime) -> None:
+        await self.sleep((instant - self.now()).total_seconds())
+
+    def advance(self, seconds: float) -> None:
+        """Jump ahead (the demo skips a quiet night); sleepers wake at their real deadline
+        and find later simulated time, as after a suspended laptop."""
+        if seconds < 0:
+            raise ValueError("simulated time does not run backwards")
+        self.start += timedelta(seconds=seconds)
+
+
+async def sleep_until(clock: Clock, instant: datetime) -> None:
+    await clock.sleep((instant - clock.now()).total_seconds())
+
+
+async def sleep_or_wake(clock: Clock, seconds: float, wake: asyncio.Event) -> None:
+    """Sleep `seconds` of the clock's time, or less if `wake` is set meanwhile.
+
+    The periodic loops (dispatch, prognoses, offer housekeeping) run on the clock but react at
+    once to an event (an order, a new session) instead of waiting out their period.
+    """
+    sleeper = asyncio.create_task(clock.sleep(seconds))
+    waker = asyncio.create_task(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+
+
+# --- trusting the wall clock ----------------------------------------------------------------------
+
+HIGH_WATER_KEY = "clock_high_water"
+
+
+@dataclass
+class ClockCheck:
+    """Whether the wall clock can be trusted, from successive readings of it and of a
+    monotonic clock. Pure: no I/O, so it is tested with any sequence of readings.
+
+    Two signs of a wrong clock:
+
+    - it reads earlier than `high_water`, the latest time it read while trusted (persisted by
+      `ClockGuard`): a gateway without a hardware clock booted with an old time. Untrusted
+      until it reads at least that late again (NTP set it right);
+    - between two readings it moved more than `max_step_s` away from what the monotonic
+      clock says passed (a step, either way). Untrusted for `settle_s` of monotonic time
+      after the last step; then the new time is taken as right. Without a second time source
+      this is the best the agent can tell: a step to a wrong time that then holds steady is
+      accepted after `settle_s` (hence the unit waits for time synchronisation at boot).
+
+    `rate` is how many clock seconds pass per monotonic second (1; the demo's ScaledClock
+    runs faster).
+    """
+
+    max_step_s: float
+    settle_s: float
+    high_water: datetime | None = None
+    rate: float = 1.0
+    # NTP slews and may step back by a fraction of a second: that is no reason to stop.
+    tolerance_s: float = 5.0
+    _last: tuple[datetime, float] | None = None
+    _stepped_at: float | None = None
+    _step_s: float = 0.0
+
+    def observe(self, wall: datetime, mono: float) -> str | None:
+        """Take a reading; the reason not to trust the clock now, or None."""
+        if self._last is not None:
+            last_wall, last_mono = self._last
+            step = (wall - last_wall).total_seconds() - (mono - last_mono) * self.rate
+            if abs(step) > self.max_step_s:
+                self._stepped_at, self._step_s = mono, step
+        self._last = (wall, mono)
+        if self.high_water is not None and wall < self.high_water - timedelta(
+            seconds=self.tolerance_s
+        ):
+            return (
+                f"the clock reads {wall.isoformat(timespec='seconds')}, earlier than "
+                f"{self.high_water.isoformat(timespec='seconds')} it read before"
+            )
+        if self._stepped_at is not None and mono - self._stepped_at < self.settle_s:
+            return f"the clock stepped by {self._step_s:+.0f} s"
+        if self.high_water is None or wall > self.high_water:
+            self.high_water = wall
+        return None
+
+
+class ClockGuard:
+    """Service component: watches the wall clock and holds time-bound work while it is wrong.
+
+    While the clock is not trusted (see `ClockCheck`), the agent sends no prognoses and no
+    offers, handles no UFTP message (they wait in the inbox, and new ones are answered 503
+    with Retry-After), runs no dispatch round and takes its dynamic profiles back off the
+    chargers, which then run on their safe profile (it has no validTo, so a wrong clock
+    cannot expire it). The clock fault is raised on every surface (agent.runtime.faults); when the
+    clock is sane again, the fault clears and the work resumes.
+
+    The high-water mark is persisted every `record_s` (once a minute by default: one small
+    write, nothing for an SD card) and at stop, so the check also works across a reboot.
+    """
+
+    name = "clock-guard"
+
+    def __init__(
+        self,
+        clock: Clock,
+        check: ClockCheck,
+        *,
+        load: Callable[[], Awaitable[datetime | None]],
+        save: Callable[[datetime], Awaitable[object]],
+        on_change: Callable[[str | None], object] = lambda _reason: None,
+        interval_s: float = 2.0,
+        record_s: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.check = check
+        self._load = load
+        self._save = save
+        self._on_change = on_change
+        self.interval_s = interval_s
+        self.record_s = record_s
+        self._monotonic = monotonic
+        self.reason: str | None = None
+        self._saved: datetime | None = None
+        self._saved_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self) -> str | None:
+        """Why time-bound work must wait now (None: go ahead)."""
+        return self.reason
+
+    async def start(self) -> None:
+        stored = await self._load()
+        if stored is not None:
+            self.check.high_water = stored
+            self._saved = stored
+        await self.step()
+        self._task = asyncio.create_task(self._run(), name="clock-guard")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._record(force=True)
+
+    async def _run(self) -> None:
+        while True:
+            # Real seconds: the clock being watched is not the one to sleep on.
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("clock check failed")
+
+    async def step(self) -> None:
+        """One reading; tells `on_change` when trust is lost, changes reason, or returns."""
+        reason = self.check.observe(self.clock.now(), self._monotonic())
+        if reason != self.reason:
+            was, self.reason = self.reason, reason
+            if reason is not None and was is None:
+                log.error("clock not trusted; holding trading and dynamic limits: %s", reason)
+            elif reason is None:
+                log.warning("clock trusted again; resuming")
+            self._on_change(reason)
+        if reason is None:
+            await self._record()
+
+    async def _record(self, *, force: bool = False) -> None:
+        mark = self.check.high_water
+        if self.reason is not None or mark is None:
+            return
+        if self._saved is not None and mark <= self._saved:
+            return
+        now = self._monotonic()
+        if not force and now - self._saved_at < self.record_s:
+            return
+        await self._save(mark)
+        self._saved, self._saved_at = mark, now
