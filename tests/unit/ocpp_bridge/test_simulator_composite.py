@@ -405,12 +405,23 @@ def test_shares_fit_the_cap_the_demands_and_the_minimum(
 
 def test_the_simulator_imports_nothing_else_from_ocpp_bridge() -> None:
     """It is the independent second reading of the spec the bridge is tested against."""
-    source = Path(__file__).resolve().parents[3] / "ocpp_bridge" / "simulator.py"
-    tree = ast.parse(source.read_text(encoding="utf-8"))
+    package = Path(__file__).resolve().parents[3] / "ocpp_bridge" / "simulator"
+    sources = sorted(package.glob("*.py"))
+    assert package / "schedule.py" in sources
     imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-    assert {m for m in imported if m.split(".")[0] == "ocpp_bridge"} == set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolved against the package
+                    base = "ocpp_bridge.simulator".rsplit(".", node.level - 1)[0]
+                    imported.add(f"{base}.{node.module}" if node.module else base)
+                elif node.module:
+                    imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    outside = {
+        m
+        for m in imported
+        if m.split(".")[0] == "ocpp_bridge" and m.split(".")[:2] != ["ocpp_bridge", "simulator"]
+    }
+    assert outside == set()
