@@ -9,10 +9,10 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from ocpp_bridge.simulator.common import ProtocolName, RealClock, SimClock, frame_log, ts
-from ocpp_bridge.simulator.schedule import ProfileStore, StoredProfile, StoreLimits
+from ocpp_bridge.simulator.common import ProtocolName, RealClock, SimClock, frame_log, log, ts
+from ocpp_bridge.simulator.schedule import ProfileRefused, ProfileStore, StoredProfile, StoreLimits
 
 
 class ProfileListener(Protocol):
@@ -42,6 +42,7 @@ class SimChargerBase:
     last_id_tag_status: str | None
 
     _library_class: Any  # the `ocpp` library's ChargePoint of the version
+    protocol: ClassVar[ProtocolName]  # the subprotocol its connection asks for
 
     def __init__(
         self,
@@ -85,13 +86,26 @@ class SimChargerBase:
     def _now(self) -> datetime:
         return self.clock.now()
 
-    def _install(self, profile: StoredProfile) -> None:
-        self.store.check(profile)
+    def _receive_profile(self, profile: dict[str, Any]) -> bool:
+        """A SetChargingProfile arrives: counted and kept in the history whatever becomes of
+        it; False for a purpose this station is set to refuse (`refuse_purposes`)."""
+        self.calls_received.append("SetChargingProfile")
+        self.store.history.append(profile)
+        return profile["charging_profile_purpose"] not in self.refuse_purposes
+
+    def _install(self, profile: StoredProfile) -> ProfileRefused | None:
+        """Install a received profile; what refused it (logged), None when it is installed."""
+        try:
+            self.store.check(profile)
+        except ProfileRefused as refused:
+            log.info("%s refused a profile: %s", self.id, refused)
+            return refused
         if self.listener is not None:
             self.listener.profiles_changing()
         self.store.install(profile)
         if self.listener is not None:
             self.listener.profiles_changed(profile)
+        return None
 
     def _clear(self, **criteria: Any) -> bool:
         if self.listener is not None:

@@ -12,6 +12,7 @@ import ssl
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ocpp_bridge.simulator.client import SimCharger
 from ocpp_bridge.simulator.common import ProtocolName, SimClock
@@ -174,11 +175,13 @@ class SimulatedStation(StationLink):
 
     def _begin_transaction(self, evse: EvseState, ev: EvSession, now: datetime) -> None:
         register = evse.register_wh
-        if self.spec.protocol is ProtocolName.OCPP16:
 
-            async def authorize16(charger: SimCharger16) -> None:
-                if await charger.authorize(ev.id_token) != "Accepted":
-                    ev.authorized = False
+        async def authorize(charger: SimCharger) -> None:
+            if await charger.authorize(ev.id_token) != "Accepted":
+                ev.authorized = False
+
+        self._enqueue(authorize, f"authorize {ev.id_token}", transactional=False)
+        if self.spec.protocol is ProtocolName.OCPP16:
 
             async def start16(charger: SimCharger16) -> None:
                 if not ev.authorized:
@@ -192,7 +195,6 @@ class SimulatedStation(StationLink):
                     ev.authorized = False
                     self._end_session(evse, self.clock.now(), "DeAuthorized")
 
-            self._enqueue(authorize16, f"authorize {ev.id_token}", transactional=False)
             self._enqueue(start16, f"start {evse.evse_id}", transactional=True)
             return
 
@@ -200,28 +202,18 @@ class SimulatedStation(StationLink):
         transaction_id = str(uuid.uuid4())
         ev.transaction_id = transaction_id
         self.store.transaction_started(evse.evse_id, transaction_id, now)
-        seq = ev.next_seq_no()
-        offline = not self.online
-
-        async def authorize201(charger: SimCharger201) -> None:
-            if await charger.authorize(ev.id_token) != "Accepted":
-                ev.authorized = False
-
-        async def started(charger: SimCharger201) -> None:
-            await charger.transaction_event(
-                "Started",
-                transaction_id,
-                seq,
-                register,
-                evse.evse_id,
-                trigger_reason="CablePluggedIn",
-                w=0.0,
-                charging_state="EVConnected",
-                id_token=ev.id_token,
-                offline=offline,
-                phases_used=ev.ev_phases,
-                at=now,
-            )
+        self._enqueue_event(
+            evse,
+            ev,
+            "Started",
+            "started",
+            now,
+            trigger_reason="CablePluggedIn",
+            w=0.0,
+            charging_state="EVConnected",
+            id_token=ev.id_token,
+            phases_used=ev.ev_phases,
+        )
 
         async def needs(charger: SimCharger201) -> None:
             assert ev.requested_energy_wh is not None
@@ -234,8 +226,6 @@ class SimulatedStation(StationLink):
                 self.spec.nominal_voltage_v,
             )
 
-        self._enqueue(authorize201, f"authorize {ev.id_token}", transactional=False)
-        self._enqueue(started, f"started {transaction_id}", transactional=True)
         if ev.requested_energy_wh is not None:
             self._enqueue(needs, f"needs {transaction_id}", transactional=True)
 
@@ -258,27 +248,17 @@ class SimulatedStation(StationLink):
             self._enqueue(stop16, f"stop {ev.transaction_id}", transactional=True)
             self.store.transaction_ended(evse.evse_id)
         else:
-            seq = ev.next_seq_no()
-            transaction_id = ev.transaction_id
-            assert transaction_id is not None
-            offline = not self.online
-
-            async def ended(charger: SimCharger201) -> None:
-                await charger.transaction_event(
-                    "Ended",
-                    transaction_id,
-                    seq,
-                    register,
-                    evse.evse_id,
-                    trigger_reason="EVDeparted" if reason == "EVDisconnected" else "StopAuthorized",
-                    w=0.0,
-                    charging_state="Idle",
-                    stopped_reason=reason,
-                    offline=offline,
-                    at=now,
-                )
-
-            self._enqueue(ended, f"ended {transaction_id}", transactional=True)
+            self._enqueue_event(
+                evse,
+                ev,
+                "Ended",
+                "ended",
+                now,
+                trigger_reason="EVDeparted" if reason == "EVDisconnected" else "StopAuthorized",
+                w=0.0,
+                charging_state="Idle",
+                stopped_reason=reason,
+            )
             self.store.transaction_ended(evse.evse_id)
         evse.state = "Available"
         self._status_changed(evse)
@@ -394,30 +374,50 @@ class SimulatedStation(StationLink):
         self, evse: EvseState, ev: EvSession, now: datetime, trigger: str, what: str
     ) -> None:
         """A 2.0.1 TransactionEvent Updated carrying the meter as it is now."""
-        transaction_id = ev.transaction_id
-        if transaction_id is None:
+        if ev.transaction_id is None:
             return
+        self._enqueue_event(
+            evse,
+            ev,
+            "Updated",
+            what,
+            now,
+            trigger_reason=trigger,
+            w=evse.power_w,
+            amps=self._phase_currents(evse),
+            charging_state=evse.state,
+        )
+
+    def _enqueue_event(
+        self,
+        evse: EvseState,
+        ev: EvSession,
+        event_type: str,
+        what: str,
+        now: datetime,
+        **fields: Any,
+    ) -> None:
+        """Queue a 2.0.1 TransactionEvent of `ev` with its next sequence number and the meter
+        register and link state as they are now: it may go out much later."""
+        transaction_id = ev.transaction_id
+        assert transaction_id is not None
         seq = ev.next_seq_no()
-        register, power, amps = evse.register_wh, evse.power_w, self._phase_currents(evse)
-        state = evse.state
+        register = evse.register_wh
         offline = not self.online
 
-        async def updated(charger: SimCharger201) -> None:
+        async def send(charger: SimCharger201) -> None:
             await charger.transaction_event(
-                "Updated",
+                event_type,
                 transaction_id,
                 seq,
                 register,
                 evse.evse_id,
-                trigger_reason=trigger,
-                w=power,
-                amps=amps,
-                charging_state=state,
                 offline=offline,
                 at=now,
+                **fields,
             )
 
-        self._enqueue(updated, f"{what} {transaction_id}", transactional=True)
+        self._enqueue(send, f"{what} {transaction_id}", transactional=True)
 
     def _phase_currents(self, evse: EvseState) -> tuple[float, ...]:
         ev = evse.ev

@@ -13,14 +13,15 @@ from ocpp.v16 import call_result as r16
 from ocpp.v16.enums import Action as A16
 
 from ocpp_bridge.simulator.charger import SimChargerBase, meter_value
-from ocpp_bridge.simulator.common import ProtocolName, after, log, on, ts
-from ocpp_bridge.simulator.schedule import ProfileRefused, StoreLimits, stored_profile
+from ocpp_bridge.simulator.common import ProtocolName, after, on, ts
+from ocpp_bridge.simulator.schedule import StoreLimits, stored_profile
 
 
 class SimCharger16(SimChargerBase, CP16):  # type: ignore[misc]
     """One OCPP 1.6J connection of a simulated charge point."""
 
     _library_class = CP16
+    protocol = ProtocolName.OCPP16
     configuration: dict[str, str]
 
     def _advertise(self, limits: StoreLimits) -> None:
@@ -50,20 +51,14 @@ class SimCharger16(SimChargerBase, CP16):  # type: ignore[misc]
     def on_set_charging_profile(
         self, connector_id: int, cs_charging_profiles: dict[str, Any], **kwargs: Any
     ) -> Any:
-        self.calls_received.append("SetChargingProfile")
         profile = cs_charging_profiles
-        self.store.history.append(profile)
-        if profile["charging_profile_purpose"] in self.refuse_purposes:
+        if not self._receive_profile(profile):
             return r16.SetChargingProfile(status="NotSupported")
         stored = stored_profile(
             profile, profile["charging_schedule"], profile["charging_profile_id"], connector_id
         )
-        try:
-            self._install(stored)
-        except ProfileRefused as refused:
-            log.info("%s refused a profile: %s", self.id, refused)
-            return r16.SetChargingProfile(status="Rejected")
-        return r16.SetChargingProfile(status="Accepted")
+        refused = self._install(stored)
+        return r16.SetChargingProfile(status="Accepted" if refused is None else "Rejected")
 
     @on(A16.clear_charging_profile)
     def on_clear_charging_profile(

@@ -15,10 +15,9 @@ from ocpp.v201.enums import Action as A201
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_bridge.simulator.charger import SimChargerBase, meter_value
-from ocpp_bridge.simulator.common import ProtocolName, after, log, on, ts
+from ocpp_bridge.simulator.common import ProtocolName, after, on, ts
 from ocpp_bridge.simulator.schedule import (
     MIN_CURRENT_A,
-    ProfileRefused,
     ProfileStore,
     StoredProfile,
     StoreLimits,
@@ -30,6 +29,7 @@ class SimCharger201(SimChargerBase, CP201):  # type: ignore[misc]
     """One OCPP 2.0.1 connection of a simulated charging station."""
 
     _library_class = CP201
+    protocol = ProtocolName.OCPP201
     variables: dict[str, str]
 
     @staticmethod
@@ -69,24 +69,20 @@ class SimCharger201(SimChargerBase, CP201):  # type: ignore[misc]
     def on_set_charging_profile(
         self, evse_id: int, charging_profile: dict[str, Any], **kwargs: Any
     ) -> Any:
-        self.calls_received.append("SetChargingProfile")
         profile = charging_profile
-        self.store.history.append(profile)
-        if profile["charging_profile_purpose"] in self.refuse_purposes:
+        if not self._receive_profile(profile):
             return r201.SetChargingProfile(
                 status="Rejected", status_info={"reasonCode": "UnsupportedPurpose"}
             )
         # More than one schedule needs ISO 15118 (K01.FR.34); the first one is what applies.
         stored = stored_profile(profile, profile["charging_schedule"][0], profile["id"], evse_id)
-        try:
-            self._install(stored)
-        except ProfileRefused as refused:
-            log.info("%s refused a profile: %s", self.id, refused)
-            return r201.SetChargingProfile(
-                status="Rejected",
-                status_info={"reasonCode": refused.reason[:20], "additionalInfo": str(refused)},
-            )
-        return r201.SetChargingProfile(status="Accepted")
+        refused = self._install(stored)
+        if refused is None:
+            return r201.SetChargingProfile(status="Accepted")
+        return r201.SetChargingProfile(
+            status="Rejected",
+            status_info={"reasonCode": refused.reason[:20], "additionalInfo": str(refused)},
+        )
 
     @on(A201.clear_charging_profile)
     def on_clear_charging_profile(
