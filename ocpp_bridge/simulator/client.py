@@ -55,9 +55,9 @@ async def running(
     refuse_purposes: set[str] | None = None,
     clock: SimClock | None = None,
 ) -> AsyncIterator[Any]:
-    """One bare connection serving its socket in a task; the caller sends what it wants."""
-    protocol = ProtocolName.OCPP16 if sim_class is SimCharger16 else ProtocolName.OCPP201
-    ws = await open_connection(url, identity, protocol, password, ssl_context)
+    """One bare connection serving its socket in a task; the caller sends what it wants.
+    `sim_class` may be a subclass of either version (a charger that answers differently)."""
+    ws = await open_connection(url, identity, sim_class.protocol, password, ssl_context)
     sim = sim_class(identity, ws, refuse_purposes, clock=clock)
     task = asyncio.create_task(sim.start())
     try:
