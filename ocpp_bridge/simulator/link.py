@@ -116,6 +116,9 @@ class StationLink(ABC):
     async def _physics(self) -> None:
         """The station's own loop, run beside the link while it is powered on."""
 
+    # What the station does when its connection installs or clears a profile, or a CSMS
+    # triggers a message (`ProfileListener`): the link hands itself to every connection.
+
     @abstractmethod
     def profiles_changing(self) -> None: ...
 
@@ -231,15 +234,11 @@ class StationLink(ABC):
         and heartbeats until the connection drops."""
         if not self._booted_once or self.boot_on_reconnect:
             while True:
-                extra: dict[str, Any] = {}
-                if self.spec.protocol is ProtocolName.OCPP16:
-                    extra = {"firmware_version": self.spec.firmware_version}
-                    if self.spec.serial_number:
-                        extra["charge_point_serial_number"] = self.spec.serial_number
-                else:
-                    extra = {"firmware_version": self.spec.firmware_version}
-                    if self.spec.serial_number:
-                        extra["serial_number"] = self.spec.serial_number
+                extra: dict[str, Any] = {"firmware_version": self.spec.firmware_version}
+                if self.spec.serial_number:
+                    v16 = self.spec.protocol is ProtocolName.OCPP16
+                    key = "charge_point_serial_number" if v16 else "serial_number"
+                    extra[key] = self.spec.serial_number
                 response = await charger.boot(self.spec.vendor, self.spec.model, **extra)
                 interval = float(getattr(response, "interval", 0) or 0) or 300.0
                 if response is not None and response.status == "Accepted":
