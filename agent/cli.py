@@ -19,13 +19,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent import __version__
-from agent.runtime.config import (
-    Config,
-    ConfigError,
-    ConfigFileMissing,
-    load_config,
-    summary,
-)
+from agent.runtime.config import Config
+from agent.runtime.configfile import ConfigError, ConfigFileMissing, load_config, summary
 from agent.runtime.logs import configure_logging
 
 EX_OK = 0
