@@ -13,22 +13,35 @@ import numpy as np
 
 from forecaster.calendar import Float64Array
 from forecaster.candidates import TRIM, Candidate, _Context, _estimate, _weighted_estimates
+from forecaster.metrics import covered
 
 BAND_HOURS = 4
 COVERAGE = 0.8
+COVERAGE_SLACK = 0.002
+"""Held-out coverage this far below COVERAGE still counts as reaching it (the levels are a
+coarse grid)."""
+SCALE_EPSILON = 1e-6
+UPPER_LEVELS = (0.8, 0.85, 0.9, 0.95, 0.98)
+"""The bands' upper residual quantiles tried: a site with many zeros covered only in part
+needs a P90 above its busy hours' 90 %."""
 SPREAD_HALF_LIFE_DAYS = 28
 SPREAD_FLOOR = 0.25
 """The bands' scale is the slot's spread plus this share of the mean spread, so a slot
 whose past days happened to agree still gets a band."""
 
 
-def _weighted_quantile(values: Float64Array, weights: Float64Array, q: float) -> float:
-    if values.size == 0:
-        return 0.0
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    i = int(np.searchsorted(cum, q * cum[-1], side="left"))
-    return float(values[order][min(i, values.size - 1)])
+def zero_share(ctx: _Context) -> Float64Array:
+    """(S, T, P) probability that a slot's load is exactly zero: the share of the same
+    weekday's days (half-life 4 weeks, as the spread) on which it was; 1 where no such day
+    is known. The point mass at zero the P10-P90 band's coverage is judged against
+    (`forecaster.metrics.covered`)."""
+    w = ctx.group_weights("weekday", "ew", SPREAD_HALF_LIFE_DAYS)
+    known = ~np.isnan(ctx.values)
+    zero = (known & (ctx.values == 0)).astype(np.float64)
+    mass = w @ known.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (w @ zero) / np.maximum(mass, 1e-300)
+    return np.where(mass > 0, share, 1.0)
 
 
 def _spread(ctx: _Context) -> Float64Array:
@@ -75,6 +88,7 @@ def _bands(
     day_w: Float64Array,
     slots: int,
     band_hours: int,
+    p_zero: Float64Array,
 ) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """Quantiles per local hour band of the residuals sqrt(actual) - sqrt(P50) divided by
     `scale` (the slot's spread plus a floor), weighted by the held-out days' recency, then
@@ -90,50 +104,85 @@ def _bands(
     n_bands = math.ceil(slots / per_band)
     known = ~np.isnan(actual)
     y = np.where(known, actual, 0.0)
-    root_f = np.sqrt(np.maximum(p50, 0.0))
+    p50 = np.maximum(p50, 0.0)
+    root_f = np.sqrt(p50)
     resid = (np.sqrt(np.maximum(y, 0.0)) - root_f) / scale
     band_of = np.broadcast_to(np.arange(slots) // per_band, actual.shape)
     w = np.broadcast_to(day_w[:, np.newaxis], actual.shape)
-    groups = [(resid[known & (band_of == b)], w[known & (band_of == b)]) for b in range(n_bands)]
+    # Slots that were zero on every past day and are forecast zero have no scale (their band
+    # stays [0, 0]): a load there is a surprise no band level should be stretched to cover.
+    sample = known & (scale > SCALE_EPSILON)
+    groups = [(resid[sample & (band_of == b)], w[sample & (band_of == b)]) for b in range(n_bands)]
     wk = np.where(known, w, 0.0)
 
     total = wk.sum()
-    tail = (1.0 - COVERAGE) / 2.0
+
+    # Each band's residuals sorted once, with their cumulative weights.
+    prepared = []
+    for r, g in groups:
+        order = np.argsort(r, kind="stable")
+        prepared.append((r[order], np.cumsum(g[order])))
+
+    def quantile(b: int, level: float) -> float:
+        r, cum = prepared[b]
+        if r.size == 0:
+            return 0.0
+        i = int(np.searchsorted(cum, level * cum[-1], side="left"))
+        return float(r[min(i, r.size - 1)])
 
     def bound(level: float) -> Float64Array:
-        return np.array([_weighted_quantile(r, g, level) for r, g in groups])
+        return np.array([quantile(b, level) for b in range(n_bands)])
 
-    def share_below(level: float) -> float:
-        p10 = np.maximum(root_f + np.minimum(bound(level), 0.0)[band_of] * scale, 0.0) ** 2
-        return float((wk * (y < p10 - 1e-9)).sum() / total)
+    def coverage(p10: Float64Array, p90: Float64Array) -> float:
+        return float((wk * covered(y, p10, p50, p90, p_zero)).sum() / total)
 
     def pinball(f: Float64Array, q: float) -> float:
         d = y - f
         return float((wk * np.maximum(q * d, (q - 1.0) * d)).sum())
 
-    # P90 at each band's own quantile `upper`, P10 at the level where the band covers
-    # COVERAGE of all held-out ISPs; of a few `upper` the one with the least held-out pinball
-    # loss of P10 and P90. Cut over all ISPs alone, the quiet ones (never beyond any band)
-    # let a busy band's P90 sink to a P70; each band's own 10 %/90 % alone over-covers a
-    # site with many quiet ISPs.
-    best: tuple[float, Float64Array, Float64Array] | None = None
-    for upper in (0.8, 0.85, 0.9, 0.95):
-        hi_now = np.maximum(bound(upper), 0.0)
-        p90 = (root_f + hi_now[band_of] * scale) ** 2
-        above = float((wk * (y > p90 + 1e-9)).sum() / total) if total > 0 else tail
-        want_below = max(0.0, 1.0 - COVERAGE - above)
-        low_lo, low_hi = 0.0, 0.5  # P10 level: its share below rises with it
+    def lower(level: float) -> tuple[Float64Array, Float64Array]:
+        lo_now = np.minimum(bound(level), 0.0)
+        return lo_now, np.minimum(np.maximum(root_f + lo_now[band_of] * scale, 0.0) ** 2, p50)
+
+    def fit(levels: tuple[int, ...]) -> tuple[float, float, Float64Array, Float64Array]:
+        hi_now = np.maximum(
+            np.array([quantile(b, UPPER_LEVELS[k]) for b, k in enumerate(levels)]), 0.0
+        )
+        p90 = np.maximum((root_f + hi_now[band_of] * scale) ** 2, p50)
+        low_lo, low_hi = 0.0, 0.5  # P10 level: coverage falls as it rises
         for _ in range(16):
             mid = 0.5 * (low_lo + low_hi)
-            if total > 0 and share_below(mid) <= want_below:
+            if total > 0 and coverage(lower(mid)[1], p90) >= COVERAGE:
                 low_lo = mid
             else:
                 low_hi = mid
-        lo_now = np.minimum(bound(low_lo), 0.0)
-        p10 = np.maximum(root_f + lo_now[band_of] * scale, 0.0) ** 2
+        lo_now, p10 = lower(low_lo)
+        miss = max(0.0, COVERAGE - coverage(p10, p90)) if total > 0 else 0.0
         loss = pinball(p10, 0.1) + pinball(p90, 0.9)
-        if best is None or loss < best[0]:
-            best = (loss, lo_now, hi_now)
-    assert best is not None
-    _, lo, hi = best
+        return max(0.0, miss - COVERAGE_SLACK), loss, lo_now, hi_now
+
+    # P90 at a quantile of each band's own residuals, P10 at the level where the bands cover
+    # COVERAGE of all held-out ISPs (`forecaster.metrics.covered`: a zero on a band from
+    # zero counts by its share of the point mass). The bands' upper levels start at the
+    # lowest of UPPER_LEVELS and rise one band and one step at a time, the step that most
+    # lowers (shortfall from COVERAGE, pinball loss of P10 and P90) on the held-out days,
+    # until no step does. Cut over all ISPs alone, the quiet ones let a busy band's P90 sink
+    # to a P70; one level for every band stretches a band with a heavy tail (the first
+    # arrivals of the morning) to cover what another band could cover at less cost.
+    levels = tuple(0 for _ in range(n_bands))
+    best = fit(levels)
+    while True:
+        steps = [
+            (fit(tried), tried)
+            for b in range(n_bands)
+            if levels[b] + 1 < len(UPPER_LEVELS)
+            for tried in [(*levels[:b], levels[b] + 1, *levels[b + 1 :])]
+        ]
+        if not steps:
+            break
+        step, tried = min(steps, key=lambda s: (s[0][0], s[0][1]))
+        if (step[0], step[1]) >= (best[0], best[1]):
+            break
+        best, levels = step, tried
+    _, _, lo, hi = best
     return tuple(float(v) for v in lo), tuple(float(v) for v in hi), per_band

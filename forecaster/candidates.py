@@ -104,11 +104,15 @@ CANDIDATES: dict[str, Candidate] = _grid()
 @dataclass(frozen=True)
 class DayTable:
     """One series per local day: values (D, P) W with NaN unknown, ordinals (D,) consecutive
-    local dates (``date.toordinal``), holiday (D,) bool."""
+    local dates (``date.toordinal``), holiday (D,) bool: what the site's calendar says, which
+    `forecaster.offdays` checks against the site's own days. `calendar_holidays`: the
+    calendar's holidays as ordinals, also those after the table (a working day between a
+    holiday and a weekend is known to be one in advance)."""
 
     values: Float64Array
     ordinals: Int64Array
     holiday: BoolArray
+    calendar_holidays: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[0] != self.ordinals.size:
@@ -125,7 +129,9 @@ class DayTable:
     def before(self, ordinal: int) -> DayTable:
         """The days strictly before `ordinal`: what is known at 00:00 of that day."""
         keep = self.ordinals < ordinal
-        return DayTable(self.values[keep], self.ordinals[keep], self.holiday[keep])
+        return DayTable(
+            self.values[keep], self.ordinals[keep], self.holiday[keep], self.calendar_holidays
+        )
 
 
 def day_table(
@@ -165,6 +171,7 @@ def day_table(
         np.ascontiguousarray(table[keep]),
         ordinals[keep],
         np.array([date.fromordinal(int(o)) in calendar.holidays for o in ordinals[keep]]),
+        frozenset(d.toordinal() for d in calendar.holidays),
     )
 
 

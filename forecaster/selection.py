@@ -33,7 +33,14 @@ from datetime import date
 import numpy as np
 
 from forecaster.calendar import Float64Array, Int64Array
-from forecaster.calibration import BAND_HOURS, SPREAD_FLOOR, _bands, _scale, _spread
+from forecaster.calibration import (
+    BAND_HOURS,
+    SPREAD_FLOOR,
+    _bands,
+    _scale,
+    _spread,
+    zero_share,
+)
 from forecaster.candidates import (
     _ESTIMATORS,
     BASELINES,
@@ -53,10 +60,10 @@ from forecaster.candidates import (
     _Context,
     _context,
     _forecast,
-    _table_context,
     candidate_forecast,
     day_table,
 )
+from forecaster.offdays import off_days
 
 __all__ = [
     "BASELINES",
@@ -83,6 +90,7 @@ __all__ = [
     "forecast_many",
     "regime_changed",
     "select",
+    "zero_probability",
 ]
 
 EVAL_DAYS = 28
@@ -210,7 +218,7 @@ def select(
             f"{measured} of the last {n_eval} days have data: selection needs at least "
             f"{MIN_EVAL_DAYS} (a young site uses the day-type profile until then)"
         )
-    ctx = _table_context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
+    ctx = _learned_context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
     actual = table.values[eval_idx]
     known = ~np.isnan(actual)
     y = np.where(known, actual, 0.0)
@@ -242,7 +250,13 @@ def select(
     spread = _spread(ctx)[0]
     floor = SPREAD_FLOOR * float(np.mean(spread)) + 1e-9
     lo, hi, per_band = _bands(
-        best_f, _scale(spread, best_f, floor), actual, day_w, slots, band_hours
+        best_f,
+        _scale(spread, best_f, floor),
+        actual,
+        day_w,
+        slots,
+        band_hours,
+        zero_share(ctx)[0],
     )
     return Selection(
         members=best_members,
@@ -269,12 +283,40 @@ def forecast_days(
 ) -> tuple[Float64Array, Float64Array, Float64Array]:
     """P10, P50, P90 (T, P) in W for the target days with the chosen structure, each target
     day from the table's days before it. `kernel` False: the vectorised numpy path (the
-    reference the kernel is tested against; selection scores candidates with it)."""
-    ctx = _table_context(
+    reference the kernel is tested against; selection scores candidates with it).
+    `target_holiday`: the calendar's word on each target day; whether the site keeps it is
+    learned from the table (`forecaster.offdays`)."""
+    ctx = _learned_context(
         table, np.asarray(target_ordinals), np.asarray(target_holiday), kernel=kernel
     )
     p10, p50, p90 = _quantiles(selection, ctx)
     return p10[0], p50[0], p90[0]
+
+
+def zero_probability(
+    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray
+) -> Float64Array:
+    """(T, P) probability that each slot of the target days carries exactly zero load, from
+    the table's days before each (see `forecaster.calibration.zero_share`): what coverage of
+    the P10-P90 band means where the outcome is zero (`forecaster.metrics.covered`)."""
+    ctx = _learned_context(table, np.asarray(target_ordinals), np.asarray(target_holiday))
+    return np.asarray(zero_share(ctx)[0], dtype=np.float64)
+
+
+def _learned_context(
+    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray, *, kernel: bool = False
+) -> _Context:
+    """The candidates' context with the off days the site's own history shows, rather than
+    the calendar's, for the history and the target days alike."""
+    history, ahead = off_days(table, target_ordinals, target_holiday)
+    return _context(
+        table.values[np.newaxis],
+        table.ordinals,
+        history,
+        np.asarray(target_ordinals, dtype=np.int64),
+        ahead,
+        kernel=kernel,
+    )
 
 
 SERIES_PER_BLOCK = 32
