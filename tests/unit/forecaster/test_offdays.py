@@ -93,3 +93,21 @@ def test_a_day_is_never_judged_on_what_came_after_it(seed: int, cut: int) -> Non
     b = off_days(other, targets, flags)
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[0], b[0][:cut])
+
+
+def test_the_forecast_of_a_holiday_follows_what_the_site_did_on_its_holidays() -> None:
+    from forecaster.selection import forecast_days, select
+
+    # Mondays 6 and 9 weeks in are holidays; the target is a Monday holiday 12 weeks in.
+    holidays = {FIRST + 7 * 6, FIRST + 7 * 9, FIRST + 7 * 12}
+    target = np.array([FIRST + 7 * 12])
+    for closed, off in ((set(), False), (holidays, True)):
+        values = site(7 * 12, closed, seed=3)
+        table = with_calendar(values, holidays)
+        plain = with_calendar(values, holidays - {int(target[0])})
+        chosen = select(table)
+        as_holiday = forecast_days(chosen, table, target, np.array([True]), kernel=False)[1]
+        as_monday = forecast_days(chosen, plain, target, np.array([False]), kernel=False)[1]
+        assert np.array_equal(as_holiday, as_monday) is not off
+        if off:
+            assert as_holiday.sum() < 0.5 * as_monday.sum()
