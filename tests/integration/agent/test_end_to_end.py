@@ -21,7 +21,7 @@ from shapeshifter_uftp.uftp.enums import AvailableRequested as LibAvailableReque
 from xsdata.models.datatype import XmlDate
 
 from agent.app import build_agent
-from agent.demo.scenario import seed_history
+from agent.demo.defaults import seed_history
 from agent.demo.simulation import (
     DEFAULT_PASSWORD,
     SessionGenerator,
