@@ -37,6 +37,7 @@ from agent.storage.db import Database
 from agent.storage.records import Event, PrognosisStatus
 from agent.trading.market import Market
 from agent.trading.orders import OrderedIsp, load_context, prognosis_with_orders
+from forecaster.worker import WorkerError
 from uftp import calendar
 from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
 from uftp.participant import Participant
@@ -176,14 +177,19 @@ class PrognosisService:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, so a request made while it runs (a forecast round
+            # takes seconds in its worker) starts the next one at once.
+            self._wake.clear()
             try:
                 if self.hold() is None:  # no prognosis on a clock not to trust
                     await self.tick()
             except asyncio.CancelledError:
                 raise
+            except WorkerError:
+                # Logged by the forecaster in one line; the last revision stays in effect.
+                log.info("D-prognosis round without a forecast; retrying at the next tick")
             except Exception:
                 log.exception("D-prognosis round failed; retrying at the next tick")
-            self._wake.clear()
             await sleep_or_wake(self.clock, self.tick_s, self._wake)
 
     async def tick(self) -> None:

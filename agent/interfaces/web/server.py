@@ -24,6 +24,7 @@ from agent.interfaces.metrics import AgentMetrics
 from agent.interfaces.status import LiveStatus, day_chart, trade_snapshot
 from agent.interfaces.web.page import chart_svg, render_status_page
 from agent.storage import records, trades
+from forecaster.worker import WorkerError
 
 if TYPE_CHECKING:
     from agent.interfaces.view import AgentView
@@ -305,7 +306,10 @@ class StatusServer:
         today = self.agent.dispatcher.market.today(self._now())
         if period < today:
             raise _error(400, f"period {period} is over: its prognosis can no longer change")
-        row = await self.agent.prognosis.send(str(cp), period, "operator")
+        try:
+            row = await self.agent.prognosis.send(str(cp), period, "operator")
+        except WorkerError as exc:
+            raise _error(503, f"no forecast, nothing sent: {exc}") from exc
         log.info("D-prognosis resent on request of the operator", extra={"revision": row.revision})
         return web.json_response(
             {
