@@ -3,7 +3,6 @@ settlement, against our simulated DSO (the interop with shapeshifter-uftp has it
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,11 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import Agent, build_agent
+from agent.app import Agent
 from agent.storage import store
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    running_agent,
+    seed_history,
+)
 from tests.support.trade_history import flex_request
+from tests.support.uftp import eventually
 from uftp import calendar
 from uftp.dso import DsoParticipant, Received
 from uftp.models import (
@@ -36,21 +45,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Env, Agent, DsoParticipant]]:
     env = make_env(tmp_path)
-    today = calendar.today(TZ, datetime.now(UTC))
-    seed_history(env.config, today)
-    dso = env.dso()
-    await dso.start()
-    agent = build_agent(env.config)
-    started = []
-    try:
-        for component in agent.components:
-            await component.start()
-            started.append(component)
+    seed_history(env.config, calendar.today(TZ, datetime.now(UTC)))
+    async with running_agent(env) as (agent, dso):
         yield env, agent, dso
-    finally:
-        for component in reversed(started):
-            await component.stop()
-        await dso.stop()
 
 
 def received(kind: type, **where: object):  # type: ignore[no-untyped-def]
@@ -128,15 +125,35 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     for index in range(37, 41):
         assert powers[index] == max(0, base.power_w[index - 1] + option.isps[0].power)
 
-    # A second identical request finds the flexibility taken by the first order.
-    await dso.send(request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2}))
-    await asyncio.sleep(2)
+    # The order took all there was in ISP 37: the revised prognosis has nothing left there.
+    assert orders[0].isps == [[37, 4, option.isps[0].power]]
+    assert powers[37] == 0
+
+    # A second identical request finds the flexibility taken by the first order: no offer.
+    second = request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2})
+    await dso.send(second)
+
+    def decided() -> store.RequestRow | None:
+        conn = connection(env.config)
+        try:
+            row = store.find_request(conn, second.message_id)
+        finally:
+            conn.close()
+        return row if row is not None and row.offer_state != "todo" else None
+
+    await eventually(decided, 60, "the second request's offer decision")
+    row = decided()
+    assert row is not None
+    assert row.status == "accepted"
+    assert row.offer_state == "none"
+    assert "does not reach the smallest change requested" in (row.reason or "")
     conn = connection(env.config)
     try:
-        latest_requests = store.recent_requests(conn, 1)
+        offers = store.recent_offers(conn)
     finally:
         conn.close()
-    assert latest_requests[0].revision == 2
+    assert [(o.request_message_id, o.status) for o in offers] == [(request.message_id, "ordered")]
+    assert [o for o in dso.handled if received(FlexOffer)(o)] == [outcome]
 
 
 def _order_row(period, reference: str, message_id: str) -> store.OrderRow:  # type: ignore[no-untyped-def]
@@ -222,14 +239,16 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     conn.close()
     await dso.send(agreed)
     await dso.send(contradicted)
-    rows: list[dict[str, object]] = []
-    for _ in range(100):
+
+    def settlements() -> list[dict[str, object]]:
         conn = connection(env.config)
-        rows = store.recent_settlements(conn)
-        conn.close()
-        if len(rows) == 2:
-            break
-        await asyncio.sleep(0.2)
+        try:
+            return store.recent_settlements(conn)
+        finally:
+            conn.close()
+
+    await eventually(lambda: len(settlements()) == 2, 20, "both settlements recorded")
+    rows = settlements()
     by_id = {r["message_id"]: r for r in rows}
     ok = by_id[agreed.message_id]
     assert ok["result"] == "Accepted"
@@ -246,12 +265,6 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     again = _settlement(yesterday, actual_again := dict.fromkeys(range(37, 41), 0), "ORD-Y")
     del actual_again
     await dso.send(again)
-    for _ in range(100):
-        conn = connection(env.config)
-        rows = store.recent_settlements(conn)
-        conn.close()
-        if len(rows) == 3:
-            break
-        await asyncio.sleep(0.2)
-    third = {r["message_id"]: r for r in rows}[again.message_id]
+    await eventually(lambda: len(settlements()) == 3, 20, "the repeated settlement recorded")
+    third = {r["message_id"]: r for r in settlements()}[again.message_id]
     assert third["result"] == "Rejected"
