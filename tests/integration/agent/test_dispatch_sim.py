@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from agent.app import Agent
 from agent.storage import store
 from agent.trading.market import Market
-from ocpp_bridge import PowerPeriod
 from ocpp_bridge.simulator import (
+    ProfileStore,
     ProtocolName,
     SimCharger16,
     SimCharger201,
@@ -86,10 +86,11 @@ async def boot(site: SimSite, sim: Any) -> None:
     )
 
 
-async def post_dispatch(site: SimSite) -> dict[str, Any]:
+async def post_dispatch(site: SimSite, *, resend: bool = False) -> dict[str, Any]:
+    """The operator's round; `resend`: it pushes every schedule, changed or not."""
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"{site.url}/api/dispatch", headers=BEARER) as response,
+        http.post(f"{site.url}/api/dispatch", headers=BEARER, json={"resend": resend}) as response,
     ):
         assert response.status == 200, await response.text()
         body = await response.json()
@@ -104,14 +105,10 @@ async def test_post_dispatch_answers_what_a_round_pushed(tmp_path: Path, sim_cla
         running(sim_class, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
-        # The round the connection started pushes first; once it has, forget what it sent,
-        # so the round asked for here pushes again (and no other round races it to that).
-        dispatcher = site.agent.dispatcher
-        await eventually(lambda: ("CP-01", 0) in dispatcher._sent, what="the first round's push")
-        dispatcher._sent.clear()
-        body = await post_dispatch(site)
+        body = await post_dispatch(site, resend=True)
         assert body["pushed"] == {"CP-01": "accepted"}
         assert body["chargers"] == 1
+        assert any(p.stack_level > 0 for p in sim.store.profiles)  # the charger holds it
 
 
 async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
@@ -121,24 +118,29 @@ async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
     Accepted is reported as such and never as a schedule the charger did not take."""
     async with (
         sim_site(tmp_path, "CP-01") as site,
-        running(SimCharger16, site.ocpp_url, "CP-01", PASSWORD) as sim,
+        running_as(SimCharger16, site.ocpp_url, "CP-01", store=ProfileStore((1, 2))) as sim,
     ):
         await boot(site, sim)
-        dispatcher = site.agent.dispatcher
-        await dispatcher.round_now()
-        # The state a two-EVSE station leaves when its EV on EVSE 1 has gone: a per-EVSE
-        # limit the next round clears.
-        now = site.agent.clock.now()
-        periods = (PowerPeriod(now, 7_000.0),)
-        await site.agent.bridge.set_dynamic_schedule(
-            "CP-01", list(periods), now + timedelta(hours=1), 1
+        await sim.status(2, "Available")
+        # An EV on EVSE 1 of a two-EVSE station gets a limit of its own.
+        await sim.status(1, "Charging")
+        tx = await sim.start_transaction(1, 0)
+        await eventually(lambda: site.agent.site.sessions, what="the session")
+        await eventually(
+            lambda: any(p.evse_id == 1 and p.stack_level > 0 for p in sim.store.profiles),
+            what="EVSE 1's own limit on the charger",
         )
-        dispatcher._sent[("CP-01", 1)] = (periods, now + timedelta(hours=1))
         caplog.set_level(logging.WARNING, logger="agent.control.dispatch")
-        body = await post_dispatch(site)
-        assert body["pushed"]["CP-01/1"] == "accepted"
-        assert not [r for r in caplog.records if "did not take" in r.getMessage()]
+        # The EV leaves: the round its session's end starts clears EVSE 1's limit.
+        await sim.stop_transaction(tx, 1_000)
+        await sim.status(1, "Available")
+        await eventually(
+            lambda: not any(p.evse_id == 1 for p in sim.store.profiles),
+            what="EVSE 1's own limit cleared on the charger",
+        )
+        await post_dispatch(site)  # a round after the clearing one: nothing to say either
         assert "ClearChargingProfile" in sim.calls_received
+        assert not [r for r in caplog.records if "did not take" in r.getMessage()]
 
 
 class NoStationComposite16(SimCharger16):  # type: ignore[misc]
@@ -156,10 +158,12 @@ class NoStationComposite16(SimCharger16):  # type: ignore[misc]
 
 
 @contextlib.asynccontextmanager
-async def running_as(sim_class: type[SimCharger16], url: str, identity: str) -> AsyncIterator[Any]:
-    """`simulator.running` for a subclass of the 1.6 simulator."""
+async def running_as(
+    sim_class: type[SimCharger16], url: str, identity: str, **kwargs: Any
+) -> AsyncIterator[Any]:
+    """`simulator.running` for a subclass of the 1.6 simulator, or with its own store."""
     ws = await open_connection(url, identity, ProtocolName.OCPP16, PASSWORD)
-    sim = sim_class(identity, ws)
+    sim = sim_class(identity, ws, **kwargs)
     task = asyncio.create_task(sim.start())
     try:
         yield sim
@@ -181,11 +185,8 @@ async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
         await boot(site, sim)
         dispatcher = site.agent.dispatcher
         for _ in range(2):
-            # Counted before the clear: a round the connection started may push and read
-            # back between the two, and the asked-for round then has nothing new to push.
             readbacks = sum(dispatcher.readbacks.values())
-            dispatcher._sent.clear()  # each round pushes, and reads back
-            await post_dispatch(site)
+            await post_dispatch(site, resend=True)  # each round pushes, and reads back
             await eventually(
                 lambda n=readbacks: sum(dispatcher.readbacks.values()) > n, what="read-back"
             )
@@ -273,8 +274,7 @@ async def test_the_limit_shown_is_the_one_the_charger_took_and_read_back(tmp_pat
     ):
         await boot(site, sim)
         dispatcher = site.agent.dispatcher
-        dispatcher._sent.clear()
-        await post_dispatch(site)
+        await post_dispatch(site, resend=True)
         await eventually(lambda: "CP-01" in dispatcher.read_back, what="read-back")
         charger = await charger_json(site, "CP-01")
         assert charger["limit_source"] == "fallback"
