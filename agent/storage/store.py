@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -300,10 +300,6 @@ def record_boot(
     )
 
 
-def touch_charger(conn: sqlite3.Connection, charger_id: str, now: datetime) -> None:
-    conn.execute("UPDATE charger SET last_seen = ? WHERE charger_id = ?", (ts(now), charger_id))
-
-
 # --- sessions ------------------------------------------------------------------------------------
 
 
@@ -454,13 +450,6 @@ def charger_energy(
     return {int(r[0]): float(r[1]) for r in rows}
 
 
-def first_energy_record(conn: sqlite3.Connection, congestion_point: str) -> datetime | None:
-    row = conn.execute(
-        "SELECT MIN(isp_start) FROM isp_energy WHERE congestion_point = ?", (congestion_point,)
-    ).fetchone()
-    return None if row[0] is None else datetime.fromtimestamp(row[0], UTC)
-
-
 def save_meter_baselines(
     conn: sqlite3.Connection, baselines: Iterable[tuple[str, datetime, float]]
 ) -> None:
@@ -513,10 +502,6 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 def period_text(period: date) -> str:
     return period.isoformat()
-
-
-def int_list(values: Sequence[float]) -> str:
-    return to_json([round(v) for v in values])
 
 
 # --- D-prognoses ---------------------------------------------------------------------------------
@@ -721,11 +706,6 @@ def requests_for(conn: sqlite3.Connection, congestion_point: str, period: date) 
         "AND status = 'accepted' ORDER BY received_at, revision",
         (congestion_point, period.isoformat()),
     )
-    return [_request(r) for r in rows]
-
-
-def recent_requests(conn: sqlite3.Connection, limit: int = 50) -> list[RequestRow]:
-    rows = conn.execute("SELECT * FROM flex_request ORDER BY received_at DESC LIMIT ?", (limit,))
     return [_request(r) for r in rows]
 
 
@@ -949,11 +929,6 @@ def accepted_orders(
             query += f" AND {column} {op} ?"
             args.append(value)
     return [_order(r) for r in conn.execute(query + " ORDER BY received_at", args)]
-
-
-def recent_orders(conn: sqlite3.Connection, limit: int = 50) -> list[OrderRow]:
-    rows = conn.execute("SELECT * FROM flex_order ORDER BY received_at DESC LIMIT ?", (limit,))
-    return [_order(r) for r in rows]
 
 
 # --- settlements and metering --------------------------------------------------------------------
