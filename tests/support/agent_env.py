@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -158,6 +159,39 @@ def seed_history(
     store.add_isp_energy(conn, entries)
     conn.execute("COMMIT")
     conn.close()
+
+
+def order_row(
+    period: date,
+    isps: list[list[int]],
+    *,
+    received_at: datetime,
+    reference: str = "ORD-1",
+    price: str = "3.0000",
+    baseline_message_id: str | None = None,
+    message_id: str | None = None,
+) -> store.OrderRow:
+    """An accepted FlexOrder of the test DSO for the test congestion point, as stored;
+    `isps`: [[start, duration, W]] (negative W: a reduction)."""
+    message_id = message_id or str(uuid.uuid4())
+    return store.OrderRow(
+        message_id=message_id,
+        conversation_id=str(uuid.uuid4()),
+        offer_message_id=None,
+        dso_domain=DSO,
+        congestion_point=CP,
+        period=period,
+        order_reference=reference,
+        option_reference="A",
+        activation_factor=1.0,
+        price=price,
+        currency="EUR",
+        isps=isps,
+        baseline_message_id=baseline_message_id,
+        received_at=received_at,
+        status="accepted",
+        reason=None,
+    )
 
 
 def connection(config: Config) -> sqlite3.Connection:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from ocpp_bridge.simulator import (
     open_connection,
     running,
 )
-from tests.support.agent_env import CP, DSO, TZ, connection, make_env, running_agent
+from tests.support.agent_env import CP, TZ, connection, make_env, order_row, running_agent
 from tests.support.uftp import eventually
 from uftp.dso import DsoParticipant, Received
 from uftp.models import DPrognosis
@@ -335,23 +334,13 @@ async def test_delivery_is_measured_live_and_judged_once_complete(tmp_path: Path
             conn.execute("BEGIN IMMEDIATE")
             store.insert_order(
                 conn,
-                store.OrderRow(
-                    message_id=str(uuid.uuid4()),
-                    conversation_id=str(uuid.uuid4()),
-                    offer_message_id=None,
-                    dso_domain=DSO,
-                    congestion_point=CP,
-                    period=today,
-                    order_reference="ORD-LIVE",
-                    option_reference="A",
-                    activation_factor=1.0,
+                order_row(
+                    today,
+                    [[previous.index, 2, -1_000]],
+                    reference="ORD-LIVE",
                     price="1.0000",
-                    currency="EUR",
-                    isps=[[previous.index, 2, -1_000]],
                     baseline_message_id=prognosis.message_id,
                     received_at=now,
-                    status="accepted",
-                    reason=None,
                 ),
             )
             conn.execute("COMMIT")

@@ -20,6 +20,7 @@ from tests.support.agent_env import (
     Env,
     connection,
     make_env,
+    order_row,
     running_agent,
     seed_history,
 )
@@ -156,27 +157,6 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     assert [o for o in dso.handled if received(FlexOffer)(o)] == [outcome]
 
 
-def _order_row(period, reference: str, message_id: str) -> store.OrderRow:  # type: ignore[no-untyped-def]
-    return store.OrderRow(
-        message_id=message_id,
-        conversation_id=message_id[:-4] + "9999",
-        offer_message_id=None,
-        dso_domain=DSO,
-        congestion_point=CP,
-        period=period,
-        order_reference=reference,
-        option_reference="A",
-        activation_factor=1.0,
-        price="3.2500",
-        currency="EUR",
-        isps=[[37, 4, -5000]],
-        baseline_message_id=None,
-        received_at=datetime.now(UTC) - timedelta(days=1),
-        status="accepted",
-        reason=None,
-    )
-
-
 def _settlement(period, actual: dict[int, int], reference: str) -> FlexSettlement:  # type: ignore[no-untyped-def]
     return FlexSettlement(
         sender_domain=DSO,
@@ -225,8 +205,11 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     before = yesterday - timedelta(days=1)
     conn = connection(env.config)
     conn.execute("BEGIN")
-    store.insert_order(conn, _order_row(yesterday, "ORD-Y", "11111111-1111-4111-8111-111111111111"))
-    store.insert_order(conn, _order_row(before, "ORD-B", "44444444-4444-4444-8444-444444444444"))
+    received = datetime.now(UTC) - timedelta(days=1)
+    for period, reference in [(yesterday, "ORD-Y"), (before, "ORD-B")]:
+        ordered = [[37, 4, -5000]]
+        row = order_row(period, ordered, reference=reference, price="3.2500", received_at=received)
+        store.insert_order(conn, row)
     conn.execute("COMMIT")
 
     def actual(period) -> dict[int, int]:  # type: ignore[no-untyped-def]
