@@ -7,6 +7,7 @@ as they can, so forecasts, offers and settlements have something real to work fr
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -47,6 +48,7 @@ FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.5, request_timeout_s=
 @dataclass
 class Env:
     config: Config
+    raw: dict[str, Any]  # the configuration as written (write_config makes it a file)
     dso_key: SigningKey
     agr_key: SigningKey
     dso_port: int
@@ -100,8 +102,57 @@ def make_env(tmp_path: Path, **overrides: Any) -> Env:
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
     return Env(
-        Config.model_validate(raw), dso_key, agr_key, dso_port, agr_port, tmp_path / "dso.sqlite"
+        Config.model_validate(raw),
+        raw,
+        dso_key,
+        agr_key,
+        dso_port,
+        agr_port,
+        tmp_path / "dso.sqlite",
     )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_text(raw: dict[str, Any]) -> str:
+    """A configuration dictionary as the TOML file an operator would write: a table per
+    section, arrays of tables for lists of tables ([[ocpp.chargers]], [[uftp.peers]])."""
+    lines: list[str] = []
+
+    def table(name: str, body: dict[str, Any], array: bool) -> None:
+        lines.append(f"[[{name}]]" if array else f"[{name}]")
+        nested: list[tuple[str, dict[str, Any], bool]] = []
+        for key, value in body.items():
+            if isinstance(value, dict):
+                nested.append((f"{name}.{key}", value, False))
+            elif isinstance(value, list) and value and isinstance(value[0], dict):
+                nested.extend((f"{name}.{key}", item, True) for item in value)
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+        for sub, item, sub_array in nested:
+            table(sub, item, sub_array)
+
+    for name, body in raw.items():
+        for item in body if isinstance(body, list) else [body]:
+            table(name, item, isinstance(body, list))
+    return "\n".join(lines)
+
+
+def write_config(env: Env, path: Path) -> Path:
+    """The environment's configuration as a TOML file, for `flexbridge run --config`."""
+    path.write_text(toml_text(env.raw))
+    return path
 
 
 def seed_history(

@@ -30,7 +30,16 @@ from agent.runtime import failpoints
 from agent.storage import store
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    seed_history,
+    write_config,
+)
 from tests.support.processes import AgentProcess
 from tests.support.uftp import eventually
 from uftp import calendar
@@ -54,56 +63,21 @@ STATIONS = [
 ]
 
 
-def toml(env: Env) -> str:
-    c = env.config
-    chargers = "\n".join(
-        f'[[ocpp.chargers]]\nid = "{s.charger_id}"\nmax_current_a = 16\npassword = "{PASSWORD}"\n'
-        for s in STATIONS
+def crash_env(tmp_path: Path) -> Env:
+    """The two stations with passwords, a 50 kW site, no status page, logfmt to read."""
+    return make_env(
+        tmp_path,
+        site={"id": "crash", "connection_capacity_w": 50_000},
+        ocpp={
+            "heartbeat_interval_s": 60,
+            "chargers": [
+                {"id": s.charger_id, "max_current_a": 16, "password": PASSWORD} for s in STATIONS
+            ],
+        },
+        trading={"offer_validity_min": 60, "min_offer_power_w": 500},
+        http={"enabled": False},
+        logging={"level": "INFO", "format": "logfmt"},
     )
-    peer = c.uftp.peers[0]
-    return f"""
-[site]
-id = "crash"
-timezone = "{TZ}"
-connection_capacity_w = 50000
-
-[ocpp]
-host = "127.0.0.1"
-port = {c.ocpp.port}
-heartbeat_interval_s = 60
-{chargers}
-[uftp]
-domain = "{c.uftp.domain}"
-signing_key_file = "{c.uftp.signing_key_file}"
-host = "127.0.0.1"
-port = {c.uftp.port}
-market_timezone = "{TZ}"
-
-[[uftp.peers]]
-domain = "{peer.domain}"
-role = "DSO"
-public_keys = ["{peer.public_keys[0]}"]
-endpoint = "{peer.endpoint}"
-
-[[congestion_points]]
-entity_address = "{CP}"
-dso_domain = "{DSO}"
-
-[storage]
-state_directory = "{c.storage.state_directory}"
-
-[trading]
-offer_lead_time_min = 0
-offer_validity_min = 60
-min_offer_power_w = 500
-
-[http]
-enabled = false
-
-[logging]
-level = "INFO"
-format = "logfmt"
-"""
 
 
 @dataclass
@@ -121,7 +95,7 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    env = make_env(tmp_path)
+    env = crash_env(tmp_path)
     # History with EVs charging at this time of day on the two stations only, so the
     # prognosis has load to reduce and about what the two EVs draw: any reduction the agent
     # offers then binds on both (with all eight chargers' history the baseline is ~88 kW
@@ -133,8 +107,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         first_arrival=local.time(),
         chargers=[s.charger_id for s in STATIONS],
     )
-    config_file = tmp_path / "flexbridge.toml"
-    config_file.write_text(toml(env))
+    config_file = write_config(env, tmp_path / "flexbridge.toml")
     dso = env.dso()
     await dso.start()
     url = f"ws://127.0.0.1:{env.config.ocpp.port}/ocpp"

@@ -29,10 +29,9 @@ from agent.storage.db import connect
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support import uftp as build
-from tests.support.agent_env import AGR, CP, DSO, TZ, Env, make_env
+from tests.support.agent_env import AGR, DSO, TZ, Env, make_env, write_config
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_watcher import Watcher
-from tests.support.ports import free_port
 from tests.support.processes import AgentProcess
 from tests.support.trade_history import flex_request
 from uftp.dso import Received
@@ -82,58 +81,21 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def toml(env: Env, state: Path, mqtt_port: int, http_port: int) -> str:
-    c = env.config
-    chargers = "\n".join(
-        f'[[ocpp.chargers]]\nid = "{s.charger_id}"\nmax_current_a = 16\npassword = "{PASSWORD}"\n'
-        for s in STATIONS
+def disk_env(tmp_path: Path, state: Path, mqtt_port: int) -> Env:
+    """The two stations with passwords, state on `state`, telemetry to the broker."""
+    return make_env(
+        tmp_path,
+        site={"id": "disk", "connection_capacity_w": 50_000},
+        ocpp={
+            "chargers": [
+                {"id": s.charger_id, "max_current_a": 16, "password": PASSWORD} for s in STATIONS
+            ]
+        },
+        storage={"state_directory": str(state)},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": mqtt_port, "min_interval_s": 0.5},
+        http={"enabled": True},
+        logging={"level": "INFO", "format": "logfmt"},
     )
-    peer = c.uftp.peers[0]
-    return f"""
-[site]
-id = "disk"
-timezone = "{TZ}"
-connection_capacity_w = 50000
-
-[ocpp]
-host = "127.0.0.1"
-port = {c.ocpp.port}
-{chargers}
-[uftp]
-domain = "{c.uftp.domain}"
-signing_key_file = "{c.uftp.signing_key_file}"
-host = "127.0.0.1"
-port = {c.uftp.port}
-market_timezone = "{TZ}"
-
-[[uftp.peers]]
-domain = "{peer.domain}"
-role = "DSO"
-public_keys = ["{peer.public_keys[0]}"]
-endpoint = "{peer.endpoint}"
-
-[[congestion_points]]
-entity_address = "{CP}"
-dso_domain = "{DSO}"
-
-[storage]
-state_directory = "{state}"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {mqtt_port}
-min_interval_s = 0.5
-
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-
-[logging]
-level = "INFO"
-format = "logfmt"
-"""
 
 
 def site_faults(watcher: Watcher, topic: str) -> dict[str, object] | None:
@@ -152,10 +114,9 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 async def test_a_full_disk_is_answered_503_surfaced_and_recovered_from(
     tmp_path: Path, small_disk: Path, mosquitto: MosquittoBroker
 ) -> None:
-    env = make_env(tmp_path)
-    http_port = free_port()
-    config_file = tmp_path / "flexbridge.toml"
-    config_file.write_text(toml(env, small_disk, mosquitto.port, http_port))
+    env = disk_env(tmp_path, small_disk, mosquitto.port)
+    http_port = env.config.http.port
+    config_file = write_config(env, tmp_path / "flexbridge.toml")
     watcher = Watcher(mosquitto)
     state_topic = Topics("flexbridge", "disk").site_state
     dso = env.dso()
