@@ -29,8 +29,8 @@ from tests.support.ports import free_port
 from tests.support.uftp import peer, settings, url
 from uftp import keys
 from uftp import store as uftp_store
-from uftp.dso import DsoParticipant
-from uftp.models import Role
+from uftp.dso import DsoParticipant, Received
+from uftp.models import FlexRequest, FlexRequestResponse, Role
 from uftp.settings import RetryPolicy
 
 AGR = "agr.flexbridge-test.org"
@@ -243,6 +243,23 @@ def order_row(
         status="accepted",
         reason=None,
     )
+
+
+async def request_answered(
+    dso: DsoParticipant, request: FlexRequest, timeout_s: float = 60
+) -> FlexRequestResponse:
+    """The agent's FlexRequestResponse to `request`, once the DSO has it."""
+    answered = await dso.wait_handled(
+        lambda o: (
+            isinstance(o, Received)
+            and isinstance(o.message, FlexRequestResponse)
+            and o.message.flex_request_message_id == request.message_id
+        ),
+        timeout_s,
+    )
+    assert isinstance(answered, Received)
+    assert isinstance(answered.message, FlexRequestResponse)
+    return answered.message
 
 
 def connection(config: Config) -> sqlite3.Connection:

@@ -29,13 +29,20 @@ from agent.storage.db import connect
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support import uftp as build
-from tests.support.agent_env import AGR, DSO, TZ, Env, make_env, write_config
+from tests.support.agent_env import (
+    AGR,
+    DSO,
+    TZ,
+    Env,
+    make_env,
+    request_answered,
+    write_config,
+)
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_watcher import Watcher
 from tests.support.processes import AgentProcess
 from tests.support.trade_history import flex_request
-from uftp.dso import Received
-from uftp.models import FlexRequestResponse, Role, TestMessage
+from uftp.models import Role, TestMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -205,17 +212,8 @@ async def test_a_full_disk_is_answered_503_surfaced_and_recovered_from(
 
             await build.eventually(storage_fault_cleared, 60, "the storage fault cleared")
             await asyncio.to_thread(agent.wait_for, "fault cleared", 30)
-            answered = await dso.wait_handled(
-                lambda o: (
-                    isinstance(o, Received)
-                    and isinstance(o.message, FlexRequestResponse)
-                    and o.message.flex_request_message_id == request.message_id
-                ),
-                60,
-            )
-            assert isinstance(answered, Received)
-            assert isinstance(answered.message, FlexRequestResponse)
-            assert answered.message.accepted, answered.message.rejection_reason
+            answer = await request_answered(dso, request)
+            assert answer.accepted, answer.rejection_reason
             async with http.post(uftp_url, data=body, headers=XML) as response:
                 assert response.status == 200
             status, text = await get(http, f"{status_url}/health")
