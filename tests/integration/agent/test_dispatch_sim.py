@@ -110,6 +110,16 @@ async def test_post_dispatch_answers_what_a_round_pushed(tmp_path: Path, sim_cla
         assert any(p.stack_level > 0 for p in sim.store.profiles)  # the charger holds it
 
 
+async def test_post_dispatch_refuses_a_resend_that_is_not_a_boolean(tmp_path: Path) -> None:
+    async with (
+        sim_site(tmp_path, "CP-01") as site,
+        aiohttp.ClientSession() as http,
+        http.post(f"{site.url}/api/dispatch", headers=BEARER, json={"resend": "yes"}) as response,
+    ):
+        assert response.status == 400
+        assert "resend" in (await response.json())["error"]
+
+
 async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
