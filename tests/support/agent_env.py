@@ -22,7 +22,7 @@ from nacl.signing import SigningKey
 from agent.runtime.config import Config
 from agent.runtime.service import Component
 from agent.site.energy import split_energy
-from agent.storage import store
+from agent.storage import store, trades
 from agent.storage.db import connect
 from agent.storage.store import SCHEMA
 from tests.support.ports import free_port
@@ -221,11 +221,11 @@ def order_row(
     price: str = "3.0000",
     baseline_message_id: str | None = None,
     message_id: str | None = None,
-) -> store.OrderRow:
+) -> trades.OrderRow:
     """An accepted FlexOrder of the test DSO for the test congestion point, as stored;
     `isps`: [[start, duration, W]] (negative W: a reduction)."""
     message_id = message_id or str(uuid.uuid4())
-    return store.OrderRow(
+    return trades.OrderRow(
         message_id=message_id,
         conversation_id=str(uuid.uuid4()),
         offer_message_id=None,

@@ -18,19 +18,11 @@ import pytest
 from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
-from websockets.exceptions import ConnectionClosed
 
 from agent.app import Agent
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
-from ocpp_bridge.simulator import (
-    ProfileStore,
-    ProtocolName,
-    SimCharger16,
-    SimCharger201,
-    open_connection,
-    running,
-)
+from ocpp_bridge.simulator import ProfileStore, SimCharger16, SimCharger201, running
 from tests.support.agent_env import CP, TZ, connection, make_env, order_row, running_agent
 from tests.support.uftp import eventually
 from uftp.dso import DsoParticipant, Received
@@ -120,6 +112,14 @@ async def test_post_dispatch_refuses_a_resend_that_is_not_a_boolean(tmp_path: Pa
         assert "resend" in (await response.json())["error"]
 
 
+class TwoEvse16(SimCharger16):  # type: ignore[misc]
+    """A 1.6 charge point with two connectors."""
+
+    @staticmethod
+    def _default_store() -> ProfileStore:
+        return ProfileStore((1, 2))
+
+
 async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -127,7 +127,7 @@ async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
     Accepted is reported as such and never as a schedule the charger did not take."""
     async with (
         sim_site(tmp_path, "CP-01") as site,
-        running_as(SimCharger16, site.ocpp_url, "CP-01", store=ProfileStore((1, 2))) as sim,
+        running(TwoEvse16, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
         await sim.status(2, "Available")
@@ -166,30 +166,13 @@ class NoStationComposite16(SimCharger16):  # type: ignore[misc]
         return super().on_get_composite_schedule(connector_id, duration, charging_rate_unit)
 
 
-@contextlib.asynccontextmanager
-async def running_as(
-    sim_class: type[SimCharger16], url: str, identity: str, **kwargs: Any
-) -> AsyncIterator[Any]:
-    """`simulator.running` for a subclass of the 1.6 simulator, or with its own store."""
-    ws = await open_connection(url, identity, ProtocolName.OCPP16, PASSWORD)
-    sim = sim_class(identity, ws, **kwargs)
-    task = asyncio.create_task(sim.start())
-    try:
-        yield sim
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-            await task
-        await ws.close()
-
-
 async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.control.dispatch")
     async with (
         sim_site(tmp_path, "CP-01") as site,
-        running_as(NoStationComposite16, site.ocpp_url, "CP-01") as sim,
+        running(NoStationComposite16, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
         dispatcher = site.agent.dispatcher
@@ -339,10 +322,10 @@ async def test_delivery_is_measured_live_and_judged_once_complete(tmp_path: Path
         )
         conn = connection(site.agent.config)
         try:
-            prognosis = store.latest_prognosis(conn, CP, today)
+            prognosis = trades.latest_prognosis(conn, CP, today)
             assert prognosis is not None
             conn.execute("BEGIN IMMEDIATE")
-            store.insert_order(
+            trades.insert_order(
                 conn,
                 order_row(
                     today,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from forecaster.flexibility import SessionSet
 from tests.integration.agent.test_trade_flow import request_for
@@ -84,7 +84,7 @@ async def test_an_offer_whose_flexibility_is_gone_is_revoked(tmp_path: Path) -> 
         assert "Reference message revoked" in (response.rejection_reason or "")
         conn = connection(env.config)
         try:
-            row = store.find_offer(conn, offer.message_id)
+            row = trades.find_offer(conn, offer.message_id)
         finally:
             conn.close()
         assert row is not None
@@ -104,7 +104,7 @@ async def test_an_ordered_offer_is_never_revoked(tmp_path: Path) -> None:
         def status() -> str | None:
             conn = connection(env.config)
             try:
-                row = store.find_offer(conn, offer.message_id)
+                row = trades.find_offer(conn, offer.message_id)
             finally:
                 conn.close()
             return None if row is None else row.status

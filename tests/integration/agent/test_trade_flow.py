@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.app import Agent
-from agent.storage import store
+from agent.storage import store, trades
 from agent.trading.market import Market
 from tests.support.agent_env import (
     CP,
@@ -26,7 +26,8 @@ from tests.support.agent_env import (
 )
 from tests.support.trade_history import flex_request
 from tests.support.uftp import eventually
-from uftp import calendar
+from uftp import calendar, reasons
+from uftp import store as uftp_store
 from uftp.dso import DsoParticipant, Received
 from uftp.models import (
     ContractSettlement,
@@ -34,6 +35,7 @@ from uftp.models import (
     ContractSettlementPeriod,
     DPrognosis,
     FlexOffer,
+    FlexOrderResponse,
     FlexOrderSettlement,
     FlexOrderSettlementISP,
     FlexRequest,
@@ -114,9 +116,9 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
 
     conn = connection(env.config)
     try:
-        orders = store.accepted_orders(conn, period=tomorrow)
-        base = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
-        latest = store.latest_prognosis(conn, CP, tomorrow)
+        orders = trades.accepted_orders(conn, period=tomorrow)
+        base = trades.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+        latest = trades.latest_prognosis(conn, CP, tomorrow)
     finally:
         conn.close()
     assert [o.order_reference for o in orders] == ["ORD-42"]
@@ -134,10 +136,10 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     second = request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2})
     await dso.send(second)
 
-    def decided() -> store.RequestRow | None:
+    def decided() -> trades.RequestRow | None:
         conn = connection(env.config)
         try:
-            row = store.find_request(conn, second.message_id)
+            row = trades.find_request(conn, second.message_id)
         finally:
             conn.close()
         return row if row is not None and row.offer_state != "todo" else None
@@ -150,7 +152,7 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     assert "does not reach the smallest change requested" in (row.reason or "")
     conn = connection(env.config)
     try:
-        offers = store.recent_offers(conn)
+        offers = trades.recent_offers(conn)
     finally:
         conn.close()
     assert [(o.request_message_id, o.status) for o in offers] == [(request.message_id, "ordered")]
@@ -209,7 +211,7 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     for period, reference in [(yesterday, "ORD-Y"), (before, "ORD-B")]:
         ordered = [[37, 4, -5000]]
         row = order_row(period, ordered, reference=reference, price="3.2500", received_at=received)
-        store.insert_order(conn, row)
+        trades.insert_order(conn, row)
     conn.execute("COMMIT")
 
     def actual(period) -> dict[int, int]:  # type: ignore[no-untyped-def]
@@ -226,7 +228,7 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     def settlements() -> list[dict[str, object]]:
         conn = connection(env.config)
         try:
-            return store.recent_settlements(conn)
+            return trades.recent_settlements(conn)
         finally:
             conn.close()
 
@@ -251,3 +253,47 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     await eventually(lambda: len(settlements()) == 3, 20, "the repeated settlement recorded")
     third = {r["message_id"]: r for r in settlements()}[again.message_id]
     assert third["result"] == "Rejected"
+
+
+async def test_an_order_for_an_offer_the_dso_rejected_is_rejected(
+    running: tuple[Env, Agent, DsoParticipant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offer's record says "rejected" (the DSO's FlexOfferResponse); uftp's messages alone
+    do not tell. An order for it is refused, and the record is not overwritten by "ordered"."""
+    _env, agent, dso = running
+    refusal = reasons.explain(reasons.REQUEST_MISMATCH, "not what was asked")
+    monkeypatch.setattr("uftp.dso.check_flex_offer", lambda *_a, **_k: [refusal])
+    tomorrow = Market(TZ, 15).today(datetime.now(UTC)) + timedelta(days=1)
+    await dso.send(request_for(tomorrow, range(37, 41)))
+    outcome = await dso.wait_handled(received(FlexOffer), 60)
+    assert isinstance(outcome, Received)
+    assert not outcome.accepted
+    offer = outcome.message
+    assert isinstance(offer, FlexOffer)
+
+    async def offer_status() -> str | None:
+        row = await agent.db.read(lambda c: trades.find_offer(c, offer.message_id))
+        return None if row is None else row.status
+
+    async def offer_rejected() -> bool:
+        return await offer_status() == "rejected"
+
+    await eventually(offer_rejected, 30, "the offer's record rejected")
+
+    order = await dso.order_offer(offer, order_reference="ORD-AFTER-REJECTION")
+
+    async def answers() -> list[uftp_store.InboundMessage]:
+        return await dso.database.read(
+            lambda c: uftp_store.inbound_messages(
+                c, message_type=FlexOrderResponse.xml_name, reference_id=order.message_id
+            )
+        )
+
+    await eventually(answers, 30, "the FlexOrderResponse")
+    response = (await answers())[0].message()
+    assert isinstance(response, FlexOrderResponse)
+    assert not response.accepted
+    assert reasons.reason_of(response.rejection_reason or "") == reasons.INVALID_MESSAGE
+    assert "rejected by the DSO's FlexOfferResponse" in (response.rejection_reason or "")
+    assert await offer_status() == "rejected"
+    assert await agent.db.read(lambda c: trades.accepted_orders(c, period=tomorrow)) == []
