@@ -13,6 +13,7 @@ from agent.app import build_agent
 from agent.interfaces.status import day_chart
 from agent.interfaces.web.page import chart_svg
 from agent.storage import store, trades
+from agent.storage.records import Event
 from agent.trading.market import Market
 from tests.support.agent_env import CP, DSO, TZ, make_env, order_row
 
@@ -33,7 +34,7 @@ def _prognosis(created_at: datetime, power_w: int) -> trades.PrognosisRow:
         power_w=[power_w] * 96,
         baseline_w=[power_w] * 96,
         orders=[],
-        status="accepted",
+        status="sent",
         rejection_reason=None,
     )
 
@@ -57,7 +58,7 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
         isps=[[1, 36, 0, 0, 2_000], [37, 4, 1, -8_000, -3_000], [41, 56, 0, 0, 2_000]],
         status="accepted",
         reason=None,
-        offer_state="offered",
+        offer_state="todo",
     )
     order = order_row(
         DAY,
@@ -68,7 +69,9 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
 
     def write(conn):  # type: ignore[no-untyped-def]
         trades.insert_prognosis(conn, prognosis)
+        trades.apply(conn, Event.PROGNOSIS_ACCEPTED, prognosis.message_id)
         trades.insert_request(conn, request)
+        trades.apply(conn, Event.REQUEST_OFFERED, request.message_id)
         trades.insert_order(conn, order)
         # The last batch the site wrote ended at 12:10: ISP 49 holds ten minutes of energy.
         store.record_alive(conn, start, noon + timedelta(minutes=10))
