@@ -489,8 +489,3 @@ def summary(config: Config) -> list[str]:
         f"state in {config.storage.database_path}",
         f"MQTT to {config.mqtt.host}:{config.mqtt.port}" if config.mqtt.enabled else "MQTT off",
     ]
-
-
-def check_files(config: Config) -> list[ConfigProblem]:
-    """Problems with files a valid configuration points to (see `file_problems`)."""
-    return file_problems(config.model_dump())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -411,10 +411,6 @@ def record_boot(
     )
 
 
-def touch_charger(conn: sqlite3.Connection, charger_id: str, now: datetime) -> None:
-    conn.execute("UPDATE charger SET last_seen = ? WHERE charger_id = ?", (ts(now), charger_id))
-
-
 # --- sessions ------------------------------------------------------------------------------------
 
 
@@ -565,13 +561,6 @@ def charger_energy(
     return {int(r[0]): float(r[1]) for r in rows}
 
 
-def first_energy_record(conn: sqlite3.Connection, congestion_point: str) -> datetime | None:
-    row = conn.execute(
-        "SELECT MIN(isp_start) FROM isp_energy WHERE congestion_point = ?", (congestion_point,)
-    ).fetchone()
-    return None if row[0] is None else datetime.fromtimestamp(row[0], UTC)
-
-
 def save_meter_baselines(
     conn: sqlite3.Connection, baselines: Iterable[tuple[str, datetime, float]]
 ) -> None:
@@ -624,7 +613,3 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 def period_text(period: date) -> str:
     return period.isoformat()
-
-
-def int_list(values: Sequence[float]) -> str:
-    return to_json([round(v) for v in values])

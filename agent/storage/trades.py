@@ -276,11 +276,6 @@ def requests_for(conn: sqlite3.Connection, congestion_point: str, period: date) 
     return [_request(r) for r in rows]
 
 
-def recent_requests(conn: sqlite3.Connection, limit: int = 50) -> list[RequestRow]:
-    rows = conn.execute("SELECT * FROM flex_request ORDER BY received_at DESC LIMIT ?", (limit,))
-    return [_request(r) for r in rows]
-
-
 # --- FlexOffers -----------------------------------------------------------------------------------
 
 
@@ -490,11 +485,6 @@ def accepted_orders(
             query += f" AND {column} {op} ?"
             args.append(value)
     return [_order(r) for r in conn.execute(query + " ORDER BY received_at", args)]
-
-
-def recent_orders(conn: sqlite3.Connection, limit: int = 50) -> list[OrderRow]:
-    rows = conn.execute("SELECT * FROM flex_order ORDER BY received_at DESC LIMIT ?", (limit,))
-    return [_order(r) for r in rows]
 
 
 # --- settlements and metering --------------------------------------------------------------------

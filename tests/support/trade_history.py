@@ -9,7 +9,6 @@ running now, relative to today's prognosis.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from agent.storage import store, trades
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, running_agent
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    order_row,
+    running_agent,
+)
 from tests.support.agent_env import seed_history as seed_days
 from tests.support.uftp import eventually
 from uftp import calendar
@@ -121,23 +129,12 @@ def write_today(env: Env, now: datetime) -> tuple[trades.OrderRow, int]:
             ],
         )
         first = max(1, current - 4)
-        order = trades.OrderRow(
-            message_id=str(uuid.uuid4()),
-            conversation_id=str(uuid.uuid4()),
-            offer_message_id=None,
-            dso_domain=DSO,
-            congestion_point=CP,
-            period=today,
-            order_reference="ORD-TODAY",
-            option_reference="A",
-            activation_factor=1.0,
-            price="3.0000",
-            currency="EUR",
-            isps=[[first, 8, ORDERED_W]],
+        order = order_row(
+            today,
+            [[first, 8, ORDERED_W]],
+            reference="ORD-TODAY",
             baseline_message_id=prognosis.message_id,
             received_at=now,
-            status="accepted",
-            reason=None,
         )
         trades.insert_order(conn, order)
         conn.execute("COMMIT")

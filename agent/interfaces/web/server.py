@@ -267,12 +267,17 @@ class StatusServer:
         return body
 
     async def post_dispatch(self, request: web.Request) -> web.Response:
-        """Run a dispatch round now (through the dispatcher's own loop, never a second one)."""
+        """Run a dispatch round now (through the dispatcher's own loop, never a second one);
+        `{"resend": true}` pushes every schedule again, changed or not."""
         self._authorize(request)
+        body = await self._json_body(request)
+        resend = body.get("resend", False)
+        if not isinstance(resend, bool):
+            raise _error(400, f"resend {resend!r} is not true or false")
         dispatcher = self.agent.dispatcher
         try:
             async with asyncio.timeout(DISPATCH_WAIT_S):
-                round_ = await dispatcher.round_now()
+                round_ = await dispatcher.round_now(resend=resend)
         except TimeoutError:
             raise _error(504, f"no dispatch round finished within {DISPATCH_WAIT_S:g} s") from None
         log.info("dispatch round run on request of the operator")

@@ -3,7 +3,6 @@ settlement, against our simulated DSO (the interop with shapeshifter-uftp has it
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,11 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import Agent, build_agent
+from agent.app import Agent
 from agent.storage import store, trades
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    order_row,
+    running_agent,
+    seed_history,
+)
 from tests.support.trade_history import flex_request
+from tests.support.uftp import eventually
 from uftp import calendar, reasons
 from uftp import store as uftp_store
 from uftp.dso import DsoParticipant, Received
@@ -38,21 +48,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Env, Agent, DsoParticipant]]:
     env = make_env(tmp_path)
-    today = calendar.today(TZ, datetime.now(UTC))
-    seed_history(env.config, today)
-    dso = env.dso()
-    await dso.start()
-    agent = build_agent(env.config)
-    started = []
-    try:
-        for component in agent.components:
-            await component.start()
-            started.append(component)
+    seed_history(env.config, calendar.today(TZ, datetime.now(UTC)))
+    async with running_agent(env) as (agent, dso):
         yield env, agent, dso
-    finally:
-        for component in reversed(started):
-            await component.stop()
-        await dso.stop()
 
 
 def received(kind: type, **where: object):  # type: ignore[no-untyped-def]
@@ -130,36 +128,35 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     for index in range(37, 41):
         assert powers[index] == max(0, base.power_w[index - 1] + option.isps[0].power)
 
-    # A second identical request finds the flexibility taken by the first order.
-    await dso.send(request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2}))
-    await asyncio.sleep(2)
+    # The order took all there was in ISP 37: the revised prognosis has nothing left there.
+    assert orders[0].isps == [[37, 4, option.isps[0].power]]
+    assert powers[37] == 0
+
+    # A second identical request finds the flexibility taken by the first order: no offer.
+    second = request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2})
+    await dso.send(second)
+
+    def decided() -> trades.RequestRow | None:
+        conn = connection(env.config)
+        try:
+            row = trades.find_request(conn, second.message_id)
+        finally:
+            conn.close()
+        return row if row is not None and row.offer_state != "todo" else None
+
+    await eventually(decided, 60, "the second request's offer decision")
+    row = decided()
+    assert row is not None
+    assert row.status == "accepted"
+    assert row.offer_state == "none"
+    assert "does not reach the smallest change requested" in (row.reason or "")
     conn = connection(env.config)
     try:
-        latest_requests = trades.recent_requests(conn, 1)
+        offers = trades.recent_offers(conn)
     finally:
         conn.close()
-    assert latest_requests[0].revision == 2
-
-
-def _order_row(period, reference: str, message_id: str) -> trades.OrderRow:  # type: ignore[no-untyped-def]
-    return trades.OrderRow(
-        message_id=message_id,
-        conversation_id=message_id[:-4] + "9999",
-        offer_message_id=None,
-        dso_domain=DSO,
-        congestion_point=CP,
-        period=period,
-        order_reference=reference,
-        option_reference="A",
-        activation_factor=1.0,
-        price="3.2500",
-        currency="EUR",
-        isps=[[37, 4, -5000]],
-        baseline_message_id=None,
-        received_at=datetime.now(UTC) - timedelta(days=1),
-        status="accepted",
-        reason=None,
-    )
+    assert [(o.request_message_id, o.status) for o in offers] == [(request.message_id, "ordered")]
+    assert [o for o in dso.handled if received(FlexOffer)(o)] == [outcome]
 
 
 def _settlement(period, actual: dict[int, int], reference: str) -> FlexSettlement:  # type: ignore[no-untyped-def]
@@ -210,10 +207,11 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     before = yesterday - timedelta(days=1)
     conn = connection(env.config)
     conn.execute("BEGIN")
-    trades.insert_order(
-        conn, _order_row(yesterday, "ORD-Y", "11111111-1111-4111-8111-111111111111")
-    )
-    trades.insert_order(conn, _order_row(before, "ORD-B", "44444444-4444-4444-8444-444444444444"))
+    received = datetime.now(UTC) - timedelta(days=1)
+    for period, reference in [(yesterday, "ORD-Y"), (before, "ORD-B")]:
+        ordered = [[37, 4, -5000]]
+        row = order_row(period, ordered, reference=reference, price="3.2500", received_at=received)
+        trades.insert_order(conn, row)
     conn.execute("COMMIT")
 
     def actual(period) -> dict[int, int]:  # type: ignore[no-untyped-def]
@@ -226,14 +224,16 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     conn.close()
     await dso.send(agreed)
     await dso.send(contradicted)
-    rows: list[dict[str, object]] = []
-    for _ in range(100):
+
+    def settlements() -> list[dict[str, object]]:
         conn = connection(env.config)
-        rows = trades.recent_settlements(conn)
-        conn.close()
-        if len(rows) == 2:
-            break
-        await asyncio.sleep(0.2)
+        try:
+            return trades.recent_settlements(conn)
+        finally:
+            conn.close()
+
+    await eventually(lambda: len(settlements()) == 2, 20, "both settlements recorded")
+    rows = settlements()
     by_id = {r["message_id"]: r for r in rows}
     ok = by_id[agreed.message_id]
     assert ok["result"] == "Accepted"
@@ -250,14 +250,8 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     again = _settlement(yesterday, actual_again := dict.fromkeys(range(37, 41), 0), "ORD-Y")
     del actual_again
     await dso.send(again)
-    for _ in range(100):
-        conn = connection(env.config)
-        rows = trades.recent_settlements(conn)
-        conn.close()
-        if len(rows) == 3:
-            break
-        await asyncio.sleep(0.2)
-    third = {r["message_id"]: r for r in rows}[again.message_id]
+    await eventually(lambda: len(settlements()) == 3, 20, "the repeated settlement recorded")
+    third = {r["message_id"]: r for r in settlements()}[again.message_id]
     assert third["result"] == "Rejected"
 
 
@@ -281,23 +275,22 @@ async def test_an_order_for_an_offer_the_dso_rejected_is_rejected(
         row = await agent.db.read(lambda c: trades.find_offer(c, offer.message_id))
         return None if row is None else row.status
 
-    for _ in range(300):
-        if await offer_status() == "rejected":
-            break
-        await asyncio.sleep(0.1)
-    assert await offer_status() == "rejected"
+    async def offer_rejected() -> bool:
+        return await offer_status() == "rejected"
+
+    await eventually(offer_rejected, 30, "the offer's record rejected")
 
     order = await dso.order_offer(offer, order_reference="ORD-AFTER-REJECTION")
-    for _ in range(300):
-        answers = await dso.database.read(
+
+    async def answers() -> list[uftp_store.InboundMessage]:
+        return await dso.database.read(
             lambda c: uftp_store.inbound_messages(
                 c, message_type=FlexOrderResponse.xml_name, reference_id=order.message_id
             )
         )
-        if answers:
-            break
-        await asyncio.sleep(0.1)
-    response = answers[0].message()
+
+    await eventually(answers, 30, "the FlexOrderResponse")
+    response = (await answers())[0].message()
     assert isinstance(response, FlexOrderResponse)
     assert not response.accepted
     assert reasons.reason_of(response.rejection_reason or "") == reasons.INVALID_MESSAGE

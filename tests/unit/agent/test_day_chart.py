@@ -15,7 +15,7 @@ from agent.interfaces.web.page import chart_svg
 from agent.storage import store, trades
 from agent.storage.records import Event
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, make_env
+from tests.support.agent_env import CP, DSO, TZ, make_env, order_row
 
 DAY = date(2026, 6, 2)
 SVG = "{http://www.w3.org/2000/svg}"
@@ -60,23 +60,11 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
         reason=None,
         offer_state="todo",
     )
-    order = trades.OrderRow(
-        message_id=str(uuid.uuid4()),
-        conversation_id=str(uuid.uuid4()),
-        offer_message_id=None,
-        dso_domain=DSO,
-        congestion_point=CP,
-        period=DAY,
-        order_reference="ORD-1",
-        option_reference="A",
-        activation_factor=1.0,
-        price="3.0000",
-        currency="EUR",
-        isps=[[37, 4, -4_000]],
+    order = order_row(
+        DAY,
+        [[37, 4, -4_000]],
         baseline_message_id=prognosis.message_id,
         received_at=start - timedelta(hours=5),
-        status="accepted",
-        reason=None,
     )
 
     def write(conn):  # type: ignore[no-untyped-def]
