@@ -385,7 +385,8 @@ class CentralSystem:
         """Wait (bounded) until the connection's set-up has put the safe layer first."""
         setup = charger.setup
         if setup is None or setup.connection is not connection:
-            return True
+            # This connection's set-up has not begun: nothing may go before its safe layer.
+            return False
         event = setup.safe_done if safe_only else setup.done
         if event.is_set():
             return True
@@ -657,12 +658,15 @@ class CentralSystem:
             call_burst=self.settings.call_burst,
         )
         charger.connection = connection
+        # Not ready before the await below: a command arriving while the old socket closes
+        # must not count the old connection's boot for the new one (it would then skip the
+        # new connection's set-up and put a dynamic profile before the safe layer).
+        charger.model.connection_opened(version, self.clock())
         if previous is not None:
             # The charger reconnected before we noticed the old socket died.
             previous.connection_lost()
             charger.smart.connection_lost()
             await previous.close(1000, "replaced by a new connection")
-        charger.model.connection_opened(version, self.clock())
         log.info(
             "charger %s connected (OCPP %s)",
             record.charger_id,
