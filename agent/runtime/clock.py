@@ -77,21 +77,6 @@ async def sleep_until(clock: Clock, instant: datetime) -> None:
     await clock.sleep((instant - clock.now()).total_seconds())
 
 
-async def sleep_or_wake(clock: Clock, seconds: float, wake: asyncio.Event) -> None:
-    """Sleep `seconds` of the clock's time, or less if `wake` is set meanwhile.
-
-    The periodic loops (dispatch, prognoses, offer housekeeping) run on the clock but react at
-    once to an event (an order, a new session) instead of waiting out their period.
-    """
-    sleeper = asyncio.create_task(clock.sleep(seconds))
-    waker = asyncio.create_task(wake.wait())
-    try:
-        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        waker.cancel()
-
-
 # --- trusting the wall clock ----------------------------------------------------------------------
 
 HIGH_WATER_KEY = "clock_high_water"
