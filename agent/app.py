@@ -249,7 +249,7 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     db = Database(
         config.storage.database_path,
         SCHEMA,
-        extra_migrations=[uftp_store.migrate, forecasting.migrate],
+        extra_migrations=[uftp_store.schema(), forecasting.schema()],
     )
 
     def storage(error: BaseException | None) -> None:
