@@ -234,7 +234,13 @@ class Dispatcher:
     async def release(self) -> None:
         """Take every dynamic schedule back (while the clock is not trusted, agent.runtime.clock):
         the chargers run on their safe profile, which no clock can expire."""
-        sent, self._sent = list(self._sent), {}
+        # A refused push left the charger on the schedule it had before: take that back too
+        # (clearing a schedule that is not there is harmless).
+        sent = list(dict.fromkeys([*self._sent, *self._refused]))
+        self._sent, self._refused = {}, set()
+        # A read-back of the last push still under way must not bring its limits back into
+        # the site model after they were withdrawn.
+        self._latest_push = None
         for cid, evse_id in sent:
             result = await self._command(self.bridge.clear_dynamic_schedule(cid, evse_id))
             if evse_id == 0:
@@ -261,7 +267,7 @@ class Dispatcher:
         try:
             if self.hold() is None:
                 await self.dispatch_once()
-            elif self._sent:
+            elif self._sent or self._refused:
                 await self.release()
         except Exception:
             self._finish_round()
