@@ -1,12 +1,15 @@
-"""One charger's websocket: OCPP-J framing, validation, routing, and outgoing CALLs.
+"""One charger's websocket: the asyncio shell around an `ocppj.Endpoint`.
 
-Built on the `ocpp` library's `ChargePoint` (its ``@on``/``@after`` route map, CALL lock,
-response matching and outbound validation) with our own inbound path, for three reasons
-(OCPP.md §2.4, §2.8):
-- every inbound CALL is validated with validators compiled from the library's schema files
-  (`schemas`), several times cheaper than the library's jsonschema path;
-- a frame that is not JSON or not an OCPP message gets the CALLERROR OCPP-J asks for (id
-  ``"-1"`` when the message id cannot be read) instead of silence, and floods are throttled;
+The endpoint owns OCPP-J (framing, CALLERROR codes, one CALL in flight per direction, message
+ids, timeouts as deadlines); this shell moves frames between the websocket and the endpoint,
+arms a timer for the pending CALL's deadline, and runs the handlers:
+- every inbound CALL is validated (by the endpoint, with validators compiled from the `ocpp`
+  library's schema files, `schemas`) before its handler runs; the handler's answer is
+  validated too;
+- the library's dataclasses, enums and its outbound validator are used, nothing of its
+  ``ChargePoint``: routes come from our own ``@on``/``@after`` markers;
+- every frame but the answer to our own CALL takes from a per-charger budget, and a charger
+  that keeps exceeding it is closed (the limits are settings);
 - a handler never calls the charger (that deadlocks the connection until the response
   timeout): `call_raw` refuses to run inside an ``@on`` handler, follow-up CALLs run from
   ``@after`` hooks or tasks.
@@ -15,16 +18,15 @@ response matching and outbound validation) with our own inbound path, for three 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
-import json
 import logging
-import time
-import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 from ocpp.charge_point import (
     camel_to_snake_case,
@@ -32,47 +34,74 @@ from ocpp.charge_point import (
     serialize_as_dict,
     snake_to_camel_case,
 )
-from ocpp.exceptions import (
-    FormatViolationError,
-    GenericError,
-    InternalError,
-    NotSupportedError,
-    OCPPError,
-    ProtocolError,
-)
-from ocpp.exceptions import (
-    NotImplementedError as OcppNotImplementedError,
-)
-from ocpp.messages import Call, CallError, CallResult, MessageType, validate_payload
-from ocpp.routing import after as _library_after
-from ocpp.routing import on as _library_on
-from ocpp.v16 import ChargePoint as ChargePoint16
+from ocpp.exceptions import FormatViolationError, InternalError, OCPPError
+from ocpp.messages import Call as LibraryCall
+from ocpp.messages import CallError as LibraryCallError
+from ocpp.messages import CallResult as LibraryCallResult
+from ocpp.messages import validate_payload
 from ocpp.v16 import call_result as r16
 from ocpp.v16.enums import Action as Action16
-from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call_result as r201
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
-from ocpp_bridge import schemas
+from ocpp_bridge import ocppj, schemas
 from ocpp_bridge.events import BootInfo, Event, ProtocolVersion
 from ocpp_bridge.metering import MeterReading, read_meter_values
 from ocpp_bridge.model import V16_STATUS, V201_CHARGING_STATE, V201_STATUS, ChargerModel
+from ocpp_bridge.problems import ProblemLog, TokenBucket
 from ocpp_bridge.timestamps import TimestampError, format_timestamp, parse_timestamp
 
 log = logging.getLogger(__name__)
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
+# The version strings the `ocpp` library's validator takes.
+_LIBRARY_VERSION = {ProtocolVersion.OCPP16: "1.6", ProtocolVersion.OCPP201: "2.0.1"}
+
 
 def on(action: str) -> Callable[[_Handler], _Handler]:
-    """The library's ``@on`` with types (the library ships none)."""
-    return cast(Callable[[_Handler], _Handler], _library_on(action))
+    """Marks the handler of a CALL; it returns the CALLRESULT payload (or raises OCPPError)."""
+
+    def mark(handler: _Handler) -> _Handler:
+        handler.ocpp_on_action = str(action)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
 
 
 def after(action: str) -> Callable[[_Handler], _Handler]:
-    """The library's ``@after``: runs once the CALLRESULT is sent, so it may call the charger."""
-    return cast(Callable[[_Handler], _Handler], _library_after(action))
+    """Marks a hook run once the CALLRESULT is sent, so it may call the charger."""
+
+    def mark(handler: _Handler) -> _Handler:
+        handler.ocpp_after_action = str(action)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+_ROUTES: dict[type, Mapping[str, tuple[str, str | None]]] = {}
+
+
+def routes(connection_class: type) -> Mapping[str, tuple[str, str | None]]:
+    """action -> (name of the ``@on`` handler, name of the ``@after`` hook or None).
+
+    Names, not functions: a handler is looked up on the instance at dispatch time.
+    """
+    known = _ROUTES.get(connection_class)
+    if known is not None:
+        return known
+    on_names: dict[str, str] = {}
+    after_names: dict[str, str] = {}
+    for name in dir(connection_class):
+        member = getattr(connection_class, name, None)
+        if (action := getattr(member, "ocpp_on_action", None)) is not None:
+            on_names[action] = name
+        if (action := getattr(member, "ocpp_after_action", None)) is not None:
+            after_names[action] = name
+    found = {action: (name, after_names.get(action)) for action, name in on_names.items()}
+    _ROUTES[connection_class] = found
+    return found
 
 
 # The connection whose @on handler is running in this context (None outside handlers).
@@ -92,7 +121,9 @@ class CallFromHandlerError(RuntimeError):
 class ChargerHost(Protocol):
     """What a connection needs from the central system that owns it."""
 
-    heartbeat_interval_s: int
+    @property
+    def heartbeat_interval_s(self) -> int: ...
+
     # The central system's clock: a scaled one in the demo, so every timestamp agrees.
     clock: Callable[[], datetime]
 
@@ -128,74 +159,32 @@ def _response_payload(response: Any) -> dict[str, Any]:
     return payload
 
 
-def _error_frame(unique_id: str, error: OCPPError) -> str:
-    # 2.0.1 OCPP-J §4.2.3 caps errorDescription at 255 characters; descriptions may quote input.
-    description = error.description[:255]
-    return json.dumps(
-        [MessageType.CallError, unique_id, error.code, description, error.details or {}],
-        separators=(",", ":"),
-        default=str,
+def _validate_request(version: ProtocolVersion, action: str, payload: Any) -> None:
+    schemas.validate(version, action, payload, response=False)
+
+
+def endpoint_for(connection_class: type[Connection]) -> ocppj.Endpoint:
+    """The OCPP-J endpoint of one connection: the version's actions known, the class's
+    handled, every CALL validated against the version's schema before its handler runs."""
+    version = connection_class.version
+    return ocppj.Endpoint(
+        version,
+        known_actions=schemas.ACTIONS[version],
+        handled_actions=frozenset(routes(connection_class)),
+        validate=functools.partial(_validate_request, version),
     )
 
 
-class _TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class ProblemLog:
-    """Logs the first problem of each kind per connection; counts the rest.
-
-    A broken or hostile charger must not flood the log (or the disk of a Raspberry Pi).
-    """
-
-    def __init__(self, charger_id: str) -> None:
-        self.charger_id = charger_id
-        self.counts: dict[str, int] = {}
-
-    def report(self, kind: str, detail: str) -> None:
-        seen = self.counts.get(kind, 0)
-        self.counts[kind] = seen + 1
-        if seen == 0:
-            log.warning(
-                "charger %s: %s: %s (further ones are counted, not logged)",
-                self.charger_id,
-                kind,
-                detail,
-                extra={"charger_id": self.charger_id, "problem": kind},
-            )
-
-    def summary(self) -> str:
-        return ", ".join(f"{kind} x{count}" for kind, count in sorted(self.counts.items()))
+_Answer = ocppj.CallResult | ocppj.CallError | ocppj.CallTimedOut | ocppj.CallAborted
 
 
 class Connection:
     """Shared inbound path, outgoing CALLs and the handlers both versions spell alike.
 
-    The version classes add their own handlers; ``_library_class`` is the `ocpp` library's
-    ChargePoint they derive from.
+    The version classes add their own ``@on`` handlers and ``@after`` hooks.
     """
 
     version: ProtocolVersion
-    _library_class: Any
-    # The library's ChargePoint provides these.
-    route_map: dict[str, dict[str, Any]]
-    _call_lock: asyncio.Lock
-    _response_queue: asyncio.Queue[Any]
-    _connection: Any
-    _ocpp_version: str
 
     # This many frames refused since the charger was last well within its budget close it.
     FLOOD_CLOSE_AFTER = 1000
@@ -210,19 +199,24 @@ class Connection:
         max_calls_per_s: float,
         call_burst: int,
     ) -> None:
-        self._library_class.__init__(self, model.charger_id, websocket, response_timeout_s)
         self.model = model
         self.host = host
         self.response_timeout_s = response_timeout_s
+        self._websocket = websocket
+        self._routes = routes(type(self))
+        self.endpoint = endpoint_for(type(self))
         self.problems = ProblemLog(model.charger_id)
-        self._bucket = _TokenBucket(max_calls_per_s, call_burst)
+        self._bucket = TokenBucket(max_calls_per_s, call_burst)
         self._refused = 0
         # Closing for a flood: what still arrives is dropped unread.
         self.flooded = False
-        # The message id of the CALL waiting for its answer (one at a time, `call_raw`).
-        self._awaiting: str | None = None
-        # Responses that matched no waiting CALL, dropped (exposed as a metric by the server).
-        self.unsolicited_responses = 0
+        # Our CALLs awaiting their answer (or timeout, or the end of the connection), by id.
+        self._waiters: dict[str, asyncio.Future[_Answer]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # Frames taken from the endpoint and not yet written (one writer at a time, in order).
+        self._unsent: deque[str] = deque()
+        self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boot: BootInfo | None = None
         self.setup_started = False
@@ -231,6 +225,11 @@ class Connection:
     @property
     def charger_id(self) -> str:
         return self.model.charger_id
+
+    @property
+    def unsolicited_responses(self) -> int:
+        """Responses that matched no waiting CALL, dropped (exposed as a metric by the server)."""
+        return self.endpoint.dropped_responses
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A task outside any handler's context (so it may call the charger), kept referenced."""
@@ -261,126 +260,95 @@ class Connection:
         """Fail pending and future CALLs at once instead of letting them time out."""
         self.closed.set()
         self.cancel_tasks()
+        self._resolve(self.endpoint.close())
+        self._arm_timer()
 
-    async def _send(self, message: str) -> None:
-        # The library logs every frame at INFO; this is the hot path.
-        await self._connection.send(message)
+    async def close(self, code: int, reason: str) -> None:
+        """Close the websocket (the read loop then ends and calls `connection_lost`)."""
+        await self._websocket.close(code, reason)
+
+    async def _flush(self) -> None:
+        """Write what the endpoint has to send, in order, one writer at a time."""
+        self._unsent.extend(self.endpoint.data_to_send())
+        if not self._unsent:
+            return
+        async with self._send_lock:
+            while self._unsent:
+                # Not logged per frame: this is the hot path.
+                await self._websocket.send(self._unsent.popleft())
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the read loop reports the loss
+            await self._flush()
+
+    # --- deadlines and answers to our CALLs ----------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self.endpoint.deadline
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        # The loop may run a timer a clock tick early; it fired for this deadline.
+        now = max(asyncio.get_running_loop().time(), self._timer_at or 0.0)
+        self._timer, self._timer_at = None, None
+        self._resolve(self.endpoint.timeout(now))
+        self._arm_timer()
+        self.spawn(self._flush_quietly(), "send")  # the next queued CALL, if any
+
+    def _resolve(self, events: list[ocppj.Event]) -> None:
+        for event in events:
+            if isinstance(event, _Answer):
+                waiter = self._waiters.pop(event.unique_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event)
 
     # --- inbound ----------------------------------------------------------------------------
-
-    def _framework_error(self, description: str) -> OCPPError:
-        # 2.0.1 OCPP-J §4.3 has RpcFrameworkError for frames that are no RPC; 1.6 has not, its
-        # closest code is FormatViolation (1.6 errata name for FormationViolation).
-        if self.version is ProtocolVersion.OCPP201:
-            error = GenericError(description=description)
-            error.code = "RpcFrameworkError"
-            return error
-        return FormatViolationError(description=description)
-
-    def _read_frame(self, raw_msg: str | bytes) -> tuple[list[Any] | None, str, OCPPError | None]:
-        """(message, message id, error to answer): a frame read as far as it is OCPP-J.
-
-        ``message`` is set for a well-formed CALL and for anything of type CALLRESULT or
-        CALLERROR (which `_take_response` judges); ``error`` for everything else, with the
-        message id when one can be read and ``"-1"`` when not.
-        """
-        if isinstance(raw_msg, bytes):
-            self.problems.report("binary frame", f"{len(raw_msg)} bytes; OCPP-J uses text frames")
-            return None, "-1", self._framework_error("binary frames are not OCPP-J")
-        try:
-            message = json.loads(raw_msg)
-        except (ValueError, RecursionError):
-            # RecursionError: nested deeper than the interpreter's stack (``[[[[...``).
-            self.problems.report("not JSON", raw_msg[:80])
-            return None, "-1", self._framework_error("frame is not valid JSON")
-        if (
-            not isinstance(message, list)
-            or len(message) < 3
-            or not isinstance(message[0], int)
-            or isinstance(message[0], bool)
-            or not isinstance(message[1], str)
-        ):
-            unique_id = (
-                message[1]
-                if isinstance(message, list) and len(message) > 1 and isinstance(message[1], str)
-                else "-1"
-            )
-            self.problems.report("not an OCPP-J message", raw_msg[:80])
-            return None, unique_id, self._framework_error("not an OCPP-J message array")
-        kind, unique_id = message[0], message[1]
-        if kind in (MessageType.CallResult, MessageType.CallError):
-            return message, unique_id, None
-        if kind != MessageType.Call:
-            self.problems.report("unknown message type", str(kind)[:40])
-            if self.version is ProtocolVersion.OCPP201:
-                error: OCPPError = GenericError(description=f"message type {kind} is not supported")
-                error.code = "MessageTypeNotSupported"
-            else:
-                error = ProtocolError(description=f"message type {kind} is not supported")
-            return None, unique_id, error
-        if len(message) != 4 or not isinstance(message[2], str) or not isinstance(message[3], dict):
-            self.problems.report("malformed CALL", raw_msg[:80])
-            return (
-                None,
-                unique_id,
-                ProtocolError(description="CALL needs [2, id, action, {payload}]"),
-            )
-        if len(unique_id) > 36:
-            self.problems.report("message id too long", unique_id[:40])
-        return message, unique_id, None
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         if self.flooded:
             return
         now = self.host.clock()
         self._publish(self.model.seen(now))
-        message, unique_id, error = self._read_frame(raw_msg)
-        if message is not None and message[0] != MessageType.Call:
-            await self._take_response(message)
+        dropped = self.endpoint.dropped_responses
+        events = deque(self.endpoint.receive(raw_msg, asyncio.get_running_loop().time()))
+        if self.endpoint.dropped_responses > dropped:
+            # Late (its CALL timed out), duplicated, never asked for, or malformed: OCPP-J has
+            # no answer to a response, so it is only counted; a stream of them is a flood.
+            self.problems.report("late or unknown response", str(raw_msg[:60]))
+            if not self._within_budget():
+                await self._refuse_flood(None)
             return
-        # Every frame but the answer to our own CALL takes from the budget, garbage included:
-        # each costs a CALLERROR as much as a CALL costs its answer.
-        if not self._within_budget():
-            await self._refuse_flood(unique_id)
-            return
-        if error is not None:
-            await self._send(_error_frame(unique_id, error))
-            return
-        assert message is not None
-        await self._dispatch(Call(unique_id, message[2], message[3]))
-
-    async def _take_response(self, message: list[Any]) -> None:
-        """Queue the answer to the CALL under way; drop, count and budget anything else.
-
-        Only the one pending CALL can be answered (CALLs are sent one at a time), so the
-        response queue never holds more than that answer, whatever a charger sends.
-        """
-        kind, unique_id = message[0], message[1]
-        if kind == MessageType.CallResult:
-            well_formed = len(message) == 3 and isinstance(message[2], dict)
-        else:
-            well_formed = len(message) >= 4
-        if self._awaiting is not None and unique_id == self._awaiting:
-            self._awaiting = None
-            if well_formed and kind == MessageType.CallResult:
-                self._response_queue.put_nowait(CallResult(unique_id, message[2]))
-            elif well_formed:
-                details = message[4] if len(message) > 4 and isinstance(message[4], dict) else {}
-                self._response_queue.put_nowait(
-                    CallError(unique_id, str(message[2]), str(message[3]), details)
-                )
+        while events:
+            event = events.popleft()
+            if isinstance(event, ocppj.CallResult | ocppj.CallError):
+                # The answer to our CALL takes nothing from the budget.
+                if isinstance(event, ocppj.CallError) and event.malformed:
+                    self.problems.report("malformed response", str(raw_msg[:80]))
+                self._resolve([event])
+                self._arm_timer()
+                await self._flush()  # the next queued CALL, if any
+                continue
+            if isinstance(event, ocppj.CloseRequested):
+                self.spawn(self.close(event.code, event.reason), "close")
+                continue
+            if not isinstance(event, ocppj.Call | ocppj.FrameRejected):
+                continue
+            # Every other frame takes from the budget, garbage included: each costs a CALLERROR
+            # as much as a CALL costs its answer.
+            if not self._within_budget():
+                events.extend(await self._refuse_flood(event.unique_id))
+            elif isinstance(event, ocppj.FrameRejected):
+                self.problems.report(event.problem, event.detail)
+                events.extend(self.endpoint.reject(event))
+                await self._flush()
             else:
-                self.problems.report("malformed response", json.dumps(message)[:80])
-                self._response_queue.put_nowait(
-                    CallError(unique_id, "FormatViolation", "malformed response", {})
-                )
-            return
-        # Late (its CALL timed out), duplicated, never asked for, or malformed: OCPP-J has no
-        # answer to a response, so it is only counted; a stream of them is a flood.
-        self.unsolicited_responses += 1
-        self.problems.report("late or unknown response", unique_id[:40])
-        if not self._within_budget():
-            await self._refuse_flood(None)
+                events.extend(await self._dispatch(event))
 
     def _within_budget(self) -> bool:
         if not self._bucket.take():
@@ -391,83 +359,75 @@ class Connection:
             self._refused = 0
         return True
 
-    async def _refuse_flood(self, unique_id: str | None) -> None:
+    async def _refuse_flood(self, unique_id: str | None) -> list[ocppj.Event]:
         """Over budget: answer a CALL (or a frame with an id) GenericError; close if it goes on."""
         self._refused += 1
         self.problems.report("flood", "more messages than the per-charger budget; refusing")
+        follow: list[ocppj.Event] = []
         if unique_id is not None:
-            await self._send(
-                _error_frame(unique_id, GenericError(description="too many messages; slow down"))
+            follow = self.endpoint.send_error(
+                unique_id, "GenericError", "too many messages; slow down"
             )
+            await self._flush()
         if self._refused >= self.FLOOD_CLOSE_AFTER and not self.flooded:
             self.flooded = True
             self.problems.report("flood", "closing the connection")
             # Not awaited: the charger's close frame sits behind the frames it queued, which
             # only this read loop drains (awaiting here stalled the close for close_timeout).
-            self.spawn(self._connection.close(1008, "message flood"), "flood-close")
+            self.spawn(self.close(1008, "message flood"), "flood-close")
+        return follow
 
-    async def _dispatch(self, call: Call) -> None:
+    async def _answer_error(self, unique_id: str, error: OCPPError) -> list[ocppj.Event]:
+        follow = self.endpoint.send_error(
+            unique_id, error.code, error.description, error.details or {}
+        )
+        await self._flush()
+        return follow
+
+    async def _dispatch(self, call: ocppj.Call) -> list[ocppj.Event]:
+        """Run the handler of a CALL the endpoint accepted (handled, valid); answer it.
+
+        Returns what the endpoint gives back once it is answered: the charger's next CALL, if
+        it sent one before this was answered.
+        """
         action = call.action
-        handlers = self.route_map.get(action)
-        if handlers is None or "_on_action" not in handlers:
-            # OCPP-J (1.6 §4.2.3, 2.0.1 §4.3): NotImplemented is "Requested Action is not known
-            # by receiver", NotSupported "recognized but not supported". (The `ocpp` library
-            # answers the other way round.)
-            known = schemas.has_action(self.version, action)
-            error: OCPPError = (
-                NotSupportedError(description=f"{action} is not handled by this CSMS")
-                if known
-                else OcppNotImplementedError(
-                    description=f"{action[:64]} is not an OCPP {self.version} action"
-                )
-            )
-            self.problems.report("unhandled action", action[:80])
-            await self._send(_error_frame(call.unique_id, error))
-            return
-        try:
-            schemas.validate(self.version, action, call.payload, response=False)
-        except OCPPError as exc:
-            self.problems.report(f"invalid {action}", exc.description)
-            await self._send(_error_frame(call.unique_id, exc))
-            return
+        if len(call.unique_id) > ocppj.MAX_ID_LENGTH:
+            self.problems.report("message id too long", call.unique_id[:40])
+        on_name, after_name = self._routes[action]
         try:
             kwargs = snake_keys(call.payload)
         except RecursionError:
             # Free-form fields (customData, DataTransfer data) parse to any depth json allows.
             self.problems.report(f"invalid {action}", "nested too deeply")
-            await self._send(
-                _error_frame(call.unique_id, FormatViolationError(description="nested too deeply"))
+            return await self._answer_error(
+                call.unique_id, FormatViolationError(description="nested too deeply")
             )
-            return
         token = _IN_HANDLER.set(self)
         try:
-            response = handlers["_on_action"](**kwargs)
+            response = getattr(self, on_name)(**kwargs)
             if inspect.isawaitable(response):
                 response = await response
             payload = _response_payload(response)
             schemas.validate(self.version, action, payload, response=True)
         except OCPPError as exc:
-            await self._send(_error_frame(call.unique_id, exc))
-            return
+            return await self._answer_error(call.unique_id, exc)
         except Exception:
             log.exception("charger %s: handler for %s failed", self.charger_id, action)
-            await self._send(
-                _error_frame(call.unique_id, InternalError(description=f"{action} handler failed"))
+            return await self._answer_error(
+                call.unique_id, InternalError(description=f"{action} handler failed")
             )
-            return
         finally:
             _IN_HANDLER.reset(token)
-        await self._send(
-            json.dumps([MessageType.CallResult, call.unique_id, payload], separators=(",", ":"))
-        )
-        after_hook = handlers.get("_after_action")
-        if after_hook is not None:
-            result = after_hook(**kwargs)
+        follow = self.endpoint.send_result(call.unique_id, payload)
+        await self._flush()
+        if after_name is not None:
+            result = getattr(self, after_name)(**kwargs)
             if inspect.iscoroutine(result):
                 self.spawn(result, f"after-{action}")
         if not self.model.ready and action != "BootNotification":
             # Reconnected without booting (allowed): its first message shows it is past boot.
             self.host.charger_ready(self)
+        return follow
 
     # --- outbound ---------------------------------------------------------------------------
 
@@ -478,65 +438,45 @@ class Connection:
 
         Request and response are validated with the library's validators (jsonschema; for 1.6
         SetChargingProfile with Decimal parsing, which is what checks ``multipleOf: 0.1``).
+        CALLs go out one at a time, in the order they were made (the endpoint queues them);
+        the timeout counts from the moment the CALL is sent.
         """
         if _IN_HANDLER.get() is self:
             raise CallFromHandlerError(
                 f"{action} to {self.charger_id} from inside its own @on handler would wait for "
                 "a response the connection cannot read until the handler returns; use @after"
             )
-        call = Call(str(uuid.uuid4()), action, payload)
-        await validate_payload(call, self._ocpp_version)
+        library_version = _LIBRARY_VERSION[self.version]
+        await validate_payload(LibraryCall("", action, payload), library_version)
         timeout = self.response_timeout_s if timeout_s is None else timeout_s
-        async with self._call_lock:
-            if self.closed.is_set():
-                raise ChargerOfflineError(f"{self.charger_id} is not connected")
-            self._expect_response(call.unique_id)
-            try:
-                await self._send(call.to_json())
-                response = await self._await_response(call.unique_id, timeout)
-            except ConnectionClosed as exc:
-                raise ChargerOfflineError(f"{self.charger_id} disconnected") from exc
-            finally:
-                self._awaiting = None
-        if response.message_type_id == MessageType.CallError:
-            raise response.to_exception()
-        response.action = action
-        await validate_payload(response, self._ocpp_version)
-        result: dict[str, Any] = response.payload
-        return result
-
-    def _expect_response(self, unique_id: str) -> None:
-        """From now on a response with this id is the answer; an answer left over is dropped."""
-        while not self._response_queue.empty():
-            stale = self._response_queue.get_nowait()
-            self.problems.report("late or unknown response", str(stale.unique_id))
-        self._awaiting = unique_id
-
-    async def _await_response(self, unique_id: str, timeout_s: float) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise TimeoutError(f"no response from {self.charger_id} in {timeout_s} s")
-            getter = asyncio.ensure_future(self._response_queue.get())
-            closed = asyncio.ensure_future(self.closed.wait())
-            try:
-                await asyncio.wait(
-                    (getter, closed), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                closed.cancel()
-                if not getter.done():
-                    getter.cancel()
-            if not getter.done() or getter.cancelled():
-                if self.closed.is_set():
-                    raise ChargerOfflineError(f"{self.charger_id} disconnected before answering")
-                raise TimeoutError(f"no response from {self.charger_id} in {timeout_s} s")
-            response = getter.result()
-            if response.unique_id == unique_id:
-                return response
-            # A late answer to a call that timed out before (mobilityhouse/ocpp#297).
-            self.problems.report("late or unknown response", str(response.unique_id))
+        if self.closed.is_set():
+            raise ChargerOfflineError(f"{self.charger_id} is not connected")
+        loop = asyncio.get_running_loop()
+        unique_id = self.endpoint.send_call(action, payload, now=loop.time(), timeout_s=timeout)
+        waiter: asyncio.Future[_Answer] = loop.create_future()
+        self._waiters[unique_id] = waiter
+        try:
+            self._arm_timer()
+            await self._flush()
+            answer = await waiter
+        except ConnectionClosed as exc:
+            raise ChargerOfflineError(f"{self.charger_id} disconnected") from exc
+        finally:
+            # Given up (cancelled) while still queued: it must not go out later.
+            self.endpoint.cancel_call(unique_id)
+            self._waiters.pop(unique_id, None)
+        if isinstance(answer, ocppj.CallAborted):
+            raise ChargerOfflineError(f"{self.charger_id} disconnected before answering")
+        if isinstance(answer, ocppj.CallTimedOut):
+            raise TimeoutError(f"no response from {self.charger_id} in {timeout} s")
+        if isinstance(answer, ocppj.CallError):
+            error = LibraryCallError(
+                unique_id, answer.code, answer.description, answer.details
+            ).to_exception()
+            raise error
+        response = LibraryCallResult(unique_id, answer.payload, action)
+        await validate_payload(response, library_version)
+        return answer.payload
 
     # --- helpers for handlers ---------------------------------------------------------------
 
@@ -595,10 +535,8 @@ def _id_token_accepted_16() -> dict[str, Any]:
     return {"status": "Accepted"}
 
 
-class Connection16(Connection, ChargePoint16):  # type: ignore[misc]
+class Connection16(Connection):
     version = ProtocolVersion.OCPP16
-
-    _library_class = ChargePoint16
 
     @on(Action16.boot_notification)
     def on_boot_notification(
@@ -715,10 +653,8 @@ def _id_token_text(id_token: Mapping[str, Any] | None) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
+class Connection201(Connection):
     version = ProtocolVersion.OCPP201
-
-    _library_class = ChargePoint201
 
     @on(Action201.boot_notification)
     def on_boot_notification(
@@ -853,13 +789,12 @@ class Connection201(Connection, ChargePoint201):  # type: ignore[misc]
         return {}
 
 
-def handled_actions(connection_class: Any) -> tuple[str, ...]:
+def handled_actions(connection_class: type) -> tuple[str, ...]:
     """The actions a connection class has an ``@on`` handler for (and so validates)."""
-    members = (getattr(connection_class, name) for name in dir(connection_class))
-    return tuple(sorted({str(m._on_action) for m in members if hasattr(m, "_on_action")}))
+    return tuple(sorted(routes(connection_class)))
 
 
-CONNECTION_CLASSES: Mapping[ProtocolVersion, Callable[..., Connection]] = {
+CONNECTION_CLASSES: Mapping[ProtocolVersion, type[Connection]] = {
     ProtocolVersion.OCPP16: Connection16,
     ProtocolVersion.OCPP201: Connection201,
 }

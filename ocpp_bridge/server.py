@@ -13,31 +13,30 @@ Handshake (OCPP-J 1.6 §3, 2.0.1 Part 4 §3 and Security Whitepaper / Part 2 A00
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ocpp_bridge import schemas
+from ocpp_bridge.admission import (
+    basic_credentials,
+    certificate_common_name,
+    identity_from_path,
+    release_kdf_memory,
+)
 from ocpp_bridge.capabilities import (
     DEFAULTS,
     V16_KEYS,
@@ -47,6 +46,7 @@ from ocpp_bridge.capabilities import (
     v201_get_variable_data,
 )
 from ocpp_bridge.connection import CONNECTION_CLASSES, Connection, handled_actions
+from ocpp_bridge.event_buffer import EventBuffer
 from ocpp_bridge.events import (
     ChargerSnapshot,
     CommandResult,
@@ -54,7 +54,6 @@ from ocpp_bridge.events import (
     CompositeSchedule,
     DynamicScheduleSnapshot,
     Event,
-    MeterSample,
     PowerPeriod,
     ProtocolVersion,
     SessionEnded,
@@ -63,7 +62,6 @@ from ocpp_bridge.events import (
 from ocpp_bridge.model import ChargerModel
 from ocpp_bridge.passwords import CredentialCache, PasswordHashError, hash_password, verify_password
 from ocpp_bridge.settings import (
-    CHARGER_ID_PATTERN,
     BridgeSettings,
     ChargerRecord,
     ChargerRegistry,
@@ -81,102 +79,6 @@ SUBPROTOCOLS: dict[str, ProtocolVersion] = {
 }
 EventCallback = Callable[[Event], Awaitable[None]]
 _T = TypeVar("_T")
-
-
-def identity_from_path(path: str) -> str | None:
-    """The charger identity: the last non-empty path segment, percent-decoded."""
-    segments = [s for s in urlsplit(path).path.split("/") if s]
-    if not segments:
-        return None
-    identity = unquote(segments[-1])
-    return identity if CHARGER_ID_PATTERN.match(identity) else None
-
-
-def basic_credentials(headers: Headers) -> tuple[str, str] | None:
-    header = headers.get("Authorization")
-    if header is None:
-        return None
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
-
-
-def certificate_common_name(peercert: Any) -> str | None:
-    if not peercert:
-        return None
-    for rdn in peercert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to give back
-        return None
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_kdf_memory() -> None:
-    """Give scrypt's working memory back to the OS after a burst of password checks.
-
-    Each check allocates 16 MiB; glibc then raises its mmap threshold and keeps such blocks in
-    the worker threads' heaps, which left ~64 MB resident for good after 1,000 chargers
-    logged in (bench/ocpp.py). malloc_trim returns the free pages.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-class EventBuffer:
-    """Bounded hand-over between OCPP handling and the application.
-
-    Policy: OCPP handling never waits for the consumer. When `capacity` events are waiting,
-    new meter samples are dropped (and counted in `dropped`); lifecycle events (connect,
-    status, sessions, capabilities) are still queued up to 4 x capacity, beyond which they
-    are dropped too, loudly, because a consumer that far behind is broken.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.dropped = 0
-        self._items: deque[Event] = deque()
-        self._ready = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, event: Event) -> None:
-        size = len(self._items)
-        if size >= self.capacity and (isinstance(event, MeterSample) or size >= 4 * self.capacity):
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning(
-                    "event consumer is behind: %d events waiting, %d dropped so far",
-                    size,
-                    self.dropped,
-                )
-            return
-        self._items.append(event)
-        self._ready.set()
-
-    async def get(self) -> Event:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
 
 
 @dataclass
@@ -361,7 +263,7 @@ class CentralSystem:
                 seen = charger.model.last_seen
                 if connection is not None and seen is not None and now - seen > allowed:
                     connection.problems.report("silent", f"nothing received since {seen}")
-                    await connection._connection.close(1001, "no heartbeat")
+                    await connection.close(1001, "no heartbeat")
 
     async def _close_silent_sessions(self) -> None:
         """A session whose end message was lost and whose charger says nothing more about it
@@ -759,7 +661,7 @@ class CentralSystem:
             # The charger reconnected before we noticed the old socket died.
             previous.connection_lost()
             charger.smart.connection_lost()
-            await previous._connection.close(1000, "replaced by a new connection")
+            await previous.close(1000, "replaced by a new connection")
         charger.model.connection_opened(version, self.clock())
         log.info(
             "charger %s connected (OCPP %s)",

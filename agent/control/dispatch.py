@@ -40,7 +40,7 @@ from agent.runtime.loops import DeathHook, SupervisedLoop, clock_loop
 from agent.runtime.observe import Observe, discard, timed
 from agent.site.forecasting import SessionNeed, SiteForecaster
 from agent.site.model import Site
-from agent.storage import store
+from agent.storage import store, trades
 from agent.storage.db import Database
 from agent.trading.market import Market
 from agent.trading.orders import OrderedIsp, load_context
@@ -588,12 +588,12 @@ class Dispatcher:
 
     # --- delivery -------------------------------------------------------------------------------
 
-    async def delivery(self, order: store.OrderRow) -> list[tuple[int, float, float, float]]:
+    async def delivery(self, order: trades.OrderRow) -> list[tuple[int, float, float, float]]:
         """Per ordered ISP: (index, baseline W, ordered change W, measured W so far)."""
         start, end = self.market.bounds(order.period)
 
-        def read(conn: sqlite3.Connection) -> tuple[store.PrognosisRow | None, dict[int, float]]:
-            base = store.prognosis_by_message(conn, order.baseline_message_id or "")
+        def read(conn: sqlite3.Connection) -> tuple[trades.PrognosisRow | None, dict[int, float]]:
+            base = trades.prognosis_by_message(conn, order.baseline_message_id or "")
             energy = store.congestion_point_energy(conn, order.congestion_point, start, end)
             return base, energy
 

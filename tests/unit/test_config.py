@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from agent.runtime.config import (
+from agent.runtime.configfile import (
     ConfigError,
     check_files,
     load_config,

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.runtime import failpoints
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
@@ -279,7 +279,7 @@ async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> N
             async def revision_with_order() -> bool:
                 conn = connection(r.env.config)
                 try:
-                    latest = store.latest_prognosis(conn, CP, order.period)
+                    latest = trades.latest_prognosis(conn, CP, order.period)
                 finally:
                     conn.close()
                 return latest is not None and order.message_id in latest.orders
@@ -300,8 +300,8 @@ async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> N
 
             conn = connection(r.env.config)
             try:
-                orders = store.accepted_orders(conn, period=order.period)
-                baseline = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+                orders = trades.accepted_orders(conn, period=order.period)
+                baseline = trades.prognosis_by_message(conn, orders[0].baseline_message_id or "")
             finally:
                 conn.close()
             assert [o.message_id for o in orders] == [order.message_id]

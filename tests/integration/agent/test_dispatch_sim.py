@@ -19,19 +19,12 @@ import pytest
 from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
-from websockets.exceptions import ConnectionClosed
 
 from agent.app import Agent
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from ocpp_bridge import PowerPeriod
-from ocpp_bridge.simulator import (
-    ProtocolName,
-    SimCharger16,
-    SimCharger201,
-    open_connection,
-    running,
-)
+from ocpp_bridge.simulator import SimCharger16, SimCharger201, running
 from tests.support.agent_env import CP, DSO, TZ, connection, make_env, running_agent
 from tests.support.uftp import eventually
 from uftp.dso import DsoParticipant, Received
@@ -155,28 +148,13 @@ class NoStationComposite16(SimCharger16):  # type: ignore[misc]
         return super().on_get_composite_schedule(connector_id, duration, charging_rate_unit)
 
 
-@contextlib.asynccontextmanager
-async def running_as(sim_class: type[SimCharger16], url: str, identity: str) -> AsyncIterator[Any]:
-    """`simulator.running` for a subclass of the 1.6 simulator."""
-    ws = await open_connection(url, identity, ProtocolName.OCPP16, PASSWORD)
-    sim = sim_class(identity, ws)
-    task = asyncio.create_task(sim.start())
-    try:
-        yield sim
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-            await task
-        await ws.close()
-
-
 async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.control.dispatch")
     async with (
         sim_site(tmp_path, "CP-01") as site,
-        running_as(NoStationComposite16, site.ocpp_url, "CP-01") as sim,
+        running(NoStationComposite16, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
         dispatcher = site.agent.dispatcher
@@ -330,12 +308,12 @@ async def test_delivery_is_measured_live_and_judged_once_complete(tmp_path: Path
         )
         conn = connection(site.agent.config)
         try:
-            prognosis = store.latest_prognosis(conn, CP, today)
+            prognosis = trades.latest_prognosis(conn, CP, today)
             assert prognosis is not None
             conn.execute("BEGIN IMMEDIATE")
-            store.insert_order(
+            trades.insert_order(
                 conn,
-                store.OrderRow(
+                trades.OrderRow(
                     message_id=str(uuid.uuid4()),
                     conversation_id=str(uuid.uuid4()),
                     offer_message_id=None,

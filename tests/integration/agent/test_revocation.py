@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from forecaster.flexibility import SessionSet
 from tests.integration.agent.test_trade_flow import request_for
@@ -84,7 +84,7 @@ async def test_an_offer_whose_flexibility_is_gone_is_revoked(tmp_path: Path) -> 
         assert "Reference message revoked" in (response.rejection_reason or "")
         conn = connection(env.config)
         try:
-            row = store.find_offer(conn, offer.message_id)
+            row = trades.find_offer(conn, offer.message_id)
         finally:
             conn.close()
         assert row is not None
@@ -103,7 +103,7 @@ async def test_an_ordered_offer_is_never_revoked(tmp_path: Path) -> None:
         for _ in range(100):
             conn = connection(env.config)
             try:
-                row = store.find_offer(conn, offer.message_id)
+                row = trades.find_offer(conn, offer.message_id)
             finally:
                 conn.close()
             if row is not None and row.status == "ordered":

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.storage import store
+from agent.storage import trades
 from tests.support.agent_env import CHARGERS, CP, connection
 from tests.support.trade_history import MEASURED_W, ORDERED_W, TOKEN, trading_agent
 from uftp.dso import Received
@@ -108,7 +108,7 @@ async def test_metrics_in_prometheus_text_format(tmp_path: Path) -> None:
         await t.agent.dispatcher.round_now()
         conn = connection(t.env.config)
         try:
-            baseline = store.prognosis_by_message(conn, t.order.baseline_message_id or "")
+            baseline = trades.prognosis_by_message(conn, t.order.baseline_message_id or "")
         finally:
             conn.close()
         assert baseline is not None
@@ -196,7 +196,7 @@ async def test_state_changes_need_the_bearer_token(tmp_path: Path) -> None:
         assert revocation.message.flex_offer_message_id == offer_id
         conn = connection(t.env.config)
         try:
-            offer = store.find_offer(conn, offer_id)
+            offer = trades.find_offer(conn, offer_id)
         finally:
             conn.close()
         assert offer is not None

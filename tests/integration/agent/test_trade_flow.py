@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from agent.app import Agent, build_agent
-from agent.storage import store
+from agent.storage import store, trades
 from agent.trading.market import Market
 from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
 from tests.support.trade_history import flex_request
-from uftp import calendar
+from uftp import calendar, reasons
+from uftp import store as uftp_store
 from uftp.dso import DsoParticipant, Received
 from uftp.models import (
     ContractSettlement,
@@ -24,6 +25,7 @@ from uftp.models import (
     ContractSettlementPeriod,
     DPrognosis,
     FlexOffer,
+    FlexOrderResponse,
     FlexOrderSettlement,
     FlexOrderSettlementISP,
     FlexRequest,
@@ -116,9 +118,9 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
 
     conn = connection(env.config)
     try:
-        orders = store.accepted_orders(conn, period=tomorrow)
-        base = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
-        latest = store.latest_prognosis(conn, CP, tomorrow)
+        orders = trades.accepted_orders(conn, period=tomorrow)
+        base = trades.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+        latest = trades.latest_prognosis(conn, CP, tomorrow)
     finally:
         conn.close()
     assert [o.order_reference for o in orders] == ["ORD-42"]
@@ -133,14 +135,14 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     await asyncio.sleep(2)
     conn = connection(env.config)
     try:
-        latest_requests = store.recent_requests(conn, 1)
+        latest_requests = trades.recent_requests(conn, 1)
     finally:
         conn.close()
     assert latest_requests[0].revision == 2
 
 
-def _order_row(period, reference: str, message_id: str) -> store.OrderRow:  # type: ignore[no-untyped-def]
-    return store.OrderRow(
+def _order_row(period, reference: str, message_id: str) -> trades.OrderRow:  # type: ignore[no-untyped-def]
+    return trades.OrderRow(
         message_id=message_id,
         conversation_id=message_id[:-4] + "9999",
         offer_message_id=None,
@@ -208,8 +210,10 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     before = yesterday - timedelta(days=1)
     conn = connection(env.config)
     conn.execute("BEGIN")
-    store.insert_order(conn, _order_row(yesterday, "ORD-Y", "11111111-1111-4111-8111-111111111111"))
-    store.insert_order(conn, _order_row(before, "ORD-B", "44444444-4444-4444-8444-444444444444"))
+    trades.insert_order(
+        conn, _order_row(yesterday, "ORD-Y", "11111111-1111-4111-8111-111111111111")
+    )
+    trades.insert_order(conn, _order_row(before, "ORD-B", "44444444-4444-4444-8444-444444444444"))
     conn.execute("COMMIT")
 
     def actual(period) -> dict[int, int]:  # type: ignore[no-untyped-def]
@@ -225,7 +229,7 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     rows: list[dict[str, object]] = []
     for _ in range(100):
         conn = connection(env.config)
-        rows = store.recent_settlements(conn)
+        rows = trades.recent_settlements(conn)
         conn.close()
         if len(rows) == 2:
             break
@@ -248,10 +252,55 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     await dso.send(again)
     for _ in range(100):
         conn = connection(env.config)
-        rows = store.recent_settlements(conn)
+        rows = trades.recent_settlements(conn)
         conn.close()
         if len(rows) == 3:
             break
         await asyncio.sleep(0.2)
     third = {r["message_id"]: r for r in rows}[again.message_id]
     assert third["result"] == "Rejected"
+
+
+async def test_an_order_for_an_offer_the_dso_rejected_is_rejected(
+    running: tuple[Env, Agent, DsoParticipant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offer's record says "rejected" (the DSO's FlexOfferResponse); uftp's messages alone
+    do not tell. An order for it is refused, and the record is not overwritten by "ordered"."""
+    _env, agent, dso = running
+    refusal = reasons.explain(reasons.REQUEST_MISMATCH, "not what was asked")
+    monkeypatch.setattr("uftp.dso.check_flex_offer", lambda *_a, **_k: [refusal])
+    tomorrow = Market(TZ, 15).today(datetime.now(UTC)) + timedelta(days=1)
+    await dso.send(request_for(tomorrow, range(37, 41)))
+    outcome = await dso.wait_handled(received(FlexOffer), 60)
+    assert isinstance(outcome, Received)
+    assert not outcome.accepted
+    offer = outcome.message
+    assert isinstance(offer, FlexOffer)
+
+    async def offer_status() -> str | None:
+        row = await agent.db.read(lambda c: trades.find_offer(c, offer.message_id))
+        return None if row is None else row.status
+
+    for _ in range(300):
+        if await offer_status() == "rejected":
+            break
+        await asyncio.sleep(0.1)
+    assert await offer_status() == "rejected"
+
+    order = await dso.order_offer(offer, order_reference="ORD-AFTER-REJECTION")
+    for _ in range(300):
+        answers = await dso.database.read(
+            lambda c: uftp_store.inbound_messages(
+                c, message_type=FlexOrderResponse.xml_name, reference_id=order.message_id
+            )
+        )
+        if answers:
+            break
+        await asyncio.sleep(0.1)
+    response = answers[0].message()
+    assert isinstance(response, FlexOrderResponse)
+    assert not response.accepted
+    assert reasons.reason_of(response.rejection_reason or "") == reasons.INVALID_MESSAGE
+    assert "rejected by the DSO's FlexOfferResponse" in (response.rejection_reason or "")
+    assert await offer_status() == "rejected"
+    assert await agent.db.read(lambda c: trades.accepted_orders(c, period=tomorrow)) == []

@@ -15,10 +15,10 @@ from websockets.exceptions import ConnectionClosed
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord
 from ocpp_bridge.simulator import basic_auth_header
 from tests.integration.ocpp_bridge.conftest import PASSWORD, run_bridge, test_hash
+from tests.support.ocppj_frames import BAD_FRAMES
 
 pytestmark = pytest.mark.integration
 
-STATUS_WITH_TEXT_CONNECTOR = {"connectorId": "one", "errorCode": "NoError", "status": "Available"}
 RECORDS = [ChargerRecord("BAD", test_hash()), ChargerRecord("GOOD", test_hash())]
 
 
@@ -55,38 +55,7 @@ async def heartbeat_ok(ws: ClientConnection, unique_id: str = "hb") -> bool:
     return answer[0] == 3 and answer[1] == unique_id
 
 
-@pytest.mark.parametrize(
-    ("subprotocol", "frame", "expected"),
-    [
-        ("ocpp1.6", "this is not json", [4, "-1", "FormatViolation"]),
-        ("ocpp2.0.1", "this is not json", [4, "-1", "RpcFrameworkError"]),
-        ("ocpp2.0.1", '{"an": "object"}', [4, "-1", "RpcFrameworkError"]),
-        ("ocpp2.0.1", '[7, "m1", "Heartbeat", {}]', [4, "m1", "MessageTypeNotSupported"]),
-        ("ocpp1.6", '[7, "m1", "Heartbeat", {}]', [4, "m1", "ProtocolError"]),
-        ("ocpp1.6", '[2, "m2", "Heartbeat"]', [4, "m2", "ProtocolError"]),
-        ("ocpp1.6", '[2, "m3", "Heartbeat", {"extra": 1}]', [4, "m3", "FormatViolation"]),
-        (
-            "ocpp2.0.1",
-            '[2, "m4", "BootNotification", {"reason": "PowerUp"}]',
-            [4, "m4", "ProtocolError"],
-        ),
-        (
-            "ocpp1.6",
-            json.dumps([2, "m5", "StatusNotification", STATUS_WITH_TEXT_CONNECTOR]),
-            [4, "m5", "TypeConstraintViolation"],
-        ),
-        # OCPP-J: NotImplemented = action not known, NotSupported = known but not handled.
-        ("ocpp1.6", '[2, "m6", "FooBar", {}]', [4, "m6", "NotImplemented"]),
-        ("ocpp2.0.1", '[2, "m6", "StartTransaction", {}]', [4, "m6", "NotImplemented"]),
-        (
-            "ocpp1.6",
-            '[2, "m7", "RemoteStartTransaction", {"idTag": "x"}]',
-            [4, "m7", "NotSupported"],
-        ),
-        ("ocpp2.0.1", '[2, "m7", "RequestStartTransaction", {}]', [4, "m7", "NotSupported"]),
-        ("ocpp2.0.1", '[2, "m8", "TransactionEvent", {}]', [4, "m8", "ProtocolError"]),
-    ],
-)
+@pytest.mark.parametrize(("subprotocol", "frame", "expected"), BAD_FRAMES)
 async def test_bad_frames_get_the_right_callerror(
     subprotocol: str, frame: str, expected: list[Any]
 ) -> None:
@@ -162,7 +131,7 @@ async def test_a_handler_crash_becomes_internal_error(monkeypatch: pytest.Monkey
         def explode(**kwargs: Any) -> Any:
             raise RuntimeError("bug")
 
-        connection.route_map["Heartbeat"]["_on_action"] = explode
+        monkeypatch.setattr(connection, "on_heartbeat", explode)
         await bad.send(json.dumps([2, "x", "Heartbeat", {}]))
         assert (await reply(bad))[:3] == [4, "x", "InternalError"]
         await bad.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +18,18 @@ class FakeSocket:
     def __init__(self) -> None:
         self.sent: list[list[Any]] = []
         self.closed_with: tuple[int, str] | None = None
+        self._sent_more = asyncio.Event()
 
     async def send(self, message: str) -> None:
         self.sent.append(json.loads(message))
+        self._sent_more.set()
+
+    async def until_sent(self, count: int) -> list[list[Any]]:
+        """The frames sent, once there are at least `count` of them."""
+        while len(self.sent) < count:
+            self._sent_more.clear()
+            await self._sent_more.wait()
+        return self.sent
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed_with = (code, reason)

@@ -17,7 +17,9 @@ from ocpp.exceptions import (
 from websockets.datastructures import Headers
 
 from ocpp_bridge import schemas
+from ocpp_bridge.admission import basic_credentials, certificate_common_name, identity_from_path
 from ocpp_bridge.connection import snake_keys
+from ocpp_bridge.event_buffer import EventBuffer
 from ocpp_bridge.events import (
     ChargerDisconnected,
     MeterSample,
@@ -25,12 +27,6 @@ from ocpp_bridge.events import (
     ProtocolVersion,
 )
 from ocpp_bridge.profiles import ElectricalData
-from ocpp_bridge.server import (
-    EventBuffer,
-    basic_credentials,
-    certificate_common_name,
-    identity_from_path,
-)
 from ocpp_bridge.settings import BridgeSettings, SecurityProfile, SettingsError, TlsSettings
 from ocpp_bridge.smart_charging import ScheduleIds, read_composite, validate_schedule
 
