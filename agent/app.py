@@ -21,7 +21,7 @@ from agent.interfaces.telemetry.topics import Topics
 from agent.interfaces.web.server import StatusServer
 from agent.runtime.clock import HIGH_WATER_KEY, Clock, ClockCheck, ClockGuard, SystemClock
 from agent.runtime.config import Config
-from agent.runtime.faults import CLOCK, STORAGE, Faults
+from agent.runtime.faults import CLOCK, LOOP, STORAGE, Faults
 from agent.runtime.service import Component
 from agent.runtime.statedir import StateDirectory
 from agent.runtime.systemd import NamedProbe, SystemdWatchdog
@@ -249,7 +249,7 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     db = Database(
         config.storage.database_path,
         SCHEMA,
-        extra_migrations=[uftp_store.migrate, forecasting.migrate],
+        extra_migrations=[uftp_store.schema(), forecasting.schema()],
     )
 
     def storage(error: BaseException | None) -> None:
@@ -306,6 +306,12 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         dispatcher,
         faults=faults,
     )
+
+    def loop_died(name: str, error: BaseException | None) -> None:
+        faults.raise_fault(LOOP, f"{name} stopped: {error!r}")
+
+    for owner in (site, participant.outbox, prognosis, trader, dispatcher):
+        owner.on_loop_death = loop_died
 
     guard = clock_guard(config, clock, db, faults, agent)
     agent.clock_guard = guard

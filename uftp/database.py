@@ -164,7 +164,7 @@ class Database:
 
     def _open(self) -> sqlite3.Connection:
         conn = connect(self.path, busy_timeout_s=self._busy_timeout_s)
-        run_in_transaction(conn, migrate)
+        migrate(conn)  # each migration in its own transaction (uftp.migrations)
         return conn
 
     async def close(self) -> None:

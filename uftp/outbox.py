@@ -32,6 +32,7 @@ import aiohttp
 
 from uftp import store
 from uftp.database import SqliteStore
+from uftp.loops import Backoff, DeathHook, SupervisedLoop
 from uftp.models import Role, utc_now
 from uftp.oauth import OAuthError, TokenSource
 from uftp.participants import PeerDirectory, UnknownPeer
@@ -99,8 +100,18 @@ class OutboxSender:
         self._ssl = ssl_context
         self._clock = clock
         self._on_failed = on_failed
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Failures of the dispatch itself (the database), not of a delivery: those back off
+        # per message (`backoff_delay`).
+        self._loop = SupervisedLoop(
+            self.name,
+            self._dispatch,
+            interval_s=None,
+            backoff=Backoff(retry.first_delay_s, max(retry.first_delay_s, retry.max_delay_s)),
+            on_death=self._loop_died,
+            logger=log,
+        )
+        # Told when the delivery loop dies (an application raises an alarm with it).
+        self.on_loop_death: DeathHook | None = None
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[tuple[str, Role], asyncio.Task[None]] = {}
         self._tokens: dict[tuple[str, Role], TokenSource] = {}
@@ -115,37 +126,27 @@ class OutboxSender:
                 total=self._retry.request_timeout_s, connect=self._retry.connect_timeout_s
             ),
         )
-        self._task = asyncio.create_task(self._run(), name="uftp-outbox")
+        self._loop.start()
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._in_flight.values()) if t is not None]
+        await self._loop.stop()
+        tasks = list(self._in_flight.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._task = None
         self._in_flight.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                delay = await self._dispatch()
-            except Exception:
-                log.exception("outbox dispatch failed; retrying shortly")
-                delay = self._retry.first_delay_s
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
-            # arrives while the event is being set, and stop() would wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+    def _loop_died(self, name: str, error: BaseException | None) -> None:
+        if self.on_loop_death is not None:
+            self.on_loop_death(name, error)
 
     async def _dispatch(self) -> float:
         """Start a delivery for every peer whose oldest pending message is due; return how
@@ -168,7 +169,7 @@ class OutboxSender:
 
     def _finished(self, peer: tuple[str, Role], _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(peer, None)
-        self._wake.set()  # the next message for this peer may go now
+        self._loop.wake()  # the next message for this peer may go now
 
     async def _deliver(self, message: store.OutboundMessage) -> None:
         try:

@@ -54,6 +54,7 @@ from uftp import reasons, store
 from uftp.codec import CodecError, envelope_from_xml, from_xml, to_xml
 from uftp.database import Database, SqliteStore
 from uftp.http import Authorize, HttpEndpoint, TransportRejection
+from uftp.loops import DeathHook, SupervisedLoop
 from uftp.models import (
     RESPONSE_TYPES,
     SPEC_VERSION,
@@ -196,7 +197,10 @@ class Participant:
         # trusted), or None; such messages are answered 503 with Retry-After.
         self.hold: Callable[[], str | None] = lambda: None
         self._inbound_arrived = asyncio.Event()
-        self._drainer: asyncio.Task[None] | None = None
+        self._inbound_listeners: list[Callable[[], object]] = []
+        self._drainer: SupervisedLoop | None = None
+        # Told when the handler loop dies (an application raises an alarm with it).
+        self.on_loop_death: DeathHook | None = None
         # The latest handler outcomes, for `wait_handled`; bounded for long demo runs.
         self._handled: collections.deque[object] = collections.deque(maxlen=HANDLED_KEPT)
         self._handled_changed = asyncio.Event()
@@ -209,7 +213,14 @@ class Participant:
             await self._own_database.open()
         await self.outbox.start()
         if self._handler is not None:
-            self._drainer = asyncio.create_task(self._drain_forever(), name="uftp-handler")
+            self._drainer = SupervisedLoop(
+                "uftp-handler",
+                self._drain_step,
+                interval_s=None,
+                on_death=self.on_loop_death,
+                logger=log,
+            )
+            self._drainer.start()
         try:
             await self.endpoint.start()
         except BaseException:
@@ -220,9 +231,7 @@ class Participant:
     async def stop(self) -> None:
         await self.endpoint.stop()
         if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+            await self._drainer.stop()
             self._drainer = None
         await self.outbox.stop()
         if self._own_database is not None:
@@ -451,6 +460,10 @@ class Participant:
                 self.outbox.wake()
             if not problems and not isinstance(message, TestMessage | TestMessageResponse):
                 self._inbound_arrived.set()
+                if self._drainer is not None:
+                    self._drainer.wake()
+                for listener in self._inbound_listeners:
+                    listener()
         receipt = Receipt(
             admission=admitted.admission,
             message_type=message.xml_name,
@@ -586,6 +599,11 @@ class Participant:
         threshold = self.settings.inbound_retry.alarm_after
         return await self.database.read(lambda c: store.stuck_inbound(c, threshold))
 
+    def on_inbound(self, listener: Callable[[], object]) -> None:
+        """`listener()` (on the event loop) whenever a new valid message becomes pending: an
+        application that handles the inbox itself wakes its loop with it."""
+        self._inbound_listeners.append(listener)
+
     async def wait_inbound(self, wait_s: float | None = None) -> bool:
         """Wait until a new valid message is pending (True) or `wait_s` passes (False)."""
         try:
@@ -598,23 +616,15 @@ class Participant:
 
     # --- handler-driven processing ----------------------------------------------------------------
 
-    async def _drain_forever(self) -> None:
-        while True:
-            self._inbound_arrived.clear()
-            try:
-                await self.process_pending()
-                due = await self.database.read(store.next_inbound_attempt)
-            except Exception:
-                log.exception("processing pending UFTP messages failed; retrying shortly")
-                await asyncio.sleep(1.0)
-                continue
-            wait_s = None
-            if due is not None:
-                wait_s = max(0.05, (due - self._clock()).total_seconds())
-                wait_s = min(wait_s, self.settings.inbound_retry.max_delay_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._inbound_arrived.wait()
+    async def _drain_step(self) -> float | None:
+        """Handle what is due; the wait until the next deferred message falls due (None:
+        until a new one arrives)."""
+        await self.process_pending()
+        due = await self.database.read(store.next_inbound_attempt)
+        if due is None:
+            return None
+        wait_s = max(0.05, (due - self._clock()).total_seconds())
+        return min(wait_s, self.settings.inbound_retry.max_delay_s)
 
     async def process_pending(self, handler: Handler | None = None) -> int:
         """Run `handler` (default: the participant's) for each pending message that is due,

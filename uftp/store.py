@@ -25,14 +25,18 @@ from enum import StrEnum
 from typing import Any
 
 from uftp.codec import from_xml
+from uftp.migrations import Migration, Schema, SchemaTooNew, VersionCounter
 from uftp.models import PayloadMessage, Role
 from uftp.sealing import SIGNATURE_BYTES
 
 SCHEMA_VERSION_TABLE = "uftp_schema_version"
 
-# Append only: each entry migrates from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (
-    """
+# Append only: migration i brings the tables from version i - 1 to i.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "inbox and outbox",
+        """
     CREATE TABLE uftp_inbox (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order
         sender_domain    TEXT NOT NULL,
@@ -76,13 +80,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX uftp_outbox_reference ON uftp_outbox (reference_id);
     CREATE INDEX uftp_outbox_type ON uftp_outbox (message_type, status);
     """,
+    ),
     # Processing attempts: a message whose handling failed stays pending and is tried again
     # at next_attempt_at; last_error is for the operator and never leaves this database.
-    """
+    Migration(
+        2,
+        "inbox processing attempts",
+        """
     ALTER TABLE uftp_inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE uftp_inbox ADD COLUMN next_attempt_at REAL;
     ALTER TABLE uftp_inbox ADD COLUMN last_error TEXT;
     """,
+    ),
 )
 
 
@@ -115,37 +124,26 @@ def _filters(
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
+def schema() -> Schema:
+    """uftp's tables as data, for an application that migrates the shared file itself; the
+    version lives in its own one-row table, apart from the application's."""
+    return Schema("uftp", MIGRATIONS, VersionCounter(SCHEMA_VERSION_TABLE))
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (SCHEMA_VERSION_TABLE,)
-    ).fetchone()
-    if not exists:
-        return 0
-    row = conn.execute(f"SELECT version FROM {SCHEMA_VERSION_TABLE}").fetchone()
-    return int(row[0]) if row else 0
+    return VersionCounter(SCHEMA_VERSION_TABLE).current(conn)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring uftp's tables to the current version inside the caller's transaction.
-
-    Refuses a database written by a newer uftp rather than guessing. Returns the version.
-    """
-    current = schema_version(conn)
-    if current > len(MIGRATIONS):
+    """Bring uftp's tables to the current version (`uftp.migrations.migrate`: each migration
+    in its own transaction, or savepoint inside the caller's). Refuses a database written by a
+    newer uftp rather than guessing. Returns the version."""
+    try:
+        return schema()(conn)
+    except SchemaTooNew as exc:
         raise StoreError(
-            f"the database has uftp schema version {current}; this uftp knows up to "
-            f"{len(MIGRATIONS)}"
-        )
-    if current == 0:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_VERSION_TABLE} (version INTEGER)")
-        conn.execute(f"INSERT INTO {SCHEMA_VERSION_TABLE} (version) VALUES (0)")
-    for version in range(current, len(MIGRATIONS)):
-        # executescript would COMMIT; run the statements one by one instead.
-        for statement in MIGRATIONS[version].split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"UPDATE {SCHEMA_VERSION_TABLE} SET version = ?", (version + 1,))
-    return len(MIGRATIONS)
+            f"the database has uftp schema version {exc.found}; this uftp knows up to {exc.known}"
+        ) from exc
 
 
 # --- inbox --------------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from agent.runtime import failpoints
-from agent.runtime.clock import Clock, sleep_or_wake
+from agent.runtime.clock import Clock
 from agent.runtime.config import Config
+from agent.runtime.loops import DeathHook, SupervisedLoop, clock_loop
 from agent.runtime.observe import Observe, discard, timed
-from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SessionNeed, SiteForecaster
 from agent.site.model import Site
 from agent.storage import store, trades
@@ -176,8 +176,9 @@ class Dispatcher:
         self.control_s = control_s
         self.verify_sample = verify_sample
         self.capacity_w = float(config.site.connection_capacity_w)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: SupervisedLoop | None = None
+        # Told when the dispatch loop dies (the app raises the loop fault).
+        self.on_loop_death: DeathHook | None = None
         self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
         # The first round that begins at or after this instant pushes everything (round_now).
         self._resend_from: datetime | None = None
@@ -210,22 +211,38 @@ class Dispatcher:
         site.subscribe(self._site_event)
 
     async def start(self) -> None:
-        self._wake.set()  # first round at once: limits back right after a restart
-        self._task = asyncio.create_task(self._run(), name="dispatch")
+        # The first round runs at once: limits back right after a restart.
+        self._loop = clock_loop(
+            "dispatch",
+            self._round,
+            self.clock,
+            interval_s=self.control_s,
+            on_death=self.on_loop_death,
+            logger=log,
+        )
+        self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        if self._loop is not None:
+            await self._loop.stop()
+            self._loop = None
         for task in list(self._verifiers):
             task.cancel()
 
     def wake(self, *_: object) -> None:
-        self._wake.set()
+        if self._loop is not None:
+            self._loop.wake()
 
     async def release(self) -> None:
         """Take every dynamic schedule back (while the clock is not trusted, agent.runtime.clock):
         the chargers run on their safe profile, which no clock can expire."""
-        sent, self._sent = list(self._sent), {}
+        # A refused push left the charger on the schedule it had before: take that back too
+        # (clearing a schedule that is not there is harmless).
+        sent = list(dict.fromkeys([*self._sent, *self._refused]))
+        self._sent, self._refused = {}, set()
+        # A read-back of the last push still under way must not bring its limits back into
+        # the site model after they were withdrawn.
+        self._latest_push = None
         for cid, evse_id in sent:
             result = await self._command(self.bridge.clear_dynamic_schedule(cid, evse_id))
             if evse_id == 0:
@@ -254,23 +271,24 @@ class Dispatcher:
 
     def _site_event(self, event: Event) -> None:
         if isinstance(event, SessionStarted | SessionEnded | ChargerConnected):
-            self._wake.set()
+            self.wake()
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                if self.hold() is None:
-                    await self.dispatch_once()
-                elif self._sent:
-                    await self.release()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatch round failed; chargers keep their current limits")
-            self._round_finished.set()
-            self._round_finished = asyncio.Event()
-            await sleep_or_wake(self.clock, self.control_s, self._wake)
+    async def _round(self) -> None:
+        """One step of the dispatch loop. A failed round leaves the chargers on their current
+        limits (and, should rounds keep failing, on their safe profile once those expire)."""
+        try:
+            if self.hold() is None:
+                await self.dispatch_once()
+            elif self._sent or self._refused:
+                await self.release()
+        except Exception:
+            self._finish_round()
+            raise
+        self._finish_round()
+
+    def _finish_round(self) -> None:
+        self._round_finished.set()
+        self._round_finished = asyncio.Event()
 
     # --- one round --------------------------------------------------------------------------------
 

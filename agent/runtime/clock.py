@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from uftp.loops import SupervisedLoop
+
 log = logging.getLogger(__name__)
 
 
@@ -75,21 +77,6 @@ class ScaledClock:
 
 async def sleep_until(clock: Clock, instant: datetime) -> None:
     await clock.sleep((instant - clock.now()).total_seconds())
-
-
-async def sleep_or_wake(clock: Clock, seconds: float, wake: asyncio.Event) -> None:
-    """Sleep `seconds` of the clock's time, or less if `wake` is set meanwhile.
-
-    The periodic loops (dispatch, prognoses, offer housekeeping) run on the clock but react at
-    once to an event (an order, a new session) instead of waiting out their period.
-    """
-    sleeper = asyncio.create_task(clock.sleep(seconds))
-    waker = asyncio.create_task(wake.wait())
-    try:
-        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        waker.cancel()
 
 
 # --- trusting the wall clock ----------------------------------------------------------------------
@@ -188,7 +175,7 @@ class ClockGuard:
         self.reason: str | None = None
         self._saved: datetime | None = None
         self._saved_at = -math.inf
-        self._task: asyncio.Task[None] | None = None
+        self._loop: SupervisedLoop | None = None
 
     def hold(self) -> str | None:
         """Why time-bound work must wait now (None: go ahead)."""
@@ -200,27 +187,22 @@ class ClockGuard:
             self.check.high_water = stored
             self._saved = stored
         await self.step()
-        self._task = asyncio.create_task(self._run(), name="clock-guard")
+        # Real seconds: the clock being watched is not the one to sleep on.
+        self._loop = SupervisedLoop(
+            "clock-guard",
+            self.step,
+            interval_s=self.interval_s,
+            initial_delay_s=self.interval_s,
+            logger=log,
+        )
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._loop is not None:
+            await self._loop.stop()
+            self._loop = None
         with contextlib.suppress(Exception):
             await self._record(force=True)
-
-    async def _run(self) -> None:
-        while True:
-            # Real seconds: the clock being watched is not the one to sleep on.
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("clock check failed")
 
     async def step(self) -> None:
         """One reading; tells `on_change` when trust is lost, changes reason, or returns."""

@@ -1,4 +1,5 @@
-"""Conditions an operator must see at once: storage that cannot be written, a clock not to trust.
+"""Conditions an operator must see at once: storage that cannot be written, a clock not to
+trust, a background loop that died.
 
 A fault is raised by the part that notices it (the database on a failed write, the clock guard
 on a step backwards) and cleared by the same part when the condition is gone; the agent keeps
@@ -21,7 +22,10 @@ log = logging.getLogger(__name__)
 
 STORAGE = "storage"
 CLOCK = "clock"
-KNOWN = (STORAGE, CLOCK)
+# A background loop (dispatch, trading, prognoses, UFTP delivery...) ended unexpectedly: the
+# work it did stops until a restart (agent.runtime.loops).
+LOOP = "loop"
+KNOWN = (STORAGE, CLOCK, LOOP)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from agent.runtime.clock import Clock
 from agent.runtime.config import ChargerConfig, Config
 from agent.site.model import ActiveSession
 from agent.storage import store
-from agent.storage.db import Database, Migration, apply_migrations
+from agent.storage.db import Database, Migration, Schema, agent_schema, apply_schema
 from forecaster import rounds
 from forecaster.calendar import SiteCalendar, public_holidays
 from forecaster.flexibility import SessionSet, allocate
@@ -74,10 +74,14 @@ SCHEMA = [
 ]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def schema() -> Schema:
     """The forecaster's own table, versioned apart from the agent's schema (its own
     `forecast_schema` table), so the store's migrations stay untouched."""
-    return apply_migrations(conn, "forecast_schema", SCHEMA)
+    return agent_schema("forecast_schema", SCHEMA)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    return apply_schema(conn, schema())
 
 
 @dataclass(frozen=True)

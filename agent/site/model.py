@@ -20,7 +20,7 @@ from datetime import datetime
 
 from agent.runtime.clock import Clock
 from agent.runtime.config import Config
-from agent.runtime.service import cancel_and_wait
+from agent.runtime.loops import DeathHook, SupervisedLoop
 from agent.site.energy import EnergyAccumulator
 from agent.storage import store
 from agent.storage.db import Database
@@ -127,7 +127,9 @@ class Site:
         self._listeners: list[SiteListener] = []
         # Where the sessions open at the last stop go on start (the OCPP bridge's models).
         self.resume_into: Callable[[Sequence[SessionInfo]], None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher: SupervisedLoop | None = None
+        # Told when the flush loop dies (the app raises the loop fault).
+        self.on_loop_death: DeathHook | None = None
         self.started_at = clock.now()
         self._flush_lock = asyncio.Lock()
         self._cp_of = {c.id: config.congestion_point_of(c) for c in config.ocpp.chargers}
@@ -170,11 +172,21 @@ class Site:
             log.info("resumed open sessions from the store", extra={"sessions": len(open_rows)})
         if self.resume_into is not None:
             self.resume_into([s.info for s in self.sessions.values()])
-        self._flusher = asyncio.create_task(self._flush_forever(), name="site-flush")
+        # Real seconds, whatever the clock: batching is about disk writes, not market time.
+        self._flusher = SupervisedLoop(
+            "site-flush",
+            self._flush_step,
+            interval_s=self.flush_interval_s,
+            initial_delay_s=self.flush_interval_s,
+            on_death=self.on_loop_death,
+            logger=log,
+        )
+        self._flusher.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._flusher)
-        self._flusher = None
+        if self._flusher is not None:
+            await self._flusher.stop()
+            self._flusher = None
         await self.flush()
 
     def subscribe(self, listener: SiteListener) -> None:
@@ -467,11 +479,6 @@ class Site:
                 self._boots[:0] = boots
                 raise
 
-    async def _flush_forever(self) -> None:
-        # Real seconds, whatever the clock: batching is about disk writes, not market time.
-        while True:
-            await asyncio.sleep(self.flush_interval_s)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("could not write site data; keeping it for the next attempt")
+    async def _flush_step(self) -> None:
+        # What could not be written stays for the next attempt (see `flush`).
+        await self.flush()

@@ -19,9 +19,11 @@ writer ever waits on SQLite's lock and "database is locked" cannot happen inside
 OCPP answer), so even a power cut loses nothing that was acknowledged. High-rate data (meter
 samples) is aggregated in memory and written in batches, so the fsync per commit stays cheap.
 
-Schema changes are numbered migrations; a database written by a newer flexbridge is refused
-rather than guessed at. Libraries sharing the file (uftp's inbox/outbox) bring their own
-migrations, run on the same connection at start-up.
+Schema changes are numbered migrations (`uftp.migrations`: each in one transaction with its
+version bump); a database written by a newer flexbridge is refused rather than guessed at.
+Libraries sharing the file (uftp's inbox/outbox, the forecaster's table) bring their own
+migrations as data (a `Schema` with its own version table), applied by the same runner on the
+same connection at start-up.
 """
 
 from __future__ import annotations
@@ -34,24 +36,39 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from agent.runtime.service import StartError
 from uftp.database import GroupCommit, Outcomes, Work, commit_batch
+from uftp.migrations import (
+    Migration,
+    MigrationError,
+    Schema,
+    SchemaTooNew,
+    VersionLog,
+    migrate,
+)
 from uftp.participant import is_transient
+
+# Migration and Schema are the runner's (uftp.migrations), re-exported for the agent's schemas.
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "DatabaseOpenError",
+    "Migration",
+    "Schema",
+    "agent_schema",
+    "apply_migrations",
+    "apply_schema",
+    "connect",
+    "describe_storage_error",
+    "is_storage_error",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    description: str
-    sql: str
 
 
 class DatabaseError(RuntimeError):
@@ -85,57 +102,31 @@ class DatabaseOpenError(DatabaseError, StartError):
     newer version): the operator's to fix, reported in one line."""
 
 
+def agent_schema(table: str, migrations: Sequence[Migration]) -> Schema:
+    """The agent's way to keep a schema version: one row per applied migration in `table`."""
+    try:
+        return Schema(table, migrations, VersionLog(table))
+    except MigrationError as exc:
+        raise DatabaseError(str(exc)) from exc
+
+
 def apply_migrations(conn: sqlite3.Connection, table: str, migrations: Sequence[Migration]) -> int:
     """Bring the schema tracked in `table` up to the last migration; returns the version."""
-    versions = [m.version for m in migrations]
-    if versions != list(range(1, len(versions) + 1)):
-        raise DatabaseError(f"{table}: migrations must be numbered 1..n, got {versions}")
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {table} ("
-        "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    row = conn.execute(f"SELECT MAX(version) FROM {table}").fetchone()
-    current = int(row[0] or 0)
-    if current > len(migrations):
+    return apply_schema(conn, agent_schema(table, migrations))
+
+
+def apply_schema(conn: sqlite3.Connection, schema: Schema) -> int:
+    """`uftp.migrations.migrate` (each migration in one transaction with its version bump),
+    its errors as `DatabaseError`s."""
+    try:
+        return migrate(conn, schema)
+    except SchemaTooNew as exc:
         raise DatabaseError(
-            f"the database schema ({table} version {current}) is newer than this flexbridge "
-            f"knows ({len(migrations)}); run the newer version or restore a backup"
-        )
-    for migration in migrations[current:]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _statements(migration.sql):
-                conn.execute(statement)
-            conn.execute(
-                f"INSERT INTO {table} (version, description, applied_at) "
-                "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-                (migration.version, migration.description),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        log.info(
-            "database migrated",
-            extra={"schema": table, "version": migration.version, "change": migration.description},
-        )
-    return len(migrations)
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration script into statements (executescript would commit implicitly)."""
-    statements: list[str] = []
-    buffer = ""
-    for piece in script.split(";"):
-        buffer += piece + ";"
-        # A ';' inside a string literal or trigger body does not end the statement.
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip(" \n\t;"):
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip(" \n\t;"):
-        raise DatabaseError(f"incomplete SQL statement in migration: {buffer.strip()[:60]}")
-    return statements
+            f"the database schema ({exc.schema} version {exc.found}) is newer than this "
+            f"flexbridge knows ({exc.known}); run the newer version or restore a backup"
+        ) from exc
+    except MigrationError as exc:
+        raise DatabaseError(str(exc)) from exc
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -151,6 +142,8 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# Another owner's tables in the file (uftp's inbox and outbox, the forecaster's): its
+# `Schema`, applied by the same runner under its own version, or a callable that applies it.
 MigrationHook = Callable[[sqlite3.Connection], object]
 
 
@@ -163,7 +156,7 @@ class Database:
         self,
         path: Path,
         migrations: Sequence[Migration],
-        extra_migrations: Sequence[MigrationHook] = (),
+        extra_migrations: Sequence[Schema | MigrationHook] = (),
         *,
         probe_interval_s: float = 5.0,
     ) -> None:
@@ -203,10 +196,13 @@ class Database:
         self._conn = conn
         try:
             version = apply_migrations(conn, "agent_schema", self._migrations)
-        except DatabaseError as exc:  # a schema newer than this version knows
+            for extra in self._extra:
+                if isinstance(extra, Schema):
+                    apply_schema(conn, extra)
+                else:
+                    extra(conn)
+        except DatabaseError as exc:  # a schema newer than this version knows, a failed step
             raise DatabaseOpenError(f"{self.path}: {exc}") from exc
-        for hook in self._extra:
-            hook(conn)
         log.info("database open", extra={"path": str(self.path), "schema": version})
 
     async def stop(self) -> None:

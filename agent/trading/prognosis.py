@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from agent.runtime.clock import Clock, sleep_or_wake
+from agent.runtime.clock import Clock
 from agent.runtime.config import Config
-from agent.runtime.service import cancel_and_wait
+from agent.runtime.loops import DeathHook, SupervisedLoop, clock_loop
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site
 from agent.storage import store, trades
@@ -102,8 +102,9 @@ class PrognosisService:
         self.tick_s = tick_s
         self._dso = {cp.entity_address: cp.dso_domain for cp in config.congestion_points}
         self._wanted: dict[tuple[str, date], _Wanted] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop_task: SupervisedLoop | None = None
+        # Told when the prognosis loop dies (the app raises the loop fault).
+        self.on_loop_death: DeathHook | None = None
         self._lock = asyncio.Lock()
         self._last_intraday: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,17 +113,30 @@ class PrognosisService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._run(), name="prognosis")
+        self._loop_task = clock_loop(
+            "prognosis",
+            self._step,
+            self.clock,
+            interval_s=self.tick_s,
+            on_death=self.on_loop_death,
+            logger=log,
+        )
+        self._loop_task.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        if self._loop_task is not None:
+            await self._loop_task.stop()
+            self._loop_task = None
+
+    def _wake(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.wake()
 
     # --- triggers -------------------------------------------------------------------------------
 
     def wake(self) -> None:
         """A round now (the clock guard trusts the clock again)."""
-        self._wake.set()
+        self._wake()
 
     def request(self, congestion_point: str, period: date, reason: str) -> None:
         """Ask for a new revision soon (after an order, after a rejection).
@@ -134,7 +148,7 @@ class PrognosisService:
             self._loop.call_soon_threadsafe(self.request, congestion_point, period, reason)
             return
         self._wanted[(congestion_point, period)] = _Wanted(reason)
-        self._wake.set()
+        self._wake()
 
     def response_received(self, conn: sqlite3.Connection, response: DPrognosisResponse) -> None:
         """Record the DSO's answer (in the caller's transaction) and act on a rejection."""
@@ -175,22 +189,15 @@ class PrognosisService:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            # Cleared before the round, so a request made while it runs (a forecast round
-            # takes seconds in its worker) starts the next one at once.
-            self._wake.clear()
-            try:
-                if self.hold() is None:  # no prognosis on a clock not to trust
-                    await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except WorkerError:
-                # Logged by the forecaster in one line; the last revision stays in effect.
-                log.info("D-prognosis round without a forecast; retrying at the next tick")
-            except Exception:
-                log.exception("D-prognosis round failed; retrying at the next tick")
-            await sleep_or_wake(self.clock, self.tick_s, self._wake)
+    async def _step(self) -> None:
+        if self.hold() is not None:  # no prognosis on a clock not to trust
+            return
+        try:
+            await self.tick()
+        except WorkerError:
+            # Logged by the forecaster in one line; the last revision stays in effect and the
+            # next tick tries again (no back-off: the loop has not failed).
+            log.info("D-prognosis round without a forecast; retrying at the next tick")
 
     async def tick(self) -> None:
         now = self.clock.now()

@@ -17,17 +17,17 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
 
 from agent.runtime import failpoints
-from agent.runtime.clock import Clock, sleep_or_wake
+from agent.runtime.clock import Clock
 from agent.runtime.config import Config
+from agent.runtime.loops import Backoff, DeathHook, SupervisedLoop, clock_loop
 from agent.runtime.observe import Observe, discard, timed
-from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site
 from agent.storage import records, store, trades
@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 
 # A recomputed offer that falls this far short of what was offered is revoked.
 REVOKE_SHORTFALL = 0.10
+# Inbound messages wake the trader at once; this is the poll that catches one whose wake-up
+# came while the clock was held.
+INBOUND_POLL_S = 5.0
+# While the clock is not trusted, how often to look whether offers may go out again.
+HOLD_RETRY_S = 1.0
 REVOKE_MIN_W = 500.0
 
 
@@ -115,9 +120,11 @@ class Trader:
         }
         self.on_order = on_order
         self.housekeeping_s = housekeeping_s
-        self._offer_wake = asyncio.Event()
-        self._housekeeping_wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops: list[SupervisedLoop] = []
+        self._offers: SupervisedLoop | None = None
+        self._housekeeping: SupervisedLoop | None = None
+        # Told when one of the trader's loops dies (the app raises the loop fault).
+        self.on_loop_death: DeathHook | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # agent.interfaces.metrics hook: how long each inbound message took to handle, by type.
         self.observe: Observe = discard
@@ -137,36 +144,57 @@ class Trader:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._offer_wake.set()  # requests left 'todo' by an earlier run
-        self._tasks = [
-            asyncio.create_task(self._inbound_loop(), name="trader-inbound"),
-            asyncio.create_task(self._offer_loop(), name="trader-offers"),
-            asyncio.create_task(self._housekeeping_loop(), name="trader-housekeeping"),
-        ]
+        inbound = self._supervised(
+            "trader-inbound", self._inbound_step, INBOUND_POLL_S, Backoff(1.0, 60.0)
+        )
+        # No interval: offers are made when something asks for them (a request, an order);
+        # the first step answers requests left 'todo' by an earlier run.
+        self._offers = self._supervised(
+            "trader-offers", self._offer_step, None, Backoff(5.0, 300.0)
+        )
+        self._housekeeping = self._supervised(
+            "trader-housekeeping", self._housekeeping_step, self.housekeeping_s, None
+        )
+        self._loops = [inbound, self._offers, self._housekeeping]
+        self.participant.on_inbound(inbound.wake)
+        for loop in self._loops:
+            loop.start()
+
+    def _supervised(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[float | None]],
+        interval_s: float | None,
+        backoff: Backoff | None,
+    ) -> SupervisedLoop:
+        return clock_loop(
+            name,
+            step,
+            self.clock,
+            interval_s=interval_s,
+            backoff=backoff,
+            on_death=self.on_loop_death,
+            logger=log,
+        )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            await cancel_and_wait(task)
-        self._tasks = []
+        for loop in self._loops:
+            await loop.stop()
+        self._loops = []
+
+    def _wake_offers(self) -> None:
+        if self._offers is not None:
+            self._offers.wake()
 
     def _site_event(self, event: Event) -> None:
-        if isinstance(event, SessionEnded | ChargerDisconnected):
-            self._housekeeping_wake.set()  # flexibility behind open offers may have gone
+        if isinstance(event, SessionEnded | ChargerDisconnected) and self._housekeeping:
+            self._housekeeping.wake()  # flexibility behind open offers may have gone
 
     # --- inbound --------------------------------------------------------------------------------
 
-    async def _inbound_loop(self) -> None:
-        while True:
-            try:
-                if self.hold() is None:  # messages wait in the inbox while the clock is wrong
-                    await self.process_inbound()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("handling inbound UFTP messages failed; retrying")
-                await asyncio.sleep(1.0)
-                continue
-            await self.participant.wait_inbound(5.0)
+    async def _inbound_step(self) -> None:
+        if self.hold() is None:  # messages wait in the inbox while the clock is wrong
+            await self.process_inbound()
 
     async def process_inbound(self) -> int:
         """Handle every pending inbound message, oldest first; returns how many."""
@@ -273,7 +301,7 @@ class Trader:
             },
         )
         if not problems:
-            self._soon(self._offer_wake.set)
+            self._soon(self._wake_offers)
 
     def _flex_order(
         self,
@@ -460,21 +488,11 @@ class Trader:
 
     # --- offers ---------------------------------------------------------------------------------
 
-    async def _offer_loop(self) -> None:
-        while True:
-            await self._offer_wake.wait()
-            if self.hold() is not None:
-                await asyncio.sleep(1.0)  # the wake stays set: offers once the clock is sane
-                continue
-            self._offer_wake.clear()
-            try:
-                await self.make_offers()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("building FlexOffers failed; retrying")
-                await asyncio.sleep(5.0)
-                self._offer_wake.set()
+    async def _offer_step(self) -> float | None:
+        if self.hold() is not None:
+            return HOLD_RETRY_S  # offers once the clock is sane
+        await self.make_offers()
+        return None
 
     async def make_offers(self) -> int:
         """Answer every accepted request still waiting for its offer; returns offers sent."""
@@ -651,17 +669,9 @@ class Trader:
 
     # --- expiry and revocation ------------------------------------------------------------------
 
-    async def _housekeeping_loop(self) -> None:
-        while True:
-            try:
-                if self.hold() is None:
-                    await self.housekeeping()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("offer housekeeping failed")
-            self._housekeeping_wake.clear()
-            await sleep_or_wake(self.clock, self.housekeeping_s, self._housekeeping_wake)
+    async def _housekeeping_step(self) -> None:
+        if self.hold() is None:
+            await self.housekeeping()
 
     async def send_metering(self) -> list[date]:
         """Metering for the finished days of the last three not yet sent (when configured)."""

@@ -37,7 +37,7 @@ from ocpp_bridge import ChargerConnected, Event, MeterSample
 
 if TYPE_CHECKING:
     from agent.interfaces.view import AgentView
-from agent.runtime.service import cancel_and_wait
+from agent.runtime.loops import SupervisedLoop
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class TelemetryPublisher:
         self._next_refresh = 0.0
         self._rounds_seen = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._ticker: SupervisedLoop | None = None
         self.cleared: list[str] = []
         agent.site.subscribe(self._site_event)
         agent.faults.subscribe(self._fault_changed)
@@ -127,22 +127,20 @@ class TelemetryPublisher:
         self._publish_discovery()
         self.transport.subscribe(self.ha.subscription, self._discovery_seen)
         await self.step()
-        self._task = asyncio.create_task(self._run(), name="telemetry")
+        # Real time, not the agent's clock: the broker's load is counted in real seconds.
+        self._ticker = SupervisedLoop(
+            "telemetry",
+            self.step,
+            interval_s=self.tick_s,
+            initial_delay_s=self.tick_s,
+            logger=log,
+        )
+        self._ticker.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            # Real time, not the agent's clock: the broker's load is counted in real seconds.
-            await asyncio.sleep(self.tick_s)
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("telemetry round failed; trying again at the next tick")
+        if self._ticker is not None:
+            await self._ticker.stop()
+            self._ticker = None
 
     # --- change tracking ------------------------------------------------------------------------
 

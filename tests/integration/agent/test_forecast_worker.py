@@ -222,9 +222,10 @@ async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
             now_row = latest()
             assert now_row is not None
             assert (now_row.revision, now_row.power_w) == (first.revision, first.power_w)
-            task = agent.prognosis._task
-            assert task is not None
-            assert not task.done()
+            loop = agent.prognosis._loop_task
+            assert loop is not None
+            assert loop.running
+            assert loop.failed_total == 0  # a worker failure is no failure of the loop
             # An operator's resend is answered with the reason, and sends nothing either.
             http = env.config.http
             async with (
