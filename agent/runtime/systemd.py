@@ -46,7 +46,12 @@ class Notifier:
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: sends happen on the event loop, and a notify socket nobody
+                # drains (its queue holds a handful of datagrams) must cost a message, never
+                # the loop. A full queue is an OSError (EAGAIN) like any other failed send.
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._sock.sendto(message, self._address)
         except OSError as exc:
             log.warning("sd_notify failed: %s", exc)

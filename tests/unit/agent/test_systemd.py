@@ -108,3 +108,16 @@ async def test_a_probe_that_hangs_counts_as_unhealthy() -> None:
 
     dog = SystemdWatchdog([NamedProbe("ocpp", stuck)], Notifier(""), probe_timeout_s=0.05)
     assert await dog.check() == ["ocpp: no answer within 0.05 s"]
+
+
+def test_a_notify_socket_nobody_drains_costs_messages_not_the_loop(
+    notify_socket: tuple[str, socket.socket],
+) -> None:
+    """systemd's notify queue is small; if it is full, a send fails at once (and says so)
+    instead of blocking the event loop the watchdog pings from."""
+    path, _ = notify_socket
+    notifier = Notifier(path)
+    results = [notifier.send(WATCHDOG="1") for _ in range(10_000)]
+    notifier.close()
+    assert results[0]
+    assert not results[-1], "the queue filled up and the sends kept returning"
