@@ -44,6 +44,7 @@ from agent.trading.market import Market
 from agent.trading.metering import metering_message
 from agent.trading.offers import OfferPlan, Pricing, RequestElement, plan_offer
 from agent.trading.prognosis import PrognosisService
+from agent.trading.settlement import dispute_by_metering
 from ocpp_bridge import ChargerDisconnected, Event, SessionEnded
 from uftp import reasons
 from uftp import store as uftp_store
@@ -458,32 +459,18 @@ class Trader:
         """Dispute an item whose ActualPower disagrees with our own metering."""
         assert isinstance(item, FlexOrderSettlement)
         start, end = self.market.bounds(item.period)
-        measured = store.congestion_point_energy(conn, item.congestion_point, start, end)
+        energy = store.congestion_point_energy(conn, item.congestion_point, start, end)
         to_w = 60.0 / self.market.isp_minutes
-        tolerance_w = self.config.trading.settlement_tolerance_w
-        tolerance_pct = self.config.trading.settlement_tolerance_pct / 100.0
-        isps = {isp.index: isp.start for isp in self.market.isps(item.period)}
-        differing: list[str] = []
-        for isp in item.isps:
-            for index in range(isp.start, isp.start + isp.duration):
-                instant = isps.get(index)
-                if instant is None:
-                    continue
-                ours = measured.get(int(instant.timestamp()), 0.0) * to_w
-                gap = abs(isp.actual_power - ours)
-                if gap > tolerance_w and gap > tolerance_pct * max(abs(ours), 1.0):
-                    differing.append(f"ISP {index}: {isp.actual_power} W, we measured {ours:.0f} W")
-        if not differing:
-            return status
-        reason = "ActualPower differs from the AGR's metering: " + "; ".join(differing[:5])
-        if len(differing) > 5:
-            reason += f"; and {len(differing) - 5} more ISP(s)"
-        if status.dispute_reason:
-            reason = f"{status.dispute_reason}; {reason}"
-        return FlexOrderSettlementStatus(
-            order_reference=status.order_reference,
-            disposition=AcceptedDisputed.DISPUTED,
-            dispute_reason=reason,
+        measured_w = {
+            isp.index: energy.get(int(isp.start.timestamp()), 0.0) * to_w
+            for isp in self.market.isps(item.period)
+        }
+        return dispute_by_metering(
+            item,
+            status,
+            measured_w,
+            self.config.trading.settlement_tolerance_w,
+            self.config.trading.settlement_tolerance_pct / 100.0,
         )
 
     # --- offers ---------------------------------------------------------------------------------
