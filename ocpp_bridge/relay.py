@@ -17,7 +17,8 @@ them:
   in flight towards the charger, in the order they were asked for;
 - upstream loss: policy ``strict`` asks the host to close the charger (`CloseCharger`);
   ``autonomous`` keeps it and answers here what must be answered (boot, heartbeat, status,
-  meter values, 1.6 StartTransaction with a local transactionId, 2.0.1 TransactionEvent) and
+  meter values, Authorize as configured, 1.6 StartTransaction with a local transactionId,
+  2.0.1 TransactionEvent) and
   queues what the CSMS must still learn (BootNotifications and every transaction message) for
   replay, in order, once the CSMS is back. A 1.6 transaction started while the
   CSMS was away runs under a local transactionId; once the CSMS has given its own id for it,
@@ -56,6 +57,10 @@ FOLLOW_UP_ACTIONS = frozenset(
         "NotifyDisplayMessages",
     }
 )
+
+
+# How many of our latest requestIds are recognised in follow-ups.
+OUR_REQUESTS_KEPT = 1024
 
 
 class UpstreamPolicy(StrEnum):
@@ -164,10 +169,13 @@ class Relay:
         request_ids: tuple[int, int] = (1_900_000_000, 2_000_000_000),
         downstream: ocppj.Endpoint | None = None,
         max_replay: int = 100_000,
+        authorize_offline: bool = True,
     ) -> None:
         """`local_transaction_ids` and `request_ids`: [start, stop) ranges kept for our own
         1.6 transaction ids and requestIds, apart from what a CSMS uses. `downstream`: an
-        endpoint with the version's validation; by default one that validates nothing."""
+        endpoint with the version's validation; by default one that validates nothing.
+        `authorize_offline`: while the CSMS is away, Authorize is answered Accepted (what a
+        charger's own offline authorisation would do) or refused."""
         self.version = version
         self.clock = clock
         self.policy = policy
@@ -181,10 +189,13 @@ class Relay:
         self.state = UpstreamState.CONNECTING
         self.counters = _Counters()
         self.max_replay = max_replay
+        self.authorize_offline = authorize_offline
         self._tx_ids = iter(range(*local_transaction_ids))
         self._local_tx_range = range(*local_transaction_ids)
         self._request_ids = itertools.cycle(range(*request_ids))
-        self._our_requests: set[int] = set()
+        # Every requestId we used, latest last (the oldest forgotten beyond OUR_REQUESTS_KEPT):
+        # a follow-up is recognised whatever arrives in between, a repeated final one too.
+        self._our_requests: dict[int, None] = {}
         # Waiting for the upstream endpoint, in order: one of them on the wire at a time.
         self._up: deque[_Upward] = deque()
         self._up_pending: tuple[str, _Upward] | None = None
@@ -217,8 +228,14 @@ class Relay:
     def new_request_id(self) -> int:
         """A requestId from our range, for a CALL whose follow-ups must stay here."""
         request_id = next(self._request_ids)
-        self._our_requests.add(request_id)
+        self._remember_request(request_id)
         return request_id
+
+    def _remember_request(self, request_id: int) -> None:
+        self._our_requests.pop(request_id, None)
+        self._our_requests[request_id] = None
+        while len(self._our_requests) > OUR_REQUESTS_KEPT:
+            del self._our_requests[next(iter(self._our_requests))]
 
     def send_our_call(
         self, action: str, payload: dict[str, Any], now: float, timeout_s: float | None = None
@@ -226,7 +243,7 @@ class Relay:
         """Queue a CALL of ours to the charger; its answer comes back as `OurAnswer`."""
         request_id = payload.get("requestId")
         if isinstance(request_id, int):
-            self._our_requests.add(request_id)
+            self._remember_request(request_id)
         return self.downstream.send_call(
             action,
             payload,
@@ -266,11 +283,7 @@ class Relay:
 
     def _ours(self, payload: dict[str, Any]) -> bool:
         request_id = payload.get("requestId")
-        if not isinstance(request_id, int) or request_id not in self._our_requests:
-            return False
-        if not payload.get("tbc", False):
-            self._our_requests.discard(request_id)
-        return True
+        return isinstance(request_id, int) and request_id in self._our_requests
 
     def _charger_answer(
         self,
@@ -322,6 +335,16 @@ class Relay:
                 out.append(CloseUpstream(event.code, event.reason))
 
     def _forward_down(self, call: ocppj.Call, now: float) -> None:
+        if self.downstream.closed:
+            # Only replays keep the upstream open after the charger left.
+            self._csms_calls(
+                self.upstream.send_error(
+                    call.unique_id, "GenericError", "the charging station is not connected"
+                ),
+                now,
+                [],
+            )
+            return
         down_id = call.unique_id
         try:
             self.downstream.send_call(
@@ -484,6 +507,12 @@ class Relay:
             }
         if action == "Heartbeat":
             return {"currentTime": now}
+        if action == "Authorize":
+            if self.version is ProtocolVersion.OCPP16:
+                status = "Accepted" if self.authorize_offline else "Invalid"
+                return {"idTagInfo": {"status": status}}
+            status = "Accepted" if self.authorize_offline else "Unknown"
+            return {"idTokenInfo": {"status": status}}
         if action in ("StatusNotification", "MeterValues", "NotifyEvent", "TransactionEvent"):
             return {}
         if self.version is ProtocolVersion.OCPP16:
@@ -548,7 +577,26 @@ class Relay:
             self._csms_calls(self.upstream.timeout(now), now, out)
         return out
 
-    def charger_closed(self) -> list[RelayEvent]:
+    @property
+    def replays_pending(self) -> bool:
+        """Something the CSMS has not heard yet is queued or on its way."""
+        return any(u.charger_id is None for u in self._up) or (
+            self._up_pending is not None and self._up_pending[1].charger_id is None
+        )
+
+    def adopt(self, previous: Relay) -> None:
+        """Take over what an earlier connection of the same charger still had to replay
+        (ahead of anything of ours) and its transaction ids; `previous` is left with none."""
+        replays = [u for u in previous._up if u.charger_id is None]
+        if previous._up_pending is not None and previous._up_pending[1].charger_id is None:
+            replays.insert(0, previous._up_pending[1])
+        self._up.extendleft(reversed(replays))
+        self.transaction_ids.update(previous.transaction_ids)
+        self._tx_ids = previous._tx_ids
+        previous._up.clear()
+        previous._up_pending = None
+
+    def charger_closed(self) -> list[OurAnswer]:
         """The charger's websocket is gone: our CALLs are aborted; the relay is done."""
         return [
             OurAnswer(event)

@@ -110,6 +110,20 @@ def test_follow_up_to_our_request_is_answered_here() -> None:
     assert frames(relay.to_csms())[0][1] == "r2"
 
 
+def test_follow_ups_held_behind_a_forwarded_call_stay_here_even_repeated() -> None:
+    relay = online(V201)
+    request_id = relay.new_request_id()
+    relay.send_our_call("GetChargingProfiles", {"requestId": request_id}, 0.0)
+    relay.from_charger(call("c1", "Heartbeat"), 0.0)
+    final = {"requestId": request_id, "tbc": False}
+    relay.from_charger(call("f1", "ReportChargingProfiles", final), 0.1)
+    relay.from_charger(call("f2", "ReportChargingProfiles", final), 0.2)
+    relay.from_csms(result("c1", {"currentTime": "2026-12-02T04:00:00Z"}), 0.3)
+    assert [m[1] for m in frames(relay.to_csms()) if m[0] == 2] == ["c1"]
+    answered = [m[1] for m in frames(relay.to_charger()) if m[0] == 3]
+    assert answered == ["c1", "f1", "f2"]
+
+
 def test_strict_closes_the_charger_on_upstream_loss() -> None:
     relay = online(policy=UpstreamPolicy.STRICT)
     relay.from_charger(call("c1", "Heartbeat"), 0.0)
