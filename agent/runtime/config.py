@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.runtime.upstream import UpstreamConfig
 from ocpp_bridge.capabilities import RateUnit
 from ocpp_bridge.passwords import (
     MAX_PASSWORD_LENGTH,
@@ -397,6 +398,7 @@ class Config(Model):
     forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    upstream: UpstreamConfig | None = None  # local-controller mode (agent/runtime/upstream.py)
 
     def safe_power_w(self, charger: ChargerConfig) -> int:
         """The charger's static safe limit: configured, or an equal share of the site's."""
