@@ -21,24 +21,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from ocpp.messages import Call as LibraryCall
+from ocpp.messages import CallError as LibraryCallError
+from ocpp.messages import CallResult as LibraryCallResult
+from ocpp.messages import validate_payload
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from ocpp_bridge import ocppj
+from ocpp_bridge import ocppj, schemas
 from ocpp_bridge.admission import basic_credentials
+from ocpp_bridge.connection import (
+    _IN_HANDLER,
+    _LIBRARY_VERSION,
+    CallFromHandlerError,
+    ChargerOfflineError,
+    Connection,
+    Connection16,
+    Connection201,
+)
 from ocpp_bridge.events import ProtocolVersion
 from ocpp_bridge.relay import (
+    Answered,
     AnsweredLocally,
     CloseCharger,
     CloseUpstream,
@@ -98,7 +114,10 @@ class RelaySession:
         settings: UpstreamSettings,
         relay: Relay,
         on_follow_up: Callable[[str, ocppj.Call], None] | None = None,
+        observe: Callable[[ocppj.Call, dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
+        """`observe`: awaited with every charger CALL that got a CALLRESULT (from the CSMS or
+        here) and that answer, in the charger's order, so the site model follows the charger."""
         self.charger_id = charger_id
         self.websocket = websocket
         self.version = version
@@ -109,6 +128,7 @@ class RelaySession:
         self.upstream_connections = 0
         self._charger_password = charger_password
         self._on_follow_up = on_follow_up
+        self._observe = observe
         self._down = _Writer()
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[_Answer]] = {}
@@ -146,7 +166,11 @@ class RelaySession:
             elif isinstance(event, FollowUp):
                 if self._on_follow_up is not None:
                     self._on_follow_up(self.charger_id, event.call)
+                await self._observed(event.call, {})
+            elif isinstance(event, Answered):
+                await self._observed(event.call, event.payload)
             elif isinstance(event, AnsweredLocally):
+                await self._observed(event.call, event.payload)
                 log.info(
                     "charger %s: %s answered locally (CSMS away)%s",
                     self.charger_id,
@@ -169,6 +193,18 @@ class RelaySession:
             elif isinstance(event, CloseUpstream) and self.upstream is not None:
                 self._spawn(self.upstream.close(event.code, event.reason), "close-upstream")
         await self._flush()
+
+    async def _observed(self, call: ocppj.Call, payload: dict[str, Any]) -> None:
+        if self._observe is not None:
+            try:
+                await self._observe(call, payload)
+            except Exception:
+                log.exception(
+                    "charger %s: following %s failed",
+                    self.charger_id,
+                    call.action,
+                    extra={"charger_id": self.charger_id},
+                )
 
     async def _flush(self) -> None:
         self._down.unsent.extend(self.relay.to_charger())
@@ -312,7 +348,20 @@ class RelaySession:
     async def call(
         self, action: str, payload: dict[str, Any], timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """Our CALL to the charger; the CALLRESULT payload, or OCPPError-like failures."""
+        """Our CALL to the charger; the CALLRESULT payload, or the failure raised."""
+        answer = await self.send(action, payload, timeout_s)
+        if isinstance(answer, ocppj.CallResult):
+            return answer.payload
+        if isinstance(answer, ocppj.CallError):
+            raise RelayedCallError(answer.code, answer.description)
+        if isinstance(answer, ocppj.CallTimedOut):
+            raise TimeoutError(f"no response from {self.charger_id}")
+        raise RelayedChargerOffline(f"{self.charger_id} disconnected before answering")
+
+    async def send(
+        self, action: str, payload: dict[str, Any], timeout_s: float | None = None
+    ) -> _Answer:
+        """Our CALL to the charger, through the relay; its answer, timeout or abort."""
         if self.closed.is_set():
             raise RelayedChargerOffline(f"{self.charger_id} is not connected")
         loop = asyncio.get_running_loop()
@@ -325,13 +374,7 @@ class RelaySession:
         finally:
             self.relay.downstream.cancel_call(unique_id)
             self._waiters.pop(unique_id, None)
-        if isinstance(answer, ocppj.CallResult):
-            return answer.payload
-        if isinstance(answer, ocppj.CallError):
-            raise RelayedCallError(answer.code, answer.description)
-        if isinstance(answer, ocppj.CallTimedOut):
-            raise TimeoutError(f"no response from {self.charger_id}")
-        raise RelayedChargerOffline(f"{self.charger_id} disconnected before answering")
+        return answer
 
 
 class RelayedCallError(Exception):
@@ -341,8 +384,79 @@ class RelayedCallError(Exception):
         self.description = description
 
 
+class _Void:
+    """The following connection's websocket: its answers go nowhere (the relay answered)."""
+
+    def __init__(self, session: RelaySession) -> None:
+        self._session = session
+
+    async def send(self, frame: str) -> None:
+        return None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        # The bridge closes a connection (a flood, a frame too big): that is the charger's.
+        await self._session.websocket.close(code, reason)
+
+
+class _Following(Connection):
+    """A version's `Connection` that follows a relayed charger instead of answering it.
+
+    It is fed every charger CALL once the CALL was answered (by the CSMS or the relay), so its
+    handlers keep the site model, sessions and events true to the charger; its own answers are
+    dropped. Its CALLs (the bridge's smart charging and set-up) go through the relay under our
+    ids, so the central system's commands work on a relayed charger as on a direct one.
+    """
+
+    session: RelaySession
+
+    async def call_raw(
+        self, action: str, payload: dict[str, Any], timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        if _IN_HANDLER.get() is self:
+            raise CallFromHandlerError(f"{action} to {self.charger_id} from inside a handler")
+        library_version = _LIBRARY_VERSION[self.version]
+        await validate_payload(LibraryCall("", action, payload), library_version)
+        timeout = self.response_timeout_s if timeout_s is None else timeout_s
+        if self.closed.is_set():
+            raise ChargerOfflineError(f"{self.charger_id} is not connected")
+        try:
+            answer = await self.session.send(action, payload, timeout)
+        except RelayedChargerOffline as exc:
+            raise ChargerOfflineError(str(exc)) from exc
+        if isinstance(answer, ocppj.CallAborted):
+            raise ChargerOfflineError(f"{self.charger_id} disconnected before answering")
+        if isinstance(answer, ocppj.CallTimedOut):
+            raise TimeoutError(f"no response from {self.charger_id} in {timeout} s")
+        if isinstance(answer, ocppj.CallError):
+            raise LibraryCallError(
+                answer.unique_id, answer.code, answer.description, answer.details
+            ).to_exception()
+        await validate_payload(
+            LibraryCallResult(answer.unique_id, answer.payload, action), library_version
+        )
+        return answer.payload
+
+
+class _Following16(_Following, Connection16):
+    pass
+
+
+class _Following201(_Following, Connection201):
+    pass
+
+
+_FOLLOWING: dict[ProtocolVersion, type[_Following]] = {
+    ProtocolVersion.OCPP16: _Following16,
+    ProtocolVersion.OCPP201: _Following201,
+}
+
+
+def _validate_request(version: ProtocolVersion, action: str, payload: Any) -> None:
+    schemas.validate(version, action, payload, response=False)
+
+
 class LocalController(CentralSystem):
-    """The central system's listener and admission, with every charger relayed upstream.
+    """The central system's listener, admission and smart charging, every charger relayed.
 
     A charger with no upstream target (no default, not listed) is refused with 1008.
     """
@@ -362,8 +476,15 @@ class LocalController(CentralSystem):
         # The latest relay of every charger seen: a new connection takes over its replays,
         # its transaction ids and its local-id counter.
         self._relays: dict[str, Relay] = {}
+        # 1.6: the transactionId the charger was given (by the CSMS or the relay), for the
+        # following connection's StartTransaction handler.
+        self._given_transaction_ids: dict[str, int] = {}
         self._on_follow_up = on_follow_up
         self._passwords: WeakKeyDictionary[ServerConnection, str] = WeakKeyDictionary()
+
+    def new_transaction_id(self, charger_id: str) -> int:
+        given = self._given_transaction_ids.pop(charger_id, None)
+        return given if given is not None else super().new_transaction_id(charger_id)
 
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         refused = await super()._admit(connection, request)
@@ -409,10 +530,40 @@ class LocalController(CentralSystem):
             local_transaction_ids=settings.local_transaction_ids,
             request_ids=settings.request_ids,
             authorize_offline=settings.authorize_offline,
+            known_actions=schemas.ACTIONS[version],
+            validate=functools.partial(_validate_request, version),
+            max_frame_bytes=self.settings.max_frame_bytes,
         )
+        charger = self._charger_for(record)
+
+        async def observe(call: ocppj.Call, answer: dict[str, Any]) -> None:
+            transaction_id = answer.get("transactionId")
+            if call.action == "StartTransaction" and isinstance(transaction_id, int):
+                self._given_transaction_ids[charger_id] = transaction_id
+            await following.route_message(
+                json.dumps([2, call.unique_id, call.action, call.payload])
+            )
+
         session = RelaySession(
-            charger_id, websocket, version, target, password, settings, relay, self._on_follow_up
+            charger_id,
+            websocket,
+            version,
+            target,
+            password,
+            settings,
+            relay,
+            self._on_follow_up,
+            observe,
         )
+        following = _FOLLOWING[version](
+            charger.model,
+            _Void(session),
+            self,
+            response_timeout_s=self.settings.response_timeout_s,
+            max_calls_per_s=self.settings.max_calls_per_s,
+            call_burst=self.settings.call_burst,
+        )
+        following.session = session
         previous = self.sessions.get(charger_id)
         self.sessions[charger_id] = session
         if previous is not None:
@@ -422,6 +573,12 @@ class LocalController(CentralSystem):
         if earlier is not None and earlier.version is version:
             relay.adopt(earlier)
         self._relays[charger_id] = relay
+        previous_connection = charger.connection
+        charger.connection = following
+        if previous_connection is not None:
+            previous_connection.connection_lost()
+            charger.smart.connection_lost()
+        charger.model.connection_opened(version, self.clock())
         log.info(
             "charger %s connected (OCPP %s, relayed)",
             charger_id,
@@ -431,6 +588,11 @@ class LocalController(CentralSystem):
         try:
             await session.run()
         finally:
+            following.connection_lost()
+            if charger.connection is following:
+                charger.connection = None
+                charger.smart.connection_lost()
+                self.publish(charger.model.connection_closed(self.clock(), "closed"))
             # A session still replaying to the CSMS stays until a new connection takes over.
             if self.sessions.get(charger_id) is session and session.finished():
                 del self.sessions[charger_id]
@@ -438,7 +600,7 @@ class LocalController(CentralSystem):
     async def call(
         self, charger_id: str, action: str, payload: dict[str, Any], timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """Our own CALL to a relayed charger (smart charging); its answer stays here."""
+        """A CALL of ours to a relayed charger; its answer stays here."""
         session = self.sessions.get(charger_id)
         if session is None:
             raise RelayedChargerOffline(f"{charger_id} is not connected")

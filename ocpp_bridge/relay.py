@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -91,6 +91,14 @@ class FollowUp:
 
 
 @dataclass(frozen=True, slots=True)
+class Answered:
+    """A charger CALL the CSMS answered with a CALLRESULT, relayed to the charger."""
+
+    call: ocppj.Call
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class AnsweredLocally:
     """A charger CALL answered here because the CSMS was unreachable (`replayed`: queued)."""
 
@@ -119,7 +127,9 @@ class CloseUpstream:
     reason: str
 
 
-RelayEvent = OurAnswer | FollowUp | AnsweredLocally | Rejected | CloseCharger | CloseUpstream
+RelayEvent = (
+    OurAnswer | FollowUp | Answered | AnsweredLocally | Rejected | CloseCharger | CloseUpstream
+)
 
 
 @dataclass(slots=True)
@@ -167,13 +177,16 @@ class Relay:
         our_prefix: str = "fb-",
         local_transaction_ids: tuple[int, int] = (2_000_000_000, 2_100_000_000),
         request_ids: tuple[int, int] = (1_900_000_000, 2_000_000_000),
-        downstream: ocppj.Endpoint | None = None,
+        known_actions: Container[str] | None = None,
+        validate: ocppj.Validator | None = None,
+        max_frame_bytes: int | None = None,
         max_replay: int = 100_000,
         authorize_offline: bool = True,
     ) -> None:
         """`local_transaction_ids` and `request_ids`: [start, stop) ranges kept for our own
-        1.6 transaction ids and requestIds, apart from what a CSMS uses. `downstream`: an
-        endpoint with the version's validation; by default one that validates nothing.
+        1.6 transaction ids and requestIds, apart from what a CSMS uses. `known_actions`
+        and `validate`: the version's actions and payload check, applied to the CALLs of both
+        sides before they are relayed (an unknown action gets NotImplemented here).
         `authorize_offline`: while the CSMS is away, Authorize is answered Accepted (what a
         charger's own offline authorisation would do) or refused."""
         self.version = version
@@ -182,10 +195,11 @@ class Relay:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.call_timeout_s = call_timeout_s
         self.our_prefix = our_prefix
-        self.downstream = downstream or ocppj.Endpoint(version, id_prefix=our_prefix)
-        if self.downstream.id_prefix != our_prefix:
-            raise ValueError("the downstream endpoint must use our_prefix")
-        self.upstream = ocppj.Endpoint(version, id_prefix=our_prefix)
+        self._known_actions = known_actions
+        self._validate = validate
+        self._max_frame_bytes = max_frame_bytes
+        self.downstream = self._endpoint()
+        self.upstream = self._endpoint()
         self.state = UpstreamState.CONNECTING
         self.counters = _Counters()
         self.max_replay = max_replay
@@ -204,6 +218,16 @@ class Relay:
         self._csms_ids = itertools.count(1)
         # Local 1.6 transaction id -> the CSMS's, once a replayed StartTransaction was answered.
         self.transaction_ids: dict[int, int] = {}
+
+    def _endpoint(self) -> ocppj.Endpoint:
+        return ocppj.Endpoint(
+            self.version,
+            id_prefix=self.our_prefix,
+            known_actions=self._known_actions,
+            handled_actions=self._known_actions,
+            validate=self._validate,
+            max_frame_bytes=self._max_frame_bytes,
+        )
 
     # --- state -------------------------------------------------------------------------------
 
@@ -391,6 +415,8 @@ class Relay:
             ):
                 self.transaction_ids[upward.local_tx] = answer.payload["transactionId"]
         elif isinstance(answer, ocppj.CallResult):
+            call = ocppj.Call(upward.charger_id, upward.action, upward.payload)
+            out.append(Answered(call, answer.payload))
             self._answer_charger(upward.charger_id, answer.payload, now, out)
         elif isinstance(answer, ocppj.CallError):
             self._error_charger(
@@ -529,7 +555,7 @@ class Relay:
 
     def upstream_connected(self, now: float) -> list[RelayEvent]:
         """A new upstream websocket is open: replay, then forward what waits, in order."""
-        self.upstream = ocppj.Endpoint(self.version, id_prefix=self.our_prefix)
+        self.upstream = self._endpoint()
         self.state = UpstreamState.ONLINE
         self._pump_up(now)
         return []

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
+from ocpp_bridge.events import ChargerConnected, MeterSample, SessionEnded, SessionStarted
 from ocpp_bridge.local_controller import LocalController
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord, InMemoryRegistry, SecurityProfile
 from ocpp_bridge.upstream import UpstreamSettings, UpstreamTarget
 from tests.conftest import free_port, in_ci
-from tests.integration.ocpp_bridge.conftest import PASSWORD, test_hash
+from tests.integration.ocpp_bridge.conftest import PASSWORD, EventLog, test_hash
 from tests.support.node_csms import NodeCsms
 from tests.support.node_peer import MISSING, NodeCharger, find_node
 
@@ -58,7 +59,7 @@ def node() -> str:
 
 @asynccontextmanager
 async def controller(
-    csms_port: int, policy: UpstreamPolicy = UpstreamPolicy.AUTONOMOUS
+    csms_port: int, policy: UpstreamPolicy = UpstreamPolicy.AUTONOMOUS, log: EventLog | None = None
 ) -> AsyncIterator[LocalController]:
     records = [ChargerRecord(i, test_hash()) for i in ("RPC16", "RPC201")]
     upstream = UpstreamSettings(
@@ -72,7 +73,10 @@ async def controller(
         call_timeout_s=10.0,
     )
     system = LocalController(
-        BridgeSettings(host="127.0.0.1", port=0), InMemoryRegistry(records), upstream=upstream
+        BridgeSettings(host="127.0.0.1", port=0),
+        InMemoryRegistry(records),
+        upstream=upstream,
+        on_event=(log or EventLog()).record,
     )
     await system.start()
     try:
@@ -103,8 +107,9 @@ async def test_a_whole_transaction_reaches_the_csms_once_in_order_and_commands_c
 ) -> None:
     csms = await NodeCsms.start(node)
     charger: NodeCharger | None = None
+    log = EventLog()
     try:
-        async with controller(csms.port) as system:
+        async with controller(csms.port, log=log) as system:
             charger = await NodeCharger.start(node, protocol, url(system), identity, PASSWORD)
             await charger.wait_for("ready")
             connected = await csms.wait_for(lambda line: line.get("event") == "connected")
@@ -116,9 +121,22 @@ async def test_a_whole_transaction_reaches_the_csms_once_in_order_and_commands_c
             assert actions(csms.calls(identity)) == sequence
             boot = await charger.wait_for("boot")
             assert boot["result"]["status"] == "Accepted"  # the CSMS's answer, relayed
+            # The site model follows the relayed charger: boot, session (under the id the
+            # charger was given), meter values.
+            [booted] = await log.wait_for(lambda: log.of(ChargerConnected, charger_id=identity))
+            assert booted.boot.vendor == "Lab"
+            [session] = await log.wait_for(lambda: log.of(SessionStarted))
+            await log.wait_for(lambda: log.of(MeterSample, charger_id=identity))
             if protocol == "ocpp1.6":
                 started = await charger.wait_for("started")
                 assert started["result"]["transactionId"] >= 100  # the CSMS's number
+                assert session.session.transaction_id == str(started["result"]["transactionId"])
+            # The bridge's own set-up (capabilities, safe layer) reached the charger and none
+            # of its answers went upstream.
+            safe = await charger.wait_for_call("SetChargingProfile")
+            assert (
+                safe["csChargingProfiles"] if protocol == "ocpp1.6" else safe["chargingProfile"]
+            )["stackLevel"] == 0
 
             # The CSMS's operations reach the charger and the charger's answers come back.
             reset_type = "Soft" if protocol == "ocpp1.6" else "Immediate"
@@ -147,6 +165,7 @@ async def test_a_whole_transaction_reaches_the_csms_once_in_order_and_commands_c
             await csms.wait_for_call(
                 identity, "StatusNotification", sequence.count("StatusNotification") + 1
             )
+            await log.wait_for(lambda: log.of(SessionEnded))
             after = csms.frames(identity)[before:]
             stop_action = "StopTransaction" if protocol == "ocpp1.6" else "TransactionEvent"
             assert [m[2] for m in after if m[0] == 2] == [stop_action, "StatusNotification"]
