@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from agent.control.dispatch import Dispatcher
@@ -271,7 +271,7 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         )
     else:  # local-controller mode: chargers relayed to the operator's CSMS
         bridge = LocalController(
-            bridge_settings(config),
+            replace(bridge_settings(config), profile_layout=config.upstream.profiles.layout()),
             registry,
             upstream=config.upstream.settings(),
             on_event=site.handle,

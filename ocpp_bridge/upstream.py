@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from ocpp_bridge.profiles import ProfileLayout
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.settings import CHARGER_ID_PATTERN, SecurityProfile, SettingsError
+
+# Our profiles on a charger the operator's CSMS also manages: the same stack levels as a direct
+# charger (chargers allow few levels), ids far above the small sequential ids CSMSs hand out.
+LOCAL_CONTROLLER_LAYOUT = ProfileLayout(
+    safe_profile_id=9_000_100,
+    dynamic_profile_id_base=9_000_200,
+    station_split_profile_id_base=9_000_300,
+)
 
 
 @dataclass(frozen=True, slots=True)

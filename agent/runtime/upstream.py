@@ -16,6 +16,10 @@ flexbridge adds its own smart charging on the way. Example::
     cert_file = "/etc/flexbridge/cp7.pem"
     key_file = "/etc/flexbridge/cp7.key"
 
+``[upstream.profiles]`` sets the stack levels and ids of flexbridge's own charging profiles
+(defaults: levels 0/1/2, ids 9000100, 9000200 + EVSE id, 9000300 + EVSE id), which must not
+be the CSMS's.
+
 Security profiles 1 and 2 present the charger's own Basic-auth password unless ``password``
 is set (like any secret, it can come from the environment, e.g.
 ``FLEXBRIDGE_UPSTREAM__CHARGERS__0__PASSWORD``).
@@ -28,9 +32,10 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from ocpp_bridge.profiles import ProfileError, ProfileLayout
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.settings import SecurityProfile, SettingsError
-from ocpp_bridge.upstream import UpstreamSettings, UpstreamTarget
+from ocpp_bridge.upstream import LOCAL_CONTROLLER_LAYOUT, UpstreamSettings, UpstreamTarget
 
 CHARGER_ID = r"^[A-Za-z0-9*\-_=+|@.]{1,48}$"
 URL = r"^wss?://[^\s/]+(/\S*)?$"
@@ -75,6 +80,32 @@ class UpstreamChargerConfig(_Target):
     id: Annotated[str, Field(pattern=CHARGER_ID)]
 
 
+_L = LOCAL_CONTROLLER_LAYOUT
+
+
+class ProfilesConfig(_Model):
+    """Stack levels and ids of flexbridge's own profiles, apart from the CSMS's: the CSMS must
+    not use these ids, nor these stack levels for the same purpose."""
+
+    safe_stack_level: Annotated[int, Field(ge=0)] = _L.safe_stack_level
+    station_dynamic_stack_level: Annotated[int, Field(ge=0)] = _L.station_dynamic_stack_level
+    evse_dynamic_stack_level: Annotated[int, Field(ge=0)] = _L.evse_dynamic_stack_level
+    safe_profile_id: Annotated[int, Field(ge=1)] = _L.safe_profile_id
+    dynamic_profile_id_base: Annotated[int, Field(ge=1)] = _L.dynamic_profile_id_base
+    station_split_profile_id_base: Annotated[int, Field(ge=1)] = _L.station_split_profile_id_base
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        self.layout()
+        return self
+
+    def layout(self) -> ProfileLayout:
+        try:
+            return ProfileLayout(**self.model_dump())
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from exc
+
+
 class UpstreamConfig(_Model):
     # The CSMS for chargers not listed below; unset: only listed chargers are relayed.
     url: Annotated[str, Field(pattern=URL)] | None = None
@@ -93,6 +124,7 @@ class UpstreamConfig(_Model):
     # [start, stop) kept for flexbridge's own 1.6 transactionIds and requestIds.
     local_transaction_ids: tuple[int, int] = (2_000_000_000, 2_100_000_000)
     request_ids: tuple[int, int] = (1_900_000_000, 2_000_000_000)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

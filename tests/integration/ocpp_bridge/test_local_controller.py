@@ -17,7 +17,7 @@ from ocpp_bridge.events import ChargerConnected, MeterSample, SessionEnded, Sess
 from ocpp_bridge.local_controller import LocalController
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord, InMemoryRegistry, SecurityProfile
-from ocpp_bridge.upstream import UpstreamSettings, UpstreamTarget
+from ocpp_bridge.upstream import LOCAL_CONTROLLER_LAYOUT, UpstreamSettings, UpstreamTarget
 from tests.conftest import free_port, in_ci
 from tests.integration.ocpp_bridge.conftest import PASSWORD, EventLog, test_hash
 from tests.support.node_csms import NodeCsms
@@ -73,7 +73,7 @@ async def controller(
         call_timeout_s=10.0,
     )
     system = LocalController(
-        BridgeSettings(host="127.0.0.1", port=0),
+        BridgeSettings(host="127.0.0.1", port=0, profile_layout=LOCAL_CONTROLLER_LAYOUT),
         InMemoryRegistry(records),
         upstream=upstream,
         on_event=(log or EventLog()).record,
@@ -134,9 +134,12 @@ async def test_a_whole_transaction_reaches_the_csms_once_in_order_and_commands_c
             # The bridge's own set-up (capabilities, safe layer) reached the charger and none
             # of its answers went upstream.
             safe = await charger.wait_for_call("SetChargingProfile")
-            assert (
+            safe_profile = (
                 safe["csChargingProfiles"] if protocol == "ocpp1.6" else safe["chargingProfile"]
-            )["stackLevel"] == 0
+            )
+            assert safe_profile["stackLevel"] == LOCAL_CONTROLLER_LAYOUT.safe_stack_level
+            safe_id = safe_profile.get("chargingProfileId", safe_profile.get("id"))
+            assert safe_id == LOCAL_CONTROLLER_LAYOUT.safe_profile_id
 
             # The CSMS's operations reach the charger and the charger's answers come back.
             reset_type = "Soft" if protocol == "ocpp1.6" else "Immediate"

@@ -12,6 +12,7 @@ from ocpp_bridge.local_controller import LocalController
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.server import CentralSystem
 from ocpp_bridge.settings import SecurityProfile
+from ocpp_bridge.upstream import LOCAL_CONTROLLER_LAYOUT
 from tests.support.agent_env import make_env
 from tests.unit.test_config import MINIMAL
 
@@ -96,3 +97,22 @@ def test_the_agent_runs_a_local_controller_when_the_section_is_there(tmp_path: P
     )
     assert isinstance(relayed.bridge, LocalController)
     assert relayed.bridge.upstream_settings.target_for("CP-01") is not None
+    assert relayed.bridge.settings.profile_layout == LOCAL_CONTROLLER_LAYOUT
+    assert plain.bridge.settings.profile_layout != LOCAL_CONTROLLER_LAYOUT
+
+
+def test_profile_layout_defaults_and_overrides() -> None:
+    config = parse_config(MINIMAL + '\n[upstream]\nurl = "ws://h:1/ocpp"\n', environ={})
+    assert config.upstream is not None
+    assert config.upstream.profiles.layout() == LOCAL_CONTROLLER_LAYOUT
+    text = (
+        MINIMAL + '\n[upstream]\nurl = "ws://h:1/ocpp"\n[upstream.profiles]\nsafe_profile_id = 42\n'
+    )
+    config = parse_config(text, environ={})
+    assert config.upstream is not None
+    assert config.upstream.profiles.layout().safe_profile_id == 42
+    bad = (
+        MINIMAL
+        + '\n[upstream]\nurl = "ws://h:1/ocpp"\n[upstream.profiles]\nsafe_profile_id = 9000250\n'
+    )
+    assert any("upstream.profiles" in p and "overlap" in p for p in problems_of(bad))
