@@ -176,6 +176,18 @@ def test_first_attempt_failing_in_autonomous_answers_the_waiting_boot() -> None:
     assert action == "BootNotification"
 
 
+def test_replayed_transaction_events_are_marked_offline() -> None:
+    relay = online(V201)
+    relay.upstream_lost(0.0)
+    event = {"eventType": "Started", "seqNo": 0, "transactionInfo": {"transactionId": "T1"}}
+    relay.from_charger(call("t1", "TransactionEvent", event), 0.1)
+    relay.from_charger(call("s1", "StatusNotification", {"connectorStatus": "Occupied"}), 0.2)
+    assert [m[:2] for m in frames(relay.to_charger())] == [[3, "t1"], [3, "s1"]]
+    relay.upstream_connected(1.0)
+    [[_, _, action, payload]] = frames(relay.to_csms())
+    assert (action, payload) == ("TransactionEvent", {**event, "offline": True})
+
+
 def test_timed_out_upstream_answer_gives_the_charger_an_error() -> None:
     relay = online(call_timeout_s=5.0)
     relay.from_charger(call("c1", "Authorize", {"idTag": "A"}), 0.0)
