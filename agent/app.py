@@ -273,7 +273,7 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         bridge = LocalController(
             replace(bridge_settings(config), profile_layout=config.upstream.profiles.layout()),
             registry,
-            upstream=config.upstream.settings(),
+            upstream=config.upstream.settings(config.storage.state_directory / "upstream"),
             on_event=site.handle,
             clock=now,
             sleep=clock.sleep,

@@ -13,8 +13,10 @@ knock at once). While it is away the policy applies (`relay.UpstreamPolicy`).
 Our own CALLs to a relayed charger (`call`) go through the relay with our prefixed ids; their
 answers never reach the CSMS.
 
-What autonomous mode queued for replay lives in memory: a restart of the agent while the CSMS
-is away loses it (`Relay.replay_queue` is what a persistent store would keep).
+What autonomous mode queued for replay, the 1.6 transaction ids it gave out and their CSMS
+counterparts survive a restart when `UpstreamSettings.state_dir` is set: one JSON file per
+charger, written (and synced) before the charger hears the local answer that put something in
+the queue, taken up when the charger connects again.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -115,6 +119,7 @@ class RelaySession:
         relay: Relay,
         on_follow_up: Callable[[str, ocppj.Call], None] | None = None,
         observe: Callable[[ocppj.Call, dict[str, Any]], Awaitable[None]] | None = None,
+        save: Callable[[Relay], None] | None = None,
     ) -> None:
         """`observe`: awaited with every charger CALL that got a CALLRESULT (from the CSMS or
         here) and that answer, in the charger's order, so the site model follows the charger."""
@@ -129,6 +134,8 @@ class RelaySession:
         self._charger_password = charger_password
         self._on_follow_up = on_follow_up
         self._observe = observe
+        self._save = save
+        self._saved_revision = relay.revision
         self._down = _Writer()
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[_Answer]] = {}
@@ -156,6 +163,13 @@ class RelaySession:
         """Stop the upstream side too (a newer connection of the charger took over)."""
         for task in list(self._tasks):
             task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop everything and wait until the upstream websocket is closed."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _apply(self, events: list[RelayEvent]) -> None:
         for event in events:
@@ -192,6 +206,10 @@ class RelaySession:
                 self._spawn(self.websocket.close(event.code, event.reason), "close-charger")
             elif isinstance(event, CloseUpstream) and self.upstream is not None:
                 self._spawn(self.upstream.close(event.code, event.reason), "close-upstream")
+        if self._save is not None and self.relay.revision != self._saved_revision:
+            # Before the charger hears an answer that relies on it.
+            self._save(self.relay)
+            self._saved_revision = self.relay.revision
         await self._flush()
 
     async def _observed(self, call: ocppj.Call, payload: dict[str, Any]) -> None:
@@ -482,6 +500,12 @@ class LocalController(CentralSystem):
         self._on_follow_up = on_follow_up
         self._passwords: WeakKeyDictionary[ServerConnection, str] = WeakKeyDictionary()
 
+    async def stop(self) -> None:
+        # Sessions still replaying to the CSMS too: what they owe is saved (state_dir) or lost
+        # with the process, never sent by a stopped controller.
+        await asyncio.gather(*(session.aclose() for session in self.sessions.values()))
+        await super().stop()
+
     def new_transaction_id(self, charger_id: str) -> int:
         given = self._given_transaction_ids.pop(charger_id, None)
         return given if given is not None else super().new_transaction_id(charger_id)
@@ -554,6 +578,7 @@ class LocalController(CentralSystem):
             relay,
             self._on_follow_up,
             observe,
+            functools.partial(self._save_relay, charger_id) if settings.state_dir else None,
         )
         following = _FOLLOWING[version](
             charger.model,
@@ -572,6 +597,8 @@ class LocalController(CentralSystem):
         earlier = self._relays.get(charger_id)
         if earlier is not None and earlier.version is version:
             relay.adopt(earlier)
+        elif earlier is None:
+            self._restore(charger_id, relay)
         self._relays[charger_id] = relay
         previous_connection = charger.connection
         charger.connection = following
@@ -596,6 +623,52 @@ class LocalController(CentralSystem):
             # A session still replaying to the CSMS stays until a new connection takes over.
             if self.sessions.get(charger_id) is session and session.finished():
                 del self.sessions[charger_id]
+
+    # --- replays across restarts --------------------------------------------------------------
+
+    def _state_file(self, charger_id: str) -> Path:
+        assert self.upstream_settings.state_dir is not None
+        return self.upstream_settings.state_dir / f"{charger_id}.json"
+
+    def _save_relay(self, charger_id: str, relay: Relay) -> None:
+        path = self._state_file(charger_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as file:
+            json.dump(relay.durable_state(), file, separators=(",", ":"))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+    def _restore(self, charger_id: str, relay: Relay) -> None:
+        if self.upstream_settings.state_dir is None:
+            return
+        path = self._state_file(charger_id)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            relay.restore(state)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Kept aside for the operator, never overwritten.
+            kept = path.with_suffix(".unreadable")
+            with contextlib.suppress(OSError):
+                os.replace(path, kept)
+            log.error(
+                "charger %s: saved replay queue unusable (%s); kept as %s",
+                charger_id,
+                exc,
+                kept,
+                extra={"charger_id": charger_id},
+            )
+            return
+        if relay.replays_pending:
+            log.info(
+                "charger %s: %d message(s) saved for the CSMS taken up",
+                charger_id,
+                len(state["replays"]),
+                extra={"charger_id": charger_id},
+            )
 
     async def call(
         self, charger_id: str, action: str, payload: dict[str, Any], timeout_s: float | None = None

@@ -204,8 +204,9 @@ class Relay:
         self.counters = _Counters()
         self.max_replay = max_replay
         self.authorize_offline = authorize_offline
-        self._tx_ids = iter(range(*local_transaction_ids))
-        self._local_tx_range = range(*local_transaction_ids)
+        self._next_tx, self._tx_stop = local_transaction_ids
+        # Bumped whenever what must survive a restart changes (see `durable_state`).
+        self.revision = 0
         self._request_ids = itertools.cycle(range(*request_ids))
         # Every requestId we used, latest last (the oldest forgotten beyond OUR_REQUESTS_KEPT):
         # a follow-up is recognised whatever arrives in between, a repeated final one too.
@@ -236,10 +237,35 @@ class Relay:
         deadlines = [d for d in (self.downstream.deadline, self.upstream.deadline) if d]
         return min(deadlines) if deadlines else None
 
-    @property
-    def replay_queue(self) -> list[tuple[str, dict[str, Any]]]:
-        """(action, payload) of every replay still waiting, in order (for persisting it)."""
-        return [(u.action, u.payload) for u in self._up if u.charger_id is None]
+    def _replays(self) -> list[_Upward]:
+        """Every replay the CSMS has not answered yet (the one on the wire first), in order."""
+        replays = [u for u in self._up if u.charger_id is None]
+        if self._up_pending is not None and self._up_pending[1].charger_id is None:
+            replays.insert(0, self._up_pending[1])
+        return replays
+
+    def durable_state(self) -> dict[str, Any]:
+        """What must survive a restart, as JSON data: the replays not yet answered by the
+        CSMS, the 1.6 transaction ids mapped so far and the next local transaction id."""
+        return {
+            "version": str(self.version),
+            "replays": [[u.action, u.payload, u.local_tx] for u in self._replays()],
+            "transaction_ids": [[k, v] for k, v in self.transaction_ids.items()],
+            "next_transaction_id": self._next_tx,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up a `durable_state` saved before a restart (replays ahead of anything new)."""
+        if state.get("version") != str(self.version):
+            raise ValueError(f"saved for OCPP {state.get('version')}, not {self.version}")
+        replays = [
+            _Upward(str(action), dict(payload), None, local_tx)
+            for action, payload, local_tx in state["replays"]
+        ]
+        self._up.extendleft(reversed(replays))
+        self.transaction_ids.update({int(k): int(v) for k, v in state["transaction_ids"]})
+        self._next_tx = max(self._next_tx, int(state["next_transaction_id"]))
+        self.revision += 1
 
     def to_charger(self) -> list[str]:
         return self.downstream.data_to_send()
@@ -408,6 +434,7 @@ class Relay:
         self._up_pending = None
         if upward.charger_id is None:
             # A replay: the charger was answered long ago. A 1.6 transaction gets its CSMS id.
+            self.revision += 1
             if (
                 isinstance(answer, ocppj.CallResult)
                 and upward.local_tx is not None
@@ -517,6 +544,7 @@ class Relay:
             elif self.version is ProtocolVersion.OCPP201:
                 request = {**request, "offline": True}
             self._up.append(_Upward(call.action, request, None, local_tx))
+            self.revision += 1
         self.counters.answered_locally += 1
         out.append(AnsweredLocally(call, payload, replayed))
         return self.downstream.send_result(call.unique_id, payload)
@@ -543,9 +571,11 @@ class Relay:
             return {}
         if self.version is ProtocolVersion.OCPP16:
             if action == "StartTransaction":
-                transaction_id = next(self._tx_ids, None)
-                if transaction_id is None:
+                if self._next_tx >= self._tx_stop:
                     return None
+                transaction_id = self._next_tx
+                self._next_tx += 1
+                self.revision += 1
                 return {"transactionId": transaction_id, "idTagInfo": {"status": "Accepted"}}
             if action == "StopTransaction":
                 return {}
@@ -606,21 +636,17 @@ class Relay:
     @property
     def replays_pending(self) -> bool:
         """Something the CSMS has not heard yet is queued or on its way."""
-        return any(u.charger_id is None for u in self._up) or (
-            self._up_pending is not None and self._up_pending[1].charger_id is None
-        )
+        return bool(self._replays())
 
     def adopt(self, previous: Relay) -> None:
         """Take over what an earlier connection of the same charger still had to replay
         (ahead of anything of ours) and its transaction ids; `previous` is left with none."""
-        replays = [u for u in previous._up if u.charger_id is None]
-        if previous._up_pending is not None and previous._up_pending[1].charger_id is None:
-            replays.insert(0, previous._up_pending[1])
-        self._up.extendleft(reversed(replays))
+        self._up.extendleft(reversed(previous._replays()))
         self.transaction_ids.update(previous.transaction_ids)
-        self._tx_ids = previous._tx_ids
+        self._next_tx = max(self._next_tx, previous._next_tx)
         previous._up.clear()
         previous._up_pending = None
+        self.revision += 1
 
     def charger_closed(self) -> list[OurAnswer]:
         """The charger's websocket is gone: our CALLs are aborted; the relay is done."""

@@ -115,6 +115,9 @@ class UpstreamSettings:
     call_timeout_s: float = 30.0
     # While the CSMS is away (autonomous): Authorize answered Accepted, else refused.
     authorize_offline: bool = True
+    # Where each charger's replay queue and transaction ids are kept across restarts (one JSON
+    # file per charger, written before the charger hears a local answer); None: in memory.
+    state_dir: Path | None = None
     # Kept for our own 1.6 transactionIds and requestIds, apart from the CSMS's numbers.
     local_transaction_ids: tuple[int, int] = (2_000_000_000, 2_100_000_000)
     request_ids: tuple[int, int] = (1_900_000_000, 2_000_000_000)

@@ -137,8 +137,9 @@ class UpstreamConfig(_Model):
         self.settings()
         return self
 
-    def settings(self) -> UpstreamSettings:
-        """The bridge's settings object for this section."""
+    def settings(self, state_dir: Path | None = None) -> UpstreamSettings:
+        """The bridge's settings object for this section; `state_dir` keeps the replay
+        queues across restarts."""
         default = None
         if self.url is not None:
             default = _Target(
@@ -161,6 +162,7 @@ class UpstreamConfig(_Model):
                 authorize_offline=self.authorize_offline,
                 local_transaction_ids=self.local_transaction_ids,
                 request_ids=self.request_ids,
+                state_dir=state_dir,
             )
         except SettingsError as exc:
             raise ValueError(str(exc)) from exc

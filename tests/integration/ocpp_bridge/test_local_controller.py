@@ -7,8 +7,10 @@ failure on either side fails the test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,7 +61,10 @@ def node() -> str:
 
 @asynccontextmanager
 async def controller(
-    csms_port: int, policy: UpstreamPolicy = UpstreamPolicy.AUTONOMOUS, log: EventLog | None = None
+    csms_port: int,
+    policy: UpstreamPolicy = UpstreamPolicy.AUTONOMOUS,
+    log: EventLog | None = None,
+    state_dir: Path | None = None,
 ) -> AsyncIterator[LocalController]:
     records = [ChargerRecord(i, test_hash()) for i in ("RPC16", "RPC201")]
     upstream = UpstreamSettings(
@@ -71,6 +76,7 @@ async def controller(
         reconnect_max_s=0.5,
         connect_timeout_s=5.0,
         call_timeout_s=10.0,
+        state_dir=state_dir,
     )
     system = LocalController(
         BridgeSettings(host="127.0.0.1", port=0, profile_layout=LOCAL_CONTROLLER_LAYOUT),
@@ -308,3 +314,46 @@ async def test_autonomous_replays_what_happened_during_an_outage(node: str) -> N
         if charger is not None:
             await charger.kill()
         await csms.stop()
+
+
+async def test_autonomous_replays_survive_a_restart_of_flexbridge(
+    node: str, tmp_path: Path
+) -> None:
+    """The CSMS is down while the charger boots and starts charging; flexbridge then stops.
+    The next flexbridge takes the saved queue up and the CSMS hears it all, once, in order,
+    before the charger's new messages."""
+    port = free_port()
+    csms: NodeCsms | None = None
+    charger: NodeCharger | None = None
+    saved = tmp_path / "RPC16.json"
+    try:
+        async with controller(port, state_dir=tmp_path) as system:
+            charger = await NodeCharger.start(node, "ocpp1.6", url(system), "RPC16", PASSWORD)
+            await charger.wait_for("ready")
+            local_tx = (await charger.wait_for("started"))["result"]["transactionId"]
+            await charger.kill()
+        queued = json.loads(saved.read_text())["replays"]
+        assert [action for action, _, _ in queued] == [
+            "BootNotification",
+            "StartTransaction",
+            "MeterValues",
+        ]
+        csms = await NodeCsms.start(node, port)
+        async with controller(port, state_dir=tmp_path) as system:
+            charger = await NodeCharger.start(node, "ocpp1.6", url(system), "RPC16", PASSWORD)
+            await charger.wait_for("ready")
+            await csms.wait_for_call("RPC16", "MeterValues", 2)
+            calls = csms.calls("RPC16")
+            saved_first = ["BootNotification", "StartTransaction", "MeterValues"]
+            assert actions(calls) == [*saved_first, *CHARGER_16], actions(calls)
+            assert calls[2][1]["transactionId"] == 100  # the CSMS's id for the saved session
+            assert (await charger.wait_for("started"))["result"]["transactionId"] == 101
+            assert local_tx >= 2_000_000_000
+            no_duplicate_ids(csms.frames("RPC16"))
+        assert json.loads(saved.read_text())["replays"] == []
+        assert csms.complaints() == []
+    finally:
+        if charger is not None:
+            await charger.kill()
+        if csms is not None:
+            await csms.stop()

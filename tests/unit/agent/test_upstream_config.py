@@ -98,6 +98,8 @@ def test_the_agent_runs_a_local_controller_when_the_section_is_there(tmp_path: P
     assert isinstance(relayed.bridge, LocalController)
     assert relayed.bridge.upstream_settings.target_for("CP-01") is not None
     assert relayed.bridge.settings.profile_layout == LOCAL_CONTROLLER_LAYOUT
+    state = relayed.config.storage.state_directory / "upstream"
+    assert relayed.bridge.upstream_settings.state_dir == state
     assert plain.bridge.settings.profile_layout != LOCAL_CONTROLLER_LAYOUT
 
 

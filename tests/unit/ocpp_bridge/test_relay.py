@@ -363,3 +363,53 @@ def test_autonomous_replays_every_transaction_message_once_in_order(actions: lis
         relay.from_csms(result(unique_id, answer), 1.0)
     assert seen == list(range(len(actions)))
     assert relay.to_charger() == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from(["StartTransaction", "MeterValues", "StopTransaction"]), max_size=10),
+    st.integers(0, 10),
+)
+def test_what_is_saved_replays_after_a_restart_as_it_would_have(
+    actions: list[str], answered_before: int
+) -> None:
+    """A restart after some replays were answered: the rest goes out from the saved state, in
+    order, with the CSMS's transaction ids, and the local ids are never given out again."""
+    relay = Relay(V16, clock=clock)
+    relay.upstream_connected(0.0)
+    relay.upstream_lost(0.0)
+    local_tx = 0
+    for seq, action in enumerate(actions):
+        payload: dict[str, Any] = {"seq": seq, "transactionId": local_tx}
+        for event in relay.from_charger(call(f"c{seq}", action, payload), 0.0):
+            if isinstance(event, AnsweredLocally) and action == "StartTransaction":
+                local_tx = event.payload["transactionId"]
+    relay.upstream_connected(1.0)
+    seen: list[int] = []
+
+    def answer_next(target: Relay) -> bool:
+        got = frames(target.to_csms())
+        if not got:
+            return False
+        [[_, unique_id, action, payload]] = got
+        seen.append(payload["seq"])
+        tx = 500 + len(seen)
+        target.from_csms(
+            result(unique_id, {"transactionId": tx} if action == "StartTransaction" else {}), 1.0
+        )
+        return True
+
+    for _ in range(answered_before):
+        if not answer_next(relay):
+            break
+    saved = json.loads(json.dumps(relay.durable_state()))
+    restarted = Relay(V16, clock=clock)
+    restarted.restore(saved)
+    restarted.upstream_connected(2.0)
+    while answer_next(restarted):
+        pass
+    assert seen == list(range(len(actions)))
+    restarted.upstream_lost(3.0)
+    new = restarted.from_charger(call("n1", "StartTransaction", {"seq": 99}), 3.0)
+    [fresh] = [e.payload["transactionId"] for e in new if isinstance(e, AnsweredLocally)]
+    assert fresh > local_tx >= 0
