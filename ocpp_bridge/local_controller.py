@@ -57,6 +57,7 @@ from ocpp_bridge.connection import (
     Connection201,
 )
 from ocpp_bridge.events import ProtocolVersion
+from ocpp_bridge.problems import TokenBucket
 from ocpp_bridge.relay import (
     Answered,
     AnsweredLocally,
@@ -120,6 +121,7 @@ class RelaySession:
         on_follow_up: Callable[[str, ocppj.Call], None] | None = None,
         observe: Callable[[ocppj.Call, dict[str, Any]], Awaitable[None]] | None = None,
         save: Callable[[Relay], None] | None = None,
+        budget: TokenBucket | None = None,
     ) -> None:
         """`observe`: awaited with every charger CALL that got a CALLRESULT (from the CSMS or
         here) and that answer, in the charger's order, so the site model follows the charger."""
@@ -135,6 +137,10 @@ class RelaySession:
         self._on_follow_up = on_follow_up
         self._observe = observe
         self._save = save
+        # Every charger frame takes from it; over it frames are dropped unread, and a charger
+        # that keeps on is closed (the central system's per-charger limits).
+        self._budget = budget
+        self._refused = 0
         self._saved_revision = relay.revision
         self._down = _Writer()
         self._up = _Writer()
@@ -250,7 +256,8 @@ class RelaySession:
         self._upstream_task = self._spawn(self._upstream_loop(), "upstream")
         try:
             async for raw in self.websocket:
-                await self._apply(self.relay.from_charger(raw, self._now()))
+                if self._within_budget():
+                    await self._apply(self.relay.from_charger(raw, self._now()))
         except ConnectionClosed:
             pass
         finally:
@@ -274,6 +281,25 @@ class RelaySession:
                     self.charger_id,
                     extra={"charger_id": self.charger_id},
                 )
+
+    def _within_budget(self) -> bool:
+        budget = self._budget
+        if budget is None:
+            return True
+        if budget.take():
+            # Forgiven only once the charger slowed down for a while (as `Connection` does).
+            if budget.tokens >= budget.burst / 2:
+                self._refused = 0
+            return True
+        self._refused += 1
+        if self._refused == Connection.FLOOD_CLOSE_AFTER:
+            log.warning(
+                "charger %s: message flood; closing",
+                self.charger_id,
+                extra={"charger_id": self.charger_id},
+            )
+            self._spawn(self.websocket.close(1008, "message flood"), "flood-close")
+        return False
 
     async def _open_upstream(self) -> ClientConnection:
         headers = {}
@@ -579,6 +605,7 @@ class LocalController(CentralSystem):
             self._on_follow_up,
             observe,
             functools.partial(self._save_relay, charger_id) if settings.state_dir else None,
+            TokenBucket(self.settings.max_calls_per_s, self.settings.call_burst),
         )
         following = _FOLLOWING[version](
             charger.model,

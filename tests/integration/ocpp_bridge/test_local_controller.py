@@ -7,6 +7,8 @@ failure on either side fails the test.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from ocpp_bridge.events import ChargerConnected, MeterSample, SessionEnded, SessionStarted
 from ocpp_bridge.local_controller import LocalController
@@ -357,3 +362,21 @@ async def test_autonomous_replays_survive_a_restart_of_flexbridge(
             await charger.kill()
         if csms is not None:
             await csms.stop()
+
+
+async def test_a_flooding_charger_is_closed_and_nothing_reaches_the_csms() -> None:
+    """Garbage as fast as the socket takes it: over the per-charger budget frames are dropped
+    unread, and a charger that keeps on is closed (1008), as a directly connected one is."""
+    async with controller(free_port()) as system:
+        token = base64.b64encode(f"RPC16:{PASSWORD}".encode()).decode()
+        async with connect(
+            f"{url(system)}/RPC16",
+            subprotocols=[Subprotocol("ocpp1.6")],
+            additional_headers={"Authorization": f"Basic {token}"},
+        ) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                for i in range(5000):
+                    await ws.send(f'[2,"g{i}","NoSuchAction",{{}}]')
+                async for _ in ws:
+                    pass
+            assert ws.close_code == 1008
