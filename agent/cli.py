@@ -19,13 +19,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent import __version__
-from agent.runtime.config import (
-    Config,
-    ConfigError,
-    ConfigFileMissing,
-    load_config,
-    summary,
-)
+from agent.runtime.config import Config
+from agent.runtime.configfile import ConfigError, ConfigFileMissing, load_config, summary
 from agent.runtime.logs import configure_logging
 
 EX_OK = 0
@@ -169,8 +164,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from agent.demo.scenario import DemoError, DemoResult, demo_state_dir, numba_cache_dir, run_demo
-    from agent.runtime.service import EXPECTED_START_ERRORS, install_signal_handlers
+    from agent.demo.defaults import demo_state_dir, numba_cache_dir
+    from agent.demo.scenario import DemoError, DemoResult, run_demo
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, install_signal_handlers
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())
@@ -216,6 +212,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         result = asyncio.run(demo())
     except DemoError as exc:
         return _error(f"the demo's story broke off: {exc}", EX_FAILURE)
+    except ServiceError as exc:  # the agent's components, started as `run` starts them
+        cause = exc.__cause__
+        if isinstance(cause, EXPECTED_START_ERRORS):
+            message, code = _start_failure(cause, exc.component, state_dir)
+            return _error(message, code)
+        raise
     except EXPECTED_START_ERRORS as exc:
         message, code = _start_failure(exc, "demo", state_dir)
         return _error(message, code)

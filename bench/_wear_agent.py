@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from agent.app import build_agent
-from agent.demo.scenario import demo_config
+from agent.demo.defaults import demo_config
 from agent.runtime.config import ClockConfig, Config
 from agent.runtime.service import serve
 from uftp import keys

@@ -10,8 +10,13 @@ day-ahead D-prognosis at start, which selects the structure from the seeded hist
   of samples over a few seconds after steady state (VmHWM, the peak, is printed too);
 * `forecast_round_s`: wall time of one forecast round, measured as the latency of the
   status API's prognosis resend (`POST /api/prognosis/resend`): load the history from the
-  store, forecast the day with the chosen structure, record the new revision. Best and
-  first of a few;
+  store, start a forecast worker process (`forecaster.worker`: interpreter, numba, kernels from
+  the cache), forecast the day with the chosen structure there, record the new revision. Best
+  and first of a few; against it, as the named baseline, `forecast_in_process_s`: the same
+  forecast on the same store run in this process with numba loaded and the kernels warm (what
+  a round cost while the agent kept numba resident), and the ratio of the two;
+* `forecast_worker_rss_mb`: the largest VmRSS of the agent's worker processes sampled during
+  those rounds (memory the gateway needs for a moment, handed back when the worker exits);
 * the same agent's RSS before any charger connects, and, as the named baseline in the same
   run, the RSS of a bare interpreter that imports numpy, and numpy plus numba, so the
   figures say what numba costs the agent.
@@ -22,12 +27,14 @@ Goal: under 120 MB. Linux only (/proc). Usage: python -m bench agent_rss
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -128,6 +135,71 @@ def resend(port: int) -> float:
     return time.perf_counter() - began
 
 
+class ChildSampler(threading.Thread):
+    """The largest VmRSS of any child process of `pid`, sampled every 10 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.largest_mb = 0.0
+        self.stop = threading.Event()
+
+    def children(self) -> list[int]:
+        out: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                out += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return out
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for child in self.children():
+                try:
+                    self.largest_mb = max(self.largest_mb, rss_mb(child))
+                except (OSError, RuntimeError):
+                    continue  # gone between the listing and the read
+            time.sleep(0.01)
+
+
+async def in_process_rounds(raw: dict[str, Any], rounds: int) -> list[float]:
+    """The agent's day-ahead forecast on the store it left, run in this process (numba
+    loaded here): the cost of a round before forecasts moved to a worker."""
+    from agent.runtime.clock import SystemClock
+    from agent.runtime.config import Config
+    from agent.site import forecasting
+    from agent.storage.db import Database
+    from agent.storage.store import SCHEMA
+    from agent.trading.market import Market
+    from uftp import store as uftp_store
+
+    config = Config.model_validate(raw)
+    db = Database(
+        config.storage.database_path,
+        SCHEMA,
+        extra_migrations=[uftp_store.migrate, forecasting.migrate],
+    )
+    await db.start()
+    try:
+        forecaster = forecasting.SiteForecaster(config, db, SystemClock())
+
+        async def here(function: Any, args: tuple[object, ...]) -> Any:
+            return function(*args)
+
+        forecaster._in_worker = here  # type: ignore[method-assign]
+        market = Market(TZ, config.uftp.isp_duration_min)
+        targets = [i.start for i in market.isps(market.today(datetime.now(UTC)))]
+        times = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            await forecaster.forecast([CP], targets)
+            times.append(time.perf_counter() - began)
+        return times
+    finally:
+        await db.stop()
+
+
 def chargers_connected(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/chargers", timeout=10) as r:
         body = json.loads(r.read())
@@ -144,6 +216,7 @@ def main(argv: list[str]) -> None:
     from nacl.signing import SigningKey
 
     from agent.runtime.config import Config
+    from forecaster.cache import cache_dir_for, point_cache_at
     from ocpp_bridge import hash_password
     from tests.support.agent_env import seed_history
     from tests.support.processes import AgentProcess
@@ -241,7 +314,11 @@ def main(argv: list[str]) -> None:
                 if time.monotonic() > deadline or fleet.poll() is not None:
                     raise RuntimeError("the simulated chargers did not all connect")
                 time.sleep(0.5)
+            sampler = ChildSampler(pid)
+            sampler.start()
             rounds = [resend(http_port) for _ in range(args.rounds)]
+            sampler.stop.set()
+            sampler.join()
             samples = []
             end = time.monotonic() + SAMPLE_S
             while time.monotonic() < end:
@@ -258,6 +335,9 @@ def main(argv: list[str]) -> None:
                 agent.finish(timeout_s=30)
             finally:
                 agent.kill()
+        # The same kernel cache the agent's workers load from (numba is not loaded here yet).
+        point_cache_at(cache_dir_for(state))
+        here = asyncio.run(in_process_rounds(raw, args.rounds))
 
     emit("chargers_connected", args.chargers)
     emit("history_days", HISTORY_DAYS)
@@ -266,6 +346,10 @@ def main(argv: list[str]) -> None:
     emit("agent_peak_rss_mb", peak_mb)
     emit("forecast_round_s", min(rounds))
     emit("forecast_round_first_s", rounds[0])
+    emit("forecast_in_process_s", min(here))
+    emit("forecast_in_process_first_s", here[0])
+    emit("forecast_round_vs_in_process", min(rounds) / min(here))
+    emit("forecast_worker_rss_mb", sampler.largest_mb)
     emit("python_numpy_rss_mb", numpy_mb)
     emit("python_numpy_numba_rss_mb", numba_mb)
     emit("numba_import_rss_mb", numba_mb - numpy_mb)

@@ -98,7 +98,7 @@ async def run_case(count: int, concurrency: int, work: Path) -> list[float]:
     from nacl.signing import SigningKey
 
     from agent.app import build_agent
-    from agent.demo.scenario import simulated_dso
+    from agent.demo.defaults import simulated_dso
     from agent.runtime.config import Config
     from ocpp_bridge import hash_password
     from uftp import keys

@@ -10,7 +10,9 @@ Also: the first forecast of a fresh process whose kernel cache is warm (imports 
 the envelope and allocation of 1,000 sessions × 96 ISPs, and per-site structure selection
 (`forecaster.selection`) for one site of 50 chargers with 8 weeks of history, with the
 forecast of its chosen structure, for that site and for all 1,000 series (numba kernel, and
-its numpy reference path).
+its numpy reference path). And what the agent's own process pays for an allocation at a site's
+scale (30 sessions × 96 ISPs) on the numpy twin it runs without numba
+(`forecaster.numpy_kernels`), against the numba kernel as the baseline.
 
 Usage: python -m bench forecast [--series N] [--quick]
 """
@@ -261,6 +263,24 @@ def main(argv: list[str]) -> None:
     alloc_s = best_of(lambda: allocate(fleet, envelope.lower_w, limit), repeats)
     env_s = best_of(lambda: flexibility_envelope(fleet, limit, ISPS_PER_DAY), repeats)
 
+    from forecaster import numpy_kernels
+    from forecaster.kernels import flex
+
+    cars = 30
+    arrive = rng.integers(-16, 60, cars)
+    site_fleet = SessionSet(
+        arrive,
+        arrive + rng.integers(8, 60, cars),
+        rng.uniform(2_000, 40_000, cars),
+        np.full(cars, 4_140.0),
+        rng.choice([7_400.0, 11_000.0, 22_000.0], cars),
+    )
+    site_limit = np.full(ISPS_PER_DAY, 150_000.0)
+    site_target = flexibility_envelope(site_fleet, site_limit, ISPS_PER_DAY).lower_w
+    site_args = (*site_fleet.kernel_arrays(), site_limit, site_target, 0.25)
+    twin_s = best_of(lambda: numpy_kernels.allocate(*site_args), repeats)
+    site_kernel_s = best_of(lambda: flex.allocate(*site_args), repeats)
+
     emit("series", args.series)
     emit("history_weeks", WEEKS)
     emit("horizon_isps", int(targets.size))
@@ -288,6 +308,9 @@ def main(argv: list[str]) -> None:
     emit("selected_forecast_kernel_speedup_vs_numpy", selected_numpy_s / selected_all_s)
     emit("envelope_1000_sessions_96_isps_ms", env_s * 1000.0)
     emit("allocation_1000_sessions_96_isps_ms", alloc_s * 1000.0)
+    emit("allocation_numpy_twin_30_sessions_96_isps_ms", twin_s * 1000.0)
+    emit("allocation_kernel_30_sessions_96_isps_ms", site_kernel_s * 1000.0)
+    emit("allocation_numpy_twin_vs_kernel", twin_s / site_kernel_s)
     if baseline_s is None:
         emit("forecast_speedup_vs_statsforecast", "unavailable")
     else:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.app import build_agent
-from agent.demo.scenario import demo_config
+from agent.demo.defaults import demo_config
 from agent.interfaces.status import LiveStatus
 from agent.interfaces.telemetry.mqtt import MessageHandler, Payload, encode
 from agent.interfaces.telemetry.publisher import TelemetryPublisher

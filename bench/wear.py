@@ -32,7 +32,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.demo.scenario import (
+from agent.demo.defaults import (
     DEMO_AGR_DOMAIN,
     DEMO_DSO_DOMAIN,
     DEMO_TIMEZONE,

@@ -34,6 +34,7 @@ from forecaster.selection import (
     day_table,
     forecast_days,
     regime_changed,
+    zero_probability,
 )
 from forecaster.selection import select as select_structure
 from forecaster.sessions import (
@@ -298,8 +299,9 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
     labels = np.concatenate(day_label)
 
     def scored(parts: list[np.ndarray]) -> Scores:
+        # A fourth row, where a method gives one, is its probability of zero load.
         f = np.maximum(np.concatenate(parts, axis=1), 0.0)
-        return score(y, f[0], f[1], f[2], labels)
+        return score(y, f[0], f[1], f[2], labels, f[3] if f.shape[0] > 3 else None)
 
     scores = {"ours": scored(ours)}
     if config.origin is not None:
@@ -326,14 +328,18 @@ def run_backtest(config: BacktestConfig) -> BacktestResult:
 def _baselines(
     by_day: np.ndarray, d: int, slots: np.ndarray, naive: list[np.ndarray], mean4: list[np.ndarray]
 ) -> None:
+    """P10, P50, P90 and the probability of zero load of both baselines: seasonal naive a
+    point forecast (certain of its value), the 4-week mean the empirical distribution of
+    its 4 days."""
     weeks = by_day[[d - 7 * w for w in range(1, 5)]][:, slots]  # (4, H)
-    naive.append(np.repeat(weeks[:1], 3, axis=0))
+    naive.append(np.concatenate([np.repeat(weeks[:1], 3, axis=0), weeks[:1] == 0]))
     mean4.append(
         np.stack(
             [
                 np.quantile(weeks, 0.1, axis=0),
                 weeks.mean(axis=0),
                 np.quantile(weeks, 0.9, axis=0),
+                (weeks == 0).mean(axis=0),
             ]
         )
     )
@@ -351,7 +357,8 @@ class _Reselection:
         self._since: list[tuple[np.ndarray, np.ndarray]] = []
 
     def forecast(self, day: date) -> np.ndarray:
-        """(3, P) P10/P50/P90 for local `day`, from the days before it only."""
+        """(4, P) P10/P50/P90 and the probability of zero load for local `day`, from the days
+        before it only."""
         ordinal = day.toordinal()
         known = self.table.before(ordinal)
         current = self.selections[-1] if self.selections else None
@@ -373,8 +380,9 @@ class _Reselection:
         p10, p50, p90 = forecast_days(
             current, known, np.array([ordinal]), self.table.holiday[i : i + 1]
         )
+        p_zero = zero_probability(known, np.array([ordinal]), self.table.holiday[i : i + 1])
         self._since.append((self.table.values[i], p50[0]))
-        return np.stack([p10[0], p50[0], p90[0]])
+        return np.stack([p10[0], p50[0], p90[0], p_zero[0]])
 
 
 def _intraday(

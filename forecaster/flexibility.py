@@ -8,19 +8,30 @@ promises power a session may not be there to take.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from forecaster.calendar import Float64Array, Int64Array, epoch_seconds
-from forecaster.kernels import flex
 
 
 class FlexInputError(ValueError):
     """Sessions, limits or requests the kernels cannot use; the message names the value."""
+
+
+def loaded_kernels(numba_module: str, twin: str = "forecaster.numpy_kernels") -> ModuleType:
+    """The compiled kernels of `numba_module` in a process that has numba loaded already (the
+    forecast worker, backtests, benchmarks), else their numpy twins (`forecaster.numpy_kernels`):
+    the agent's own process never loads numba for these few-millisecond calls, and both give
+    equal results (property-tested), so which one runs changes nothing but the cost."""
+    import importlib
+
+    return importlib.import_module(numba_module if "numba" in sys.modules else twin)
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -158,6 +169,7 @@ def flexibility_envelope(
 ) -> Envelope:
     limit = site_limit(limit_w, horizon)
     dt_h = _dt_hours(isp_minutes)
+    flex = loaded_kernels("forecaster.kernels.flex")
     lower, upper, short = flex.envelope(*sessions.kernel_arrays(), limit, dt_h)
     return Envelope(lower, upper, short)
 
@@ -198,6 +210,7 @@ def allocate(
         raise FlexInputError(f"target {float(target[t])} W at ISP {t} must be finite and >= 0")
     limit = site_limit(limit_w, target.size)
     dt_h = _dt_hours(isp_minutes)
+    flex = loaded_kernels("forecaster.kernels.flex")
     schedule, remaining, unmet = flex.allocate(*sessions.kernel_arrays(), limit, target, dt_h)
     return Allocation(schedule, schedule.sum(axis=0), remaining, unmet)
 
@@ -268,6 +281,7 @@ __all__ = [
     "SessionSet",
     "allocate",
     "flexibility_envelope",
+    "loaded_kernels",
     "site_limit",
     "size_request",
 ]

@@ -26,12 +26,6 @@ from forecaster.calendar import (
     history_layout,
     to_utc,
 )
-from forecaster.kernels.profile import (
-    assemble_forecast,
-    assemble_forecast_parallel,
-    sqrt_profiles,
-    sqrt_profiles_parallel,
-)
 
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 PARALLEL_MIN_SERIES = 64
@@ -154,6 +148,8 @@ class LoadProfiles:
     def forecast(
         self, targets: Sequence[datetime] | npt.NDArray[np.datetime64] | Int64Array
     ) -> QuantileForecast:
+        from forecaster.kernels.profile import assemble_forecast, assemble_forecast_parallel
+
         epoch = _target_epochs(targets, self.calendar)
         ordinal, slot = self.calendar.local_day_and_slot(epoch)
         day_type = self.calendar.day_types(ordinal)
@@ -196,6 +192,8 @@ def fit_profiles(
 ) -> LoadProfiles:
     """Fit the day-type profiles from the last ``history_days`` local days before `until_epoch`
     (default: the end of the history). Raises EmptyHistoryError naming series without data."""
+    from forecaster.kernels.profile import sqrt_profiles, sqrt_profiles_parallel
+
     settings = settings or ForecastSettings()
     if history.isp_minutes != calendar.isp_minutes:
         raise ForecastInputError(

@@ -28,6 +28,7 @@ from forecaster.calendar import (
     SiteCalendar,
     epoch_seconds,
 )
+from forecaster.flexibility import loaded_kernels
 from forecaster.forecast import (
     ForecastInputError,
     ForecastSettings,
@@ -35,7 +36,6 @@ from forecaster.forecast import (
     QuantileForecast,
     fit_profiles,
 )
-from forecaster.kernels.sessions import arrival_load, known_session_power
 
 SAMPLES = 11
 """Quantile samples per calibrated quantity (5 %, 14 %, ..., 95 %): enough to shape the mean
@@ -100,7 +100,7 @@ class SessionCalibration:
         power = np.broadcast_to(np.asarray(power_w, dtype=np.float64), arrival.shape)
         ordinal, slot = calendar.local_day_and_slot(arrival)
         duration = np.minimum(stay, delivered * 3600.0 / power)
-        load = arrival_load(
+        load = loaded_kernels("forecaster.kernels.sessions").arrival_load(
             slot,
             calendar.day_types(ordinal),
             (arrival % calendar.isp_seconds).astype(np.float64),
@@ -196,6 +196,8 @@ def forecast_intraday(
     ):
         bad = int(sessions.series[(sessions.series < 0) | (sessions.series >= history.series)][0])
         raise ForecastInputError(f"session series {bad} outside 0..{history.series - 1}")
+    from forecaster.kernels.sessions import known_session_power
+
     base = fit_profiles(history, calendar, settings, until_epoch=origin_epoch).forecast(targets)
     if (base.targets < origin_epoch).any():
         raise ForecastInputError("intraday targets must not start before the origin")

@@ -6,17 +6,8 @@ Why: a structure tuned on one site (Mon-Fri pooled, one recency, square roots) l
 how fast they change and how noisy they are, so the structure is a per-site choice, made
 from what the site did, not from what one garage did.
 
-Everything works on a *day table*: one series as (D, P) power in W per local day and clock
-slot (NaN where unknown), with each day's ordinal and holiday flag. A candidate forecasts a
-target day from the days strictly before it (age >= 1 day), within `MAX_HISTORY_DAYS`:
-
-* grouping: the same weekday (holidays with Sundays), Mon-Fri + Saturday + Sunday/holiday,
-  or the weekday's own estimate shrunk towards its group's by n / (n + `SHRINK_DAYS`);
-  a group with fewer than `MIN_GROUP_DAYS` days falls back to the wider group, then to all;
-* recency: exponential weights by age (half-lives in days) or a plain window of 2-8 weeks;
-* estimate per slot: weighted mean, weighted median or 20 % trimmed mean, of the day
-  smoothed over +-1 ISP, in square-root space (count-like load) or in watts;
-* level correction on/off: the last 3 group days' energy against the weighted mean energy.
+The candidates and the day table they read are in `forecaster.candidates`; the P10/P90
+bands fitted to the chosen forecast's held-out residuals in `forecaster.calibration`.
 
 The two baselines (seasonal naive D-7 and the 4-week same-weekday mean, both on the plain
 calendar weekday as the backtest scores them) are candidates too. Selection scores every
@@ -35,501 +26,79 @@ numpy path kept beside it (`kernel=False`) as the reference it is tested against
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
-import numpy.typing as npt
 
-from forecaster.calendar import Float64Array, Int64Array, SiteCalendar, history_layout
+from forecaster.calendar import Float64Array, Int64Array
+from forecaster.calibration import (
+    BAND_HOURS,
+    SPREAD_FLOOR,
+    _bands,
+    _scale,
+    _spread,
+    zero_share,
+)
+from forecaster.candidates import (
+    _ESTIMATORS,
+    BASELINES,
+    CANDIDATES,
+    LEVEL_CLIP,
+    LEVEL_DAYS,
+    LEVEL_WEIGHT,
+    MAX_HISTORY_DAYS,
+    MIN_GROUP_DAYS,
+    PARALLEL_MIN_SERIES,
+    SHRINK_DAYS,
+    TRIM,
+    BoolArray,
+    Candidate,
+    DayTable,
+    SelectionError,
+    _Context,
+    _context,
+    _forecast,
+    candidate_forecast,
+    day_table,
+)
+from forecaster.offdays import off_days
 
-MAX_HISTORY_DAYS = 56
-"""A candidate reads at most this many days back from its target day."""
+__all__ = [
+    "BASELINES",
+    "CANDIDATES",
+    "EVAL_DAYS",
+    "EVAL_HALF_LIFE_DAYS",
+    "LEVEL_CLIP",
+    "LEVEL_DAYS",
+    "LEVEL_WEIGHT",
+    "MAX_HISTORY_DAYS",
+    "MIN_EVAL_DAYS",
+    "MIN_GROUP_DAYS",
+    "PARALLEL_MIN_SERIES",
+    "SHRINK_DAYS",
+    "TRIM",
+    "_ESTIMATORS",
+    "Candidate",
+    "DayTable",
+    "Selection",
+    "SelectionError",
+    "candidate_forecast",
+    "day_table",
+    "forecast_days",
+    "forecast_many",
+    "regime_changed",
+    "select",
+    "zero_probability",
+]
+
 EVAL_DAYS = 28
 """Held-out days scored per selection (4 weeks: every weekday 4 times)."""
 MIN_EVAL_DAYS = 7
 EVAL_HALF_LIFE_DAYS = 14.0
 """Held-out days are weighted by recency, so a site that changed is judged on its new self."""
-MIN_GROUP_DAYS = 2
-SHRINK_DAYS = 3.0
-LEVEL_DAYS = 3
-LEVEL_WEIGHT = 0.5
-LEVEL_CLIP = 2.0
-TRIM = 0.2
 COMBINE_MAX = 3
-BAND_HOURS = 4
-COVERAGE = 0.8
-SPREAD_HALF_LIFE_DAYS = 28
-SPREAD_FLOOR = 0.25
-"""The bands' scale is the slot's spread plus this share of the mean spread, so a slot
-whose past days happened to agree still gets a band."""
-BASELINES = ("seasonal_naive", "weekday_mean_4w")
-
-BoolArray = npt.NDArray[np.bool_]
-
-
-class SelectionError(ValueError):
-    """Inputs selection cannot use (too little history, mismatched shapes, unknown names)."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One forecast structure; `name` spells it out and identifies it in the store."""
-
-    grouping: str  # "weekday" | "daytype" | "shrink" | "calendar" (plain weekday, baselines)
-    recency: str  # "ew" | "window"
-    span_days: int  # half-life (ew) or window length (window), days
-    estimator: str  # "mean" | "median" | "trimmed"
-    sqrt: bool
-    level: bool
-    smooth: int
-    label: str = ""
-
-    @property
-    def name(self) -> str:
-        if self.label:
-            return self.label
-        parts = [
-            self.grouping,
-            f"{'hl' if self.recency == 'ew' else 'win'}{self.span_days}",
-            self.estimator,
-            "sqrt" if self.sqrt else "watts",
-        ]
-        if self.level:
-            parts.append("level")
-        return "-".join(parts)
-
-
-def _grid() -> dict[str, Candidate]:
-    out: dict[str, Candidate] = {}
-    for base in (
-        Candidate("calendar", "window", 7, "mean", False, False, 0, BASELINES[0]),
-        Candidate("calendar", "window", 28, "mean", False, False, 0, BASELINES[1]),
-    ):
-        out[base.name] = base
-    recencies = [("ew", 7), ("ew", 14), ("ew", 28), ("window", 14), ("window", 28), ("window", 56)]
-    for grouping in ("weekday", "daytype", "shrink"):
-        for recency, span in recencies:
-            for estimator in ("mean", "median", "trimmed"):
-                # A median is the same in watts and in square roots (a monotone map).
-                for use_sqrt in (True,) if estimator == "median" else (True, False):
-                    for level in (False, True):
-                        c = Candidate(grouping, recency, span, estimator, use_sqrt, level, 1)
-                        out[c.name] = c
-    return out
-
-
-CANDIDATES: dict[str, Candidate] = _grid()
-
-
-# --- the day table ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DayTable:
-    """One series per local day: values (D, P) W with NaN unknown, ordinals (D,) consecutive
-    local dates (``date.toordinal``), holiday (D,) bool."""
-
-    values: Float64Array
-    ordinals: Int64Array
-    holiday: BoolArray
-
-    def __post_init__(self) -> None:
-        if self.values.ndim != 2 or self.values.shape[0] != self.ordinals.size:
-            raise SelectionError(
-                f"day table shapes differ: values {self.values.shape}, {self.ordinals.size} days"
-            )
-        if self.ordinals.size and (np.diff(self.ordinals) != 1).any():
-            raise SelectionError("day table ordinals must be consecutive days")
-
-    @property
-    def days(self) -> int:
-        return int(self.ordinals.size)
-
-    def before(self, ordinal: int) -> DayTable:
-        """The days strictly before `ordinal`: what is known at 00:00 of that day."""
-        keep = self.ordinals < ordinal
-        return DayTable(self.values[keep], self.ordinals[keep], self.holiday[keep])
-
-
-def day_table(
-    values: Float64Array, start_epoch: int, calendar: SiteCalendar, until_epoch: int
-) -> DayTable:
-    """The whole local days of a (T,) power series on the UTC grid from `start_epoch` that end
-    by `until_epoch`. A fall-back day's repeated hour is the mean of its two ISPs; the slots
-    a spring-forward day skips are interpolated from their neighbours (they have no ISP)."""
-    isp = calendar.isp_seconds
-    length = min(values.size, max(0, (until_epoch - start_epoch) // isp))
-    if length <= 0:
-        return DayTable(
-            np.zeros((0, calendar.slots_per_day)),
-            np.zeros(0, dtype=np.int64),
-            np.zeros(0, dtype=bool),
-        )
-    layout = history_layout(calendar, start_epoch, length)
-    index = layout.index
-    first = np.where(index[:, :, 0] >= 0, values[np.maximum(index[:, :, 0], 0)], np.nan)
-    second = np.where(index[:, :, 1] >= 0, values[np.maximum(index[:, :, 1], 0)], np.nan)
-    table = np.where(
-        np.isnan(second), first, np.where(np.isnan(first), second, (first + second) / 2)
-    )
-    absent = (index[:, :, 0] < 0) & (index[:, :, 1] < 0)
-    slots = np.arange(table.shape[1])
-    for d in np.flatnonzero(absent.any(axis=1) & layout.whole_day):
-        known = ~absent[d] & ~np.isnan(table[d])
-        if known.any():
-            table[d, absent[d]] = np.interp(slots[absent[d]], slots[known], table[d, known])
-    whole = layout.whole_day
-    ordinals = layout.first_ordinal + np.arange(layout.days, dtype=np.int64)
-    # Only whole days: a cut first or last day would look like a quiet day.
-    keep = np.flatnonzero(whole)
-    if keep.size and (np.diff(keep) != 1).any():
-        raise SelectionError("day table: a cut day inside the history")
-    return DayTable(
-        np.ascontiguousarray(table[keep]),
-        ordinals[keep],
-        np.array([date.fromordinal(int(o)) in calendar.holidays for o in ordinals[keep]]),
-    )
-
-
-# --- candidate forecasts ----------------------------------------------------------------
-
-
-def _weekday(ordinals: Int64Array) -> Int64Array:
-    # date.toordinal(0001-01-01) = 1, a Monday: weekday() = (ordinal - 1) % 7.
-    return (ordinals - 1) % 7
-
-
-def _group_key(grouping: str, ordinals: Int64Array, holiday: BoolArray) -> Int64Array:
-    wd = _weekday(ordinals)
-    if grouping == "calendar":
-        return wd
-    if grouping == "weekday":
-        return np.where(holiday, 6, wd)
-    if grouping == "daytype":
-        return np.where(holiday | (wd == 6), 2, np.where(wd == 5, 1, 0))
-    return np.zeros(ordinals.size, dtype=np.int64)  # "all"
-
-
-def _smooth(values: Float64Array, radius: int) -> Float64Array:
-    """Moving mean over +-radius slots (the last axis) of each day, over the slots with data."""
-    if radius == 0:
-        return values
-    known = ~np.isnan(values)
-    filled = np.where(known, values, 0.0)
-    acc = np.zeros_like(filled)
-    n = np.zeros_like(filled)
-    slots = values.shape[-1]
-    for shift in range(-radius, radius + 1):
-        lo, hi = max(0, shift), min(slots, slots + shift)
-        acc[..., lo - shift : hi - shift] += filled[..., lo:hi]
-        n[..., lo - shift : hi - shift] += known[..., lo:hi]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, acc / np.maximum(n, 1), np.nan)
-
-
-@dataclass
-class _Context:
-    """What every candidate on S series' day tables (one calendar) and one set of target
-    days shares, computed once. Arrays carry the series first: (S, T, P) estimates."""
-
-    values: Float64Array  # (S, D, P)
-    ordinals: Int64Array  # (D,)
-    holiday: BoolArray  # (D,)
-    target_ordinals: Int64Array
-    target_holiday: BoolArray
-    age: Int64Array  # (T, D)
-    has_data: BoolArray  # (S, D)
-    energy: Float64Array  # (S, D) W-slots of complete days, NaN otherwise
-    kernel: bool = False
-    """Per-slot estimates from `forecaster.kernels.selection` (the forecast of a chosen
-    structure) rather than the vectorised numpy path (selection, and the reference)."""
-    spaces: dict[tuple[bool, int], tuple[Float64Array, BoolArray]] = field(default_factory=dict)
-    prepared: dict[tuple[bool, int], tuple[Float64Array, BoolArray, Int64Array, Float64Array]] = (
-        field(default_factory=dict)
-    )
-    weights: dict[tuple[str, str, int], Float64Array] = field(default_factory=dict)
-    cumulative: dict[tuple[str, str, int, int], tuple[Float64Array, Float64Array]] = field(
-        default_factory=dict
-    )
-    estimates: dict[tuple[str, str, int, str, bool, int], tuple[Float64Array, Float64Array]] = (
-        field(default_factory=dict)
-    )
-
-    @property
-    def raw(self) -> Float64Array:
-        """The values as the kernel takes them: C-contiguous float64."""
-        return np.ascontiguousarray(self.values, dtype=np.float64)
-
-    def values_in(self, use_sqrt: bool, smooth: int) -> tuple[Float64Array, BoolArray]:
-        """(values, known), each (S, D, P), in the candidate's space."""
-        key = (use_sqrt, smooth)
-        if key not in self.spaces:
-            x = _smooth(self.values, smooth)
-            if use_sqrt:
-                x = np.sqrt(np.maximum(x, 0.0))
-            self.spaces[key] = (x, ~np.isnan(x))
-        return self.spaces[key]
-
-    def space(
-        self, use_sqrt: bool, smooth: int
-    ) -> tuple[Float64Array, BoolArray, Int64Array, Float64Array]:
-        """(values, known, sort order along days, sorted values), each (S, D, P), in the
-        candidate's space."""
-        key = (use_sqrt, smooth)
-        if key not in self.prepared:
-            x, known = self.values_in(use_sqrt, smooth)
-            other = self.prepared.get((not use_sqrt, smooth))
-            if other is not None:
-                # The square root keeps the order: one sort serves both spaces.
-                order = other[2]
-            else:
-                order = np.argsort(np.where(known, x, np.inf), axis=1, kind="stable")
-            self.prepared[key] = (x, known, order, np.take_along_axis(x, order, axis=1))
-        return self.prepared[key]
-
-    def group_weights(self, grouping: str, recency: str, span: int) -> Float64Array:
-        """(S, T, D) weights of the history days for each target, with the fallback to wider
-        groups for targets whose group has too few days."""
-        key = (grouping, recency, span)
-        if key in self.weights:
-            return self.weights[key]
-        age = self.age[np.newaxis]
-        usable = (age >= 1) & (age <= MAX_HISTORY_DAYS) & self.has_data[:, np.newaxis, :]
-        if recency == "ew":
-            rec = np.where(usable, 0.5 ** ((age - 1) / span), 0.0)
-        else:
-            rec = np.where(usable & (age <= span), 1.0, 0.0)
-        chain = [grouping] if grouping == "calendar" else [grouping, "daytype", "all"]
-        w = np.zeros_like(rec)
-        done = np.zeros(rec.shape[:2], dtype=bool)
-        for g in chain:
-            hk = _group_key(g, self.ordinals, self.holiday)
-            tk = _group_key(g, self.target_ordinals, self.target_holiday)
-            wg = np.where((tk[:, np.newaxis] == hk[np.newaxis, :])[np.newaxis], rec, 0.0)
-            enough = ((wg > 0).sum(axis=2) >= MIN_GROUP_DAYS) | (g == chain[-1])
-            take = enough & ~done
-            w[take] = wg[take]
-            done |= take
-        self.weights[key] = w
-        return w
-
-
-def _context(
-    values: Float64Array,
-    ordinals: Int64Array,
-    holiday: BoolArray,
-    target_ordinals: Int64Array,
-    target_holiday: BoolArray,
-    *,
-    kernel: bool = False,
-) -> _Context:
-    """`values` (S, D, P): S series over the same local days."""
-    target_ordinals = np.asarray(target_ordinals, dtype=np.int64)
-    # Days from the last target on are never read (age >= 1); cutting them off here means
-    # they are not even in the arrays, so nothing after the origin can touch a forecast.
-    if target_ordinals.size:
-        last = int(np.max(target_ordinals))
-        if ordinals.size < 2 or bool((np.diff(ordinals) > 0).all()):
-            # Ascending days: the ones kept are a prefix, a view rather than a copy.
-            n = int(np.searchsorted(ordinals, last))
-            values, ordinals, holiday = values[:, :n], ordinals[:n], holiday[:n]
-        else:
-            keep = ordinals < last
-            values, ordinals, holiday = values[:, keep], ordinals[keep], holiday[keep]
-    missing = np.isnan(values)
-    complete = ~missing.any(axis=2)
-    return _Context(
-        values=values,
-        ordinals=ordinals,
-        holiday=holiday,
-        target_ordinals=target_ordinals,
-        target_holiday=np.asarray(target_holiday, dtype=bool),
-        age=target_ordinals[:, np.newaxis] - ordinals,
-        has_data=np.asarray(~missing.all(axis=2), dtype=bool),
-        # Complete days have no NaN: their plain sum is the nansum.
-        energy=np.where(complete, values.sum(axis=2), np.nan),
-        kernel=kernel,
-    )
-
-
-def _table_context(
-    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray, *, kernel: bool = False
-) -> _Context:
-    return _context(
-        table.values[np.newaxis],
-        table.ordinals,
-        table.holiday,
-        target_ordinals,
-        target_holiday,
-        kernel=kernel,
-    )
-
-
-def _estimate(ctx: _Context, grouping: str, c: Candidate) -> tuple[Float64Array, Float64Array]:
-    """(S, T, P) estimate in the candidate's space and the (S, T, P) sum of weights behind it.
-
-    Cached per (weights, estimator, space): candidates that differ only in the level
-    correction, and the shrinkage's two parts, share it."""
-    key = (grouping, c.recency, c.span_days, c.estimator, c.sqrt, c.smooth)
-    if key in ctx.estimates:
-        return ctx.estimates[key]
-    w = ctx.group_weights(grouping, c.recency, c.span_days)
-    if ctx.kernel:
-        _kernel_estimates(ctx, w, key)
-        return ctx.estimates[key]
-    x, known, order, sorted_x = ctx.space(c.sqrt, c.smooth)
-    if c.estimator == "mean":
-        mass = w @ known.astype(np.float64)
-        total = w @ np.where(known, x, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = np.where(mass > 0, total / np.maximum(mass, 1e-300), np.nan)
-        ctx.estimates[key] = (value, mass)
-        return value, mass
-    # Weighted quantiles per slot: the days' weights in each slot's sorted order,
-    # (S, T, P, D). The order is the same in watts and in square roots (a monotone map), so
-    # both share it.
-    ckey = (grouping, c.recency, c.span_days, c.smooth)
-    if ckey not in ctx.cumulative:
-        order_t = order.transpose(0, 2, 1)[:, np.newaxis]  # (S, 1, P, D)
-        known_t = np.take_along_axis(known, order, axis=1).transpose(0, 2, 1)[:, np.newaxis]
-        ws = np.take_along_axis(w[:, :, np.newaxis, :], order_t, axis=3) * known_t
-        ctx.cumulative[ckey] = (ws, np.cumsum(ws, axis=3))
-    ws, cum = ctx.cumulative[ckey]
-    total = cum[..., -1:]
-    xs = np.where(np.isnan(sorted_x), 0.0, sorted_x).transpose(0, 2, 1)[:, np.newaxis]
-    if c.estimator == "median":
-        half = 0.5 * total
-        lower = np.argmax(cum >= half * (1 - 1e-12), axis=3)[..., np.newaxis]
-        upper = np.argmax(cum > half * (1 + 1e-12), axis=3)[..., np.newaxis]
-        value = (
-            0.5
-            * (np.take_along_axis(xs, lower, axis=3) + np.take_along_axis(xs, upper, axis=3))[
-                ..., 0
-            ]
-        )
-    else:
-        lo, hi = TRIM * total, (1 - TRIM) * total
-        part = np.clip(np.minimum(cum, hi) - np.maximum(cum - ws, lo), 0.0, None)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = (part * xs).sum(axis=3) / np.maximum(part.sum(axis=3), 1e-300)
-    mass = total[..., 0]
-    result = (np.where(mass > 0, value, np.nan), mass)
-    ctx.estimates[key] = result
-    return result
-
-
-def _kernel_estimates(
-    ctx: _Context, w: Float64Array, key: tuple[str, str, int, str, bool, int]
-) -> None:
-    """`_estimate`'s numbers from the numba kernel, which needs no (S, T, P, D)
-    temporaries. A weighted median or trimmed mean is computed in watts and in square roots
-    at once (one sort serves both), as members of a combination often differ only there."""
-    from forecaster.kernels import selection as selection_kernel
-
-    grouping, recency, span, estimator, use_sqrt, smooth = key
-    both = estimator != "mean"
-    # Sorted by watts: ties there are ties in square roots too (not the other way round
-    # for values below zero).
-    spaces = (
-        [selection_kernel.WATTS, selection_kernel.SQRT]
-        if both
-        else [selection_kernel.SQRT if use_sqrt else selection_kernel.WATTS]
-    )
-    value, mass = _weighted_estimates(
-        ctx.raw, smooth, np.array(spaces, dtype=np.int64), w, _ESTIMATORS[estimator], TRIM
-    )
-    for k, space in enumerate(spaces):
-        ctx.estimates[
-            (grouping, recency, span, estimator, space == selection_kernel.SQRT, smooth)
-        ] = (value[k], mass)
-
-
-PARALLEL_MIN_SERIES = 64
-"""From this many series the kernel spreads them over threads; a site's few run serially."""
-
-
-def _weighted_estimates(
-    values: Float64Array,
-    smooth: int,
-    spaces: Int64Array,
-    w: Float64Array,
-    estimator: int,
-    trim: float,
-) -> tuple[Float64Array, Float64Array]:
-    from forecaster.kernels import selection as selection_kernel
-
-    kernel = (
-        selection_kernel.weighted_estimates_parallel
-        if values.shape[0] >= PARALLEL_MIN_SERIES
-        else selection_kernel.weighted_estimates
-    )
-    value, mass = kernel(values, smooth, spaces, w, estimator, trim)
-    return np.asarray(value, dtype=np.float64), np.asarray(mass, dtype=np.float64)
-
-
-_ESTIMATORS = {"mean": 0, "median": 1, "trimmed": 2}
-"""The kernel's estimator codes (`forecaster.kernels.selection`)."""
-
-
-def _level(ctx: _Context, w: Float64Array) -> Float64Array:
-    """(S, T) level factor: the last LEVEL_DAYS complete group days against the weighted
-    mean."""
-    has = (w > 0) & ~np.isnan(ctx.energy)[:, np.newaxis, :]
-    energy = np.where(np.isnan(ctx.energy), 0.0, ctx.energy)[:, np.newaxis, :]
-    ew = np.where(has, w, 0.0)
-    mean = (ew * energy).sum(axis=2) / np.maximum(ew.sum(axis=2), 1e-300)
-    # Rank from the newest usable day: 1 for the newest.
-    rank = np.cumsum(has[..., ::-1], axis=2)[..., ::-1]
-    recent = has & (rank <= LEVEL_DAYS)
-    n = recent.sum(axis=2)
-    rec = (recent * energy).sum(axis=2) / np.maximum(n, 1)
-    ok = (n > 0) & (mean > 0)
-    ratio = np.clip(np.where(ok, rec / np.where(ok, mean, 1.0), 1.0), 1 / LEVEL_CLIP, LEVEL_CLIP)
-    return 1.0 + LEVEL_WEIGHT * (ratio - 1.0)
-
-
-def _forecast(ctx: _Context, c: Candidate) -> Float64Array:
-    """(S, T, P) P50 in W, >= 0, 0 where nothing is known."""
-    if c.grouping == "shrink":
-        w_own = ctx.group_weights("weekday", c.recency, c.span_days)
-        own, m_own = _estimate(ctx, "weekday", c)
-        pool, _ = _estimate(ctx, "daytype", c)
-        # Effective number of own days behind each slot's estimate.
-        known = ctx.values_in(c.sqrt, c.smooth)[1].astype(np.float64)
-        n_own = m_own * m_own / np.maximum((w_own * w_own) @ known, 1e-300)
-        lam = n_own / (n_own + SHRINK_DAYS)
-        est = np.where(
-            np.isnan(own), pool, lam * own + (1 - lam) * np.where(np.isnan(pool), own, pool)
-        )
-        w = w_own
-    else:
-        w = ctx.group_weights(c.grouping, c.recency, c.span_days)
-        est, _ = _estimate(ctx, c.grouping, c)
-    est = np.where(np.isnan(est), 0.0, np.maximum(est, 0.0))
-    out = est * est if c.sqrt else est
-    if c.level:
-        out = out * _level(ctx, w)[..., np.newaxis]
-    return out
-
-
-def candidate_forecast(
-    table: DayTable,
-    target_ordinals: Int64Array,
-    target_holiday: BoolArray,
-    candidate: Candidate,
-    *,
-    kernel: bool = False,
-) -> Float64Array:
-    """(T, P) P50 in W of one candidate for the target days, each from the days before it
-    (`kernel`: through the numba kernel, as a chosen structure's forecast is)."""
-    out = _forecast(
-        _table_context(table, target_ordinals, target_holiday, kernel=kernel), candidate
-    )
-    return np.asarray(out[0], dtype=np.float64)
-
 
 # --- selection --------------------------------------------------------------------------
 
@@ -649,7 +218,7 @@ def select(
             f"{measured} of the last {n_eval} days have data: selection needs at least "
             f"{MIN_EVAL_DAYS} (a young site uses the day-type profile until then)"
         )
-    ctx = _table_context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
+    ctx = _learned_context(table, table.ordinals[eval_idx], table.holiday[eval_idx])
     actual = table.values[eval_idx]
     known = ~np.isnan(actual)
     y = np.where(known, actual, 0.0)
@@ -681,7 +250,13 @@ def select(
     spread = _spread(ctx)[0]
     floor = SPREAD_FLOOR * float(np.mean(spread)) + 1e-9
     lo, hi, per_band = _bands(
-        best_f, _scale(spread, best_f, floor), actual, day_w, slots, band_hours
+        best_f,
+        _scale(spread, best_f, floor),
+        actual,
+        day_w,
+        slots,
+        band_hours,
+        zero_share(ctx)[0],
     )
     return Selection(
         members=best_members,
@@ -698,123 +273,6 @@ def select(
     )
 
 
-def _weighted_quantile(values: Float64Array, weights: Float64Array, q: float) -> float:
-    if values.size == 0:
-        return 0.0
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    i = int(np.searchsorted(cum, q * cum[-1], side="left"))
-    return float(values[order][min(i, values.size - 1)])
-
-
-def _spread(ctx: _Context) -> Float64Array:
-    """(S, T, P) spread of sqrt(power) per slot: the weighted standard deviation over the same
-    weekday's days (half-life 4 weeks) before each target day, unsmoothed. It carries what
-    the hour bands cannot: a ramp inside a band, a weekday busier than the others."""
-    w = ctx.group_weights("weekday", "ew", SPREAD_HALF_LIFE_DAYS)
-    if ctx.kernel:
-        from forecaster.kernels import selection as selection_kernel
-
-        # The weighted mean and mean square in one pass. The variance is their difference,
-        # so rounding in either is amplified where the spread is small against the mean:
-        # the numpy path's BLAS sums agree to ~1e-7 relative there, not to the last bit.
-        moments, mass = _weighted_estimates(
-            ctx.raw,
-            0,
-            np.array([selection_kernel.SQRT, selection_kernel.SQUARED_SQRT], dtype=np.int64),
-            w,
-            selection_kernel.MEAN,
-            TRIM,
-        )
-        mean, mean_square = moments[0], moments[1]
-    else:
-        c = Candidate("weekday", "ew", SPREAD_HALF_LIFE_DAYS, "mean", True, False, 0)
-        mean, mass = _estimate(ctx, "weekday", c)
-        x, known = ctx.values_in(True, 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_square = (w @ np.where(known, x * x, 0.0)) / np.maximum(mass, 1e-300)
-    var = mean_square - np.where(np.isnan(mean), 0.0, mean) ** 2
-    return np.where(mass > 0, np.sqrt(np.maximum(np.where(mass > 0, var, 0.0), 0.0)), 0.0)
-
-
-def _scale(spread: Float64Array, p50: Float64Array, floor: float) -> Float64Array:
-    """The band's scale per slot: the spread, plus the floor where anything is expected. A
-    slot that was zero on every past day and is forecast zero keeps a zero band (a floor
-    there put a P90 above zero over every quiet night, a pinball cost at each)."""
-    return spread + np.where((p50 > 0) | (spread > 0), floor, 1e-9)
-
-
-def _bands(
-    p50: Float64Array,
-    scale: Float64Array,
-    actual: Float64Array,
-    day_w: Float64Array,
-    slots: int,
-    band_hours: int,
-) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """Quantiles per local hour band of the residuals sqrt(actual) - sqrt(P50) divided by
-    `scale` (the slot's spread plus a floor), weighted by the held-out days' recency, then
-    levels shifted so that each of P10 and P90 has 10 % of the held-out ISPs beyond it
-    (recency-weighted too): split conformal, normalised.
-
-    Per hour band because errors follow the clock (nights are exact zeros, arrivals are
-    not); scaled by the spread because a quiet day's errors are smaller than a busy day's at
-    the same hour; recency-weighted because a site that changed (a collapse, new chargers)
-    changes its errors too; the shifted levels because many ISPs sit exactly at zero (never
-    below any P10), so nominal levels per band leave too little below P10."""
-    per_band = max(1, slots * band_hours // 24)
-    n_bands = math.ceil(slots / per_band)
-    known = ~np.isnan(actual)
-    y = np.where(known, actual, 0.0)
-    root_f = np.sqrt(np.maximum(p50, 0.0))
-    resid = (np.sqrt(np.maximum(y, 0.0)) - root_f) / scale
-    band_of = np.broadcast_to(np.arange(slots) // per_band, actual.shape)
-    w = np.broadcast_to(day_w[:, np.newaxis], actual.shape)
-    groups = [(resid[known & (band_of == b)], w[known & (band_of == b)]) for b in range(n_bands)]
-    wk = np.where(known, w, 0.0)
-
-    total = wk.sum()
-    tail = (1.0 - COVERAGE) / 2.0
-
-    def bound(level: float) -> Float64Array:
-        return np.array([_weighted_quantile(r, g, level) for r, g in groups])
-
-    def share_below(level: float) -> float:
-        p10 = np.maximum(root_f + np.minimum(bound(level), 0.0)[band_of] * scale, 0.0) ** 2
-        return float((wk * (y < p10 - 1e-9)).sum() / total)
-
-    def pinball(f: Float64Array, q: float) -> float:
-        d = y - f
-        return float((wk * np.maximum(q * d, (q - 1.0) * d)).sum())
-
-    # P90 at each band's own quantile `upper`, P10 at the level where the band covers
-    # COVERAGE of all held-out ISPs; of a few `upper` the one with the least held-out pinball
-    # loss of P10 and P90. Cut over all ISPs alone, the quiet ones (never beyond any band)
-    # let a busy band's P90 sink to a P70; each band's own 10 %/90 % alone over-covers a
-    # site with many quiet ISPs.
-    best: tuple[float, Float64Array, Float64Array] | None = None
-    for upper in (0.8, 0.85, 0.9, 0.95):
-        hi_now = np.maximum(bound(upper), 0.0)
-        p90 = (root_f + hi_now[band_of] * scale) ** 2
-        above = float((wk * (y > p90 + 1e-9)).sum() / total) if total > 0 else tail
-        want_below = max(0.0, 1.0 - COVERAGE - above)
-        low_lo, low_hi = 0.0, 0.5  # P10 level: its share below rises with it
-        for _ in range(16):
-            mid = 0.5 * (low_lo + low_hi)
-            if total > 0 and share_below(mid) <= want_below:
-                low_lo = mid
-            else:
-                low_hi = mid
-        lo_now = np.minimum(bound(low_lo), 0.0)
-        p10 = np.maximum(root_f + lo_now[band_of] * scale, 0.0) ** 2
-        loss = pinball(p10, 0.1) + pinball(p90, 0.9)
-        if best is None or loss < best[0]:
-            best = (loss, lo_now, hi_now)
-    assert best is not None
-    _, lo, hi = best
-    return tuple(float(v) for v in lo), tuple(float(v) for v in hi), per_band
-
-
 def forecast_days(
     selection: Selection,
     table: DayTable,
@@ -825,12 +283,40 @@ def forecast_days(
 ) -> tuple[Float64Array, Float64Array, Float64Array]:
     """P10, P50, P90 (T, P) in W for the target days with the chosen structure, each target
     day from the table's days before it. `kernel` False: the vectorised numpy path (the
-    reference the kernel is tested against; selection scores candidates with it)."""
-    ctx = _table_context(
+    reference the kernel is tested against; selection scores candidates with it).
+    `target_holiday`: the calendar's word on each target day; whether the site keeps it is
+    learned from the table (`forecaster.offdays`)."""
+    ctx = _learned_context(
         table, np.asarray(target_ordinals), np.asarray(target_holiday), kernel=kernel
     )
     p10, p50, p90 = _quantiles(selection, ctx)
     return p10[0], p50[0], p90[0]
+
+
+def zero_probability(
+    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray
+) -> Float64Array:
+    """(T, P) probability that each slot of the target days carries exactly zero load, from
+    the table's days before each (see `forecaster.calibration.zero_share`): what coverage of
+    the P10-P90 band means where the outcome is zero (`forecaster.metrics.covered`)."""
+    ctx = _learned_context(table, np.asarray(target_ordinals), np.asarray(target_holiday))
+    return np.asarray(zero_share(ctx)[0], dtype=np.float64)
+
+
+def _learned_context(
+    table: DayTable, target_ordinals: Int64Array, target_holiday: BoolArray, *, kernel: bool = False
+) -> _Context:
+    """The candidates' context with the off days the site's own history shows, rather than
+    the calendar's, for the history and the target days alike."""
+    history, ahead = off_days(table, target_ordinals, target_holiday)
+    return _context(
+        table.values[np.newaxis],
+        table.ordinals,
+        history,
+        np.asarray(target_ordinals, dtype=np.int64),
+        ahead,
+        kernel=kernel,
+    )
 
 
 SERIES_PER_BLOCK = 32

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from forecaster.calendar import Float64Array, Int64Array
-from forecaster.kernels.sessions import asap_power
 
 ARRIVAL = "arrival"
 DEPARTURE = "departure"
@@ -209,6 +208,8 @@ def reconstruct_power(
     """Site power in W per ISP under the ASAP rule (see `kernels.sessions.asap_power`)."""
     if not power_kw > 0:
         raise ValueError(f"ASAP power {power_kw!r} kW must be positive")
+    from forecaster.kernels.sessions import asap_power
+
     power = np.full(sessions.count, power_kw * 1000.0)
     return asap_power(
         sessions.arrival,

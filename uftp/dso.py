@@ -1,7 +1,8 @@
 """A simulated DSO: enough of the DSO role to drive every AGR use case in tests and the demo.
 
 It sends FlexRequest, FlexOrder, FlexReservationUpdate and FlexSettlement (plain `send`, plus
-`order_offer` to order an offer exactly as offered or partially activated), and validates and
+`order_offer` to order an offer exactly as offered or partially activated, and `settle` to settle
+orders from its own metering, as the DSO does in UFTP's settle phase), and validates and
 answers what an AGR sends it: D-Prognosis (lacking ISPs, revisions), FlexOffer (request
 reference, request mismatch, power bounds, expiry, MutEx), FlexOfferRevocation (flexibility
 procured) and Metering. Its memory is uftp's own inbox and outbox, so it survives restarts.
@@ -14,20 +15,27 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from uftp import store
+from uftp import calendar, store
 from uftp.database import SqliteStore
 from uftp.models import (
+    ContractSettlement,
+    ContractSettlementISP,
+    ContractSettlementPeriod,
     DPrognosis,
     FlexOffer,
     FlexOfferRevocation,
     FlexOrder,
+    FlexOrderSettlement,
+    FlexOrderSettlementISP,
     FlexRequest,
+    FlexSettlement,
     Metering,
     PayloadMessage,
     PowerISP,
@@ -93,6 +101,138 @@ def order_from_offer(
         option_reference=option.option_reference,
         activation_factor=factor,
         isps=isps,
+        **extra,
+    )
+
+
+class SettlementError(ValueError):
+    """An order cannot be settled from the data given (an ISP without baseline or measurement)."""
+
+
+def prognosis_power(prognosis: DPrognosis) -> dict[int, int]:
+    """The power a D-Prognosis states per ISP index: the baseline an order refers to."""
+    return calendar.expand_runs((i.start, i.duration, i.power) for i in prognosis.isps)
+
+
+def power_deficiency(ordered_w: int, delivered_w: int) -> int:
+    """UFTP PowerDeficiency, "flex power sold but not delivered": the part of the ordered change
+    that did not happen, counted in the ordered direction. Delivering more than ordered is no
+    deficiency, and no ISP can fall short by more than was sold in it."""
+    short = delivered_w - ordered_w if ordered_w < 0 else ordered_w - delivered_w
+    return min(abs(ordered_w), max(0, short))
+
+
+def settle_order(
+    order: FlexOrder,
+    baseline_w: Mapping[int, int],
+    actual_w: Mapping[int, int],
+    *,
+    penalty: Decimal = Decimal(0),
+) -> FlexOrderSettlement:
+    """The settlement item of one order, one element per ordered ISP.
+
+    `baseline_w` is the power of the D-Prognosis the order refers to and `actual_w` what the DSO
+    measured and allocated to the AGR, both per ISP index; the delivered flexibility is their
+    difference. Raises SettlementError for an ordered ISP that either lacks: a DSO cannot settle
+    what it did not measure, and must not settle it as zero.
+    """
+    ordered = calendar.expand_runs((i.start, i.duration, i.power) for i in order.isps)
+    for name, data in (("baseline", baseline_w), ("measurement", actual_w)):
+        missing = sorted(set(ordered) - set(data))
+        if missing:
+            raise SettlementError(
+                f"order {order.order_reference}: no {name} for ISP(s) "
+                + ", ".join(map(str, missing[:10]))
+            )
+    items = []
+    for index, flex in sorted(ordered.items()):
+        delivered = actual_w[index] - baseline_w[index]
+        items.append(
+            FlexOrderSettlementISP(
+                start=index,
+                baseline_power=baseline_w[index],
+                ordered_flex_power=flex,
+                actual_power=actual_w[index],
+                delivered_flex_power=delivered,
+                power_deficiency=power_deficiency(flex, delivered),
+            )
+        )
+    return FlexOrderSettlement(
+        order_reference=order.order_reference,
+        period=order.period,
+        contract_id=order.contract_id,
+        d_prognosis_message_id=order.d_prognosis_message_id,
+        baseline_reference=order.baseline_reference,
+        congestion_point=order.congestion_point,
+        price=order.price,
+        penalty=penalty,
+        net_settlement=order.price - penalty,
+        isps=tuple(items),
+    )
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """What the DSO settles one order on (see `settle_order`)."""
+
+    order: FlexOrder
+    baseline_w: Mapping[int, int]
+    actual_w: Mapping[int, int]
+    penalty: Decimal = Decimal(0)
+
+
+def flex_settlement(
+    outcomes: Sequence[OrderOutcome],
+    *,
+    period_start: date | None = None,
+    period_end: date | None = None,
+    time_stamp: datetime | None = None,
+) -> FlexSettlement:
+    """The FlexSettlement of orders to one AGR, over their days unless a period is given.
+
+    The 3.1.0 schema needs at least one ContractSettlement: one per contract the orders name
+    (or none named), with nothing reserved, as this DSO settles no reservations.
+    """
+    if not outcomes:
+        raise SettlementError("a FlexSettlement needs at least one order")
+    orders = [o.order for o in outcomes]
+    for attribute in ("sender_domain", "recipient_domain", "currency"):
+        values = {getattr(o, attribute) for o in orders}
+        if len(values) > 1:
+            raise SettlementError(f"the orders differ in {attribute}: {sorted(values)}")
+    days = sorted({o.period for o in orders})
+    start = period_start or days[0]
+    end = period_end or days[-1]
+    outside = [o.order_reference for o in orders if not start <= o.period <= end]
+    if outside:
+        raise SettlementError(f"order(s) {', '.join(outside)} outside {start}..{end}")
+    contracts: dict[str | None, list[date]] = {}
+    for order in orders:
+        periods = contracts.setdefault(order.contract_id, [])
+        if order.period not in periods:
+            periods.append(order.period)
+    extra: dict[str, Any] = {} if time_stamp is None else {"time_stamp": time_stamp}
+    return FlexSettlement(
+        sender_domain=orders[0].sender_domain,
+        recipient_domain=orders[0].recipient_domain,
+        period_start=start,
+        period_end=end,
+        currency=orders[0].currency,
+        flex_order_settlements=tuple(
+            settle_order(o.order, o.baseline_w, o.actual_w, penalty=o.penalty) for o in outcomes
+        ),
+        contract_settlements=tuple(
+            ContractSettlement(
+                contract_id=contract_id,
+                periods=tuple(
+                    ContractSettlementPeriod(
+                        period=day, isps=(ContractSettlementISP(start=1, reserved_power=0),)
+                    )
+                    for day in sorted(periods)
+                ),
+            )
+            for contract_id, periods in contracts.items()
+        ),
         **extra,
     )
 
@@ -203,3 +343,29 @@ class DsoParticipant(Participant):
         )
         await self.send(order)
         return order
+
+    async def baseline_of(self, order: FlexOrder) -> dict[int, int] | None:
+        """The power per ISP of the D-Prognosis the order refers to, as this DSO received it
+        from the AGR; None when the order names none or it never came."""
+        message_id = order.d_prognosis_message_id
+        if message_id is None:
+            return None
+        row = await self.database.read(
+            lambda c: store.find_inbound(c, message_id, order.recipient_domain)
+        )
+        prognosis = None if row is None else row.message()
+        return prognosis_power(prognosis) if isinstance(prognosis, DPrognosis) else None
+
+    async def settle(
+        self,
+        outcomes: Sequence[OrderOutcome],
+        *,
+        period_start: date | None = None,
+        period_end: date | None = None,
+    ) -> FlexSettlement:
+        """Send the FlexSettlement of these orders (see `flex_settlement`)."""
+        settlement = flex_settlement(
+            outcomes, period_start=period_start, period_end=period_end, time_stamp=self.now()
+        )
+        await self.send(settlement)
+        return settlement

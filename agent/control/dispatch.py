@@ -40,7 +40,7 @@ from agent.runtime.observe import Observe, discard, timed
 from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SessionNeed, SiteForecaster
 from agent.site.model import Site
-from agent.storage import store
+from agent.storage import store, trades
 from agent.storage.db import Database
 from agent.trading.market import Market
 from agent.trading.orders import OrderedIsp, load_context
@@ -179,6 +179,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[tuple[str, int], tuple[tuple[PowerPeriod, ...], datetime]] = {}
+        # The first round that begins at or after this instant pushes everything (round_now).
+        self._resend_from: datetime | None = None
         # Why rounds must not run now (the clock guard), or None.
         self.hold: Callable[[], str | None] = lambda: None
         self._verifiers: set[asyncio.Task[None]] = set()
@@ -230,9 +232,19 @@ class Dispatcher:
                 self.site.charger(cid).limit_w = None
             log.info("dynamic schedule withdrawn", extra={"charger": cid, "result": result.status})
 
-    async def round_now(self) -> DispatchRound:
-        """Ask for a round at once and return the first one that began after the asking."""
+    async def round_now(self, *, resend: bool = False) -> DispatchRound:
+        """Ask for a round at once and return the first one that began after the asking.
+
+        Rounds push only what changed since the last push. `resend` makes the returned round
+        hand every schedule to the bridge again (which sends it, unless it is the very one the
+        charger's set-up sent on this connection): for an operator who knows a charger lost
+        its profiles without the agent seeing it (reset from its local interface, a controller
+        swapped behind a gateway that kept the connection open), and for tests that need a
+        round that certainly pushes.
+        """
         asked = self.clock.now()
+        if resend and self._resend_from is None:
+            self._resend_from = asked
         while True:
             finished = self._round_finished
             self.wake()
@@ -407,10 +419,14 @@ class Dispatcher:
         for key, values in round_.evse_schedules.items():
             wanted[key] = _periods(round_.grid, values, round_.at)
         jobs: dict[tuple[str, int], asyncio.Task[CommandResult]] = {}
+        resend = self._resend_from is not None and round_.at >= self._resend_from
+        if resend:
+            self._resend_from = None
         for (cid, evse_id), periods in wanted.items():
             previous = self._sent.get((cid, evse_id))
             if (
-                previous is not None
+                not resend
+                and previous is not None
                 and _same_from(previous[0], periods, round_.at)
                 and (previous[1] >= valid_until - timedelta(seconds=self.isp_seconds))
             ):
@@ -554,6 +570,7 @@ class Dispatcher:
             whole = await self.bridge.composite_schedule(charger_id, 0, self.isp_seconds)
             if whole.result.status is not CommandStatus.REJECTED:
                 return [whole]
+        if charger_id not in self._per_connector:  # (a concurrent read-back may have said it)
             self._per_connector.add(charger_id)
             log.info(
                 "charger %s refuses a composite schedule for connector 0 (%s); reading its "
@@ -570,12 +587,12 @@ class Dispatcher:
 
     # --- delivery -------------------------------------------------------------------------------
 
-    async def delivery(self, order: store.OrderRow) -> list[tuple[int, float, float, float]]:
+    async def delivery(self, order: trades.OrderRow) -> list[tuple[int, float, float, float]]:
         """Per ordered ISP: (index, baseline W, ordered change W, measured W so far)."""
         start, end = self.market.bounds(order.period)
 
-        def read(conn: sqlite3.Connection) -> tuple[store.PrognosisRow | None, dict[int, float]]:
-            base = store.prognosis_by_message(conn, order.baseline_message_id or "")
+        def read(conn: sqlite3.Connection) -> tuple[trades.PrognosisRow | None, dict[int, float]]:
+            base = trades.prognosis_by_message(conn, order.baseline_message_id or "")
             energy = store.congestion_point_energy(conn, order.congestion_point, start, end)
             return base, energy
 

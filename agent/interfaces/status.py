@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.site.model import ActiveSession, ChargerState
-from agent.storage import store
+from agent.storage import store, trades
 from agent.trading.market import Isp, Market
 from agent.trading.orders import OrderContext, load_context
 from ocpp_bridge import ConnectorStatus
@@ -232,7 +232,7 @@ def _isps(runs: list[list[int]]) -> list[JsonObject]:
     return [{"start": s, "duration": d, "power_w": p} for s, d, p in runs]
 
 
-def _offer_view(offer: store.OfferRow) -> JsonObject:
+def _offer_view(offer: trades.OfferRow) -> JsonObject:
     return {
         "message_id": offer.message_id,
         "conversation_id": offer.conversation_id,
@@ -254,7 +254,7 @@ def _offer_view(offer: store.OfferRow) -> JsonObject:
     }
 
 
-def _order_view(order: store.OrderRow) -> JsonObject:
+def _order_view(order: trades.OrderRow) -> JsonObject:
     return {
         "message_id": order.message_id,
         "order_reference": order.order_reference,
@@ -268,7 +268,7 @@ def _order_view(order: store.OrderRow) -> JsonObject:
     }
 
 
-def _prognosis_view(row: store.PrognosisRow, current_isp: int, market: Market) -> JsonObject:
+def _prognosis_view(row: trades.PrognosisRow, current_isp: int, market: Market) -> JsonObject:
     k = current_isp - 1
     return {
         "congestion_point": row.congestion_point,
@@ -288,10 +288,10 @@ def _prognosis_view(row: store.PrognosisRow, current_isp: int, market: Market) -
 
 @dataclass(frozen=True)
 class _TradeRows:
-    prognoses: list[store.PrognosisRow]
-    offers: list[store.OfferRow]
-    orders: list[store.OrderRow]
-    baselines: dict[str, store.PrognosisRow]
+    prognoses: list[trades.PrognosisRow]
+    offers: list[trades.OfferRow]
+    orders: list[trades.OrderRow]
+    baselines: dict[str, trades.PrognosisRow]
 
 
 async def trade_snapshot(agent: AgentView, now: datetime) -> TradeSnapshot:
@@ -302,17 +302,17 @@ async def trade_snapshot(agent: AgentView, now: datetime) -> TradeSnapshot:
 
     def read(conn: sqlite3.Connection) -> _TradeRows:
         prognoses = [
-            p for p in (store.latest_prognosis(conn, cp, today) for cp in cps) if p is not None
+            p for p in (trades.latest_prognosis(conn, cp, today) for cp in cps) if p is not None
         ]
-        orders = store.accepted_orders(conn, since=today)
-        baselines: dict[str, store.PrognosisRow] = {}
+        orders = trades.accepted_orders(conn, since=today)
+        baselines: dict[str, trades.PrognosisRow] = {}
         for order in orders:
             ref = order.baseline_message_id
             if order.period == today and ref and ref not in baselines:
-                row = store.prognosis_by_message(conn, ref)
+                row = trades.prognosis_by_message(conn, ref)
                 if row is not None:
                     baselines[ref] = row
-        return _TradeRows(prognoses, store.open_offers(conn, now), orders, baselines)
+        return _TradeRows(prognoses, trades.open_offers(conn, now), orders, baselines)
 
     rows = await agent.db.read(read)
     ordered_cps = sorted({o.congestion_point for o in rows.orders if o.period == today})
@@ -388,10 +388,10 @@ def measured_power_w(
 
 @dataclass(frozen=True)
 class _ChartRows:
-    prognosis: store.PrognosisRow | None
-    prognoses: list[store.PrognosisRow]
-    orders: list[store.OrderRow]
-    requests: list[store.RequestRow]
+    prognosis: trades.PrognosisRow | None
+    prognoses: list[trades.PrognosisRow]
+    orders: list[trades.OrderRow]
+    requests: list[trades.RequestRow]
     context: OrderContext
     uptime: list[tuple[datetime, datetime]]
 
@@ -442,7 +442,7 @@ class DayChart:
 
 
 def dso_limit(
-    requests: list[store.RequestRow], prognoses: list[store.PrognosisRow], n: int
+    requests: list[trades.RequestRow], prognoses: list[trades.PrognosisRow], n: int
 ) -> list[float | None]:
     """Per ISP, the most load the DSO's latest request covering it allows: the prognosis the
     DSO had when it asked, plus the request's MaxPower there."""
@@ -490,14 +490,14 @@ async def day_chart(
 
     def read(conn: sqlite3.Connection) -> _ChartRows:
         return _ChartRows(
-            store.latest_prognosis(conn, congestion_point, period),
+            trades.latest_prognosis(conn, congestion_point, period),
             [
                 p
-                for p in store.prognoses_since(conn, period)
+                for p in trades.prognoses_since(conn, period)
                 if p.period == period and p.congestion_point == congestion_point
             ],
-            store.accepted_orders(conn, congestion_point=congestion_point, period=period),
-            store.requests_for(conn, congestion_point, period),
+            trades.accepted_orders(conn, congestion_point=congestion_point, period=period),
+            trades.requests_for(conn, congestion_point, period),
             load_context(conn, period=period),
             store.uptime(conn, start, end),
         )

@@ -18,8 +18,6 @@ TRADER_BEFORE_ORDER = "trader.before-order"
 TRADER_AFTER_ORDER_COMMIT = "trader.after-order-commit"
 DISPATCH_MID_PUSH = "dispatch.mid-push"
 
-NAMES = frozenset({TRADER_BEFORE_ORDER, TRADER_AFTER_ORDER_COMMIT, DISPATCH_MID_PUSH})
-
 
 def hit(name: str) -> None:
     """Die here if the environment names this failpoint."""

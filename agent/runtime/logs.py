@@ -96,10 +96,6 @@ class RedactingFormatter(logging.Formatter):
         # Longest first so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
 
-    def add_secrets(self, secrets: Iterable[str]) -> None:
-        merged = set(self.secrets) | {s for s in secrets if len(s) >= 4}
-        self.secrets = sorted(merged, key=len, reverse=True)
-
     def format(self, record: logging.LogRecord) -> str:
         text = self.inner.format(record)
         for secret in self.secrets:

@@ -11,7 +11,13 @@ arrays and back. Three products:
 - **Scenarios** for offer sizing and revocation: the EVs plugged in now (calibrated departure and
   energy) plus the arrivals of the last comparable days, on a period's ISP grid.
 
-Numerics run in a worker thread (the kernels release the GIL), never on the event loop.
+Forecasts (day-ahead with structure selection, intraday) run in a short-lived worker
+process (`forecaster.worker`), which loads numba and the compiled kernels from the cache under
+the state directory and exits; the agent's own process never loads numba (over 100 MB that
+would stay resident for a few forecasts a day). A worker that fails or is killed is one logged
+error: the forecast is unavailable for that round, and what was sent before stays in effect.
+The rest (calibration, scenarios, allocation) stays in this process, on the
+numpy twins of the kernels (`forecaster.numpy_kernels`).
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
 
 import numpy as np
 
@@ -32,30 +39,25 @@ from agent.runtime.config import ChargerConfig, Config
 from agent.site.model import ActiveSession
 from agent.storage import store
 from agent.storage.db import Database, Migration, apply_migrations
+from forecaster import rounds
 from forecaster.calendar import SiteCalendar, public_holidays
 from forecaster.flexibility import SessionSet, allocate
 from forecaster.forecast import (
     EmptyHistoryError,
     ForecastSettings,
     PowerHistory,
-    QuantileForecast,
-    fit_profiles,
 )
-from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
+from forecaster.intraday import KnownSessions, SessionCalibration
 from forecaster.selection import (
     EVAL_DAYS,
-    DayTable,
     Selection,
     SelectionError,
-    day_table,
-    forecast_days,
-    regime_changed,
-    select,
 )
+from forecaster.worker import WorkerError, run_in_worker
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-RESELECT_AFTER = timedelta(days=7)
 SCHEMA = [
     Migration(
         1,
@@ -128,26 +130,6 @@ def save_structure(
             json.dumps(chosen.selection.as_json()),
         ),
     )
-
-
-def reselect_reason(chosen: ChosenStructure | None, table: DayTable, now: datetime) -> str | None:
-    """Why the structure must be chosen again now, or None: none yet, a week old, or the
-    days since it was chosen show a regime change in its residuals."""
-    if chosen is None:
-        return "first"
-    if now - chosen.selected_at >= RESELECT_AFTER:
-        return "weekly"
-    bands = math.ceil(table.values.shape[1] / chosen.selection.slots_per_band)
-    if bands != len(chosen.selection.band_lo):
-        return "ISP length changed"
-    since = table.ordinals >= chosen.selection.origin_ordinal
-    if since.sum() >= 3:
-        ordinals = table.ordinals[since][-3:]
-        holiday = table.holiday[since][-3:]
-        p50 = forecast_days(chosen.selection, table, ordinals, holiday)[1]
-        if regime_changed(chosen.selection, table.values[since][-3:], p50):
-            return "regime change"
-    return None
 
 
 DEFAULT_STAY_S = 8 * 3600.0
@@ -225,6 +207,19 @@ class SiteForecaster:
         self.settings = ForecastSettings(history_days=config.forecast.history_days)
         self._chargers = {c.id: c for c in config.ocpp.chargers}
         self._structures: dict[str, ChosenStructure] | None = None
+        self.worker_argv: list[str] | None = None
+        """The forecast worker's command line; None: `python -m forecaster.worker`."""
+
+    async def _in_worker(self, function: Callable[..., _T], args: tuple[object, ...]) -> _T:
+        """`function(*args)` in a forecast worker process; a failed worker is logged here
+        in one line and raised as WorkerError (the caller keeps what it had)."""
+        try:
+            return await run_in_worker(function, args, argv=self.worker_argv)
+        except WorkerError as exc:
+            log.error("%s; the last forecast stays in use", exc)
+            if exc.detail:
+                log.debug("forecast worker output:\n%s", exc.detail)
+            raise
 
     def _calendar_for(self, year: int) -> SiteCalendar:
         """The site calendar with the configured extra dates and, when a country is set, its
@@ -318,23 +313,14 @@ class SiteForecaster:
             return selected
         calibration = await self.calibration() if origin is not None else None
         known = self._known(congestion_points, sessions) if origin is not None else None
-
-        def run() -> QuantileForecast:
-            if origin is not None and calibration is not None and calibration.samples:
-                assert known is not None
-                return forecast_intraday(
-                    history,
-                    until,
-                    list(targets),
-                    self.calendar,
-                    known,
-                    calibration.samples,
-                    self.settings,
-                )
-            return fit_profiles(history, self.calendar, self.settings).forecast(list(targets))
-
+        samples = calibration.samples if calibration is not None else None
+        job = (history, until if origin is not None else None, list(targets), self.calendar)
         try:
-            result = await asyncio.to_thread(run)
+            result = await self._in_worker(
+                rounds.profile_forecast, (*job, known, samples, self.settings)
+            )
+            if isinstance(result, list):
+                raise EmptyHistoryError(result)
         except EmptyHistoryError as exc:
             empty = {congestion_points[i] for i in exc.series}
             log.warning(
@@ -377,43 +363,25 @@ class SiteForecaster:
         re-selects those whose structure is a week old or whose residuals show a regime
         change, and stores the new choice."""
         chosen = dict(await self.structures())
-        calendar = self.calendar
         now = self.clock.now()
-        until_epoch = int(until.timestamp())
-        epochs = np.array([int(t.timestamp()) for t in targets], dtype=np.int64)
-
-        def run() -> tuple[dict[str, Bands], dict[str, ChosenStructure]]:
-            ordinal, slot = calendar.local_day_and_slot(epochs)
-            days = np.unique(ordinal)
-            holiday = np.array([date.fromordinal(int(o)) in calendar.holidays for o in days])
-            row = np.searchsorted(days, ordinal)
-            bands: dict[str, Bands] = {}
-            fresh: dict[str, ChosenStructure] = {}
-            for s, cp in enumerate(congestion_points):
-                table = day_table(history.values[s], history.start_epoch, calendar, until_epoch)
-                current = chosen.get(cp)
-                reason = reselect_reason(current, table, now)
-                if reason is not None:
-                    try:
-                        current = ChosenStructure(select(table), now, reason)
-                        fresh[cp] = current
-                    except SelectionError as exc:
-                        log.info("forecast structure of %s not chosen yet: %s", cp, exc)
-                if current is None:
-                    continue
-                p10, p50, p90 = forecast_days(current.selection, table, days, holiday)
-                bands[cp] = Bands(
-                    [float(v) for v in p10[row, slot]],
-                    [float(v) for v in p50[row, slot]],
-                    [float(v) for v in p90[row, slot]],
-                    min(
-                        int((~np.isnan(table.values).all(axis=1)).sum()),
-                        self.config.forecast.history_days,
-                    ),
-                )
-            return bands, fresh
-
-        bands, fresh = await asyncio.to_thread(run)
+        stored = {cp: (c.selection, c.selected_at) for cp, c in chosen.items()}
+        result = await self._in_worker(
+            rounds.day_ahead,
+            (
+                list(congestion_points),
+                history,
+                self.calendar,
+                until,
+                list(targets),
+                stored,
+                now,
+                self.config.forecast.history_days,
+            ),
+        )
+        bands = {cp: Bands(*b) for cp, b in result.bands.items()}
+        fresh = {cp: ChosenStructure(sel, now, why) for cp, (sel, why) in result.chosen.items()}
+        for cp, why in result.waiting.items():
+            log.info("forecast structure of %s not chosen yet: %s", cp, why)
         if fresh:
 
             def write(conn: sqlite3.Connection) -> None:

@@ -1,10 +1,14 @@
-"""The agent's records in SQLite: chargers, sessions, energy per ISP, and the AGR's trade.
+"""The agent's records in SQLite: the schema; chargers, sessions, energy per ISP.
 
 Functions here take a `sqlite3.Connection` and never commit: callers run them inside
 `Database.transaction` so that a business change, the UFTP message it causes (uftp's outbox) and
 the inbound message it answers (uftp's inbox) commit together or not at all. That single rule is
 what makes a ``kill -9`` at any moment safe: after a restart the database holds either the whole
 step or none of it, and the step is simply taken again.
+
+The AGR's trade records and their statuses are in `agent.storage.trades`; this module holds the
+schema of both, the site's records (chargers, sessions, energy per ISP, uptime) and the shared
+conversions.
 
 Times are stored as UTC epoch seconds (REAL or INTEGER), periods as ISO dates, per-ISP values as
 JSON lists in ISP order. The UFTP tables (prefix ``uftp_``) belong to `uftp.store` and are
@@ -16,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -186,6 +190,113 @@ SCHEMA = [
         "sessions: the charger's energy register at the start of the transaction",
         "ALTER TABLE charging_session ADD COLUMN meter_start_wh REAL;",
     ),
+    Migration(
+        4,
+        "trade records: CHECK constraints on their statuses",
+        # The statuses of agent.storage.records; SQLite adds a CHECK only by rebuilding a
+        # table. Every row is copied as it is (the columns are those of migration 1).
+        """
+        CREATE TABLE prognosis_new (
+            congestion_point TEXT NOT NULL,
+            period TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            message_id TEXT NOT NULL UNIQUE,
+            conversation_id TEXT NOT NULL,
+            dso_domain TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            reason TEXT NOT NULL,
+            power_w TEXT NOT NULL,
+            baseline_w TEXT NOT NULL,
+            orders TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'sent'
+                CHECK (status IN ('sent', 'accepted', 'rejected')),
+            rejection_reason TEXT,
+            PRIMARY KEY (congestion_point, period, revision)
+        );
+        INSERT INTO prognosis_new SELECT * FROM prognosis;
+        DROP TABLE prognosis;
+        ALTER TABLE prognosis_new RENAME TO prognosis;
+
+        CREATE TABLE flex_request_new (
+            message_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            dso_domain TEXT NOT NULL,
+            congestion_point TEXT NOT NULL,
+            period TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            expires_at REAL NOT NULL,
+            received_at REAL NOT NULL,
+            isps TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('accepted', 'rejected')),
+            reason TEXT,
+            offer_state TEXT NOT NULL DEFAULT 'none'
+                CHECK (offer_state IN ('todo', 'offered', 'none', 'n/a'))
+        );
+        INSERT INTO flex_request_new SELECT * FROM flex_request;
+        DROP TABLE flex_request;
+        ALTER TABLE flex_request_new RENAME TO flex_request;
+        CREATE INDEX flex_request_todo ON flex_request (offer_state);
+
+        CREATE TABLE flex_offer_new (
+            message_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            request_message_id TEXT,
+            dso_domain TEXT NOT NULL,
+            congestion_point TEXT NOT NULL,
+            period TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            currency TEXT NOT NULL,
+            options TEXT NOT NULL,
+            reserved_w TEXT NOT NULL,
+            prognosis_message_id TEXT,
+            status TEXT NOT NULL DEFAULT 'sent' CHECK (status IN
+                ('sent', 'accepted', 'rejected', 'ordered', 'revoked', 'expired')),
+            reason TEXT,
+            revocation_message_id TEXT
+        );
+        INSERT INTO flex_offer_new SELECT * FROM flex_offer;
+        DROP TABLE flex_offer;
+        ALTER TABLE flex_offer_new RENAME TO flex_offer;
+        CREATE INDEX flex_offer_open ON flex_offer (status, congestion_point, period);
+
+        CREATE TABLE flex_order_new (
+            message_id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            offer_message_id TEXT,
+            dso_domain TEXT NOT NULL,
+            congestion_point TEXT NOT NULL,
+            period TEXT NOT NULL,
+            order_reference TEXT NOT NULL,
+            option_reference TEXT,
+            activation_factor REAL NOT NULL,
+            price TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            isps TEXT NOT NULL,
+            baseline_message_id TEXT,
+            received_at REAL NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('accepted', 'rejected')),
+            reason TEXT
+        );
+        INSERT INTO flex_order_new SELECT * FROM flex_order;
+        DROP TABLE flex_order;
+        ALTER TABLE flex_order_new RENAME TO flex_order;
+        CREATE INDEX flex_order_period ON flex_order (status, congestion_point, period);
+
+        CREATE TABLE flex_settlement_new (
+            message_id TEXT PRIMARY KEY,
+            dso_domain TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            period_end TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            result TEXT NOT NULL CHECK (result IN ('Accepted', 'Rejected')),
+            items TEXT NOT NULL
+        );
+        INSERT INTO flex_settlement_new SELECT * FROM flex_settlement;
+        DROP TABLE flex_settlement;
+        ALTER TABLE flex_settlement_new RENAME TO flex_settlement;
+        """,
+    ),
 ]
 
 
@@ -298,10 +409,6 @@ def record_boot(
         "last_seen = excluded.last_seen",
         (charger_id, ts(now), vendor, model, serial_number, firmware_version, protocol, ts(now)),
     )
-
-
-def touch_charger(conn: sqlite3.Connection, charger_id: str, now: datetime) -> None:
-    conn.execute("UPDATE charger SET last_seen = ? WHERE charger_id = ?", (ts(now), charger_id))
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -454,13 +561,6 @@ def charger_energy(
     return {int(r[0]): float(r[1]) for r in rows}
 
 
-def first_energy_record(conn: sqlite3.Connection, congestion_point: str) -> datetime | None:
-    row = conn.execute(
-        "SELECT MIN(isp_start) FROM isp_energy WHERE congestion_point = ?", (congestion_point,)
-    ).fetchone()
-    return None if row[0] is None else datetime.fromtimestamp(row[0], UTC)
-
-
 def save_meter_baselines(
     conn: sqlite3.Connection, baselines: Iterable[tuple[str, datetime, float]]
 ) -> None:
@@ -513,518 +613,3 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 def period_text(period: date) -> str:
     return period.isoformat()
-
-
-def int_list(values: Sequence[float]) -> str:
-    return to_json([round(v) for v in values])
-
-
-# --- D-prognoses ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrognosisRow:
-    congestion_point: str
-    period: date
-    revision: int
-    message_id: str
-    conversation_id: str
-    dso_domain: str
-    created_at: datetime
-    reason: str  # why this revision: day-ahead, intraday, order, resend
-    power_w: list[int]  # per ISP, what we sent
-    baseline_w: list[int]  # per ISP, the forecast without orders
-    orders: list[str]  # FlexOrder MessageIDs this revision includes
-    status: str  # sent, accepted, rejected
-    rejection_reason: str | None
-
-
-def _prognosis(row: sqlite3.Row) -> PrognosisRow:
-    return PrognosisRow(
-        congestion_point=row["congestion_point"],
-        period=date.fromisoformat(row["period"]),
-        revision=int(row["revision"]),
-        message_id=row["message_id"],
-        conversation_id=row["conversation_id"],
-        dso_domain=row["dso_domain"],
-        created_at=datetime.fromtimestamp(row["created_at"], UTC),
-        reason=row["reason"],
-        power_w=json.loads(row["power_w"]),
-        baseline_w=json.loads(row["baseline_w"]),
-        orders=json.loads(row["orders"]),
-        status=row["status"],
-        rejection_reason=row["rejection_reason"],
-    )
-
-
-def highest_revision(conn: sqlite3.Connection, congestion_point: str, period: date) -> int:
-    row = conn.execute(
-        "SELECT MAX(revision) FROM prognosis WHERE congestion_point = ? AND period = ?",
-        (congestion_point, period.isoformat()),
-    ).fetchone()
-    return int(row[0] or 0)
-
-
-def insert_prognosis(conn: sqlite3.Connection, p: PrognosisRow) -> None:
-    conn.execute(
-        "INSERT INTO prognosis (congestion_point, period, revision, message_id, conversation_id, "
-        "dso_domain, created_at, reason, power_w, baseline_w, orders, status) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            p.congestion_point,
-            p.period.isoformat(),
-            p.revision,
-            p.message_id,
-            p.conversation_id,
-            p.dso_domain,
-            ts(p.created_at),
-            p.reason,
-            to_json(p.power_w),
-            to_json(p.baseline_w),
-            to_json(p.orders),
-            p.status,
-        ),
-    )
-
-
-def latest_prognosis(
-    conn: sqlite3.Connection, congestion_point: str, period: date, *, accepted: bool = False
-) -> PrognosisRow | None:
-    where = " AND status = 'accepted'" if accepted else " AND status != 'rejected'"
-    row = conn.execute(
-        "SELECT * FROM prognosis WHERE congestion_point = ? AND period = ?"
-        + where
-        + " ORDER BY revision DESC LIMIT 1",
-        (congestion_point, period.isoformat()),
-    ).fetchone()
-    return None if row is None else _prognosis(row)
-
-
-def prognosis_by_message(conn: sqlite3.Connection, message_id: str) -> PrognosisRow | None:
-    row = conn.execute("SELECT * FROM prognosis WHERE message_id = ?", (message_id,)).fetchone()
-    return None if row is None else _prognosis(row)
-
-
-def set_prognosis_status(
-    conn: sqlite3.Connection, message_id: str, status: str, reason: str | None
-) -> None:
-    conn.execute(
-        "UPDATE prognosis SET status = ?, rejection_reason = ? WHERE message_id = ?",
-        (status, reason, message_id),
-    )
-
-
-def prognoses_since(conn: sqlite3.Connection, period: date) -> list[PrognosisRow]:
-    rows = conn.execute(
-        "SELECT * FROM prognosis WHERE period >= ? ORDER BY period, congestion_point, revision",
-        (period.isoformat(),),
-    )
-    return [_prognosis(r) for r in rows]
-
-
-# --- FlexRequests ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestRow:
-    message_id: str
-    conversation_id: str
-    dso_domain: str
-    congestion_point: str
-    period: date
-    revision: int
-    expires_at: datetime
-    received_at: datetime
-    # [start, duration, requested (bool), min_power, max_power] per ISP element
-    isps: list[list[int]]
-    status: str  # accepted, rejected
-    reason: str | None
-    offer_state: str  # todo, offered, none (no offer: see reason), n/a
-
-
-def _request(row: sqlite3.Row) -> RequestRow:
-    return RequestRow(
-        message_id=row["message_id"],
-        conversation_id=row["conversation_id"],
-        dso_domain=row["dso_domain"],
-        congestion_point=row["congestion_point"],
-        period=date.fromisoformat(row["period"]),
-        revision=int(row["revision"]),
-        expires_at=datetime.fromtimestamp(row["expires_at"], UTC),
-        received_at=datetime.fromtimestamp(row["received_at"], UTC),
-        isps=json.loads(row["isps"]),
-        status=row["status"],
-        reason=row["reason"],
-        offer_state=row["offer_state"],
-    )
-
-
-def insert_request(conn: sqlite3.Connection, r: RequestRow) -> None:
-    conn.execute(
-        "INSERT INTO flex_request (message_id, conversation_id, dso_domain, congestion_point, "
-        "period, revision, expires_at, received_at, isps, status, reason, offer_state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            r.message_id,
-            r.conversation_id,
-            r.dso_domain,
-            r.congestion_point,
-            r.period.isoformat(),
-            r.revision,
-            ts(r.expires_at),
-            ts(r.received_at),
-            to_json(r.isps),
-            r.status,
-            r.reason,
-            r.offer_state,
-        ),
-    )
-
-
-def find_request(conn: sqlite3.Connection, message_id: str) -> RequestRow | None:
-    row = conn.execute("SELECT * FROM flex_request WHERE message_id = ?", (message_id,)).fetchone()
-    return None if row is None else _request(row)
-
-
-def highest_request_revision(
-    conn: sqlite3.Connection, dso_domain: str, congestion_point: str, period: date
-) -> int | None:
-    row = conn.execute(
-        "SELECT MAX(revision) FROM flex_request WHERE dso_domain = ? AND congestion_point = ? "
-        "AND period = ? AND status = 'accepted'",
-        (dso_domain, congestion_point, period.isoformat()),
-    ).fetchone()
-    return None if row[0] is None else int(row[0])
-
-
-def requests_to_offer(conn: sqlite3.Connection) -> list[RequestRow]:
-    rows = conn.execute(
-        "SELECT * FROM flex_request WHERE offer_state = 'todo' ORDER BY received_at"
-    )
-    return [_request(r) for r in rows]
-
-
-def set_offer_state(
-    conn: sqlite3.Connection, request_message_id: str, state: str, reason: str | None = None
-) -> None:
-    conn.execute(
-        "UPDATE flex_request SET offer_state = ?, reason = COALESCE(?, reason) "
-        "WHERE message_id = ?",
-        (state, reason, request_message_id),
-    )
-
-
-def requests_for(conn: sqlite3.Connection, congestion_point: str, period: date) -> list[RequestRow]:
-    """The accepted FlexRequests of one congestion point and day, oldest first."""
-    rows = conn.execute(
-        "SELECT * FROM flex_request WHERE congestion_point = ? AND period = ? "
-        "AND status = 'accepted' ORDER BY received_at, revision",
-        (congestion_point, period.isoformat()),
-    )
-    return [_request(r) for r in rows]
-
-
-def recent_requests(conn: sqlite3.Connection, limit: int = 50) -> list[RequestRow]:
-    rows = conn.execute("SELECT * FROM flex_request ORDER BY received_at DESC LIMIT ?", (limit,))
-    return [_request(r) for r in rows]
-
-
-# --- FlexOffers -----------------------------------------------------------------------------------
-
-OPEN_OFFER = ("sent", "accepted")
-
-
-@dataclass(frozen=True)
-class OfferRow:
-    message_id: str
-    conversation_id: str
-    request_message_id: str | None
-    dso_domain: str
-    congestion_point: str
-    period: date
-    created_at: datetime
-    expires_at: datetime
-    currency: str
-    # {"reference", "price", "min_activation_factor", "isps": [[start, duration, power]]}
-    options: list[dict[str, Any]]
-    reserved_w: dict[int, int]  # ISP index -> change reserved while the offer is open
-    prognosis_message_id: str | None
-    status: str  # sent, accepted, rejected, ordered, revoked, expired
-    reason: str | None
-    revocation_message_id: str | None
-
-
-def _offer(row: sqlite3.Row) -> OfferRow:
-    return OfferRow(
-        message_id=row["message_id"],
-        conversation_id=row["conversation_id"],
-        request_message_id=row["request_message_id"],
-        dso_domain=row["dso_domain"],
-        congestion_point=row["congestion_point"],
-        period=date.fromisoformat(row["period"]),
-        created_at=datetime.fromtimestamp(row["created_at"], UTC),
-        expires_at=datetime.fromtimestamp(row["expires_at"], UTC),
-        currency=row["currency"],
-        options=json.loads(row["options"]),
-        reserved_w={int(k): int(v) for k, v in json.loads(row["reserved_w"]).items()},
-        prognosis_message_id=row["prognosis_message_id"],
-        status=row["status"],
-        reason=row["reason"],
-        revocation_message_id=row["revocation_message_id"],
-    )
-
-
-def insert_offer(conn: sqlite3.Connection, o: OfferRow) -> None:
-    conn.execute(
-        "INSERT INTO flex_offer (message_id, conversation_id, request_message_id, dso_domain, "
-        "congestion_point, period, created_at, expires_at, currency, options, reserved_w, "
-        "prognosis_message_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            o.message_id,
-            o.conversation_id,
-            o.request_message_id,
-            o.dso_domain,
-            o.congestion_point,
-            o.period.isoformat(),
-            ts(o.created_at),
-            ts(o.expires_at),
-            o.currency,
-            to_json(o.options),
-            to_json({str(k): v for k, v in o.reserved_w.items()}),
-            o.prognosis_message_id,
-            o.status,
-        ),
-    )
-
-
-def find_offer(conn: sqlite3.Connection, message_id: str) -> OfferRow | None:
-    row = conn.execute("SELECT * FROM flex_offer WHERE message_id = ?", (message_id,)).fetchone()
-    return None if row is None else _offer(row)
-
-
-def open_offers(
-    conn: sqlite3.Connection,
-    now: datetime,
-    congestion_point: str | None = None,
-    period: date | None = None,
-) -> list[OfferRow]:
-    """Offers the DSO may still order: sent or accepted, not expired, not revoked or ordered."""
-    query = "SELECT * FROM flex_offer WHERE status IN ('sent', 'accepted') AND expires_at > ?"
-    args: list[Any] = [ts(now)]
-    if congestion_point is not None:
-        query += " AND congestion_point = ?"
-        args.append(congestion_point)
-    if period is not None:
-        query += " AND period = ?"
-        args.append(period.isoformat())
-    return [_offer(r) for r in conn.execute(query + " ORDER BY created_at", args)]
-
-
-def expire_offers(conn: sqlite3.Connection, now: datetime) -> list[str]:
-    rows = conn.execute(
-        "SELECT message_id FROM flex_offer WHERE status IN ('sent', 'accepted') "
-        "AND expires_at <= ?",
-        (ts(now),),
-    ).fetchall()
-    ids = [r[0] for r in rows]
-    conn.executemany(
-        "UPDATE flex_offer SET status = 'expired' WHERE message_id = ?", [(i,) for i in ids]
-    )
-    return ids
-
-
-def set_offer_status(
-    conn: sqlite3.Connection,
-    message_id: str,
-    status: str,
-    reason: str | None = None,
-    *,
-    revocation_message_id: str | None = None,
-) -> None:
-    conn.execute(
-        "UPDATE flex_offer SET status = ?, reason = COALESCE(?, reason), "
-        "revocation_message_id = COALESCE(?, revocation_message_id) WHERE message_id = ?",
-        (status, reason, revocation_message_id, message_id),
-    )
-
-
-def recent_offers(conn: sqlite3.Connection, limit: int = 50) -> list[OfferRow]:
-    rows = conn.execute("SELECT * FROM flex_offer ORDER BY created_at DESC LIMIT ?", (limit,))
-    return [_offer(r) for r in rows]
-
-
-# --- FlexOrders -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OrderRow:
-    message_id: str
-    conversation_id: str
-    offer_message_id: str | None
-    dso_domain: str
-    congestion_point: str
-    period: date
-    order_reference: str
-    option_reference: str | None
-    activation_factor: float
-    price: str  # decimal text, as ordered
-    currency: str
-    isps: list[list[int]]  # [start, duration, power]
-    baseline_message_id: str | None
-    received_at: datetime
-    status: str  # accepted, rejected
-    reason: str | None
-
-    def change_per_isp(self) -> dict[int, int]:
-        return {i: p for s, d, p in self.isps for i in range(s, s + d)}
-
-
-def _order(row: sqlite3.Row) -> OrderRow:
-    return OrderRow(
-        message_id=row["message_id"],
-        conversation_id=row["conversation_id"],
-        offer_message_id=row["offer_message_id"],
-        dso_domain=row["dso_domain"],
-        congestion_point=row["congestion_point"],
-        period=date.fromisoformat(row["period"]),
-        order_reference=row["order_reference"],
-        option_reference=row["option_reference"],
-        activation_factor=float(row["activation_factor"]),
-        price=row["price"],
-        currency=row["currency"],
-        isps=json.loads(row["isps"]),
-        baseline_message_id=row["baseline_message_id"],
-        received_at=datetime.fromtimestamp(row["received_at"], UTC),
-        status=row["status"],
-        reason=row["reason"],
-    )
-
-
-def insert_order(conn: sqlite3.Connection, o: OrderRow) -> None:
-    conn.execute(
-        "INSERT INTO flex_order (message_id, conversation_id, offer_message_id, dso_domain, "
-        "congestion_point, period, order_reference, option_reference, activation_factor, price, "
-        "currency, isps, baseline_message_id, received_at, status, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            o.message_id,
-            o.conversation_id,
-            o.offer_message_id,
-            o.dso_domain,
-            o.congestion_point,
-            o.period.isoformat(),
-            o.order_reference,
-            o.option_reference,
-            o.activation_factor,
-            o.price,
-            o.currency,
-            to_json(o.isps),
-            o.baseline_message_id,
-            ts(o.received_at),
-            o.status,
-            o.reason,
-        ),
-    )
-
-
-def accepted_orders(
-    conn: sqlite3.Connection,
-    *,
-    congestion_point: str | None = None,
-    period: date | None = None,
-    since: date | None = None,
-    until: date | None = None,
-    dso_domain: str | None = None,
-) -> list[OrderRow]:
-    query = "SELECT * FROM flex_order WHERE status = 'accepted'"
-    args: list[Any] = []
-    for column, value, op in (
-        ("congestion_point", congestion_point, "="),
-        ("period", None if period is None else period.isoformat(), "="),
-        ("period", None if since is None else since.isoformat(), ">="),
-        ("period", None if until is None else until.isoformat(), "<="),
-        ("dso_domain", dso_domain, "="),
-    ):
-        if value is not None:
-            query += f" AND {column} {op} ?"
-            args.append(value)
-    return [_order(r) for r in conn.execute(query + " ORDER BY received_at", args)]
-
-
-def recent_orders(conn: sqlite3.Connection, limit: int = 50) -> list[OrderRow]:
-    rows = conn.execute("SELECT * FROM flex_order ORDER BY received_at DESC LIMIT ?", (limit,))
-    return [_order(r) for r in rows]
-
-
-# --- settlements and metering --------------------------------------------------------------------
-
-
-def insert_settlement(
-    conn: sqlite3.Connection,
-    message_id: str,
-    dso_domain: str,
-    period_start: date,
-    period_end: date,
-    received_at: datetime,
-    result: str,
-    items: list[dict[str, Any]],
-) -> None:
-    conn.execute(
-        "INSERT INTO flex_settlement (message_id, dso_domain, period_start, period_end, "
-        "received_at, result, items) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            message_id,
-            dso_domain,
-            period_start.isoformat(),
-            period_end.isoformat(),
-            ts(received_at),
-            result,
-            to_json(items),
-        ),
-    )
-
-
-def settled_already(
-    conn: sqlite3.Connection, dso_domain: str, period_start: date, period_end: date
-) -> bool:
-    """Whether an accepted settlement of this DSO already covers part of the range."""
-    row = conn.execute(
-        "SELECT 1 FROM flex_settlement WHERE dso_domain = ? AND result = 'Accepted' "
-        "AND period_start <= ? AND period_end >= ? LIMIT 1",
-        (dso_domain, period_end.isoformat(), period_start.isoformat()),
-    ).fetchone()
-    return row is not None
-
-
-def recent_settlements(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM flex_settlement ORDER BY received_at DESC LIMIT ?", (limit,))
-    return [
-        {
-            "message_id": r["message_id"],
-            "dso_domain": r["dso_domain"],
-            "period_start": r["period_start"],
-            "period_end": r["period_end"],
-            "received_at": datetime.fromtimestamp(r["received_at"], UTC).isoformat(),
-            "result": r["result"],
-            "items": json.loads(r["items"]),
-        }
-        for r in rows
-    ]
-
-
-def highest_metering_revision(conn: sqlite3.Connection, ean: str, period: date) -> int:
-    row = conn.execute(
-        "SELECT MAX(revision) FROM metering_sent WHERE ean = ? AND period = ?",
-        (ean, period.isoformat()),
-    ).fetchone()
-    return int(row[0] or 0)
-
-
-def record_metering(
-    conn: sqlite3.Connection, ean: str, period: date, revision: int, message_id: str, now: datetime
-) -> None:
-    conn.execute(
-        "INSERT INTO metering_sent (ean, period, revision, message_id, created_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (ean, period.isoformat(), revision, message_id, ts(now)),
-    )

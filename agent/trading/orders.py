@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def _binds_more(candidate: OrderedIsp, current: OrderedIsp) -> bool:
 
 
 def ordered_isps(
-    orders: Sequence[store.OrderRow],
-    baselines: Mapping[str, store.PrognosisRow],
+    orders: Sequence[trades.OrderRow],
+    baselines: Mapping[str, trades.PrognosisRow],
     market: Market,
 ) -> dict[datetime, OrderedIsp]:
     """Per ISP start: the binding target of the orders (lowest cap, else highest floor)."""
@@ -70,10 +70,10 @@ def ordered_isps(
 
 
 def available_room(
-    orders: Sequence[store.OrderRow],
-    requests: Mapping[str, store.RequestRow],
-    offers: Mapping[str, store.OfferRow],
-    baselines: Mapping[str, store.PrognosisRow],
+    orders: Sequence[trades.OrderRow],
+    requests: Mapping[str, trades.RequestRow],
+    offers: Mapping[str, trades.OfferRow],
+    baselines: Mapping[str, trades.PrognosisRow],
     market: Market,
 ) -> dict[datetime, float]:
     """Per ISP start: the most load the DSO's Available ISPs allow after an order."""
@@ -119,10 +119,10 @@ def prognosis_with_orders(
 class OrderContext:
     """Accepted orders with what they refer to: baselines, offers and the requests behind."""
 
-    orders: list[store.OrderRow]
-    baselines: dict[str, store.PrognosisRow]
-    offers: dict[str, store.OfferRow]
-    requests: dict[str, store.RequestRow]
+    orders: list[trades.OrderRow]
+    baselines: dict[str, trades.PrognosisRow]
+    offers: dict[str, trades.OfferRow]
+    requests: dict[str, trades.RequestRow]
 
     def targets(self, market: Market) -> dict[datetime, OrderedIsp]:
         return ordered_isps(self.orders, self.baselines, market)
@@ -132,22 +132,22 @@ class OrderContext:
 
 
 def load_context(conn: sqlite3.Connection, **where: object) -> OrderContext:
-    """The accepted orders matching `where` (see `store.accepted_orders`) and their context."""
-    orders = store.accepted_orders(conn, **where)  # type: ignore[arg-type]
-    baselines: dict[str, store.PrognosisRow] = {}
-    offers: dict[str, store.OfferRow] = {}
-    requests: dict[str, store.RequestRow] = {}
+    """The accepted orders matching `where` (see `trades.accepted_orders`) and their context."""
+    orders = trades.accepted_orders(conn, **where)  # type: ignore[arg-type]
+    baselines: dict[str, trades.PrognosisRow] = {}
+    offers: dict[str, trades.OfferRow] = {}
+    requests: dict[str, trades.RequestRow] = {}
     for order in orders:
         if order.baseline_message_id and order.baseline_message_id not in baselines:
-            row = store.prognosis_by_message(conn, order.baseline_message_id)
+            row = trades.prognosis_by_message(conn, order.baseline_message_id)
             if row is not None:
                 baselines[row.message_id] = row
         if order.offer_message_id and order.offer_message_id not in offers:
-            offer = store.find_offer(conn, order.offer_message_id)
+            offer = trades.find_offer(conn, order.offer_message_id)
             if offer is not None:
                 offers[offer.message_id] = offer
                 if offer.request_message_id:
-                    request = store.find_request(conn, offer.request_message_id)
+                    request = trades.find_request(conn, offer.request_message_id)
                     if request is not None:
                         requests[request.message_id] = request
     return OrderContext(orders, baselines, offers, requests)

@@ -32,10 +32,12 @@ from agent.runtime.config import Config
 from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site
-from agent.storage import store
+from agent.storage import store, trades
 from agent.storage.db import Database
+from agent.storage.records import Event, PrognosisStatus
 from agent.trading.market import Market
 from agent.trading.orders import OrderedIsp, load_context, prognosis_with_orders
+from forecaster.worker import WorkerError
 from uftp import calendar
 from uftp.models import DPrognosis, DPrognosisISP, DPrognosisResponse
 from uftp.participant import Participant
@@ -47,7 +49,7 @@ SUBORDINATE = "Subordinate sequence number"
 
 def prognosis_power(
     forecast_w: Sequence[float],
-    previous: store.PrognosisRow | None,
+    previous: trades.PrognosisRow | None,
     first_open: int,
     targets: Mapping[int, OrderedIsp],
 ) -> tuple[list[int], list[int]]:
@@ -136,12 +138,13 @@ class PrognosisService:
 
     def response_received(self, conn: sqlite3.Connection, response: DPrognosisResponse) -> None:
         """Record the DSO's answer (in the caller's transaction) and act on a rejection."""
-        sent = store.prognosis_by_message(conn, response.d_prognosis_message_id)
+        sent = trades.prognosis_by_message(conn, response.d_prognosis_message_id)
         if sent is None:
             log.warning("D-PrognosisResponse for an unknown D-Prognosis")
             return
         if response.accepted:
-            store.set_prognosis_status(conn, sent.message_id, "accepted", None)
+            if not trades.attempt(conn, Event.PROGNOSIS_ACCEPTED, sent.message_id):
+                return  # answered before: the first answer stands
             for status in response.flex_order_statuses:
                 if not status.is_validated:
                     log.warning(
@@ -152,7 +155,10 @@ class PrognosisService:
                     )
             return
         reason = response.rejection_reason or "no reason given"
-        store.set_prognosis_status(conn, sent.message_id, "rejected", reason)
+        if not trades.attempt(
+            conn, Event.PROGNOSIS_REJECTED, sent.message_id, rejection_reason=reason
+        ):
+            return
         log.error(
             "the DSO rejected D-Prognosis revision %d for %s: %s",
             sent.revision,
@@ -171,14 +177,19 @@ class PrognosisService:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, so a request made while it runs (a forecast round
+            # takes seconds in its worker) starts the next one at once.
+            self._wake.clear()
             try:
                 if self.hold() is None:  # no prognosis on a clock not to trust
                     await self.tick()
             except asyncio.CancelledError:
                 raise
+            except WorkerError:
+                # Logged by the forecaster in one line; the last revision stays in effect.
+                log.info("D-prognosis round without a forecast; retrying at the next tick")
             except Exception:
                 log.exception("D-prognosis round failed; retrying at the next tick")
-            self._wake.clear()
             await sleep_or_wake(self.clock, self.tick_s, self._wake)
 
     async def tick(self) -> None:
@@ -208,9 +219,9 @@ class PrognosisService:
     async def _periods_missing_orders(self, congestion_point: str, today: date) -> list[date]:
         def read(conn: sqlite3.Connection) -> list[date]:
             missing: list[date] = []
-            orders = store.accepted_orders(conn, congestion_point=congestion_point, since=today)
+            orders = trades.accepted_orders(conn, congestion_point=congestion_point, since=today)
             for period in sorted({o.period for o in orders}):
-                latest = store.latest_prognosis(conn, congestion_point, period)
+                latest = trades.latest_prognosis(conn, congestion_point, period)
                 included = set(latest.orders) if latest else set()
                 if any(o.period == period and o.message_id not in included for o in orders):
                     missing.append(period)
@@ -218,10 +229,10 @@ class PrognosisService:
 
         return await self.db.read(read)
 
-    async def _latest(self, congestion_point: str, period: date) -> store.PrognosisRow | None:
-        return await self.db.read(lambda c: store.latest_prognosis(c, congestion_point, period))
+    async def _latest(self, congestion_point: str, period: date) -> trades.PrognosisRow | None:
+        return await self.db.read(lambda c: trades.latest_prognosis(c, congestion_point, period))
 
-    async def ensure(self, congestion_point: str, period: date) -> store.PrognosisRow:
+    async def ensure(self, congestion_point: str, period: date) -> trades.PrognosisRow:
         """The current prognosis of the day, sending one first if there is none."""
         latest = await self._latest(congestion_point, period)
         return (
@@ -272,7 +283,7 @@ class PrognosisService:
         *,
         forecast_w: Sequence[float] | None = None,
         first_open: int | None = None,
-    ) -> store.PrognosisRow:
+    ) -> trades.PrognosisRow:
         """Send the next revision of the day's prognosis; returns what was recorded."""
         async with self._lock:
             now = self.clock.now()
@@ -291,10 +302,10 @@ class PrognosisService:
             forecast = list(forecast_w)
             opened = first_open
 
-            def write(conn: sqlite3.Connection) -> store.PrognosisRow:
+            def write(conn: sqlite3.Connection) -> trades.PrognosisRow:
                 floor = int(store.get_meta(conn, _floor_key(congestion_point, period)) or 0)
-                revision = max(store.highest_revision(conn, congestion_point, period) + 1, floor)
-                previous = store.latest_prognosis(conn, congestion_point, period)
+                revision = max(trades.highest_revision(conn, congestion_point, period) + 1, floor)
+                previous = trades.latest_prognosis(conn, congestion_point, period)
                 context = load_context(conn, congestion_point=congestion_point, period=period)
                 orders = context.orders
                 targets = {t.index: t for t in context.targets(self.market).values()}
@@ -315,7 +326,7 @@ class PrognosisService:
                     ),
                 )
                 self.participant.enqueue(conn, message)
-                row = store.PrognosisRow(
+                row = trades.PrognosisRow(
                     congestion_point=congestion_point,
                     period=period,
                     revision=revision,
@@ -327,10 +338,10 @@ class PrognosisService:
                     power_w=power,
                     baseline_w=baseline,
                     orders=[o.message_id for o in orders],
-                    status="sent",
+                    status=PrognosisStatus.SENT,
                     rejection_reason=None,
                 )
-                store.insert_prognosis(conn, row)
+                trades.insert_prognosis(conn, row)
                 return row
 
             row = await self.db.transaction(write)

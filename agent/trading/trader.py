@@ -30,8 +30,16 @@ from agent.runtime.observe import Observe, discard, timed
 from agent.runtime.service import cancel_and_wait
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site
-from agent.storage import store
+from agent.storage import records, store, trades
 from agent.storage.db import Database
+from agent.storage.records import (
+    OfferState,
+    OfferStatus,
+    OrderStatus,
+    RequestStatus,
+    SettlementResult,
+    next_status,
+)
 from agent.trading.market import Market
 from agent.trading.metering import metering_message
 from agent.trading.offers import OfferPlan, Pricing, RequestElement, plan_offer
@@ -88,7 +96,7 @@ class Trader:
         site: Site,
         clock: Clock,
         *,
-        on_order: Callable[[store.OrderRow], None] | None = None,
+        on_order: Callable[[trades.OrderRow], None] | None = None,
         housekeeping_s: float = 60.0,
     ) -> None:
         self.config = config
@@ -229,14 +237,14 @@ class Trader:
         request: FlexRequest,
         now: datetime,
     ) -> None:
-        previous = store.highest_request_revision(
+        previous = trades.highest_request_revision(
             conn, inbound.sender_domain, request.congestion_point, request.period
         )
         problems = check_flex_request(request, now, previous_revision=previous)
         self.participant.respond(conn, inbound, problems, request=request)
-        store.insert_request(
+        trades.insert_request(
             conn,
-            store.RequestRow(
+            trades.RequestRow(
                 message_id=request.message_id,
                 conversation_id=request.conversation_id,
                 dso_domain=inbound.sender_domain,
@@ -249,9 +257,9 @@ class Trader:
                     [i.start, i.duration, int(i.requested), i.min_power, i.max_power]
                     for i in request.isps
                 ],
-                status="rejected" if problems else "accepted",
+                status=RequestStatus.REJECTED if problems else RequestStatus.ACCEPTED,
                 reason=reasons.join(problems) or None,
-                offer_state="n/a" if problems else "todo",
+                offer_state=OfferState.NOT_APPLICABLE if problems else OfferState.TODO,
             ),
         )
         log.info(
@@ -282,14 +290,16 @@ class Trader:
         else:
             offer, state = self.participant.offer_for_order(conn, order)
             problems = check_flex_order(order, offer, state, now)
-            ours = store.find_offer(conn, order.flex_offer_message_id or "")
+            ours = trades.find_offer(conn, order.flex_offer_message_id or "")
             if ours is not None and ours.prognosis_message_id:
                 baseline = ours.prognosis_message_id
+            if ours is not None:
+                problems += _closed_offer(ours, problems)
         if baseline is None:
-            latest = store.latest_prognosis(conn, order.congestion_point, order.period)
+            latest = trades.latest_prognosis(conn, order.congestion_point, order.period)
             baseline = None if latest is None else latest.message_id
         self.participant.respond(conn, inbound, problems, request=order)
-        row = store.OrderRow(
+        row = trades.OrderRow(
             message_id=order.message_id,
             conversation_id=order.conversation_id,
             offer_message_id=order.flex_offer_message_id,
@@ -304,10 +314,10 @@ class Trader:
             isps=[[i.start, i.duration, i.power] for i in order.isps],
             baseline_message_id=baseline,
             received_at=now,
-            status="rejected" if problems else "accepted",
+            status=OrderStatus.REJECTED if problems else OrderStatus.ACCEPTED,
             reason=reasons.join(problems) or None,
         )
-        store.insert_order(conn, row)
+        trades.insert_order(conn, row)
         log.info(
             "FlexOrder %s",
             "rejected" if problems else "accepted",
@@ -321,27 +331,30 @@ class Trader:
         if problems:
             return
         if order.flex_offer_message_id is not None:
-            store.set_offer_status(conn, order.flex_offer_message_id, "ordered")
+            # Checked above (`_closed_offer`) in this same transaction: a refusal here is a bug,
+            # and rolls the whole answer back rather than accept an order for a closed offer.
+            trades.apply(conn, records.Event.OFFER_ORDERED, order.flex_offer_message_id)
         # After the commit: dispatch the order and send the prognosis that includes it.
         self.prognosis.request(order.congestion_point, order.period, "order")
         if self.on_order is not None:
             self._soon(self.on_order, row)
 
     def _offer_response(self, conn: sqlite3.Connection, response: FlexOfferResponse) -> None:
-        offer = store.find_offer(conn, response.flex_offer_message_id)
+        offer = trades.find_offer(conn, response.flex_offer_message_id)
         if offer is None:
             return
         if response.accepted:
-            if offer.status == "sent":
-                store.set_offer_status(conn, offer.message_id, "accepted")
-        else:
-            log.error(
-                "the DSO rejected FlexOffer %s: %s",
-                offer.message_id,
-                response.rejection_reason,
-                extra={"congestion_point": offer.congestion_point},
-            )
-            store.set_offer_status(conn, offer.message_id, "rejected", response.rejection_reason)
+            trades.attempt(conn, records.Event.OFFER_ACCEPTED, offer.message_id)
+            return
+        log.error(
+            "the DSO rejected FlexOffer %s: %s",
+            offer.message_id,
+            response.rejection_reason,
+            extra={"congestion_point": offer.congestion_point},
+        )
+        trades.attempt(
+            conn, records.Event.OFFER_REJECTED, offer.message_id, reason=response.rejection_reason
+        )
 
     def _flex_settlement(
         self,
@@ -351,7 +364,7 @@ class Trader:
         now: datetime,
     ) -> None:
         today = self.market.today(now)
-        orders = store.accepted_orders(conn, dso_domain=inbound.sender_domain)
+        orders = trades.accepted_orders(conn, dso_domain=inbound.sender_domain)
         ours = [
             SettledOrder(
                 order_reference=o.order_reference,
@@ -362,7 +375,7 @@ class Trader:
             )
             for o in orders
         ]
-        already = store.settled_already(
+        already = trades.settled_already(
             conn, inbound.sender_domain, settlement.period_start, settlement.period_end
         )
         assessment = assess_flex_settlement(settlement, ours, today, already_settled=already)
@@ -379,14 +392,14 @@ class Trader:
             request=settlement,
             flex_order_settlement_statuses=statuses,
         )
-        store.insert_settlement(
+        trades.insert_settlement(
             conn,
             settlement.message_id,
             inbound.sender_domain,
             settlement.period_start,
             settlement.period_end,
             now,
-            "Rejected" if assessment.rejections else "Accepted",
+            SettlementResult.REJECTED if assessment.rejections else SettlementResult.ACCEPTED,
             [
                 {
                     "order_reference": s.order_reference,
@@ -465,21 +478,21 @@ class Trader:
 
     async def make_offers(self) -> int:
         """Answer every accepted request still waiting for its offer; returns offers sent."""
-        todo = await self.db.read(store.requests_to_offer)
+        todo = await self.db.read(trades.requests_to_offer)
         sent = 0
         for request in todo:
             sent += await self._offer_for(request)
         return sent
 
     async def _plan(
-        self, request: store.RequestRow, now: datetime, exclude_offer: str | None = None
-    ) -> tuple[OfferPlan, store.PrognosisRow]:
+        self, request: trades.RequestRow, now: datetime, exclude_offer: str | None = None
+    ) -> tuple[OfferPlan, trades.PrognosisRow]:
         cp, period = request.congestion_point, request.period
         prognosis = await self.prognosis.ensure(cp, period)
         isps = self.market.isps(period)
         n = len(isps)
         open_offers = await self.db.read(
-            lambda c: store.open_offers(c, now, congestion_point=cp, period=period)
+            lambda c: trades.open_offers(c, now, congestion_point=cp, period=period)
         )
         reserved = np.zeros(n)
         for offer in open_offers:
@@ -521,11 +534,16 @@ class Trader:
         )
         return plan, prognosis
 
-    async def _offer_for(self, request: store.RequestRow) -> int:
+    async def _offer_for(self, request: trades.RequestRow) -> int:
         now = self.clock.now()
         if request.expires_at <= now:
             await self.db.transaction(
-                lambda c: store.set_offer_state(c, request.message_id, "none", "request expired")
+                lambda c: trades.attempt(
+                    c,
+                    records.Event.REQUEST_NOT_OFFERED,
+                    request.message_id,
+                    reason="request expired",
+                )
             )
             return 0
         plan, prognosis = await self._plan(request, now)
@@ -537,7 +555,9 @@ class Trader:
                 extra={"congestion_point": request.congestion_point},
             )
             await self.db.transaction(
-                lambda c: store.set_offer_state(c, request.message_id, "none", reason)
+                lambda c: trades.attempt(
+                    c, records.Event.REQUEST_NOT_OFFERED, request.message_id, reason=reason
+                )
             )
             return 0
         offered = sorted({s for o in plan.options for s, _, _ in o.isps})
@@ -549,7 +569,12 @@ class Trader:
         )
         if expires <= now:
             await self.db.transaction(
-                lambda c: store.set_offer_state(c, request.message_id, "none", "too late to offer")
+                lambda c: trades.attempt(
+                    c,
+                    records.Event.REQUEST_NOT_OFFERED,
+                    request.message_id,
+                    reason="too late to offer",
+                )
             )
             return 0
         offer = FlexOffer(
@@ -575,7 +600,7 @@ class Trader:
                 for o in plan.options
             ),
         )
-        row = store.OfferRow(
+        row = trades.OfferRow(
             message_id=offer.message_id,
             conversation_id=offer.conversation_id,
             request_message_id=request.message_id,
@@ -596,18 +621,16 @@ class Trader:
             ],
             reserved_w=plan.reserved_w,
             prognosis_message_id=prognosis.message_id,
-            status="sent",
+            status=OfferStatus.SENT,
             reason=None,
             revocation_message_id=None,
         )
 
         def write(conn: sqlite3.Connection) -> None:
-            current = store.find_request(conn, request.message_id)
-            if current is None or current.offer_state != "todo":
+            if not trades.attempt(conn, records.Event.REQUEST_OFFERED, request.message_id):
                 return  # answered meanwhile (a restart raced us): never offer twice
             self.participant.enqueue(conn, offer)
-            store.insert_offer(conn, row)
-            store.set_offer_state(conn, request.message_id, "offered")
+            trades.insert_offer(conn, row)
 
         await self.db.transaction(write)
         self.participant.wake_outbox()
@@ -674,7 +697,7 @@ class Trader:
         points: list[str],
         now: datetime,
     ) -> bool:
-        if store.highest_metering_revision(conn, ean, period):
+        if trades.highest_metering_revision(conn, ean, period):
             return False
         start, end = self.market.bounds(period)
         energy: dict[int, float] = {}
@@ -696,31 +719,31 @@ class Trader:
         if message is None:
             return False
         self.participant.enqueue(conn, message)
-        store.record_metering(conn, ean, period, 1, message.message_id, now)
+        trades.record_metering(conn, ean, period, 1, message.message_id, now)
         return True
 
     async def housekeeping(self) -> list[str]:
         """Expire old offers; revoke open ones whose flexibility is gone. Returns revoked ids."""
         await self.send_metering()
         now = self.clock.now()
-        expired = await self.db.transaction(lambda c: store.expire_offers(c, now))
+        expired = await self.db.transaction(lambda c: trades.expire_offers(c, now))
         if expired:
             log.info("offers expired", extra={"offers": len(expired)})
         revoked: list[str] = []
-        for offer in await self.db.read(lambda c: store.open_offers(c, now)):
+        for offer in await self.db.read(lambda c: trades.open_offers(c, now)):
             why = "the flexibility behind it is no longer there"
             if await self._should_revoke(offer, now) and await self.revoke(offer, why):
                 revoked.append(offer.message_id)
         return revoked
 
-    async def _should_revoke(self, offer: store.OfferRow, now: datetime) -> bool:
+    async def _should_revoke(self, offer: trades.OfferRow, now: datetime) -> bool:
         first = min(s for o in offer.options for s, _, _ in o["isps"])
         if self.market.start_of(offer.period, first) <= now:
             return False  # operate phase: no revocation once an offered ISP runs
         if offer.request_message_id is None:
             return False
         request = await self.db.read(
-            lambda c: store.find_request(c, offer.request_message_id or "")
+            lambda c: trades.find_request(c, offer.request_message_id or "")
         )
         if request is None:
             return False
@@ -742,7 +765,7 @@ class Trader:
                     return True
         return False
 
-    async def revoke(self, offer: store.OfferRow, why: str) -> bool:
+    async def revoke(self, offer: trades.OfferRow, why: str) -> bool:
         """Send a FlexOfferRevocation unless an order for the offer exists (then never)."""
         now = self.clock.now()
         revocation = FlexOfferRevocation(
@@ -754,14 +777,16 @@ class Trader:
         )
 
         def write(conn: sqlite3.Connection) -> bool:
-            current = store.find_offer(conn, offer.message_id)
-            if current is None or current.status not in store.OPEN_OFFER:
-                return False  # ordered, rejected or expired meanwhile
-            self.participant.enqueue(conn, revocation)
-            store.set_offer_status(
-                conn, offer.message_id, "revoked", why, revocation_message_id=revocation.message_id
+            revoked = trades.attempt(
+                conn,
+                records.Event.OFFER_REVOKED,
+                offer.message_id,
+                reason=why,
+                revocation_message_id=revocation.message_id,
             )
-            return True
+            if revoked:  # not when ordered, rejected or expired meanwhile
+                self.participant.enqueue(conn, revocation)
+            return revoked
 
         done = await self.db.transaction(write)
         if done:
@@ -770,3 +795,27 @@ class Trader:
                 "FlexOffer revoked: %s", why, extra={"congestion_point": offer.congestion_point}
             )
         return done
+
+
+# Why an order for one of our offers is refused when the offer's record is closed, unless uftp's
+# validation already said so. The record can be closed where the messages say nothing: the DSO
+# itself rejected the offer (FlexOfferResponse), or it was closed in an earlier run.
+_CLOSED_OFFER = {
+    OfferStatus.REVOKED: (reasons.REFERENCE_MESSAGE_REVOKED, "the FlexOffer was revoked"),
+    OfferStatus.EXPIRED: (reasons.REFERENCE_MESSAGE_EXPIRED, "the FlexOffer has expired"),
+    OfferStatus.ORDERED: (reasons.OFFER_ALREADY_ORDERED, "a FlexOffer can be ordered only once"),
+    OfferStatus.REJECTED: (
+        reasons.INVALID_MESSAGE,
+        "the FlexOffer it orders was rejected by the DSO's FlexOfferResponse",
+    ),
+}
+
+
+def _closed_offer(offer: trades.OfferRow, problems: list[str]) -> list[str]:
+    """The rejection an order for `offer` needs because of the offer's status, if any."""
+    if next_status(records.Event.OFFER_ORDERED, offer.status) is not None:
+        return []
+    reason, detail = _CLOSED_OFFER[OfferStatus(offer.status)]
+    if any(reasons.reason_of(p) == reason for p in problems):
+        return []
+    return [reasons.explain(reason, detail)]

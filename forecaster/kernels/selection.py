@@ -112,96 +112,131 @@ def _series(
                     for k in range(n_space):
                         out[k, s, t, p] = acc[k] / total
         return
-    for p in range(n_slots):
-        # Exact zeros (idle slots: every night) first, in day order, then the rest by
-        # insertion; with no negative value that is the stable ascending order, and a
-        # slot of zeros alone needs no walk at all.
-        n = 0
-        zeros = 0
-        negative = False
-        for i in range(n_used):
-            d = used[i]
-            v = xs[0, p, d]
-            if v == 0:
-                order[zeros] = d
-                zeros += 1
-            elif v == v:
-                rest[n] = d
-                n += 1
-                negative = negative or v < 0
-        if negative:
+    # Targets whose history days overlap (the same day group) share one sort of those days;
+    # a Saturday's target never sorts or walks the weekdays' days.
+    cluster = np.full(n_targets, -1, dtype=np.int64)
+    marked = np.zeros(n_days, dtype=np.bool_)
+    members = np.empty(n_targets, dtype=np.int64)
+    for first in range(n_targets):
+        if cluster[first] >= 0:
+            continue
+        cluster[first] = first
+        for d in range(n_days):
+            marked[d] = w[s, first, d] > 0
+        grown = True
+        while grown:
+            grown = False
+            for u in range(n_targets):
+                if cluster[u] >= 0:
+                    continue
+                for d in range(n_days):
+                    if marked[d] and w[s, u, d] > 0:
+                        cluster[u] = first
+                        for e in range(n_days):
+                            marked[e] = marked[e] or w[s, u, e] > 0
+                        grown = True
+                        break
+        n_members = 0
+        for u in range(n_targets):
+            if cluster[u] == first:
+                members[n_members] = u
+                n_members += 1
+        n_used = 0
+        for d in range(n_days):
+            if marked[d]:
+                used[n_used] = d
+                n_used += 1
+        for p in range(n_slots):
+            # Exact zeros (idle slots: every night) first, in day order, then the rest by
+            # insertion; with no negative value that is the stable ascending order, and a
+            # slot of zeros alone needs no walk at all.
             n = 0
+            zeros = 0
+            negative = False
             for i in range(n_used):
                 d = used[i]
                 v = xs[0, p, d]
-                if v != v:
-                    continue
-                j = n
-                while j > 0 and keys[j - 1] > v:
-                    keys[j] = keys[j - 1]
-                    order[j] = order[j - 1]
-                    j -= 1
-                keys[j] = v
-                order[j] = d
-                n += 1
-        else:
-            for i in range(n):
-                d = rest[i]
-                v = xs[0, p, d]
-                j = zeros + i
-                while j > zeros and keys[j - 1] > v:
-                    keys[j] = keys[j - 1]
-                    order[j] = order[j - 1]
-                    j -= 1
-                keys[j] = v
-                order[j] = d
-            n += zeros
-        for t in range(n_targets):
-            total = 0.0
-            for i in range(n):
-                ws[i] = w[s, t, order[i]]
-                total += ws[i]
-            mass[s, t, p] = total
-            if total <= 0:
-                continue
-            if zeros == n:
-                for k in range(n_space):
-                    out[k, s, t, p] = 0.0
-                continue
-            if estimator == MEDIAN:
-                half = 0.5 * total
-                lower = -1
-                upper = 0
-                cum = 0.0
-                for i in range(n):
-                    cum += ws[i]
-                    if lower < 0 and cum >= half * (1 - 1e-12):
-                        lower = i
-                    if cum > half * (1 + 1e-12):
-                        upper = i
-                        break
-                if lower < 0:
-                    lower = 0
-                for k in range(n_space):
-                    out[k, s, t, p] = 0.5 * (xs[k, p, order[lower]] + xs[k, p, order[upper]])
+                if v == 0:
+                    order[zeros] = d
+                    zeros += 1
+                elif v == v:
+                    rest[n] = d
+                    n += 1
+                    negative = negative or v < 0
+            if negative:
+                n = 0
+                for i in range(n_used):
+                    d = used[i]
+                    v = xs[0, p, d]
+                    if v != v:
+                        continue
+                    j = n
+                    while j > 0 and keys[j - 1] > v:
+                        keys[j] = keys[j - 1]
+                        order[j] = order[j - 1]
+                        j -= 1
+                    keys[j] = v
+                    order[j] = d
+                    n += 1
             else:
-                lo = trim * total
-                hi = (1 - trim) * total
-                cum = 0.0
-                for k in range(n_space):
-                    acc[k] = 0.0
-                    share[k] = 0.0
                 for i in range(n):
-                    cum += ws[i]
-                    part = min(cum, hi) - max(cum - ws[i], lo)
-                    if part > 0:
-                        for k in range(n_space):
-                            acc[k] += part * xs[k, p, order[i]]
-                        share[0] += part
-                    elif cum >= hi:
-                        break
-                for k in range(n_space):
-                    out[k, s, t, p] = acc[k] / max(share[0], 1e-300)
+                    d = rest[i]
+                    v = xs[0, p, d]
+                    j = zeros + i
+                    while j > zeros and keys[j - 1] > v:
+                        keys[j] = keys[j - 1]
+                        order[j] = order[j - 1]
+                        j -= 1
+                    keys[j] = v
+                    order[j] = d
+                n += zeros
+            for ti in range(n_members):
+                t = members[ti]
+                total = 0.0
+                for i in range(n):
+                    ws[i] = w[s, t, order[i]]
+                    total += ws[i]
+                mass[s, t, p] = total
+                if total <= 0:
+                    continue
+                if zeros == n:
+                    for k in range(n_space):
+                        out[k, s, t, p] = 0.0
+                    continue
+                if estimator == MEDIAN:
+                    half = 0.5 * total
+                    lower = -1
+                    upper = 0
+                    cum = 0.0
+                    for i in range(n):
+                        cum += ws[i]
+                        if lower < 0 and cum >= half * (1 - 1e-12):
+                            lower = i
+                        if cum > half * (1 + 1e-12):
+                            upper = i
+                            break
+                    if lower < 0:
+                        lower = 0
+                    for k in range(n_space):
+                        out[k, s, t, p] = 0.5 * (xs[k, p, order[lower]] + xs[k, p, order[upper]])
+                else:
+                    lo = trim * total
+                    hi = (1 - trim) * total
+                    cum = 0.0
+                    for k in range(n_space):
+                        acc[k] = 0.0
+                        share[k] = 0.0
+                    for i in range(n):
+                        cum += ws[i]
+                        part = min(cum, hi) - max(cum - ws[i], lo)
+                        if part > 0:
+                            for k in range(n_space):
+                                acc[k] += part * xs[k, p, order[i]]
+                            share[0] += part
+                        elif cum >= hi:
+                            break
+                    for k in range(n_space):
+                        out[k, s, t, p] = acc[k] / max(share[0], 1e-300)
 
 
 @njit(cache=True, nogil=True)

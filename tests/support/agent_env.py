@@ -7,7 +7,9 @@ as they can, so forecasts, offers and settlements have something real to work fr
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,15 +22,15 @@ from nacl.signing import SigningKey
 from agent.runtime.config import Config
 from agent.runtime.service import Component
 from agent.site.energy import split_energy
-from agent.storage import store
+from agent.storage import store, trades
 from agent.storage.db import connect
 from agent.storage.store import SCHEMA
 from tests.support.ports import free_port
 from tests.support.uftp import peer, settings, url
 from uftp import keys
 from uftp import store as uftp_store
-from uftp.dso import DsoParticipant
-from uftp.models import Role
+from uftp.dso import DsoParticipant, Received
+from uftp.models import FlexRequest, FlexRequestResponse, Role
 from uftp.settings import RetryPolicy
 
 AGR = "agr.flexbridge-test.org"
@@ -46,6 +48,7 @@ FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.5, request_timeout_s=
 @dataclass
 class Env:
     config: Config
+    raw: dict[str, Any]  # the configuration as written (write_config makes it a file)
     dso_key: SigningKey
     agr_key: SigningKey
     dso_port: int
@@ -99,8 +102,57 @@ def make_env(tmp_path: Path, **overrides: Any) -> Env:
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
     return Env(
-        Config.model_validate(raw), dso_key, agr_key, dso_port, agr_port, tmp_path / "dso.sqlite"
+        Config.model_validate(raw),
+        raw,
+        dso_key,
+        agr_key,
+        dso_port,
+        agr_port,
+        tmp_path / "dso.sqlite",
     )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_text(raw: dict[str, Any]) -> str:
+    """A configuration dictionary as the TOML file an operator would write: a table per
+    section, arrays of tables for lists of tables ([[ocpp.chargers]], [[uftp.peers]])."""
+    lines: list[str] = []
+
+    def table(name: str, body: dict[str, Any], array: bool) -> None:
+        lines.append(f"[[{name}]]" if array else f"[{name}]")
+        nested: list[tuple[str, dict[str, Any], bool]] = []
+        for key, value in body.items():
+            if isinstance(value, dict):
+                nested.append((f"{name}.{key}", value, False))
+            elif isinstance(value, list) and value and isinstance(value[0], dict):
+                nested.extend((f"{name}.{key}", item, True) for item in value)
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+        for sub, item, sub_array in nested:
+            table(sub, item, sub_array)
+
+    for name, body in raw.items():
+        for item in body if isinstance(body, list) else [body]:
+            table(name, item, isinstance(body, list))
+    return "\n".join(lines)
+
+
+def write_config(env: Env, path: Path) -> Path:
+    """The environment's configuration as a TOML file, for `flexbridge run --config`."""
+    path.write_text(toml_text(env.raw))
+    return path
 
 
 def seed_history(
@@ -158,6 +210,56 @@ def seed_history(
     store.add_isp_energy(conn, entries)
     conn.execute("COMMIT")
     conn.close()
+
+
+def order_row(
+    period: date,
+    isps: list[list[int]],
+    *,
+    received_at: datetime,
+    reference: str = "ORD-1",
+    price: str = "3.0000",
+    baseline_message_id: str | None = None,
+    message_id: str | None = None,
+) -> trades.OrderRow:
+    """An accepted FlexOrder of the test DSO for the test congestion point, as stored;
+    `isps`: [[start, duration, W]] (negative W: a reduction)."""
+    message_id = message_id or str(uuid.uuid4())
+    return trades.OrderRow(
+        message_id=message_id,
+        conversation_id=str(uuid.uuid4()),
+        offer_message_id=None,
+        dso_domain=DSO,
+        congestion_point=CP,
+        period=period,
+        order_reference=reference,
+        option_reference="A",
+        activation_factor=1.0,
+        price=price,
+        currency="EUR",
+        isps=isps,
+        baseline_message_id=baseline_message_id,
+        received_at=received_at,
+        status="accepted",
+        reason=None,
+    )
+
+
+async def request_answered(
+    dso: DsoParticipant, request: FlexRequest, timeout_s: float = 60
+) -> FlexRequestResponse:
+    """The agent's FlexRequestResponse to `request`, once the DSO has it."""
+    answered = await dso.wait_handled(
+        lambda o: (
+            isinstance(o, Received)
+            and isinstance(o.message, FlexRequestResponse)
+            and o.message.flex_request_message_id == request.message_id
+        ),
+        timeout_s,
+    )
+    assert isinstance(answered, Received)
+    assert isinstance(answered.message, FlexRequestResponse)
+    return answered.message
 
 
 def connection(config: Config) -> sqlite3.Connection:

@@ -9,16 +9,24 @@ running now, relative to today's prognosis.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.storage import store
+from agent.storage import store, trades
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, running_agent
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    order_row,
+    running_agent,
+)
 from tests.support.agent_env import seed_history as seed_days
 from tests.support.uftp import eventually
 from uftp import calendar
@@ -45,7 +53,7 @@ class Trading:
     agent: Agent
     dso: DsoParticipant
     offer: FlexOffer
-    order: store.OrderRow
+    order: trades.OrderRow
     current_isp: int
 
     @property
@@ -100,7 +108,7 @@ def _is(kind: type, **where: Any) -> Any:
     return match
 
 
-def write_today(env: Env, now: datetime) -> tuple[store.OrderRow, int]:
+def write_today(env: Env, now: datetime) -> tuple[trades.OrderRow, int]:
     """Measured energy for today's finished ISPs and an accepted order around now."""
     market = Market(TZ, 15)
     today, current = market.locate(now)
@@ -108,7 +116,7 @@ def write_today(env: Env, now: datetime) -> tuple[store.OrderRow, int]:
     try:
         # IMMEDIATE: the running agent writes too, and a read turned write would not wait.
         conn.execute("BEGIN IMMEDIATE")
-        prognosis = store.latest_prognosis(conn, CP, today)
+        prognosis = trades.latest_prognosis(conn, CP, today)
         assert prognosis is not None, "today's prognosis must exist first"
         day_start, _ = market.bounds(today)
         store.record_alive(conn, day_start - timedelta(seconds=1), now)
@@ -121,25 +129,14 @@ def write_today(env: Env, now: datetime) -> tuple[store.OrderRow, int]:
             ],
         )
         first = max(1, current - 4)
-        order = store.OrderRow(
-            message_id=str(uuid.uuid4()),
-            conversation_id=str(uuid.uuid4()),
-            offer_message_id=None,
-            dso_domain=DSO,
-            congestion_point=CP,
-            period=today,
-            order_reference="ORD-TODAY",
-            option_reference="A",
-            activation_factor=1.0,
-            price="3.0000",
-            currency="EUR",
-            isps=[[first, 8, ORDERED_W]],
+        order = order_row(
+            today,
+            [[first, 8, ORDERED_W]],
+            reference="ORD-TODAY",
             baseline_message_id=prognosis.message_id,
             received_at=now,
-            status="accepted",
-            reason=None,
         )
-        store.insert_order(conn, order)
+        trades.insert_order(conn, order)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -169,7 +166,7 @@ async def trading_agent(tmp_path: Path, **http: Any) -> AsyncIterator[Trading]:
             # once that FlexOfferResponse has been processed, not while it is on its way.
             conn = connection(env.config)
             try:
-                row = store.find_offer(conn, offer_id)
+                row = trades.find_offer(conn, offer_id)
             finally:
                 conn.close()
             return row is not None and row.status == "accepted"

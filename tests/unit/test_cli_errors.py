@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -251,6 +252,29 @@ def test_a_port_in_use_is_one_line_and_75(
     assert "Traceback" not in err
     assert errors[0].startswith("error: ocpp: ")
     assert "change ocpp.port" in errors[0]
+
+
+def test_a_demo_component_that_cannot_start_is_one_line_and_75(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo starts the agent as `run` does: a port taken between choosing and binding it
+    ends the demo as it ends `run`, in one line naming the component."""
+    import agent.demo.scenario as scenario
+
+    # As in a process of its own: no log handler left behind by the commands before this one.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])  # the first port chosen is the OCPP listener's
+        free_port = scenario._free_port
+        monkeypatch.setattr(scenario, "_free_port", lambda: next(ports, None) or free_port())
+        code, _, err = _outcome(["demo", "--state-dir", str(tmp_path / "demo")], capsys)
+    assert code == EX_TEMPFAIL
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    assert errors[0].startswith("error: ocpp: "), err
 
 
 def test_the_demo_removes_its_temporary_state_and_keeps_the_report(

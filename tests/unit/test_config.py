@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from agent.runtime.config import (
+from agent.runtime.configfile import (
     ConfigError,
-    check_files,
+    file_problems,
     load_config,
     parse_config,
     summary,
@@ -165,9 +165,9 @@ def test_duplicate_charger_ids_rejected() -> None:
     assert "duplicate charger ids: A" in problems_of(text)[0]
 
 
-def test_check_files_reports_unreadable_key(tmp_path: Path) -> None:
+def test_file_problems_reports_unreadable_key(tmp_path: Path) -> None:
     config = parse_config(MINIMAL, environ={})
-    problems = check_files(config)
+    problems = file_problems(config.model_dump())
     assert [p.path for p in problems] == ["uftp.signing_key_file"]
     assert "cannot read signing key /nonexistent/key" in problems[0].reason
 

@@ -23,7 +23,8 @@ from aiohttp import web
 from agent.interfaces.metrics import AgentMetrics
 from agent.interfaces.status import LiveStatus, day_chart, trade_snapshot
 from agent.interfaces.web.page import chart_svg, render_status_page
-from agent.storage import store
+from agent.storage import records, trades
+from forecaster.worker import WorkerError
 
 if TYPE_CHECKING:
     from agent.interfaces.view import AgentView
@@ -266,12 +267,17 @@ class StatusServer:
         return body
 
     async def post_dispatch(self, request: web.Request) -> web.Response:
-        """Run a dispatch round now (through the dispatcher's own loop, never a second one)."""
+        """Run a dispatch round now (through the dispatcher's own loop, never a second one);
+        `{"resend": true}` pushes every schedule again, changed or not."""
         self._authorize(request)
+        body = await self._json_body(request)
+        resend = body.get("resend", False)
+        if not isinstance(resend, bool):
+            raise _error(400, f"resend {resend!r} is not true or false")
         dispatcher = self.agent.dispatcher
         try:
             async with asyncio.timeout(DISPATCH_WAIT_S):
-                round_ = await dispatcher.round_now()
+                round_ = await dispatcher.round_now(resend=resend)
         except TimeoutError:
             raise _error(504, f"no dispatch round finished within {DISPATCH_WAIT_S:g} s") from None
         log.info("dispatch round run on request of the operator")
@@ -305,7 +311,10 @@ class StatusServer:
         today = self.agent.dispatcher.market.today(self._now())
         if period < today:
             raise _error(400, f"period {period} is over: its prognosis can no longer change")
-        row = await self.agent.prognosis.send(str(cp), period, "operator")
+        try:
+            row = await self.agent.prognosis.send(str(cp), period, "operator")
+        except WorkerError as exc:
+            raise _error(503, f"no forecast, nothing sent: {exc}") from exc
         log.info("D-prognosis resent on request of the operator", extra={"revision": row.revision})
         return web.json_response(
             {
@@ -320,10 +329,10 @@ class StatusServer:
         """Revoke an open FlexOffer (UFTP FlexOfferRevocation); never one that was ordered."""
         self._authorize(request)
         message_id = request.match_info["message_id"]
-        offer = await self.agent.db.read(lambda c: store.find_offer(c, message_id))
+        offer = await self.agent.db.read(lambda c: trades.find_offer(c, message_id))
         if offer is None:
             raise _error(404, f"no offer with MessageID {message_id!r}")
-        if offer.status not in store.OPEN_OFFER:
+        if offer.status not in records.OPEN_OFFER:
             raise _error(409, f"offer {message_id} is {offer.status}, not open")
         revoked = await self.agent.trader.revoke(offer, "revoked by the operator")
         if not revoked:

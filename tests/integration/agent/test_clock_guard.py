@@ -26,7 +26,15 @@ from agent.runtime.faults import CLOCK
 from agent.storage import store
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
-from tests.support.agent_env import TZ, Env, connection, make_env, running_agent, seed_history
+from tests.support.agent_env import (
+    TZ,
+    Env,
+    connection,
+    make_env,
+    request_answered,
+    running_agent,
+    seed_history,
+)
 from tests.support.trade_history import flex_request
 from tests.support.uftp import eventually
 from uftp import calendar
@@ -128,17 +136,8 @@ async def test_a_clock_stepping_back_holds_everything_time_bound_until_it_is_rig
             clock.offset = timedelta(0)
             await eventually(lambda: not agent.faults.is_active(CLOCK), 15, "the fault cleared")
             await eventually(lambda: len(levels(station)) >= 2, 30, "the dynamic profile back")
-            answered = await dso.wait_handled(
-                lambda o: (
-                    isinstance(o, Received)
-                    and isinstance(o.message, FlexRequestResponse)
-                    and o.message.flex_request_message_id == request.message_id
-                ),
-                60,
-            )
-            assert isinstance(answered, Received)
-            assert isinstance(answered.message, FlexRequestResponse)
-            assert answered.message.accepted, answered.message.rejection_reason
+            answer = await request_answered(dso, request)
+            assert answer.accepted, answer.rejection_reason
         finally:
             await station.stop()
 

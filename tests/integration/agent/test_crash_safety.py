@@ -27,10 +27,19 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.runtime import failpoints
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    seed_history,
+    write_config,
+)
 from tests.support.processes import AgentProcess
 from tests.support.uftp import eventually
 from uftp import calendar
@@ -54,56 +63,21 @@ STATIONS = [
 ]
 
 
-def toml(env: Env) -> str:
-    c = env.config
-    chargers = "\n".join(
-        f'[[ocpp.chargers]]\nid = "{s.charger_id}"\nmax_current_a = 16\npassword = "{PASSWORD}"\n'
-        for s in STATIONS
+def crash_env(tmp_path: Path) -> Env:
+    """The two stations with passwords, a 50 kW site, no status page, logfmt to read."""
+    return make_env(
+        tmp_path,
+        site={"id": "crash", "connection_capacity_w": 50_000},
+        ocpp={
+            "heartbeat_interval_s": 60,
+            "chargers": [
+                {"id": s.charger_id, "max_current_a": 16, "password": PASSWORD} for s in STATIONS
+            ],
+        },
+        trading={"offer_validity_min": 60, "min_offer_power_w": 500},
+        http={"enabled": False},
+        logging={"level": "INFO", "format": "logfmt"},
     )
-    peer = c.uftp.peers[0]
-    return f"""
-[site]
-id = "crash"
-timezone = "{TZ}"
-connection_capacity_w = 50000
-
-[ocpp]
-host = "127.0.0.1"
-port = {c.ocpp.port}
-heartbeat_interval_s = 60
-{chargers}
-[uftp]
-domain = "{c.uftp.domain}"
-signing_key_file = "{c.uftp.signing_key_file}"
-host = "127.0.0.1"
-port = {c.uftp.port}
-market_timezone = "{TZ}"
-
-[[uftp.peers]]
-domain = "{peer.domain}"
-role = "DSO"
-public_keys = ["{peer.public_keys[0]}"]
-endpoint = "{peer.endpoint}"
-
-[[congestion_points]]
-entity_address = "{CP}"
-dso_domain = "{DSO}"
-
-[storage]
-state_directory = "{c.storage.state_directory}"
-
-[trading]
-offer_lead_time_min = 0
-offer_validity_min = 60
-min_offer_power_w = 500
-
-[http]
-enabled = false
-
-[logging]
-level = "INFO"
-format = "logfmt"
-"""
 
 
 @dataclass
@@ -121,7 +95,7 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    env = make_env(tmp_path)
+    env = crash_env(tmp_path)
     # History with EVs charging at this time of day on the two stations only, so the
     # prognosis has load to reduce and about what the two EVs draw: any reduction the agent
     # offers then binds on both (with all eight chargers' history the baseline is ~88 kW
@@ -133,8 +107,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         first_arrival=local.time(),
         chargers=[s.charger_id for s in STATIONS],
     )
-    config_file = tmp_path / "flexbridge.toml"
-    config_file.write_text(toml(env))
+    config_file = write_config(env, tmp_path / "flexbridge.toml")
     dso = env.dso()
     await dso.start()
     url = f"ws://127.0.0.1:{env.config.ocpp.port}/ocpp"
@@ -269,17 +242,11 @@ async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> N
                 return len(await order_responses(r.dso, order.message_id)) >= 1
 
             await eventually(answered_once, 60, "the FlexOrderResponse")
-            await asyncio.sleep(2.0)  # time for a second answer, if one were to come
-            responses = await order_responses(r.dso, order.message_id)
-            assert len(responses) == 1
-            response = responses[0].message()
-            assert isinstance(response, FlexOrderResponse)
-            assert response.accepted, response.rejection_reason
 
             async def revision_with_order() -> bool:
                 conn = connection(r.env.config)
                 try:
-                    latest = store.latest_prognosis(conn, CP, order.period)
+                    latest = trades.latest_prognosis(conn, CP, order.period)
                 finally:
                     conn.close()
                 return latest is not None and order.message_id in latest.orders
@@ -298,10 +265,32 @@ async def test_kill_9_during_the_order_flow(tmp_path: Path, failpoint: str) -> N
 
             await eventually(outbox_drained, 60, "an empty outbox")
 
+            # Exactly one answer: the order is processed (nothing will answer it again) and
+            # everything the agent queued has reached the DSO, which holds that one answer.
             conn = connection(r.env.config)
             try:
-                orders = store.accepted_orders(conn, period=order.period)
-                baseline = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+                inbound = [
+                    m
+                    for m in uftp_store.inbound_messages(conn, message_type="FlexOrder")
+                    if m.message_id == order.message_id
+                ]
+                queued = uftp_store.outbound_messages(
+                    conn, message_type=FlexOrderResponse.xml_name, reference_id=order.message_id
+                )
+            finally:
+                conn.close()
+            assert [m.status for m in inbound] == [uftp_store.InboundStatus.PROCESSED]
+            assert len(queued) == 1
+            responses = await order_responses(r.dso, order.message_id)
+            assert len(responses) == 1
+            response = responses[0].message()
+            assert isinstance(response, FlexOrderResponse)
+            assert response.accepted, response.rejection_reason
+
+            conn = connection(r.env.config)
+            try:
+                orders = trades.accepted_orders(conn, period=order.period)
+                baseline = trades.prognosis_by_message(conn, orders[0].baseline_message_id or "")
             finally:
                 conn.close()
             assert [o.message_id for o in orders] == [order.message_id]

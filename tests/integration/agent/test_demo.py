@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from agent.demo.scenario import STEPS
 from tests.integration.agent.test_status_page_browser import (
     MEASURED_GREEN,
     PROGNOSIS_BLUE,
@@ -81,6 +82,12 @@ async def test_the_demo_tells_the_whole_story_and_the_status_page_shows_it(
         "the agent keeps running; press Ctrl-C to stop",
         "demo stopped",
     ], output
+    # The story reads from its steps: every line is labelled with the step that said it, in
+    # the order of the steps, and every step but the quiet first one has its say.
+    names = [step.name for step in STEPS]
+    labels = [line.split()[2] for line in demo.lines if TIMELINE.match(line)]
+    assert labels == sorted(labels, key=names.index), output
+    assert set(labels) == set(names[1:]), output
     assert others[0].startswith("flexbridge demo: a day of trading in about a minute; it ends")
     assert f"State in {state} (kept)." in others[0]
     # An accepted clear of an EVSE's profile is not a charger refusing its schedule.

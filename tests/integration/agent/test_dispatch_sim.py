@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,20 +18,12 @@ import pytest
 from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
-from websockets.exceptions import ConnectionClosed
 
 from agent.app import Agent
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
-from ocpp_bridge import PowerPeriod
-from ocpp_bridge.simulator import (
-    ProtocolName,
-    SimCharger16,
-    SimCharger201,
-    open_connection,
-    running,
-)
-from tests.support.agent_env import CP, DSO, TZ, connection, make_env, running_agent
+from ocpp_bridge.simulator import ProfileStore, SimCharger16, SimCharger201, running
+from tests.support.agent_env import CP, TZ, connection, make_env, order_row, running_agent
 from tests.support.uftp import eventually
 from uftp.dso import DsoParticipant, Received
 from uftp.models import DPrognosis
@@ -86,10 +77,11 @@ async def boot(site: SimSite, sim: Any) -> None:
     )
 
 
-async def post_dispatch(site: SimSite) -> dict[str, Any]:
+async def post_dispatch(site: SimSite, *, resend: bool = False) -> dict[str, Any]:
+    """The operator's round; `resend`: it pushes every schedule, changed or not."""
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"{site.url}/api/dispatch", headers=BEARER) as response,
+        http.post(f"{site.url}/api/dispatch", headers=BEARER, json={"resend": resend}) as response,
     ):
         assert response.status == 200, await response.text()
         body = await response.json()
@@ -104,14 +96,28 @@ async def test_post_dispatch_answers_what_a_round_pushed(tmp_path: Path, sim_cla
         running(sim_class, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
-        # The round the connection started pushes first; once it has, forget what it sent,
-        # so the round asked for here pushes again (and no other round races it to that).
-        dispatcher = site.agent.dispatcher
-        await eventually(lambda: ("CP-01", 0) in dispatcher._sent, what="the first round's push")
-        dispatcher._sent.clear()
-        body = await post_dispatch(site)
+        body = await post_dispatch(site, resend=True)
         assert body["pushed"] == {"CP-01": "accepted"}
         assert body["chargers"] == 1
+        assert any(p.stack_level > 0 for p in sim.store.profiles)  # the charger holds it
+
+
+async def test_post_dispatch_refuses_a_resend_that_is_not_a_boolean(tmp_path: Path) -> None:
+    async with (
+        sim_site(tmp_path, "CP-01") as site,
+        aiohttp.ClientSession() as http,
+        http.post(f"{site.url}/api/dispatch", headers=BEARER, json={"resend": "yes"}) as response,
+    ):
+        assert response.status == 400
+        assert "resend" in (await response.json())["error"]
+
+
+class TwoEvse16(SimCharger16):  # type: ignore[misc]
+    """A 1.6 charge point with two connectors."""
+
+    @staticmethod
+    def _default_store() -> ProfileStore:
+        return ProfileStore((1, 2))
 
 
 async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
@@ -121,24 +127,29 @@ async def test_clearing_an_evse_limit_is_not_logged_as_a_refusal(
     Accepted is reported as such and never as a schedule the charger did not take."""
     async with (
         sim_site(tmp_path, "CP-01") as site,
-        running(SimCharger16, site.ocpp_url, "CP-01", PASSWORD) as sim,
+        running(TwoEvse16, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
-        dispatcher = site.agent.dispatcher
-        await dispatcher.round_now()
-        # The state a two-EVSE station leaves when its EV on EVSE 1 has gone: a per-EVSE
-        # limit the next round clears.
-        now = site.agent.clock.now()
-        periods = (PowerPeriod(now, 7_000.0),)
-        await site.agent.bridge.set_dynamic_schedule(
-            "CP-01", list(periods), now + timedelta(hours=1), 1
+        await sim.status(2, "Available")
+        # An EV on EVSE 1 of a two-EVSE station gets a limit of its own.
+        await sim.status(1, "Charging")
+        tx = await sim.start_transaction(1, 0)
+        await eventually(lambda: site.agent.site.sessions, what="the session")
+        await eventually(
+            lambda: any(p.evse_id == 1 and p.stack_level > 0 for p in sim.store.profiles),
+            what="EVSE 1's own limit on the charger",
         )
-        dispatcher._sent[("CP-01", 1)] = (periods, now + timedelta(hours=1))
         caplog.set_level(logging.WARNING, logger="agent.control.dispatch")
-        body = await post_dispatch(site)
-        assert body["pushed"]["CP-01/1"] == "accepted"
-        assert not [r for r in caplog.records if "did not take" in r.getMessage()]
+        # The EV leaves: the round its session's end starts clears EVSE 1's limit.
+        await sim.stop_transaction(tx, 1_000)
+        await sim.status(1, "Available")
+        await eventually(
+            lambda: not any(p.evse_id == 1 for p in sim.store.profiles),
+            what="EVSE 1's own limit cleared on the charger",
+        )
+        await post_dispatch(site)  # a round after the clearing one: nothing to say either
         assert "ClearChargingProfile" in sim.calls_received
+        assert not [r for r in caplog.records if "did not take" in r.getMessage()]
 
 
 class NoStationComposite16(SimCharger16):  # type: ignore[misc]
@@ -155,37 +166,19 @@ class NoStationComposite16(SimCharger16):  # type: ignore[misc]
         return super().on_get_composite_schedule(connector_id, duration, charging_rate_unit)
 
 
-@contextlib.asynccontextmanager
-async def running_as(sim_class: type[SimCharger16], url: str, identity: str) -> AsyncIterator[Any]:
-    """`simulator.running` for a subclass of the 1.6 simulator."""
-    ws = await open_connection(url, identity, ProtocolName.OCPP16, PASSWORD)
-    sim = sim_class(identity, ws)
-    task = asyncio.create_task(sim.start())
-    try:
-        yield sim
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-            await task
-        await ws.close()
-
-
 async def test_read_back_falls_back_to_the_connectors_and_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.control.dispatch")
     async with (
         sim_site(tmp_path, "CP-01") as site,
-        running_as(NoStationComposite16, site.ocpp_url, "CP-01") as sim,
+        running(NoStationComposite16, site.ocpp_url, "CP-01", PASSWORD) as sim,
     ):
         await boot(site, sim)
         dispatcher = site.agent.dispatcher
         for _ in range(2):
-            # Counted before the clear: a round the connection started may push and read
-            # back between the two, and the asked-for round then has nothing new to push.
             readbacks = sum(dispatcher.readbacks.values())
-            dispatcher._sent.clear()  # each round pushes, and reads back
-            await post_dispatch(site)
+            await post_dispatch(site, resend=True)  # each round pushes, and reads back
             await eventually(
                 lambda n=readbacks: sum(dispatcher.readbacks.values()) > n, what="read-back"
             )
@@ -273,8 +266,7 @@ async def test_the_limit_shown_is_the_one_the_charger_took_and_read_back(tmp_pat
     ):
         await boot(site, sim)
         dispatcher = site.agent.dispatcher
-        dispatcher._sent.clear()
-        await post_dispatch(site)
+        await post_dispatch(site, resend=True)
         await eventually(lambda: "CP-01" in dispatcher.read_back, what="read-back")
         charger = await charger_json(site, "CP-01")
         assert charger["limit_source"] == "fallback"
@@ -330,28 +322,18 @@ async def test_delivery_is_measured_live_and_judged_once_complete(tmp_path: Path
         )
         conn = connection(site.agent.config)
         try:
-            prognosis = store.latest_prognosis(conn, CP, today)
+            prognosis = trades.latest_prognosis(conn, CP, today)
             assert prognosis is not None
             conn.execute("BEGIN IMMEDIATE")
-            store.insert_order(
+            trades.insert_order(
                 conn,
-                store.OrderRow(
-                    message_id=str(uuid.uuid4()),
-                    conversation_id=str(uuid.uuid4()),
-                    offer_message_id=None,
-                    dso_domain=DSO,
-                    congestion_point=CP,
-                    period=today,
-                    order_reference="ORD-LIVE",
-                    option_reference="A",
-                    activation_factor=1.0,
+                order_row(
+                    today,
+                    [[previous.index, 2, -1_000]],
+                    reference="ORD-LIVE",
                     price="1.0000",
-                    currency="EUR",
-                    isps=[[previous.index, 2, -1_000]],
                     baseline_message_id=prognosis.message_id,
                     received_at=now,
-                    status="accepted",
-                    reason=None,
                 ),
             )
             conn.execute("COMMIT")

@@ -21,7 +21,7 @@ from shapeshifter_uftp.uftp.enums import AvailableRequested as LibAvailableReque
 from xsdata.models.datatype import XmlDate
 
 from agent.app import build_agent
-from agent.demo.scenario import seed_history
+from agent.demo.defaults import seed_history
 from agent.demo.simulation import (
     DEFAULT_PASSWORD,
     SessionGenerator,
@@ -31,7 +31,7 @@ from agent.demo.simulation import (
 )
 from agent.runtime.clock import ScaledClock
 from agent.runtime.config import Config
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from tests.support.agent_env import connection
 from tests.support.ports import free_port
@@ -187,7 +187,7 @@ async def test_a_day_with_shapeshifter_as_the_dso(
             offer = await asyncio.to_thread(dso.wait_for, "FlexOffer", 60)
         except AssertionError:
             conn = connection(config)
-            row = store.find_request(conn, request.message_id)
+            row = trades.find_request(conn, request.message_id)
             conn.close()
             raise AssertionError(
                 f"no offer: {row and row.offer_state} {row and row.reason}; forecast "
@@ -230,8 +230,8 @@ async def test_a_day_with_shapeshifter_as_the_dso(
         await clock.sleep_until(market.start_of(day, first) + timedelta(minutes=20))
         conn = connection(config)
         try:
-            (ours,) = store.accepted_orders(conn, period=day)
-            baseline = store.prognosis_by_message(conn, ours.baseline_message_id or "")
+            (ours,) = trades.accepted_orders(conn, period=day)
+            baseline = trades.prognosis_by_message(conn, ours.baseline_message_id or "")
         finally:
             conn.close()
         assert baseline is not None

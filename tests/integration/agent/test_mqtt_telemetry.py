@@ -13,6 +13,7 @@ import pytest
 from agent.interfaces.telemetry.mqtt import MqttSettings, MqttTelemetry
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_watcher import Watcher
+from tests.support.uftp import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -115,9 +116,13 @@ async def test_username_and_password(tmp_path: object, mosquitto: MosquittoBroke
     await bad.start()
     try:
         assert await asyncio.to_thread(good.stats.connected.wait, 10)
-        await asyncio.sleep(1.0)
+
+        def refused() -> bool:
+            error = bad.stats.last_error
+            return "Not authorized" in error or "Bad user name" in error
+
+        await eventually(refused, 10, "the broker's refusal of the wrong password")
         assert not bad.connected
-        assert "Not authorized" in bad.stats.last_error or "Bad user name" in bad.stats.last_error
     finally:
         await good.stop()
         await bad.stop()

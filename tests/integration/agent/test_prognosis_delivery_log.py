@@ -3,7 +3,6 @@ then failing (with the next attempt's time) while the DSO is down, then delivere
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from agent.app import build_agent
 from tests.support.agent_env import TZ, make_env, seed_history
+from tests.support.uftp import eventually
 from uftp import calendar
 
 pytestmark = pytest.mark.integration
@@ -22,12 +22,11 @@ def _records(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.Log
 
 
 async def _until(caplog: pytest.LogCaptureFixture, message: str, within_s: float) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not _records(caplog, message):
-        if asyncio.get_running_loop().time() > deadline:
-            seen = sorted({r.getMessage() for r in caplog.records})
-            raise AssertionError(f"no {message!r} log within {within_s} s; seen: {seen}")
-        await asyncio.sleep(0.05)
+    try:
+        await eventually(lambda: _records(caplog, message), within_s, f"a {message!r} log")
+    except AssertionError as exc:
+        seen = sorted({r.getMessage() for r in caplog.records})
+        raise AssertionError(f"{exc}; seen: {seen}") from None
 
 
 async def test_prognosis_is_logged_queued_then_failing_then_delivered(

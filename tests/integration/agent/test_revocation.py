@@ -3,7 +3,6 @@ order it), and an offer that was ordered is never revoked, whatever happens to t
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.storage import store
+from agent.storage import trades
 from agent.trading.market import Market
 from forecaster.flexibility import SessionSet
 from tests.integration.agent.test_trade_flow import request_for
 from tests.support.agent_env import TZ, connection, make_env, running_agent, seed_history
+from tests.support.uftp import eventually
 from uftp import store as uftp_store
 from uftp.dso import Received
 from uftp.models import FlexOffer, FlexOfferRevocation, FlexOrderResponse
@@ -69,22 +69,22 @@ async def test_an_offer_whose_flexibility_is_gone_is_revoked(tmp_path: Path) -> 
 
         # An order crossing the revocation loses: "Reference message revoked".
         order = await dso.order_offer(offer, order_reference="ORD-LATE")
-        for _ in range(100):
-            answers = await dso.database.read(
+
+        async def answers() -> list[uftp_store.InboundMessage]:
+            return await dso.database.read(
                 lambda c: uftp_store.inbound_messages(
                     c, message_type=FlexOrderResponse.xml_name, reference_id=order.message_id
                 )
             )
-            if answers:
-                break
-            await asyncio.sleep(0.1)
-        response = answers[0].message()
+
+        await eventually(answers, 30, "the FlexOrderResponse")
+        response = (await answers())[0].message()
         assert isinstance(response, FlexOrderResponse)
         assert not response.accepted
         assert "Reference message revoked" in (response.rejection_reason or "")
         conn = connection(env.config)
         try:
-            row = store.find_offer(conn, offer.message_id)
+            row = trades.find_offer(conn, offer.message_id)
         finally:
             conn.close()
         assert row is not None
@@ -100,17 +100,16 @@ async def test_an_ordered_offer_is_never_revoked(tmp_path: Path) -> None:
         await dso.send(request_for(tomorrow, range(37, 41)))
         offer = await offered(dso)
         await dso.order_offer(offer, order_reference="ORD-KEPT")
-        for _ in range(100):
+
+        def status() -> str | None:
             conn = connection(env.config)
             try:
-                row = store.find_offer(conn, offer.message_id)
+                row = trades.find_offer(conn, offer.message_id)
             finally:
                 conn.close()
-            if row is not None and row.status == "ordered":
-                break
-            await asyncio.sleep(0.1)
-        assert row is not None
-        assert row.status == "ordered"
+            return None if row is None else row.status
+
+        await eventually(lambda: status() == "ordered", 30, "the offer ordered")
 
         async def gone(*_: Any, **__: Any) -> list[SessionSet]:
             return [urgent(market.count(tomorrow))]

@@ -29,14 +29,20 @@ from agent.storage.db import connect
 from agent.trading.market import Market
 from ocpp_bridge.simulator import ProtocolName, ReconnectPolicy, SimulatedStation, StationSpec
 from tests.support import uftp as build
-from tests.support.agent_env import AGR, CP, DSO, TZ, Env, make_env
+from tests.support.agent_env import (
+    AGR,
+    DSO,
+    TZ,
+    Env,
+    make_env,
+    request_answered,
+    write_config,
+)
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.mqtt_watcher import Watcher
-from tests.support.ports import free_port
 from tests.support.processes import AgentProcess
 from tests.support.trade_history import flex_request
-from uftp.dso import Received
-from uftp.models import FlexRequestResponse, Role, TestMessage
+from uftp.models import Role, TestMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,58 +88,21 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def toml(env: Env, state: Path, mqtt_port: int, http_port: int) -> str:
-    c = env.config
-    chargers = "\n".join(
-        f'[[ocpp.chargers]]\nid = "{s.charger_id}"\nmax_current_a = 16\npassword = "{PASSWORD}"\n'
-        for s in STATIONS
+def disk_env(tmp_path: Path, state: Path, mqtt_port: int) -> Env:
+    """The two stations with passwords, state on `state`, telemetry to the broker."""
+    return make_env(
+        tmp_path,
+        site={"id": "disk", "connection_capacity_w": 50_000},
+        ocpp={
+            "chargers": [
+                {"id": s.charger_id, "max_current_a": 16, "password": PASSWORD} for s in STATIONS
+            ]
+        },
+        storage={"state_directory": str(state)},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": mqtt_port, "min_interval_s": 0.5},
+        http={"enabled": True},
+        logging={"level": "INFO", "format": "logfmt"},
     )
-    peer = c.uftp.peers[0]
-    return f"""
-[site]
-id = "disk"
-timezone = "{TZ}"
-connection_capacity_w = 50000
-
-[ocpp]
-host = "127.0.0.1"
-port = {c.ocpp.port}
-{chargers}
-[uftp]
-domain = "{c.uftp.domain}"
-signing_key_file = "{c.uftp.signing_key_file}"
-host = "127.0.0.1"
-port = {c.uftp.port}
-market_timezone = "{TZ}"
-
-[[uftp.peers]]
-domain = "{peer.domain}"
-role = "DSO"
-public_keys = ["{peer.public_keys[0]}"]
-endpoint = "{peer.endpoint}"
-
-[[congestion_points]]
-entity_address = "{CP}"
-dso_domain = "{DSO}"
-
-[storage]
-state_directory = "{state}"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {mqtt_port}
-min_interval_s = 0.5
-
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-
-[logging]
-level = "INFO"
-format = "logfmt"
-"""
 
 
 def site_faults(watcher: Watcher, topic: str) -> dict[str, object] | None:
@@ -152,10 +121,9 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 async def test_a_full_disk_is_answered_503_surfaced_and_recovered_from(
     tmp_path: Path, small_disk: Path, mosquitto: MosquittoBroker
 ) -> None:
-    env = make_env(tmp_path)
-    http_port = free_port()
-    config_file = tmp_path / "flexbridge.toml"
-    config_file.write_text(toml(env, small_disk, mosquitto.port, http_port))
+    env = disk_env(tmp_path, small_disk, mosquitto.port)
+    http_port = env.config.http.port
+    config_file = write_config(env, tmp_path / "flexbridge.toml")
     watcher = Watcher(mosquitto)
     state_topic = Topics("flexbridge", "disk").site_state
     dso = env.dso()
@@ -244,17 +212,8 @@ async def test_a_full_disk_is_answered_503_surfaced_and_recovered_from(
 
             await build.eventually(storage_fault_cleared, 60, "the storage fault cleared")
             await asyncio.to_thread(agent.wait_for, "fault cleared", 30)
-            answered = await dso.wait_handled(
-                lambda o: (
-                    isinstance(o, Received)
-                    and isinstance(o.message, FlexRequestResponse)
-                    and o.message.flex_request_message_id == request.message_id
-                ),
-                60,
-            )
-            assert isinstance(answered, Received)
-            assert isinstance(answered.message, FlexRequestResponse)
-            assert answered.message.accepted, answered.message.rejection_reason
+            answer = await request_answered(dso, request)
+            assert answer.accepted, answer.rejection_reason
             async with http.post(uftp_url, data=body, headers=XML) as response:
                 assert response.status == 200
             status, text = await get(http, f"{status_url}/health")

@@ -3,7 +3,6 @@ settlement, against our simulated DSO (the interop with shapeshifter-uftp has it
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,12 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import Agent, build_agent
-from agent.storage import store
+from agent.app import Agent
+from agent.storage import store, trades
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, Env, connection, make_env, seed_history
+from tests.support.agent_env import (
+    CP,
+    DSO,
+    TZ,
+    Env,
+    connection,
+    make_env,
+    order_row,
+    running_agent,
+    seed_history,
+)
 from tests.support.trade_history import flex_request
-from uftp import calendar
+from tests.support.uftp import eventually
+from uftp import calendar, reasons
+from uftp import store as uftp_store
 from uftp.dso import DsoParticipant, Received
 from uftp.models import (
     ContractSettlement,
@@ -24,6 +35,7 @@ from uftp.models import (
     ContractSettlementPeriod,
     DPrognosis,
     FlexOffer,
+    FlexOrderResponse,
     FlexOrderSettlement,
     FlexOrderSettlementISP,
     FlexRequest,
@@ -36,21 +48,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Env, Agent, DsoParticipant]]:
     env = make_env(tmp_path)
-    today = calendar.today(TZ, datetime.now(UTC))
-    seed_history(env.config, today)
-    dso = env.dso()
-    await dso.start()
-    agent = build_agent(env.config)
-    started = []
-    try:
-        for component in agent.components:
-            await component.start()
-            started.append(component)
+    seed_history(env.config, calendar.today(TZ, datetime.now(UTC)))
+    async with running_agent(env) as (agent, dso):
         yield env, agent, dso
-    finally:
-        for component in reversed(started):
-            await component.stop()
-        await dso.stop()
 
 
 def received(kind: type, **where: object):  # type: ignore[no-untyped-def]
@@ -116,9 +116,9 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
 
     conn = connection(env.config)
     try:
-        orders = store.accepted_orders(conn, period=tomorrow)
-        base = store.prognosis_by_message(conn, orders[0].baseline_message_id or "")
-        latest = store.latest_prognosis(conn, CP, tomorrow)
+        orders = trades.accepted_orders(conn, period=tomorrow)
+        base = trades.prognosis_by_message(conn, orders[0].baseline_message_id or "")
+        latest = trades.latest_prognosis(conn, CP, tomorrow)
     finally:
         conn.close()
     assert [o.order_reference for o in orders] == ["ORD-42"]
@@ -128,36 +128,35 @@ async def test_request_offer_order_and_the_revision_that_includes_it(
     for index in range(37, 41):
         assert powers[index] == max(0, base.power_w[index - 1] + option.isps[0].power)
 
-    # A second identical request finds the flexibility taken by the first order.
-    await dso.send(request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2}))
-    await asyncio.sleep(2)
+    # The order took all there was in ISP 37: the revised prognosis has nothing left there.
+    assert orders[0].isps == [[37, 4, option.isps[0].power]]
+    assert powers[37] == 0
+
+    # A second identical request finds the flexibility taken by the first order: no offer.
+    second = request_for(tomorrow, range(37, 41)).model_copy(update={"revision": 2})
+    await dso.send(second)
+
+    def decided() -> trades.RequestRow | None:
+        conn = connection(env.config)
+        try:
+            row = trades.find_request(conn, second.message_id)
+        finally:
+            conn.close()
+        return row if row is not None and row.offer_state != "todo" else None
+
+    await eventually(decided, 60, "the second request's offer decision")
+    row = decided()
+    assert row is not None
+    assert row.status == "accepted"
+    assert row.offer_state == "none"
+    assert "does not reach the smallest change requested" in (row.reason or "")
     conn = connection(env.config)
     try:
-        latest_requests = store.recent_requests(conn, 1)
+        offers = trades.recent_offers(conn)
     finally:
         conn.close()
-    assert latest_requests[0].revision == 2
-
-
-def _order_row(period, reference: str, message_id: str) -> store.OrderRow:  # type: ignore[no-untyped-def]
-    return store.OrderRow(
-        message_id=message_id,
-        conversation_id=message_id[:-4] + "9999",
-        offer_message_id=None,
-        dso_domain=DSO,
-        congestion_point=CP,
-        period=period,
-        order_reference=reference,
-        option_reference="A",
-        activation_factor=1.0,
-        price="3.2500",
-        currency="EUR",
-        isps=[[37, 4, -5000]],
-        baseline_message_id=None,
-        received_at=datetime.now(UTC) - timedelta(days=1),
-        status="accepted",
-        reason=None,
-    )
+    assert [(o.request_message_id, o.status) for o in offers] == [(request.message_id, "ordered")]
+    assert [o for o in dso.handled if received(FlexOffer)(o)] == [outcome]
 
 
 def _settlement(period, actual: dict[int, int], reference: str) -> FlexSettlement:  # type: ignore[no-untyped-def]
@@ -208,8 +207,11 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     before = yesterday - timedelta(days=1)
     conn = connection(env.config)
     conn.execute("BEGIN")
-    store.insert_order(conn, _order_row(yesterday, "ORD-Y", "11111111-1111-4111-8111-111111111111"))
-    store.insert_order(conn, _order_row(before, "ORD-B", "44444444-4444-4444-8444-444444444444"))
+    received = datetime.now(UTC) - timedelta(days=1)
+    for period, reference in [(yesterday, "ORD-Y"), (before, "ORD-B")]:
+        ordered = [[37, 4, -5000]]
+        row = order_row(period, ordered, reference=reference, price="3.2500", received_at=received)
+        trades.insert_order(conn, row)
     conn.execute("COMMIT")
 
     def actual(period) -> dict[int, int]:  # type: ignore[no-untyped-def]
@@ -222,14 +224,16 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     conn.close()
     await dso.send(agreed)
     await dso.send(contradicted)
-    rows: list[dict[str, object]] = []
-    for _ in range(100):
+
+    def settlements() -> list[dict[str, object]]:
         conn = connection(env.config)
-        rows = store.recent_settlements(conn)
-        conn.close()
-        if len(rows) == 2:
-            break
-        await asyncio.sleep(0.2)
+        try:
+            return trades.recent_settlements(conn)
+        finally:
+            conn.close()
+
+    await eventually(lambda: len(settlements()) == 2, 20, "both settlements recorded")
+    rows = settlements()
     by_id = {r["message_id"]: r for r in rows}
     ok = by_id[agreed.message_id]
     assert ok["result"] == "Accepted"
@@ -246,12 +250,50 @@ async def test_settlement_accepts_matching_items_and_disputes_contradicted_ones(
     again = _settlement(yesterday, actual_again := dict.fromkeys(range(37, 41), 0), "ORD-Y")
     del actual_again
     await dso.send(again)
-    for _ in range(100):
-        conn = connection(env.config)
-        rows = store.recent_settlements(conn)
-        conn.close()
-        if len(rows) == 3:
-            break
-        await asyncio.sleep(0.2)
-    third = {r["message_id"]: r for r in rows}[again.message_id]
+    await eventually(lambda: len(settlements()) == 3, 20, "the repeated settlement recorded")
+    third = {r["message_id"]: r for r in settlements()}[again.message_id]
     assert third["result"] == "Rejected"
+
+
+async def test_an_order_for_an_offer_the_dso_rejected_is_rejected(
+    running: tuple[Env, Agent, DsoParticipant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offer's record says "rejected" (the DSO's FlexOfferResponse); uftp's messages alone
+    do not tell. An order for it is refused, and the record is not overwritten by "ordered"."""
+    _env, agent, dso = running
+    refusal = reasons.explain(reasons.REQUEST_MISMATCH, "not what was asked")
+    monkeypatch.setattr("uftp.dso.check_flex_offer", lambda *_a, **_k: [refusal])
+    tomorrow = Market(TZ, 15).today(datetime.now(UTC)) + timedelta(days=1)
+    await dso.send(request_for(tomorrow, range(37, 41)))
+    outcome = await dso.wait_handled(received(FlexOffer), 60)
+    assert isinstance(outcome, Received)
+    assert not outcome.accepted
+    offer = outcome.message
+    assert isinstance(offer, FlexOffer)
+
+    async def offer_status() -> str | None:
+        row = await agent.db.read(lambda c: trades.find_offer(c, offer.message_id))
+        return None if row is None else row.status
+
+    async def offer_rejected() -> bool:
+        return await offer_status() == "rejected"
+
+    await eventually(offer_rejected, 30, "the offer's record rejected")
+
+    order = await dso.order_offer(offer, order_reference="ORD-AFTER-REJECTION")
+
+    async def answers() -> list[uftp_store.InboundMessage]:
+        return await dso.database.read(
+            lambda c: uftp_store.inbound_messages(
+                c, message_type=FlexOrderResponse.xml_name, reference_id=order.message_id
+            )
+        )
+
+    await eventually(answers, 30, "the FlexOrderResponse")
+    response = (await answers())[0].message()
+    assert isinstance(response, FlexOrderResponse)
+    assert not response.accepted
+    assert reasons.reason_of(response.rejection_reason or "") == reasons.INVALID_MESSAGE
+    assert "rejected by the DSO's FlexOfferResponse" in (response.rejection_reason or "")
+    assert await offer_status() == "rejected"
+    assert await agent.db.read(lambda c: trades.accepted_orders(c, period=tomorrow)) == []

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.runtime.config import load_config
+from agent.runtime.configfile import load_config
 from agent.storage import store
 from agent.storage.db import apply_migrations, connect
 from tests.support.everest import V16, V201, AgentSite, Station, stack_level

@@ -30,6 +30,7 @@ from tests.support.everest import (
     start_all,
     transaction_id_of,
 )
+from tests.support.uftp import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -143,12 +144,7 @@ async def test_boot_sessions_meter_values_and_composite(
                 and abs(station_a * WATTS_PER_AMP - limit_w) <= 0.5 * WATTS_PER_AMP
             )
 
-        deadline = asyncio.get_running_loop().time() + 60
-        while not await check():
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"{station.charger_id}: composite never matched the agent's limit"
-            )
-            await asyncio.sleep(2)
+        await eventually(check, 60, f"{station.charger_id}: composite matching the agent's limit")
 
     # Sessions with meter values on every station.
     await start_sessions(fleet, 9000)
@@ -222,17 +218,19 @@ async def test_safe_layer_first_on_every_connect(
 
     async def settled(connects: int) -> None:
         async def ready(station: Station) -> None:
-            deadline = asyncio.get_running_loop().time() + 150
-            while len(connect_offsets(station)) < connects or not [
-                f
-                for f in per_connect(station)[-1]
-                if f.action == "SetChargingProfile" and (stack_level(f) or 0) > 0
-            ]:
-                assert asyncio.get_running_loop().time() < deadline, (
+            def dynamic_on_this_connect() -> bool:
+                return len(connect_offsets(station)) >= connects and any(
+                    f.action == "SetChargingProfile" and (stack_level(f) or 0) > 0
+                    for f in per_connect(station)[-1]
+                )
+
+            try:
+                await eventually(dynamic_on_this_connect, 150)
+            except AssertionError:
+                raise AssertionError(
                     f"{station.charger_id}: no dynamic profile on connect {connects}:\n"
                     + station.log()[-3000:]
-                )
-                await asyncio.sleep(0.5)
+                ) from None
 
         await asyncio.gather(*(ready(s) for s in fleet))
 

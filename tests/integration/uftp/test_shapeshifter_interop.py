@@ -27,6 +27,7 @@ from xsdata.models.datatype import XmlDate
 from tests.support import uftp as build
 from tests.support.ports import free_port
 from tests.support.shapeshifter_peer import ShapeshifterDso
+from tests.support.uftp import eventually
 from uftp import calendar, codec, keys, models, store
 from uftp.participant import AgrParticipant
 
@@ -239,14 +240,13 @@ async def test_test_messages_both_ways(interop: Interop) -> None:
     await asyncio.to_thread(interop.dso.wait_for, "TestMessage")
 
     # The library's TestMessageResponse carries Result (not in 3.1.0): tolerated, not rejected.
-    async def response_stored() -> store.InboundMessage:
-        while True:
-            for m in await interop.inbox():
-                if m.message_type == "TestMessageResponse":
-                    return m
-            await asyncio.sleep(0.05)
+    async def response_stored() -> store.InboundMessage | None:
+        found = [m for m in await interop.inbox() if m.message_type == "TestMessageResponse"]
+        return found[0] if found else None
 
-    stored = await asyncio.wait_for(response_stored(), 15)
+    await eventually(response_stored, 15, "the TestMessageResponse stored")
+    stored = await response_stored()
+    assert stored is not None
     assert stored.status is store.InboundStatus.PROCESSED
     assert b"Result=" in stored.xml  # the peer's quirk, kept as received
     assert codec.from_xml(stored.xml).conversation_id == ours.conversation_id

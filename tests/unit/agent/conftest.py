@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo.scenario import demo_config
+from agent.demo.defaults import demo_config
 from agent.runtime.config import Config
 from agent.storage.db import Database
 from agent.storage.store import SCHEMA

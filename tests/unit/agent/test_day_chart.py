@@ -12,16 +12,17 @@ from lxml import etree
 from agent.app import build_agent
 from agent.interfaces.status import day_chart
 from agent.interfaces.web.page import chart_svg
-from agent.storage import store
+from agent.storage import store, trades
+from agent.storage.records import Event
 from agent.trading.market import Market
-from tests.support.agent_env import CP, DSO, TZ, make_env
+from tests.support.agent_env import CP, DSO, TZ, make_env, order_row
 
 DAY = date(2026, 6, 2)
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def _prognosis(created_at: datetime, power_w: int) -> store.PrognosisRow:
-    return store.PrognosisRow(
+def _prognosis(created_at: datetime, power_w: int) -> trades.PrognosisRow:
+    return trades.PrognosisRow(
         congestion_point=CP,
         period=DAY,
         revision=1,
@@ -33,7 +34,7 @@ def _prognosis(created_at: datetime, power_w: int) -> store.PrognosisRow:
         power_w=[power_w] * 96,
         baseline_w=[power_w] * 96,
         orders=[],
-        status="accepted",
+        status="sent",
         rejection_reason=None,
     )
 
@@ -45,7 +46,7 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
     start, _ = market.bounds(DAY)
     noon = isps[48].start  # 12:00 local: the agent stops measuring here
     prognosis = _prognosis(start - timedelta(hours=12), 10_000)
-    request = store.RequestRow(
+    request = trades.RequestRow(
         message_id=str(uuid.uuid4()),
         conversation_id=str(uuid.uuid4()),
         dso_domain=DSO,
@@ -57,31 +58,21 @@ async def test_the_chart_shows_what_was_measured_asked_and_capped(tmp_path: Path
         isps=[[1, 36, 0, 0, 2_000], [37, 4, 1, -8_000, -3_000], [41, 56, 0, 0, 2_000]],
         status="accepted",
         reason=None,
-        offer_state="offered",
+        offer_state="todo",
     )
-    order = store.OrderRow(
-        message_id=str(uuid.uuid4()),
-        conversation_id=str(uuid.uuid4()),
-        offer_message_id=None,
-        dso_domain=DSO,
-        congestion_point=CP,
-        period=DAY,
-        order_reference="ORD-1",
-        option_reference="A",
-        activation_factor=1.0,
-        price="3.0000",
-        currency="EUR",
-        isps=[[37, 4, -4_000]],
+    order = order_row(
+        DAY,
+        [[37, 4, -4_000]],
         baseline_message_id=prognosis.message_id,
         received_at=start - timedelta(hours=5),
-        status="accepted",
-        reason=None,
     )
 
     def write(conn):  # type: ignore[no-untyped-def]
-        store.insert_prognosis(conn, prognosis)
-        store.insert_request(conn, request)
-        store.insert_order(conn, order)
+        trades.insert_prognosis(conn, prognosis)
+        trades.apply(conn, Event.PROGNOSIS_ACCEPTED, prognosis.message_id)
+        trades.insert_request(conn, request)
+        trades.apply(conn, Event.REQUEST_OFFERED, request.message_id)
+        trades.insert_order(conn, order)
         # The last batch the site wrote ended at 12:10: ISP 49 holds ten minutes of energy.
         store.record_alive(conn, start, noon + timedelta(minutes=10))
         store.add_isp_energy(

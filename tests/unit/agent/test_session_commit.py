@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from agent.app import build_agent
 from agent.storage import store
 from ocpp_bridge import SessionEnded, SessionInfo, SessionStarted
 from tests.support.agent_env import make_env
+from tests.support.uftp import eventually
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
@@ -46,21 +46,24 @@ async def test_a_session_start_and_end_are_in_the_store_before_the_next_flush(
             return next((r for r in rows if r.session_id == "CP-01/77"), None)
 
         await agent.site.handle(SessionStarted(info(), T0))
-        for _ in range(100):
-            if await stored() is not None:
-                break
-            await asyncio.sleep(0.02)
+
+        async def written() -> bool:
+            return await stored() is not None
+
+        await eventually(written, 10, "the session row")
         row = await stored()
         assert row is not None
         assert row.ended_at is None
 
         ended = T0.replace(hour=11)
         await agent.site.handle(SessionEnded(info(ended), ended))
-        for _ in range(100):
+
+        async def closed() -> bool:
             row = await stored()
-            if row is not None and row.ended_at is not None:
-                break
-            await asyncio.sleep(0.02)
+            return row is not None and row.ended_at is not None
+
+        await eventually(closed, 10, "the session's end written")
+        row = await stored()
         assert row is not None
         assert row.ended_at == ended
     finally:

@@ -17,15 +17,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from agent.demo.pool import ATTRIBUTION, POOL_FILE, SessionPool, SessionPoolError
 from agent.demo.simulation import (
-    ATTRIBUTION,
     CHANGEOVER,
     EV_MIX,
-    POOL_FILE,
     PlannedSession,
     SessionGenerator,
-    SessionPool,
-    SessionPoolError,
     charger_config,
     charger_records,
     default_fleet,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.app import build_agent
-from agent.runtime.config import ConfigError, parse_config
+from agent.runtime.configfile import ConfigError, parse_config
 from ocpp_bridge.local_controller import LocalController
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.server import CentralSystem

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from forecaster.backtest import (
     BacktestConfig,
@@ -15,7 +18,7 @@ from forecaster.backtest import (
     parse_holidays,
     run_backtest,
 )
-from forecaster.metrics import score
+from forecaster.metrics import covered, score
 
 FILES = sorted((Path(__file__).resolve().parents[2] / "data" / "acn-caltech").glob("*.csv.gz"))
 
@@ -27,8 +30,41 @@ def test_metrics_on_a_hand_made_case() -> None:
     assert s.mae_kw == pytest.approx(1.0)
     assert s.rmse_kw == pytest.approx(1.0)
     assert s.daily_energy_error_pct == pytest.approx(100 * (2000 + 2000) / 8000)
-    assert s.coverage_p10_p90_pct == 100.0
+    assert s.coverage_p10_p90_plain_pct == 100.0
+    # The zero sits on a band [0, 0]: the middle of F(0) in [0.9, 1] gives it 0.8 / 0.95.
+    assert s.coverage_p10_p90_pct == pytest.approx(100 * (3 + 0.8 / 0.95) / 4)
     assert s.pinball_p50_kw == pytest.approx(0.5)  # MAE / 2 at q = 0.5
+
+
+def test_a_zero_counts_by_its_share_of_the_point_mass() -> None:
+    y = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 500.0, 500.0])
+    p10 = np.array([0.0, 0.0, 0.0, 0.0, 100.0, 0.0, 600.0])
+    p50 = np.array([0.0, 0.0, 50.0, 50.0, 200.0, 400.0, 700.0])
+    p90 = np.array([0.0, 80.0, 90.0, 90.0, 300.0, 900.0, 800.0])
+    p_zero = np.array([1.0, 0.6, 0.3, 0.02, 0.0, 0.4, 0.0])
+    got = covered(y, p10, p50, p90, p_zero)
+    # [0, 0] certain zero: 0.8; F(0) 0.6: 0.5 / 0.6; 0.3: 0.2 / 0.3; 0.02 is below what a
+    # zero P10 says (0.1): 0; a zero below a positive P10: 0; positives by the band.
+    np.testing.assert_allclose(got, [0.8, 0.5 / 0.6, 0.2 / 0.3, 0.0, 0.0, 1.0, 0.0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(p0=st.floats(0.0, 0.97), seed=st.integers(0, 1000))
+def test_a_calibrated_forecast_of_a_mostly_empty_site_covers_eighty_percent(
+    p0: float, seed: int
+) -> None:
+    """Load zero with probability p0, else exponential: the true P10/P50/P90 and p0 cover
+    80 % in expectation, however many ISPs are zero (a plain count gives at least p0)."""
+    rng = np.random.default_rng(seed)
+    n = 40_000
+    y = np.where(rng.random(n) < p0, 0.0, rng.exponential(1000.0, n))
+
+    def q(level: float) -> float:
+        return 0.0 if level <= p0 else -1000.0 * math.log(1 - (level - p0) / (1 - p0))
+
+    ones = np.ones(n)
+    got = covered(y, q(0.1) * ones, q(0.5) * ones, q(0.9) * ones, p0 * ones)
+    assert float(got.mean()) == pytest.approx(0.8, abs=0.01)
 
 
 def test_two_weeks_of_the_caltech_protocol() -> None:

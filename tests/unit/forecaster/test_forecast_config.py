@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from agent.runtime.config import ConfigError, parse_config
+from agent.runtime.configfile import ConfigError, parse_config
 from tests.unit.test_config import MINIMAL
 
 

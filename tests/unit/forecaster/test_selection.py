@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forecaster.metrics import covered
 from forecaster.selection import (
     BASELINES,
     CANDIDATES,
@@ -23,6 +24,7 @@ from forecaster.selection import (
     forecast_many,
     regime_changed,
     select,
+    zero_probability,
 )
 from tests.support import selection_reference as ref
 
@@ -149,6 +151,8 @@ def test_held_out_scores_match_the_reference() -> None:
 
 
 def test_bands_cover_eighty_percent_of_the_held_out_isps() -> None:
+    """Coverage as the backtest scores it: a zero on a band from zero counts by its share of
+    the forecast's point mass at zero (`forecaster.metrics.covered`)."""
     table = random_table(5, 56, gaps=False)
     chosen = select(table)
     n = chosen.eval_days
@@ -162,12 +166,13 @@ def test_bands_cover_eighty_percent_of_the_held_out_isps() -> None:
         assert (p50 <= p90).all()
         assert (p10 >= 0).all()
         y = table.values[e]
-        inside.append((p10[0] <= y + 1e-9) & (y <= p90[0] + 1e-9))
+        p_zero = zero_probability(table.before(o), np.array([o]), table.holiday[e : e + 1])
+        inside.append(covered(y, p10[0], p50[0], p90[0], p_zero[0]))
     # The held-out days weigh by recency, as in selection.
     age = np.arange(n, 0, -1)
     weight = 0.5 ** ((age - 1) / EVAL_HALF_LIFE_DAYS)
-    covered = float((weight * np.mean(inside, axis=1)).sum() / weight.sum())
-    assert 0.79 <= covered <= 0.84
+    share = float((weight * np.mean(inside, axis=1)).sum() / weight.sum())
+    assert 0.79 <= share <= 0.84
 
 
 def test_selection_round_trips_through_json() -> None:
@@ -304,5 +309,7 @@ def test_the_threaded_kernel_gives_the_numpy_paths_numbers() -> None:
     fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
     slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
     np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
+    # The spread is a difference of two moments (rounding differs between the kernel and
+    # BLAS by ~1e-7 relative), times the band's upper level: a wide level amplifies it.
     for q in (0, 2):
-        np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(fast[q], slow[q], rtol=1e-5, atol=1e-3)

@@ -2,7 +2,9 @@
 
 Hand-made profiles with known answers, then properties over random profile sets: the
 composite is the step function of the point-wise limit, changes only at the change points
-the station reports, and a station never allows more than its station-wide maximum.
+the station reports, a station never allows more than its station-wide maximum, only
+profiles valid at a moment (validFrom inclusive, validTo exclusive) have a say, and a
+profile above every other of its purpose decides that purpose while it is valid.
 """
 
 from __future__ import annotations
@@ -363,6 +365,77 @@ def test_the_limit_holds_until_the_next_reported_change(s: ProfileStore, probe: 
         assert {s.limit_a_at(p, evse) for p in probes} == {s.limit_a_at(moment, evse)}
 
 
+def valid(p: StoredProfile, moment: datetime) -> bool:
+    """validFrom inclusive, validTo exclusive (1.6 §7.9, 2.0.1 ChargingProfileType)."""
+    return (p.valid_from is None or p.valid_from <= moment) and (
+        p.valid_to is None or moment < p.valid_to
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_store(), st.lists(st.integers(-3600, 7199), min_size=1, max_size=10))
+def test_only_the_profiles_valid_at_a_moment_have_a_say(s: ProfileStore, probes: list[int]) -> None:
+    for probe in probes:
+        moment = at(probe)
+        in_force = ProfileStore(s.evse_ids, limits=s.limits)
+        in_force.transactions = dict(s.transactions)
+        in_force.profiles = [p for p in s.profiles if valid(p, moment)]
+        assert in_force.station_max_a_at(moment) == s.station_max_a_at(moment)
+        for evse in (0, 1, 2):
+            assert in_force.limit_a_at(moment, evse) == s.limit_a_at(moment, evse)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    random_store(),
+    st.sampled_from([MAX16, TX]),
+    st.floats(0, 40),
+    st.none() | offsets.map(at),
+    st.none() | offsets.map(at),
+    st.lists(st.integers(-3600, 7199), min_size=1, max_size=10),
+)
+def test_a_profile_above_all_others_of_its_purpose_bounds_the_limit_until_its_valid_to(
+    s: ProfileStore,
+    purpose: str,
+    limit: float,
+    valid_from: datetime | None,
+    valid_to: datetime | None,
+    probes: list[int],
+) -> None:
+    """The random profiles have stack levels 0..3; one more at level 4, started before every
+    probe, decides its purpose wherever it is valid and has no say anywhere else."""
+    before = {
+        (probe, evse): s.limit_a_at(at(probe), evse) for probe in probes for evse in (0, 1, 2)
+    }
+    top = profile(
+        99,
+        purpose,
+        limit,
+        evse=0 if purpose == MAX16 else 1,
+        level=4,
+        start=at(-7200),
+        valid_from=valid_from,
+        valid_to=valid_to,
+        transaction_id="T1" if purpose == TX else None,
+    )
+    s.install(top)
+    for probe in probes:
+        moment = at(probe)
+        station = s.station_max_a_at(moment)
+        if not valid(top, moment):
+            for evse in (0, 1, 2):
+                assert s.limit_a_at(moment, evse) == before[probe, evse]
+        elif purpose == MAX16:
+            assert station == limit
+            for evse in (0, 1, 2):
+                assert s.limit_a_at(moment, evse) <= limit
+        else:
+            assert s.limit_a_at(moment, 1) == (limit if station is None else min(limit, station))
+    if valid_from is None and valid_to is None:
+        for evse in (1,) if purpose == TX else (0, 1, 2):
+            assert all(value <= round(limit, 1) for _, value in s.composite(T0, 7200, evse))
+
+
 # --- sharing the station's current ------------------------------------------------------------
 
 
@@ -405,12 +478,23 @@ def test_shares_fit_the_cap_the_demands_and_the_minimum(
 
 def test_the_simulator_imports_nothing_else_from_ocpp_bridge() -> None:
     """It is the independent second reading of the spec the bridge is tested against."""
-    source = Path(__file__).resolve().parents[3] / "ocpp_bridge" / "simulator.py"
-    tree = ast.parse(source.read_text(encoding="utf-8"))
+    package = Path(__file__).resolve().parents[3] / "ocpp_bridge" / "simulator"
+    sources = sorted(package.glob("*.py"))
+    assert package / "schedule.py" in sources
     imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-    assert {m for m in imported if m.split(".")[0] == "ocpp_bridge"} == set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolved against the package
+                    base = "ocpp_bridge.simulator".rsplit(".", node.level - 1)[0]
+                    imported.add(f"{base}.{node.module}" if node.module else base)
+                elif node.module:
+                    imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    outside = {
+        m
+        for m in imported
+        if m.split(".")[0] == "ocpp_bridge" and m.split(".")[:2] != ["ocpp_bridge", "simulator"]
+    }
+    assert outside == set()
