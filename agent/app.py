@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from agent.control.dispatch import Dispatcher
@@ -44,6 +44,7 @@ from ocpp_bridge import (
     UnknownChargerPolicy,
 )
 from ocpp_bridge import TlsSettings as OcppTls
+from ocpp_bridge.local_controller import LocalController
 from uftp import store as uftp_store
 from uftp.keys import load_signing_key
 from uftp.models import Role
@@ -264,9 +265,19 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     # The agent's database is the file's one writer: uftp's inbox and outbox go through it.
     participant = AgrParticipant(participant_settings(config), db, clock=now)
     registry = StoreRegistry(config, db, clock)
-    bridge = CentralSystem(
-        bridge_settings(config), registry, on_event=site.handle, clock=now, sleep=clock.sleep
-    )
+    if config.upstream is None:
+        bridge = CentralSystem(
+            bridge_settings(config), registry, on_event=site.handle, clock=now, sleep=clock.sleep
+        )
+    else:  # local-controller mode: chargers relayed to the operator's CSMS
+        bridge = LocalController(
+            replace(bridge_settings(config), profile_layout=config.upstream.profiles.layout()),
+            registry,
+            upstream=config.upstream.settings(config.storage.state_directory / "upstream"),
+            on_event=site.handle,
+            clock=now,
+            sleep=clock.sleep,
+        )
     # Sessions open when the agent stopped go back to the bridge before it listens.
     site.resume_into = bridge.resume_sessions
     forecaster = SiteForecaster(config, db, clock)

@@ -5,6 +5,8 @@
   that answer and keep nothing.
 - ``bridge``: flexbridge's `CentralSystem` at security profile 1 with the agent-side event
   handling attached (a consumer that keeps the live per-charger state, as agent.site.model does).
+- ``proxy UPSTREAM_PORT``: the same, as a `LocalController` relaying every charger to the CSMS
+  on UPSTREAM_PORT (``python -m bench proxy``).
 
 Prints ``READY <port>`` once listening; stops on SIGTERM or when stdin closes.
 """
@@ -17,6 +19,7 @@ import logging
 import resource
 import signal
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,10 +122,12 @@ class SiteState:
             self.sessions.discard(event.session.session_id)
 
 
-async def bridge(port: int) -> None:
+async def bridge(port: int, upstream_port: int | None = None) -> None:
+    from ocpp_bridge.local_controller import LocalController
     from ocpp_bridge.passwords import hash_password
     from ocpp_bridge.server import CentralSystem
     from ocpp_bridge.settings import BridgeSettings, ChargerRecord, InMemoryRegistry
+    from ocpp_bridge.upstream import LOCAL_CONTROLLER_LAYOUT, UpstreamSettings, UpstreamTarget
 
     # One hash with the default (production) cost, shared: every charger still pays a full
     # scrypt verification on its first connection, as after a restart.
@@ -134,7 +139,16 @@ async def bridge(port: int) -> None:
     settings = BridgeSettings(
         host="127.0.0.1", port=port, ping_interval_s=0, max_calls_per_s=1000, call_burst=1000
     )
-    system = CentralSystem(settings, registry, on_event=site.handle)
+    system: CentralSystem
+    if upstream_port is None:
+        system = CentralSystem(settings, registry, on_event=site.handle)
+    else:
+        upstream = UpstreamSettings(
+            default=UpstreamTarget(f"ws://127.0.0.1:{upstream_port}/ocpp"),
+            connect_timeout_s=60.0,
+        )
+        settings = replace(settings, profile_layout=LOCAL_CONTROLLER_LAYOUT)
+        system = LocalController(settings, registry, upstream=upstream, on_event=site.handle)
     await system.start()
     print(f"READY {system.port}", flush=True)
     try:
@@ -149,7 +163,10 @@ def main(argv: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Per-charger warnings (e.g. load chargers without smart charging) are not what we measure.
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(baseline(port) if kind == "baseline" else bridge(port))
+    if kind == "baseline":
+        asyncio.run(baseline(port))
+    else:
+        asyncio.run(bridge(port, int(argv[2]) if kind == "proxy" else None))
 
 
 if __name__ == "__main__":

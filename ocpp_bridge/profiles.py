@@ -47,6 +47,70 @@ DYNAMIC_PROFILE_ID_BASE = 200  # + EVSE id
 # A station-wide dynamic limit that must fall back to TxProfiles is split over the active
 # transactions, one profile per EVSE with its own id (never one of the per-EVSE layer's).
 STATION_SPLIT_PROFILE_ID_BASE = 300  # + EVSE id
+# EVSE ids an id base leaves room for (base + EVSE id stays below the next base).
+MAX_EVSE_ID = 99
+
+
+class ProfileError(ValueError):
+    """The requested profile cannot be built for this charger (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLayout:
+    """Where our profiles sit on a charger: their stack levels and ids.
+
+    A charger shared with another CSMS (local-controller mode) holds that CSMS's profiles too:
+    the same id replaces a profile (1.6 §3.13.2, 2.0.1 K01.FR.05), and the same stack level and
+    purpose replaces (1.6) or is refused (2.0.1 K01.FR.06). The layout keeps ours apart.
+    """
+
+    safe_stack_level: int = SAFE_STACK_LEVEL
+    station_dynamic_stack_level: int = STATION_DYNAMIC_STACK_LEVEL
+    evse_dynamic_stack_level: int = EVSE_DYNAMIC_STACK_LEVEL
+    safe_profile_id: int = SAFE_PROFILE_ID
+    dynamic_profile_id_base: int = DYNAMIC_PROFILE_ID_BASE
+    station_split_profile_id_base: int = STATION_SPLIT_PROFILE_ID_BASE
+
+    def __post_init__(self) -> None:
+        if not (
+            0
+            <= self.safe_stack_level
+            < self.station_dynamic_stack_level
+            < self.evse_dynamic_stack_level
+        ):
+            raise ProfileError(
+                "stack levels must rise: safe < station-wide dynamic < per-EVSE dynamic"
+            )
+        ranges = sorted(
+            [
+                (self.safe_profile_id, self.safe_profile_id),
+                (self.dynamic_profile_id_base, self.dynamic_profile_id_base + MAX_EVSE_ID),
+                (
+                    self.station_split_profile_id_base,
+                    self.station_split_profile_id_base + MAX_EVSE_ID,
+                ),
+            ]
+        )
+        if ranges[0][0] < 1 or ranges[-1][1] >= 2**31:
+            raise ProfileError("profile ids must lie within 1..2^31-1")
+        for (_, end), (start, _) in itertools.pairwise(ranges):
+            if start <= end:
+                raise ProfileError(
+                    "the safe profile id and the two id ranges (base..base+"
+                    f"{MAX_EVSE_ID}) must not overlap"
+                )
+
+    def profile_ids(self) -> frozenset[int]:
+        """Every profile id this layout may install."""
+        evses = range(MAX_EVSE_ID + 1)
+        return frozenset(
+            [self.safe_profile_id]
+            + [self.dynamic_profile_id_base + e for e in evses]
+            + [self.station_split_profile_id_base + e for e in evses]
+        )
+
+
+DEFAULT_LAYOUT = ProfileLayout()
 
 # A schedule we start "now" starts this much earlier, so a charger whose clock runs behind
 # ours applies it at once instead of falling back to lower layers for the difference.
@@ -67,10 +131,6 @@ _PURPOSE_NAMES = {
         Purpose.TX: "TxProfile",
     },
 }
-
-
-class ProfileError(ValueError):
-    """The requested profile cannot be built for this charger (the message says why)."""
 
 
 class Layer(StrEnum):
@@ -144,12 +204,16 @@ def purpose_name(version: ProtocolVersion, purpose: Purpose) -> str:
     return _PURPOSE_NAMES[version][purpose]
 
 
-def stack_level_for(target: ProfileTarget, caps: ChargerCapabilities) -> int:
+def stack_level_for(
+    target: ProfileTarget, caps: ChargerCapabilities, layout: ProfileLayout = DEFAULT_LAYOUT
+) -> int:
     if target.layer is Layer.SAFE:
-        return SAFE_STACK_LEVEL
-    wanted = EVSE_DYNAMIC_STACK_LEVEL if target.evse_id else STATION_DYNAMIC_STACK_LEVEL
+        return layout.safe_stack_level
+    wanted = (
+        layout.evse_dynamic_stack_level if target.evse_id else layout.station_dynamic_stack_level
+    )
     level = min(wanted, caps.max_stack_level)
-    if level <= SAFE_STACK_LEVEL:
+    if level <= layout.safe_stack_level:
         raise ProfileError(
             f"the charger allows stack level {caps.max_stack_level} at most; a dynamic limit "
             "needs a level above the safe layer's"
@@ -157,10 +221,10 @@ def stack_level_for(target: ProfileTarget, caps: ChargerCapabilities) -> int:
     return level
 
 
-def profile_id_for(target: ProfileTarget) -> int:
-    return (
-        SAFE_PROFILE_ID if target.layer is Layer.SAFE else DYNAMIC_PROFILE_ID_BASE + target.evse_id
-    )
+def profile_id_for(target: ProfileTarget, layout: ProfileLayout = DEFAULT_LAYOUT) -> int:
+    if target.layer is Layer.SAFE:
+        return layout.safe_profile_id
+    return layout.dynamic_profile_id_base + target.evse_id
 
 
 def limit_in_unit(limit_w: float, unit: RateUnit, electrical: ElectricalData) -> int:
@@ -341,6 +405,7 @@ def build_safe_profile(
     now: datetime,
     schedule_id: int,
     unit: RateUnit | None = None,
+    layout: ProfileLayout = DEFAULT_LAYOUT,
 ) -> BuiltProfile:
     """The static safe profile: one period, no validTo, startSchedule a day in the past."""
     if target.layer is not Layer.SAFE:
@@ -351,8 +416,8 @@ def build_safe_profile(
     payload = _assemble(
         version,
         target,
-        SAFE_STACK_LEVEL,
-        SAFE_PROFILE_ID,
+        layout.safe_stack_level,
+        layout.safe_profile_id,
         schedule_id,
         chosen,
         start,
@@ -364,8 +429,8 @@ def build_safe_profile(
     return BuiltProfile(
         "SetChargingProfile",
         payload,
-        SAFE_PROFILE_ID,
-        SAFE_STACK_LEVEL,
+        layout.safe_profile_id,
+        layout.safe_stack_level,
         chosen,
         None,
         ((start, limit),),
@@ -385,20 +450,21 @@ def build_dynamic_profile(
     unit: RateUnit | None = None,
     profile_id: int | None = None,
     tail_s: float = 0.0,
+    layout: ProfileLayout = DEFAULT_LAYOUT,
 ) -> BuiltProfile:
     """A dynamic-layer profile for `periods`, ending at `valid_to` (or earlier, see plan).
 
     `profile_id` overrides the layer's fixed id (used for a station limit split over
-    TxProfiles, `STATION_SPLIT_PROFILE_ID_BASE`).
+    TxProfiles, the layout's `station_split_profile_id_base`).
     """
     if target.layer is not Layer.DYNAMIC:
         raise ProfileError("build_dynamic_profile builds the dynamic layer only")
     chosen = _check_unit(caps, unit)
-    level = stack_level_for(target, caps)
+    level = stack_level_for(target, caps, layout)
     start, offsets, effective_valid_to = plan_periods(
         periods, now, valid_to, caps.max_periods, chosen, electrical, fill_limit_w, tail_s
     )
-    profile_id = profile_id if profile_id is not None else profile_id_for(target)
+    profile_id = profile_id if profile_id is not None else profile_id_for(target, layout)
     payload = _assemble(
         version,
         target,

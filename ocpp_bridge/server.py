@@ -620,6 +620,7 @@ class CentralSystem:
                 self.settings.dynamic_validity_s,
                 self.clock,
                 self.sleep,
+                layout=self.settings.profile_layout,
             )
             charger = _Charger(model, record, smart)
             self._chargers[record.charger_id] = charger

@@ -15,7 +15,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from ocpp_bridge.profiles import ElectricalData
+from ocpp_bridge.profiles import DEFAULT_LAYOUT, ElectricalData, ProfileLayout
 
 # OCPP-J: the identity is the last path segment; 2.0.1 caps it at 48 characters and HTTP
 # Basic forbids ':' in it (A00.FR.203). Same rule as the agent's configuration.
@@ -90,6 +90,8 @@ class BridgeSettings:
     # Safe limit for chargers registered on first contact (policy "register").
     default_electrical: ElectricalData = field(default_factory=ElectricalData)
     default_safe_power_w: float = 4140.0  # 6 A on three phases at 230 V
+    # Stack levels and ids of our profiles; apart from another CSMS's in local-controller mode.
+    profile_layout: ProfileLayout = DEFAULT_LAYOUT
 
     def __post_init__(self) -> None:
         if self.security_profile is SecurityProfile.NONE and not self.allow_security_profile_0:

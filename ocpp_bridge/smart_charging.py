@@ -36,12 +36,12 @@ from ocpp_bridge.events import (
 )
 from ocpp_bridge.model import ChargerModel
 from ocpp_bridge.profiles import (
-    DYNAMIC_PROFILE_ID_BASE,
-    STATION_SPLIT_PROFILE_ID_BASE,
+    DEFAULT_LAYOUT,
     BuiltProfile,
     ElectricalData,
     Layer,
     ProfileError,
+    ProfileLayout,
     ProfileTarget,
     build_dynamic_profile,
     build_safe_profile,
@@ -144,8 +144,10 @@ class SmartCharging:
         dynamic_validity_s: float,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = real_sleep,
+        layout: ProfileLayout = DEFAULT_LAYOUT,
     ) -> None:
         self.model = model
+        self.layout = layout
         self.electrical = electrical
         self.safe_limit_w = safe_limit_w
         self.validity = timedelta(seconds=dynamic_validity_s)
@@ -282,6 +284,7 @@ class SmartCharging:
                 self.safe_limit_w,
                 now,
                 self.schedule_ids.next(),
+                layout=self.layout,
             )
             return await self._set(connection, built)
 
@@ -348,6 +351,7 @@ class SmartCharging:
                     self.schedule_ids.next(),
                     fill_limit_w=self.safe_limit_w,
                     tail_s=self.tail_s,
+                    layout=self.layout,
                 )
                 holder["valid_to"] = built.valid_to
                 return await self._set(connection, built)
@@ -417,7 +421,8 @@ class SmartCharging:
                 tail_s=self.tail_s,
                 profile_id=None
                 if schedule.evse_id
-                else STATION_SPLIT_PROFILE_ID_BASE + session.evse_id,
+                else self.layout.station_split_profile_id_base + session.evse_id,
+                layout=self.layout,
             )
             outcome = await self._set(connection, built)
             if outcome.status is not CommandStatus.ACCEPTED:
@@ -444,9 +449,9 @@ class SmartCharging:
             return CommandResult(
                 CommandStatus.OFFLINE, "cleared here; the charger's profile expires at its validTo"
             )
-        ids = [DYNAMIC_PROFILE_ID_BASE + evse_id]
+        ids = [self.layout.dynamic_profile_id_base + evse_id]
         if schedule is not None:
-            ids += [STATION_SPLIT_PROFILE_ID_BASE + e for e in schedule.split_evses]
+            ids += [self.layout.station_split_profile_id_base + e for e in schedule.split_evses]
         reasons: list[str] = []
         async with self.lock:
             for profile_id in ids:

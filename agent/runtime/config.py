@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.runtime.upstream import UpstreamConfig
 from uftp.keys import KeyFormatError, parse_public_key
 
 # UFTP 3.1.0 XSD patterns (UFTP-common.xsd). The models hold the same rule as the schema so a
@@ -375,6 +376,7 @@ class Config(Model):
     forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    upstream: UpstreamConfig | None = None  # local-controller mode (agent/runtime/upstream.py)
 
     def safe_power_w(self, charger: ChargerConfig) -> int:
         """The charger's static safe limit: configured, or an equal share of the site's."""

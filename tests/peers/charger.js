@@ -99,6 +99,13 @@ cli.handle('GetCompositeSchedule', ({ params }) => {
   if (v16) return { status: 'Accepted', connectorId: params.connectorId, scheduleStart: start, chargingSchedule: { ...schedule, startSchedule: start } };
   return { status: 'Accepted', schedule: { ...schedule, evseId: params.evseId, scheduleStart: start } };
 });
+// Operations a CSMS relayed through flexbridge asks for (accepted, nothing else happens).
+for (const method of ['Reset', 'RemoteStartTransaction', 'RequestStartTransaction']) {
+  cli.handle(method, ({ params }) => {
+    record(method, params);
+    return { status: 'Accepted' };
+  });
+}
 cli.handle(({ method, params }) => {
   record(method, params);
   throw createRPCError('NotImplemented');
