@@ -1,15 +1,16 @@
 """The two profile layers of one charger: what we want it to hold and what it accepted.
 
-Safe layer (ARCHITECTURE.md "Fail-safe charging", OCPP.md §3.4): a station-wide max profile at
-stack level 0 without validTo, set on every (re)connect. Dynamic layer: schedules per charger
-(EVSE 0) or EVSE at higher stack levels with a short validTo under fixed profile ids,
-refreshed before validTo while the schedule lasts. If flexbridge dies, refreshing stops, the
-dynamic profiles expire on the charger and the safe layer rules.
+Safe layer (docs/ocpp.md "Charging limits: the safe layer and what happens when flexbridge
+stops"): a station-wide max profile at stack level 0 without validTo, set on every (re)connect.
+Dynamic layer: schedules per charger (EVSE 0) or EVSE at higher stack levels with a short
+validTo under fixed profile ids, refreshed before validTo while the schedule lasts. If
+flexbridge dies, refreshing stops, the dynamic profiles expire on the charger and the safe layer
+rules.
 
-Purpose fallback (chargers that refuse a purpose, OCPP.md §3.3): station max -> TxDefault on
-EVSE 0 -> TxProfile on the active transaction(s). A purpose is remembered as refused for the
-charger only when a later one in the chain was accepted, so a profile refused for another
-reason never disables a purpose for good.
+Purpose fallback (chargers that refuse a purpose, docs/ocpp.md "Chargers that refuse a profile
+type"): station max -> TxDefault on EVSE 0 -> TxProfile on the active transaction(s). A purpose
+is remembered as refused for the charger only when a later one in the chain was accepted, so a
+profile refused for another reason never disables a purpose for good.
 """
 
 from __future__ import annotations

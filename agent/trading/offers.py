@@ -11,7 +11,7 @@ scenario the allocation pushes site power in the Requested ISPs as far as the re
 what it achieves in the worst scenario is what we offer, so an offer is one we could have
 delivered on each of those days. Offered power per request element is the smallest change over
 the element's ISPs: an element is one (Start, Duration) pair and gets one power, so the offer
-keeps the request's granularity exactly (DSOs compare the pairs, UFTP.md §6).
+keeps the request's granularity exactly (DSOs compare the pairs element by element).
 
 A cap on site power is what delivers a reduction: capping at prognosis - R guarantees at least R
 whatever the EVs would have done, which is why the achievable reduction is measured against the
