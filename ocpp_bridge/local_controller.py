@@ -146,6 +146,7 @@ class RelaySession:
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[_Answer]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[Any] | None = None
         self.closed = asyncio.Event()
@@ -238,15 +239,18 @@ class RelaySession:
         await self._up.write(self.upstream)
 
     def _arm_timer(self) -> None:
+        # Called after every frame: a timer is only replaced when the deadline moved.
+        deadline = None if self.closed.is_set() else self.relay.deadline
+        if deadline == self._timer_at:
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        deadline = self.relay.deadline
-        if deadline is not None and not self.closed.is_set():
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
-        self._timer = None
+        self._timer, self._timer_at = None, None
         events = self.relay.timeout(self._now())
         self._spawn(self._apply(events), "timeout")
 
@@ -262,8 +266,7 @@ class RelaySession:
             pass
         finally:
             self.closed.set()
-            if self._timer is not None:
-                self._timer.cancel()
+            self._arm_timer()
             for event in self.relay.charger_closed():
                 waiter = self._waiters.pop(event.answer.unique_id, None)
                 if waiter is not None and not waiter.done():
