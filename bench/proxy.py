@@ -2,24 +2,28 @@
 
 Baseline: N simulated chargers (default 500, half 1.6 MeterValues, half 2.0.1
 TransactionEvent, 5 sampled values each, as ``python -m bench ocpp``) connected straight to a
-plain CSMS built on the `ocpp` library (bench/_ocpp_server.py ``baseline``). Ours: the same
-chargers connected to flexbridge's `LocalController` (security profile 1, the agent-side event
-consumer attached), which relays every message to that same CSMS, runs its own set-up and safe
-layer on each charger and follows every message with its site model.
+plain CSMS built on the `ocpp` library (bench/_ocpp_server.py ``baseline``). Ours: as many
+chargers of the same kind connected to flexbridge's `LocalController` (security profile 1, the
+agent-side event consumer attached), which relays every message to that same CSMS, runs its
+own set-up and safe layer on each charger and follows every message with its site model.
 
 Three processes: this one is the load generator (every charger, one event loop), the CSMS is
 one, flexbridge another; none shares an event loop or a GIL with the others. On a 2-core
 machine they still share the two cores.
 
-Two measurements per path, on the same connections, direct first and then relayed:
+Two fleets of N chargers, other identities, both connected for the whole run: one straight to
+the CSMS, one through flexbridge to the same CSMS.
 
 - latency at a realistic load: each charger sends one message every ``--interval`` seconds
   (default 5 s, random phase; real chargers send MeterValues every 10-60 s, so this is the
-  site's load compressed, and far below what either path can carry), open loop. A round trip
-  is timed from the moment the message was due (a late send counts against the path), to its
-  answer. The relay's cost is the relayed p99 minus the direct p99 under that offered load.
-- throughput at saturation: every charger in a closed loop (the next message as soon as the
-  previous one is answered), messages/s relayed over direct; and flexbridge's CPU per message.
+  site's load compressed, and far below what either path can carry), open loop. Both fleets
+  are paced at once, so that whatever else runs on the machine disturbs both paths in the
+  same window. A round trip is timed from the moment the message was due (a late send counts
+  against the path) to its answer. The relay's cost is the relayed p99 minus the direct p99,
+  under the same offered load per fleet.
+- throughput at saturation, measured apart: each fleet alone in a closed loop (the next
+  message as soon as the previous one is answered), messages/s relayed over direct; and
+  flexbridge's CPU per relayed message.
 
 Figures: the offered load, both p50/p99 at that load, ``proxy_added_latency_p99_ms``, the
 saturated rates and last ``proxy_throughput_vs_direct_ratio``.
@@ -88,41 +92,42 @@ async def _paced(
             stamp = _stamp()
 
 
-async def _measure(
-    stats: LoadStats, tasks: list[asyncio.Task[None]], stop: asyncio.Event, args: argparse.Namespace
-) -> float:
-    """Seconds measured, between the warm-up and the end of the load."""
-    await asyncio.sleep(args.warmup)
-    stats.measuring = True
-    began = time.perf_counter()
-    await asyncio.sleep(args.duration)
-    stats.measuring = False
-    elapsed = time.perf_counter() - began
-    stop.set()
-    await asyncio.gather(*tasks)
-    return elapsed
-
-
-async def _latency(clients: list[Charger], args: argparse.Namespace) -> Latency:
-    stats = LoadStats()
+async def _latency(
+    fleets: dict[str, list[Charger]], args: argparse.Namespace
+) -> dict[str, Latency]:
+    """Every fleet paced at once: what disturbs one path in the window disturbs the other."""
+    stats = {name: LoadStats() for name in fleets}
     stop = asyncio.Event()
     start = time.perf_counter()
     phases = random.Random(1)
     tasks = [
         asyncio.create_task(
-            _paced(c, stats, stop, args.interval, start + phases.uniform(0, args.interval))
+            _paced(c, stats[name], stop, args.interval, start + phases.uniform(0, args.interval))
         )
+        for name, clients in fleets.items()
         for c in clients
     ]
-    elapsed = await _measure(stats, tasks, stop, args)
-    latencies = stats.latencies or [float("nan")]
-    return Latency(
-        offered_per_s=len(clients) / args.interval,
-        rate=stats.completed / elapsed,
-        p50_ms=percentile(latencies, 0.5) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
-        errors=stats.errors,
-    )
+    await asyncio.sleep(args.warmup)
+    for fleet in stats.values():
+        fleet.measuring = True
+    began = time.perf_counter()
+    await asyncio.sleep(args.duration)
+    for fleet in stats.values():
+        fleet.measuring = False
+    elapsed = time.perf_counter() - began
+    stop.set()
+    await asyncio.gather(*tasks)
+    figures = {}
+    for name, fleet in stats.items():
+        latencies = fleet.latencies or [float("nan")]
+        figures[name] = Latency(
+            offered_per_s=len(fleets[name]) / args.interval,
+            rate=fleet.completed / elapsed,
+            p50_ms=percentile(latencies, 0.5) * 1000,
+            p99_ms=percentile(latencies, 0.99) * 1000,
+            errors=fleet.errors,
+        )
+    return figures
 
 
 async def _saturation(
@@ -148,42 +153,42 @@ async def _saturation(
     )
 
 
-async def _path(
-    port: int, relay: ServerProcess | None, args: argparse.Namespace
-) -> tuple[Latency, Saturation]:
+async def _fleet(port: int, first: int, count: int) -> list[Charger]:
     clients: list[Charger] = []
-    for start in range(0, args.chargers, 100):  # in waves: this is not the connect storm
+    for start in range(first, first + count, 100):  # in waves: this is not the connect storm
         clients += await asyncio.gather(
-            *(connect_charger(port, i) for i in range(start, min(args.chargers, start + 100)))
+            *(connect_charger(port, i) for i in range(start, min(first + count, start + 100)))
         )
-    try:
-        await asyncio.gather(*(c.boot() for c in clients))
-        latency = await _latency(clients, args)
-        saturation = await _saturation(clients, relay, args)
-    finally:
-        await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
-    return latency, saturation
+    await asyncio.gather(*(c.boot() for c in clients))
+    return clients
 
 
 async def run(args: argparse.Namespace) -> None:
     csms = ServerProcess("baseline")
+    proxy: ServerProcess | None = None
+    fleets: dict[str, list[Charger]] = {}
     try:
-        direct = await _path(csms.port, None, args)
         proxy = ServerProcess("proxy", str(csms.port))
-        try:
-            relayed = await _path(proxy.port, proxy, args)
-        finally:
-            proxy.stop()
+        # Other identities for the relayed fleet: both reach the one CSMS at the same time.
+        fleets["direct"] = await _fleet(csms.port, 0, args.chargers)
+        fleets["proxy"] = await _fleet(proxy.port, args.chargers, args.chargers)
+        latency = await _latency(fleets, args)
+        direct_rate = await _saturation(fleets["direct"], None, args)
+        proxy_rate = await _saturation(fleets["proxy"], proxy, args)
     finally:
+        clients = [c for fleet in fleets.values() for c in fleet]
+        await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
+        if proxy is not None:
+            proxy.stop()
         csms.stop()
-    (direct_latency, direct_rate), (proxy_latency, proxy_rate) = direct, relayed
+    direct_latency, proxy_latency = latency["direct"], latency["proxy"]
     emit("proxy_chargers", args.chargers)
     emit("proxy_message_interval_s", args.interval)
     emit("proxy_offered_msgs_per_s", direct_latency.offered_per_s)
-    for name, latency in (("direct", direct_latency), ("proxy", proxy_latency)):
-        emit(f"{name}_paced_msgs_per_s", latency.rate)
-        emit(f"{name}_paced_latency_p50_ms", latency.p50_ms)
-        emit(f"{name}_paced_latency_p99_ms", latency.p99_ms)
+    for name, paced in (("direct", direct_latency), ("proxy", proxy_latency)):
+        emit(f"{name}_paced_msgs_per_s", paced.rate)
+        emit(f"{name}_paced_latency_p50_ms", paced.p50_ms)
+        emit(f"{name}_paced_latency_p99_ms", paced.p99_ms)
     for name, saturation in (("direct", direct_rate), ("proxy", proxy_rate)):
         emit(f"{name}_saturated_msgs_per_s", saturation.rate)
     assert proxy_rate.server_cpu_ms_per_msg is not None
