@@ -216,10 +216,10 @@ async def connect_charger(port: int, index: int) -> Charger:
 
 
 class ServerProcess:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *args: str) -> None:
         self.kind = kind
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench._ocpp_server", kind, "0"],
+            [sys.executable, "-m", "bench._ocpp_server", kind, "0", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

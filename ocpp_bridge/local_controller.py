@@ -146,6 +146,7 @@ class RelaySession:
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[_Answer]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[Any] | None = None
         self.closed = asyncio.Event()
@@ -238,15 +239,18 @@ class RelaySession:
         await self._up.write(self.upstream)
 
     def _arm_timer(self) -> None:
+        # Called after every frame: a timer is only replaced when the deadline moved.
+        deadline = None if self.closed.is_set() else self.relay.deadline
+        if deadline == self._timer_at:
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        deadline = self.relay.deadline
-        if deadline is not None and not self.closed.is_set():
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
-        self._timer = None
+        self._timer, self._timer_at = None, None
         events = self.relay.timeout(self._now())
         self._spawn(self._apply(events), "timeout")
 
@@ -262,8 +266,7 @@ class RelaySession:
             pass
         finally:
             self.closed.set()
-            if self._timer is not None:
-                self._timer.cancel()
+            self._arm_timer()
             for event in self.relay.charger_closed():
                 waiter = self._waiters.pop(event.answer.unique_id, None)
                 if waiter is not None and not waiter.done():
@@ -453,6 +456,20 @@ class _Following(Connection):
 
     session: RelaySession
 
+    async def follow(self, call: ocppj.Call) -> None:
+        """Take in a charger CALL the relay's endpoint already accepted and validated against
+        the same schema, as `route_message` would the frame: no second parse and schema check.
+        The budget and the unhandled-action report are the same; the answer goes to `_Void`."""
+        if self.flooded:
+            return
+        self._publish(self.model.seen(self.host.clock()))
+        if not self._within_budget():
+            await self._refuse_flood(call.unique_id)
+        elif call.action not in self._routes:
+            self.problems.report("unhandled action", call.action[:80])
+        else:
+            await self._dispatch(call)
+
     async def call_raw(
         self, action: str, payload: dict[str, Any], timeout_s: float | None = None
     ) -> dict[str, Any]:
@@ -590,9 +607,7 @@ class LocalController(CentralSystem):
             transaction_id = answer.get("transactionId")
             if call.action == "StartTransaction" and isinstance(transaction_id, int):
                 self._given_transaction_ids[charger_id] = transaction_id
-            await following.route_message(
-                json.dumps([2, call.unique_id, call.action, call.payload])
-            )
+            await following.follow(call)
 
         session = RelaySession(
             charger_id,

@@ -468,6 +468,8 @@ class Relay:
             return
         while self._up:
             upward = self._up.popleft()
+            # Written anew from what was parsed and checked, not forwarded as the charger's
+            # text: a key given twice would carry to the CSMS a value no schema check saw.
             payload = self._rewrite(upward.action, upward.payload)
             try:
                 unique_id = self.upstream.send_call(

@@ -20,7 +20,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from ocpp_bridge.events import ChargerConnected, MeterSample, SessionEnded, SessionStarted
+from ocpp_bridge import schemas
+from ocpp_bridge.events import (
+    ChargerConnected,
+    MeterSample,
+    ProtocolVersion,
+    SessionEnded,
+    SessionStarted,
+)
 from ocpp_bridge.local_controller import LocalController
 from ocpp_bridge.relay import UpstreamPolicy
 from ocpp_bridge.settings import BridgeSettings, ChargerRecord, InMemoryRegistry, SecurityProfile
@@ -191,6 +198,37 @@ async def test_a_whole_transaction_reaches_the_csms_once_in_order_and_commands_c
             await charger.kill()
         await csms.stop()
     assert csms.complaints() == []
+
+
+async def test_a_relayed_charger_call_is_checked_against_its_schema_once(
+    node: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relay checked it; the site model follows that same parsed CALL (the hot path).
+    checked: list[str] = []
+    check = schemas.validate
+
+    def counting(version: ProtocolVersion, action: str, payload: Any, *, response: bool) -> None:
+        if not response:
+            checked.append(action)
+        check(version, action, payload, response=response)
+
+    monkeypatch.setattr(schemas, "validate", counting)
+    csms = await NodeCsms.start(node)
+    charger: NodeCharger | None = None
+    log = EventLog()
+    try:
+        async with controller(csms.port, log=log) as system:
+            charger = await NodeCharger.start(node, "ocpp1.6", url(system), "RPC16", PASSWORD)
+            await csms.wait_for_call("RPC16", "MeterValues")
+            # Followed too: the site model has the meter values the CSMS got.
+            await log.wait_for(lambda: log.of(MeterSample, charger_id="RPC16"))
+            relayed = actions(csms.calls("RPC16"))
+            assert relayed == CHARGER_16
+            assert sorted(checked) == sorted(relayed)
+    finally:
+        if charger is not None:
+            await charger.kill()
+        await csms.stop()
 
 
 def smart_charging_call(protocol: str) -> tuple[str, dict[str, Any]]:
