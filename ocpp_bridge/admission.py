@@ -1,4 +1,5 @@
-"""What the handshake reads from a charger: its identity, Basic credentials, certificate name.
+"""What the handshake reads from a charger: its identity, Basic credentials, certificate name,
+and what it hands on (`Admission`).
 
 Also the KDF's memory hand-back after a burst of password checks.
 """
@@ -10,12 +11,27 @@ import binascii
 import ctypes
 import ctypes.util
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from websockets.datastructures import Headers
 
-from ocpp_bridge.settings import CHARGER_ID_PATTERN
+from ocpp_bridge.events import ProtocolVersion
+from ocpp_bridge.settings import CHARGER_ID_PATTERN, ChargerRecord
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the handshake established about one connection, for `CentralSystem.serve`.
+
+    `password` is the HTTP Basic password already checked against the registry (None without
+    Basic auth): a central system that relays the charger passes it on, nothing keeps it.
+    """
+
+    record: ChargerRecord
+    version: ProtocolVersion
+    password: str | None
 
 
 def identity_from_path(path: str) -> str | None:
