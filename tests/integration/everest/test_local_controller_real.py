@@ -5,7 +5,8 @@ tests/peers/csms.js (npm ocpp-rpc RPCServer, strict schema validation both ways)
 What the CSMS must see is exactly what the station said, once and in order, and nothing of
 flexbridge's own: its profiles reach the station (read back from the station's own composite
 schedule) while none of its ``fb-`` CALLs or their answers go upstream. A CSMS CALL reaches the
-station and its answer comes back.
+station and its answer comes back. With the autonomous policy, a CSMS outage mid-transaction
+goes unnoticed by the station and the CSMS gets what it missed when it is back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from tests.conftest import in_ci
 from tests.support.everest import (
+    CONNECTED,
     PASSWORD,
     V16,
     V201,
@@ -74,6 +76,12 @@ def ended(frame: Frame) -> bool:
     return frame.sent and (
         frame.action == "StopTransaction"
         or (frame.action == "TransactionEvent" and frame.payload.get("eventType") == "Ended")
+    )
+
+
+def ended_call(action: str, payload: dict[str, Any]) -> bool:
+    return action == "StopTransaction" or (
+        action == "TransactionEvent" and payload.get("eventType") == "Ended"
     )
 
 
@@ -178,10 +186,7 @@ async def test_real_station_relayed_to_the_csms(
     station.send(STOP[version])
     await station.wait_for_frame(ended, since=since, timeout_s=30, what="transaction end")
     await eventually(
-        lambda: any(
-            (a == "StopTransaction") or (a == "TransactionEvent" and p.get("eventType") == "Ended")
-            for a, p in csms.calls(charger_id)
-        ),
+        lambda: any(ended_call(a, p) for a, p in csms.calls(charger_id)),
         30,
         "the transaction's end at the CSMS",
     )
@@ -218,76 +223,95 @@ async def test_real_station_relayed_to_the_csms(
     assert csms.complaints() == []
 
 
-def transaction_messages(calls: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, Any]]:
-    return [(a, p) for a, p in calls if a in TRANSACTION[V16]]
+def transaction_messages(
+    version: str, calls: list[tuple[str, dict[str, Any]]]
+) -> list[tuple[str, Any]]:
+    return [(a, p) for a, p in calls if a in TRANSACTION[version]]
 
 
+@pytest.mark.parametrize("version", [V16, V201])
 async def test_real_station_keeps_charging_through_a_csms_outage_and_replays_in_order(
+    version: str,
     node: str,
     csms: NodeCsms,
     site_factory: Callable[..., AgentSite],
     stations: Callable[..., list[Station]],
 ) -> None:
-    """Autonomous policy, 1.6: the CSMS dies mid-transaction; the station stays connected and
-    keeps sending meter values, then stops; the CSMS comes back and gets every transaction
-    message it missed, once, in the station's order, under the transactionId it gave."""
-    charger_id = "LCOUT16"
+    """Autonomous policy: the CSMS dies mid-transaction; the station stays connected and keeps
+    sending meter values, then stops; the CSMS comes back and gets every transaction message it
+    missed, once, in the station's order (1.6: under the transactionId it gave; 2.0.1: marked
+    ``offline``, as the CSMS did not hear of them when they happened)."""
+    charger_id = "LCOUT16" if version == V16 else "LCOUT201"
     site = site_factory(
         [charger_id],
         upstream_url=f"ws://127.0.0.1:{csms.port}/ocpp",
         upstream_toml='policy = "autonomous"\nreconnect_initial_s = 0.5\nreconnect_max_s = 2',
     )
     site.start()
-    [station] = stations(site, [charger_id], V16)
+    [station] = stations(site, [charger_id], version)
     await start_all([station])
     await csms.wait_for_call(charger_id, "BootNotification")
     await station.wait_for_call("SetChargingProfile", sent=False, timeout_s=60)
 
     since = station.mark()
-    station.send(START[V16])
+    station.send(START[version])
     await station.wait_for_frame(started, since=since, timeout_s=30, what="transaction start")
     station.send("power 7000")
-    await csms.wait_for_call(charger_id, "MeterValues")
+    await eventually(
+        lambda: len(transaction_messages(version, csms.calls(charger_id))) >= 2,
+        60,
+        "the transaction at the CSMS",
+    )
 
     await csms.kill()
     outage = station.mark()
 
     def metered_offline() -> bool:
-        return len(station.calls("MeterValues", sent=True, since=outage)) >= 2
+        frames = station.frames(since=outage)
+        return len([f for f in frames if f.sent and f.action in TRANSACTION[version]]) >= 2
 
     await eventually(metered_offline, 60, "meter values while the CSMS is down")
-    station.send(STOP[V16])
+    station.send(STOP[version])
     await station.wait_for_frame(ended, since=outage, timeout_s=30, what="transaction end")
 
     # The station never noticed: every CALL of the outage was answered (locally).
     def all_answered() -> bool:
         outage_calls = [
-            f for f in station.frames(since=outage) if f.sent and f.action in TRANSACTION[V16]
+            f for f in station.frames(since=outage) if f.sent and f.action in TRANSACTION[version]
         ]
         answers = [station.answer_to(f) for f in outage_calls]
         return all(a is not None and a.kind == 3 for a in answers)
 
     await eventually(all_answered, 30, "every transaction message of the outage answered")
-    assert station.log().count("OCPP client successfully connected") == 1
+    assert station.log().count(CONNECTED[version]) == 1
 
     back = await NodeCsms.start(node, csms.port)
     try:
-        await back.wait_for_call(charger_id, "StopTransaction", 1)
+        await eventually(
+            lambda: any(ended_call(a, p) for a, p in back.calls(charger_id)),
+            60,
+            "the transaction's end replayed to the CSMS",
+        )
         await asyncio.sleep(1)  # anything sent twice would show up below
         sent = [
             (f.action, f.payload)
             for f in station.frames()
-            if f.sent and f.action in TRANSACTION[V16]
+            if f.sent and f.action in TRANSACTION[version]
         ]
-        first = transaction_messages(csms.calls(charger_id))
-        replayed = transaction_messages(back.calls(charger_id))
+        first = transaction_messages(version, csms.calls(charger_id))
+        replayed = transaction_messages(version, back.calls(charger_id))
+        if version == V201:
+            assert all(p.get("offline") is True for _, p in replayed), replayed
+            # As the station wrote them, but for the mark.
+            replayed = [(a, {**p, "offline": False}) for a, p in replayed]
         # Each once: a message the dead CSMS got but never answered may come again, at most
         # that one, at the seam.
         seam = 1 if first and replayed and first[-1] == replayed[0] else 0
         assert first + replayed[seam:] == sent, f"sent:\n{sent}\nfirst:\n{first}\nthen:\n{replayed}"
-        assert [a for a, _ in replayed][-1] == "StopTransaction"
-        given = {p.get("transactionId") for a, p in first + replayed if a != "StartTransaction"}
-        assert len(given) == 1, given
+        assert ended_call(*replayed[-1]), replayed
+        if version == V16:
+            given = {p.get("transactionId") for a, p in first + replayed if a != "StartTransaction"}
+            assert len(given) == 1, given
         assert back.complaints() == []
         # Replays are the relay's own CALLs upstream (answered locally before, so under new
         # ids); nothing else of ours: no answers to CALLs the CSMS never made.
