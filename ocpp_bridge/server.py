@@ -18,11 +18,10 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,10 +32,10 @@ from websockets.typing import Subprotocol
 from ocpp_bridge import schemas
 from ocpp_bridge.admission import (
     Admission,
+    PasswordChecks,
     basic_credentials,
     certificate_common_name,
     identity_from_path,
-    release_kdf_memory,
 )
 from ocpp_bridge.capabilities import (
     DEFAULTS,
@@ -61,7 +60,6 @@ from ocpp_bridge.events import (
     SessionInfo,
 )
 from ocpp_bridge.model import ChargerModel
-from ocpp_bridge.passwords import CredentialCache, PasswordHashError, hash_password, verify_password
 from ocpp_bridge.settings import (
     BridgeSettings,
     ChargerRecord,
@@ -79,7 +77,6 @@ SUBPROTOCOLS: dict[str, ProtocolVersion] = {
     "ocpp1.6": ProtocolVersion.OCPP16,
 }
 EventCallback = Callable[[Event], Awaitable[None]]
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -141,11 +138,7 @@ class CentralSystem:
         self._admitted: weakref.WeakKeyDictionary[
             ServerConnection, tuple[ChargerRecord, str | None]
         ] = weakref.WeakKeyDictionary()
-        self._credentials = CredentialCache()
-        # scrypt runs here, off the event loop: two threads use both cores of a gateway
-        # while bounding memory (each check takes 16 MiB; glibc keeps a heap per thread).
-        self._kdf: ThreadPoolExecutor | None = None
-        self._kdf_jobs = 0
+        self._passwords = PasswordChecks()
         self._refused_identities: set[str] = set()
         self._server: Server | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -175,7 +168,7 @@ class CentralSystem:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._kdf = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocpp-kdf")
+        self._passwords.open()
         # Every action the bridge handles, before the first charger connects: compiling one
         # validator holds the event loop for up to ~75 ms here (several times that on a
         # Raspberry Pi), which a charger could otherwise trigger at will, once per action.
@@ -244,9 +237,7 @@ class CentralSystem:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
             self._consumer = None
-        if self._kdf is not None:
-            self._kdf.shutdown(wait=False, cancel_futures=True)
-            self._kdf = None
+        self._passwords.close()
 
     async def _watch_heartbeats(self) -> None:
         """Without websocket pings, a charger silent for two heartbeat intervals is offline.
@@ -560,7 +551,7 @@ class CentralSystem:
             password_hash = None
             if password is not None:
                 try:
-                    password_hash = await self._in_kdf_thread(hash_password, password)
+                    password_hash = await self._passwords.hash(password)
                 except ValueError as exc:
                     return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, str(exc))
             record = await self.registry.register(identity, password_hash)
@@ -570,43 +561,16 @@ class CentralSystem:
                 )
             log.info("registered new charger %s", identity, extra={"charger_id": identity})
             if password is not None and password_hash is not None:
-                self._credentials.remember(identity, password, password_hash)
+                self._passwords.cache.remember(identity, password, password_hash)
         elif password is not None:
             if record.password_hash is None:
                 return self._refuse(
                     connection, HTTPStatus.UNAUTHORIZED, identity, "no password configured"
                 )
-            if not await self._password_ok(identity, password, record.password_hash):
+            if not await self._passwords.verify(identity, password, record.password_hash):
                 return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, "wrong password")
         self._admitted[connection] = (record, password)
         return None
-
-    async def _in_kdf_thread(self, function: Callable[..., _T], *args: Any) -> _T:
-        self._kdf_jobs += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._kdf, function, *args)
-        finally:
-            self._kdf_jobs -= 1
-            if self._kdf_jobs == 0 and self._kdf is not None:
-                # A burst of checks is over (e.g. every charger after a restart).
-                self._kdf.submit(release_kdf_memory)
-
-    async def _password_ok(self, identity: str, password: str, stored: str) -> bool:
-        if self._credentials.known(identity, password, stored):
-            return True
-        try:
-            # scrypt costs tens of ms: off the loop, so other chargers keep being served.
-            return await self._in_kdf_thread(self._verify_and_remember, identity, password, stored)
-        except PasswordHashError as exc:
-            log.error("charger %s: stored password hash unusable: %s", identity, exc)
-            return False
-
-    def _verify_and_remember(self, identity: str, password: str, stored: str) -> bool:
-        """In the KDF thread: a result is kept even if the waiting handshake gave up."""
-        ok = verify_password(password, stored)
-        if ok:
-            self._credentials.remember(identity, password, stored)
-        return ok
 
     # --- connections --------------------------------------------------------------------------
 
