@@ -175,7 +175,8 @@ def endpoint_for(connection_class: type[Connection]) -> ocppj.Endpoint:
     )
 
 
-_Answer = ocppj.CallResult | ocppj.CallError | ocppj.CallTimedOut | ocppj.CallAborted
+# How one of our CALLs ended, as `Connection.exchange` returns it.
+Answer = ocppj.CallResult | ocppj.CallError | ocppj.CallTimedOut | ocppj.CallAborted
 
 
 class Connection:
@@ -211,7 +212,7 @@ class Connection:
         # Closing for a flood: what still arrives is dropped unread.
         self.flooded = False
         # Our CALLs awaiting their answer (or timeout, or the end of the connection), by id.
-        self._waiters: dict[str, asyncio.Future[_Answer]] = {}
+        self._waiters: dict[str, asyncio.Future[Answer]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         # Frames taken from the endpoint and not yet written (one writer at a time, in order).
@@ -303,7 +304,7 @@ class Connection:
 
     def _resolve(self, events: list[ocppj.Event]) -> None:
         for event in events:
-            if isinstance(event, _Answer):
+            if isinstance(event, Answer):
                 waiter = self._waiters.pop(event.unique_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
@@ -349,6 +350,21 @@ class Connection:
                 await self._flush()
             else:
                 events.extend(await self._dispatch(event))
+
+    async def take_call(self, call: ocppj.Call) -> None:
+        """Take in a CALL another endpoint already accepted and validated against the same
+        schema (a relay's), as `route_message` would its frame, without a second parse and
+        schema check. The budget and the unhandled-action report are the same; the answer goes
+        to this connection's websocket like any other."""
+        if self.flooded:
+            return
+        self._publish(self.model.seen(self.host.clock()))
+        if not self._within_budget():
+            await self._refuse_flood(call.unique_id)
+        elif call.action not in self._routes:
+            self.problems.report("unhandled action", call.action[:80])
+        else:
+            await self._dispatch(call)
 
     def _within_budget(self) -> bool:
         if not self._bucket.take():
@@ -451,32 +467,42 @@ class Connection:
         timeout = self.response_timeout_s if timeout_s is None else timeout_s
         if self.closed.is_set():
             raise ChargerOfflineError(f"{self.charger_id} is not connected")
-        loop = asyncio.get_running_loop()
-        unique_id = self.endpoint.send_call(action, payload, now=loop.time(), timeout_s=timeout)
-        waiter: asyncio.Future[_Answer] = loop.create_future()
-        self._waiters[unique_id] = waiter
-        try:
-            self._arm_timer()
-            await self._flush()
-            answer = await waiter
-        except ConnectionClosed as exc:
-            raise ChargerOfflineError(f"{self.charger_id} disconnected") from exc
-        finally:
-            # Given up (cancelled) while still queued: it must not go out later.
-            self.endpoint.cancel_call(unique_id)
-            self._waiters.pop(unique_id, None)
+        answer = await self.exchange(action, payload, timeout)
         if isinstance(answer, ocppj.CallAborted):
             raise ChargerOfflineError(f"{self.charger_id} disconnected before answering")
         if isinstance(answer, ocppj.CallTimedOut):
             raise TimeoutError(f"no response from {self.charger_id} in {timeout} s")
         if isinstance(answer, ocppj.CallError):
             error = LibraryCallError(
-                unique_id, answer.code, answer.description, answer.details
+                answer.unique_id, answer.code, answer.description, answer.details
             ).to_exception()
             raise error
-        response = LibraryCallResult(unique_id, answer.payload, action)
+        response = LibraryCallResult(answer.unique_id, answer.payload, action)
         await validate_payload(response, library_version)
         return answer.payload
+
+    async def exchange(self, action: str, payload: dict[str, Any], timeout_s: float) -> Answer:
+        """Carry one validated CALL to the charger and return how it ended.
+
+        The extension point for a connection whose CALLs travel another way (a relay that
+        shares the charger's socket with another central system): override this, keep
+        `call_raw`'s validation and error mapping. Raise `ChargerOfflineError` when the
+        charger cannot be reached.
+        """
+        loop = asyncio.get_running_loop()
+        unique_id = self.endpoint.send_call(action, payload, now=loop.time(), timeout_s=timeout_s)
+        waiter: asyncio.Future[Answer] = loop.create_future()
+        self._waiters[unique_id] = waiter
+        try:
+            self._arm_timer()
+            await self._flush()
+            return await waiter
+        except ConnectionClosed as exc:
+            raise ChargerOfflineError(f"{self.charger_id} disconnected") from exc
+        finally:
+            # Given up (cancelled) while still queued: it must not go out later.
+            self.endpoint.cancel_call(unique_id)
+            self._waiters.pop(unique_id, None)
 
     # --- helpers for handlers ---------------------------------------------------------------
 

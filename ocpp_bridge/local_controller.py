@@ -33,30 +33,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
 
-from ocpp.messages import Call as LibraryCall
-from ocpp.messages import CallError as LibraryCallError
-from ocpp.messages import CallResult as LibraryCallResult
-from ocpp.messages import validate_payload
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ocpp_bridge import ocppj, schemas
-from ocpp_bridge.admission import basic_credentials
+from ocpp_bridge.admission import Admission
 from ocpp_bridge.connection import (
-    _IN_HANDLER,
-    _LIBRARY_VERSION,
-    CallFromHandlerError,
+    Answer,
     ChargerOfflineError,
     Connection,
     Connection16,
     Connection201,
 )
 from ocpp_bridge.events import ProtocolVersion
+from ocpp_bridge.model import ChargerModel
 from ocpp_bridge.problems import TokenBucket
 from ocpp_bridge.relay import (
     Answered,
@@ -69,13 +62,11 @@ from ocpp_bridge.relay import (
     Relay,
     RelayEvent,
 )
-from ocpp_bridge.server import SUBPROTOCOLS, CentralSystem
+from ocpp_bridge.server import CentralSystem
 from ocpp_bridge.settings import SettingsError
 from ocpp_bridge.upstream import UpstreamSettings, UpstreamTarget
 
 log = logging.getLogger(__name__)
-
-_Answer = ocppj.CallResult | ocppj.CallError | ocppj.CallTimedOut | ocppj.CallAborted
 
 
 class RelayedChargerOffline(ConnectionError):
@@ -144,7 +135,7 @@ class RelaySession:
         self._saved_revision = relay.revision
         self._down = _Writer()
         self._up = _Writer()
-        self._waiters: dict[str, asyncio.Future[_Answer]] = {}
+        self._waiters: dict[str, asyncio.Future[Answer]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -407,13 +398,13 @@ class RelaySession:
 
     async def send(
         self, action: str, payload: dict[str, Any], timeout_s: float | None = None
-    ) -> _Answer:
+    ) -> Answer:
         """Our CALL to the charger, through the relay; its answer, timeout or abort."""
         if self.closed.is_set():
             raise RelayedChargerOffline(f"{self.charger_id} is not connected")
         loop = asyncio.get_running_loop()
         unique_id = self.relay.send_our_call(action, payload, self._now(), timeout_s)
-        waiter: asyncio.Future[_Answer] = loop.create_future()
+        waiter: asyncio.Future[Answer] = loop.create_future()
         self._waiters[unique_id] = waiter
         try:
             await self._flush()
@@ -456,46 +447,11 @@ class _Following(Connection):
 
     session: RelaySession
 
-    async def follow(self, call: ocppj.Call) -> None:
-        """Take in a charger CALL the relay's endpoint already accepted and validated against
-        the same schema, as `route_message` would the frame: no second parse and schema check.
-        The budget and the unhandled-action report are the same; the answer goes to `_Void`."""
-        if self.flooded:
-            return
-        self._publish(self.model.seen(self.host.clock()))
-        if not self._within_budget():
-            await self._refuse_flood(call.unique_id)
-        elif call.action not in self._routes:
-            self.problems.report("unhandled action", call.action[:80])
-        else:
-            await self._dispatch(call)
-
-    async def call_raw(
-        self, action: str, payload: dict[str, Any], timeout_s: float | None = None
-    ) -> dict[str, Any]:
-        if _IN_HANDLER.get() is self:
-            raise CallFromHandlerError(f"{action} to {self.charger_id} from inside a handler")
-        library_version = _LIBRARY_VERSION[self.version]
-        await validate_payload(LibraryCall("", action, payload), library_version)
-        timeout = self.response_timeout_s if timeout_s is None else timeout_s
-        if self.closed.is_set():
-            raise ChargerOfflineError(f"{self.charger_id} is not connected")
+    async def exchange(self, action: str, payload: dict[str, Any], timeout_s: float) -> Answer:
         try:
-            answer = await self.session.send(action, payload, timeout)
+            return await self.session.send(action, payload, timeout_s)
         except RelayedChargerOffline as exc:
             raise ChargerOfflineError(str(exc)) from exc
-        if isinstance(answer, ocppj.CallAborted):
-            raise ChargerOfflineError(f"{self.charger_id} disconnected before answering")
-        if isinstance(answer, ocppj.CallTimedOut):
-            raise TimeoutError(f"no response from {self.charger_id} in {timeout} s")
-        if isinstance(answer, ocppj.CallError):
-            raise LibraryCallError(
-                answer.unique_id, answer.code, answer.description, answer.details
-            ).to_exception()
-        await validate_payload(
-            LibraryCallResult(answer.unique_id, answer.payload, action), library_version
-        )
-        return answer.payload
 
 
 class _Following16(_Following, Connection16):
@@ -541,7 +497,6 @@ class LocalController(CentralSystem):
         # following connection's StartTransaction handler.
         self._given_transaction_ids: dict[str, int] = {}
         self._on_follow_up = on_follow_up
-        self._passwords: WeakKeyDictionary[ServerConnection, str] = WeakKeyDictionary()
 
     async def stop(self) -> None:
         # Sessions still replaying to the CSMS too: what they owe is saved (state_dir) or lost
@@ -553,31 +508,9 @@ class LocalController(CentralSystem):
         given = self._given_transaction_ids.pop(charger_id, None)
         return given if given is not None else super().new_transaction_id(charger_id)
 
-    async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        refused = await super()._admit(connection, request)
-        if refused is None:
-            credentials = basic_credentials(request.headers)
-            if credentials is not None:
-                # Checked above; kept for this handshake only, to pass it upstream.
-                self._passwords[connection] = credentials[1]
-        return refused
-
-    async def _handle(self, websocket: ServerConnection) -> None:
-        record = self._admitted.pop(websocket, None)
-        password = self._passwords.pop(websocket, None)
-        if record is None:
-            await websocket.close(1011, "not admitted")
-            return
-        if websocket.subprotocol is None:
-            if websocket.request is not None and websocket.request.headers.get_all(
-                "Sec-WebSocket-Protocol"
-            ):
-                await websocket.close(1002, "supported subprotocols: ocpp2.0.1, ocpp1.6")
-                return
-            version = ProtocolVersion.OCPP16
-        else:
-            version = SUBPROTOCOLS[websocket.subprotocol]
-        charger_id = record.charger_id
+    async def serve(self, websocket: ServerConnection, admission: Admission) -> None:
+        version = admission.version
+        charger_id = admission.record.charger_id
         target = self.upstream_settings.target_for(charger_id)
         if target is None:
             log.warning(
@@ -601,20 +534,19 @@ class LocalController(CentralSystem):
             validate=functools.partial(_validate_request, version),
             max_frame_bytes=self.settings.max_frame_bytes,
         )
-        charger = self._charger_for(record)
 
         async def observe(call: ocppj.Call, answer: dict[str, Any]) -> None:
             transaction_id = answer.get("transactionId")
             if call.action == "StartTransaction" and isinstance(transaction_id, int):
                 self._given_transaction_ids[charger_id] = transaction_id
-            await following.follow(call)
+            await following.take_call(call)
 
         session = RelaySession(
             charger_id,
             websocket,
             version,
             target,
-            password,
+            admission.password,
             settings,
             relay,
             self._on_follow_up,
@@ -622,15 +554,6 @@ class LocalController(CentralSystem):
             functools.partial(self._save_relay, charger_id) if settings.state_dir else None,
             TokenBucket(self.settings.max_calls_per_s, self.settings.call_burst),
         )
-        following = _FOLLOWING[version](
-            charger.model,
-            _Void(session),
-            self,
-            response_timeout_s=self.settings.response_timeout_s,
-            max_calls_per_s=self.settings.max_calls_per_s,
-            call_burst=self.settings.call_burst,
-        )
-        following.session = session
         previous = self.sessions.get(charger_id)
         self.sessions[charger_id] = session
         if previous is not None:
@@ -642,12 +565,20 @@ class LocalController(CentralSystem):
         elif earlier is None:
             self._restore(charger_id, relay)
         self._relays[charger_id] = relay
-        previous_connection = charger.connection
-        charger.connection = following
-        if previous_connection is not None:
-            previous_connection.connection_lost()
-            charger.smart.connection_lost()
-        charger.model.connection_opened(version, self.clock())
+
+        def follow(model: ChargerModel) -> _Following:
+            following = _FOLLOWING[version](
+                model,
+                _Void(session),
+                self,
+                response_timeout_s=self.settings.response_timeout_s,
+                max_calls_per_s=self.settings.max_calls_per_s,
+                call_burst=self.settings.call_burst,
+            )
+            following.session = session
+            return following
+
+        following = await self.attach(admission, follow)
         log.info(
             "charger %s connected (OCPP %s, relayed)",
             charger_id,
@@ -657,11 +588,7 @@ class LocalController(CentralSystem):
         try:
             await session.run()
         finally:
-            following.connection_lost()
-            if charger.connection is following:
-                charger.connection = None
-                charger.smart.connection_lost()
-                self.publish(charger.model.connection_closed(self.clock(), "closed"))
+            self.detach(following, "closed")
             # A session still replaying to the CSMS stays until a new connection takes over.
             if self.sessions.get(charger_id) is session and session.finished():
                 del self.sessions[charger_id]

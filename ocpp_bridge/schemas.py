@@ -113,7 +113,9 @@ def validator_for(version: ProtocolVersion, action: str, *, response: bool) -> V
         # against; every ref in them is document-local.
         schema.pop("$id", None)
         schema.pop("id", None)
-        found = fastjsonschema.compile(schema, use_formats=False)
+        # use_default=False: a check, never a rewrite. Filling the schemas' defaults would change
+        # what a relay forwards (2.0.1 unitOfMeasure.multiplier the charger never sent).
+        found = fastjsonschema.compile(schema, use_formats=False, use_default=False)
         _cache[key] = found
     return found
 

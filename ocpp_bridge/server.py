@@ -18,11 +18,10 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -32,10 +31,11 @@ from websockets.typing import Subprotocol
 
 from ocpp_bridge import schemas
 from ocpp_bridge.admission import (
+    Admission,
+    PasswordChecks,
     basic_credentials,
     certificate_common_name,
     identity_from_path,
-    release_kdf_memory,
 )
 from ocpp_bridge.capabilities import (
     DEFAULTS,
@@ -60,7 +60,6 @@ from ocpp_bridge.events import (
     SessionInfo,
 )
 from ocpp_bridge.model import ChargerModel
-from ocpp_bridge.passwords import CredentialCache, PasswordHashError, hash_password, verify_password
 from ocpp_bridge.settings import (
     BridgeSettings,
     ChargerRecord,
@@ -78,7 +77,6 @@ SUBPROTOCOLS: dict[str, ProtocolVersion] = {
     "ocpp1.6": ProtocolVersion.OCPP16,
 }
 EventCallback = Callable[[Event], Awaitable[None]]
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -137,14 +135,10 @@ class CentralSystem:
         self._on_event = on_event
         self._events = EventBuffer(settings.event_queue_size)
         self._chargers: dict[str, _Charger] = {}
-        self._admitted: weakref.WeakKeyDictionary[ServerConnection, ChargerRecord] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._credentials = CredentialCache()
-        # scrypt runs here, off the event loop: two threads use both cores of a gateway
-        # while bounding memory (each check takes 16 MiB; glibc keeps a heap per thread).
-        self._kdf: ThreadPoolExecutor | None = None
-        self._kdf_jobs = 0
+        self._admitted: weakref.WeakKeyDictionary[
+            ServerConnection, tuple[ChargerRecord, str | None]
+        ] = weakref.WeakKeyDictionary()
+        self._passwords = PasswordChecks()
         self._refused_identities: set[str] = set()
         self._server: Server | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -174,7 +168,7 @@ class CentralSystem:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._kdf = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocpp-kdf")
+        self._passwords.open()
         # Every action the bridge handles, before the first charger connects: compiling one
         # validator holds the event loop for up to ~75 ms here (several times that on a
         # Raspberry Pi), which a charger could otherwise trigger at will, once per action.
@@ -243,9 +237,7 @@ class CentralSystem:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
             self._consumer = None
-        if self._kdf is not None:
-            self._kdf.shutdown(wait=False, cancel_futures=True)
-            self._kdf = None
+        self._passwords.close()
 
     async def _watch_heartbeats(self) -> None:
         """Without websocket pings, a charger silent for two heartbeat intervals is offline.
@@ -559,7 +551,7 @@ class CentralSystem:
             password_hash = None
             if password is not None:
                 try:
-                    password_hash = await self._in_kdf_thread(hash_password, password)
+                    password_hash = await self._passwords.hash(password)
                 except ValueError as exc:
                     return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, str(exc))
             record = await self.registry.register(identity, password_hash)
@@ -569,43 +561,16 @@ class CentralSystem:
                 )
             log.info("registered new charger %s", identity, extra={"charger_id": identity})
             if password is not None and password_hash is not None:
-                self._credentials.remember(identity, password, password_hash)
+                self._passwords.cache.remember(identity, password, password_hash)
         elif password is not None:
             if record.password_hash is None:
                 return self._refuse(
                     connection, HTTPStatus.UNAUTHORIZED, identity, "no password configured"
                 )
-            if not await self._password_ok(identity, password, record.password_hash):
+            if not await self._passwords.verify(identity, password, record.password_hash):
                 return self._refuse(connection, HTTPStatus.UNAUTHORIZED, identity, "wrong password")
-        self._admitted[connection] = record
+        self._admitted[connection] = (record, password)
         return None
-
-    async def _in_kdf_thread(self, function: Callable[..., _T], *args: Any) -> _T:
-        self._kdf_jobs += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._kdf, function, *args)
-        finally:
-            self._kdf_jobs -= 1
-            if self._kdf_jobs == 0 and self._kdf is not None:
-                # A burst of checks is over (e.g. every charger after a restart).
-                self._kdf.submit(release_kdf_memory)
-
-    async def _password_ok(self, identity: str, password: str, stored: str) -> bool:
-        if self._credentials.known(identity, password, stored):
-            return True
-        try:
-            # scrypt costs tens of ms: off the loop, so other chargers keep being served.
-            return await self._in_kdf_thread(self._verify_and_remember, identity, password, stored)
-        except PasswordHashError as exc:
-            log.error("charger %s: stored password hash unusable: %s", identity, exc)
-            return False
-
-    def _verify_and_remember(self, identity: str, password: str, stored: str) -> bool:
-        """In the KDF thread: a result is kept even if the waiting handshake gave up."""
-        ok = verify_password(password, stored)
-        if ok:
-            self._credentials.remember(identity, password, stored)
-        return ok
 
     # --- connections --------------------------------------------------------------------------
 
@@ -630,49 +595,48 @@ class CentralSystem:
         return charger
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        record = self._admitted.pop(websocket, None)
-        if record is None:  # cannot happen: _admit runs first
+        admitted = self._admitted.pop(websocket, None)
+        if admitted is None:  # cannot happen: _admit runs first
             await websocket.close(1011, "not admitted")
             return
-        if websocket.subprotocol is None:
-            if websocket.request is not None and websocket.request.headers.get_all(
-                "Sec-WebSocket-Protocol"
-            ):
-                log.warning(
-                    "charger %s offered no supported OCPP version (%s); closing",
-                    record.charger_id,
-                    ", ".join(websocket.request.headers.get_all("Sec-WebSocket-Protocol")),
-                )
-                await websocket.close(1002, "supported subprotocols: ocpp2.0.1, ocpp1.6")
-                return
-            version = ProtocolVersion.OCPP16  # legacy charger that offers no subprotocol
-        else:
-            version = SUBPROTOCOLS[websocket.subprotocol]
-        charger = self._charger_for(record)
-        previous = charger.connection
-        connection = CONNECTION_CLASSES[version](
-            charger.model,
-            websocket,
-            self,
-            response_timeout_s=self.settings.response_timeout_s,
-            max_calls_per_s=self.settings.max_calls_per_s,
-            call_burst=self.settings.call_burst,
+        record, password = admitted
+        version = SUBPROTOCOLS.get(websocket.subprotocol or "", ProtocolVersion.OCPP16)
+        offered = (
+            websocket.request.headers.get_all("Sec-WebSocket-Protocol") if websocket.request else []
         )
-        charger.connection = connection
-        # Not ready before the await below: a command arriving while the old socket closes
-        # must not count the old connection's boot for the new one (it would then skip the
-        # new connection's set-up and put a dynamic profile before the safe layer).
-        charger.model.connection_opened(version, self.clock())
-        if previous is not None:
-            # The charger reconnected before we noticed the old socket died.
-            previous.connection_lost()
-            charger.smart.connection_lost()
-            await previous.close(1000, "replaced by a new connection")
+        if websocket.subprotocol is None and offered:
+            log.warning(
+                "charger %s offered no supported OCPP version (%s); closing",
+                record.charger_id,
+                ", ".join(offered),
+            )
+            await websocket.close(1002, "supported subprotocols: ocpp2.0.1, ocpp1.6")
+            return
+        # No subprotocol offered at all: a legacy 1.6 charger.
+        await self.serve(websocket, Admission(record, version, password))
+
+    async def serve(self, websocket: ServerConnection, admission: Admission) -> None:
+        """Serve one admitted connection until it ends. The extension point for a central
+        system that answers chargers another way (the local controller relays them): override
+        it, pairing `attach` with `detach` so model, smart charging and commands follow."""
+        settings = self.settings
+        connection = await self.attach(
+            admission,
+            lambda model: CONNECTION_CLASSES[admission.version](
+                model,
+                websocket,
+                self,
+                response_timeout_s=settings.response_timeout_s,
+                max_calls_per_s=settings.max_calls_per_s,
+                call_burst=settings.call_burst,
+            ),
+        )
+        charger_id = admission.record.charger_id
         log.info(
             "charger %s connected (OCPP %s)",
-            record.charger_id,
-            version,
-            extra={"charger_id": record.charger_id},
+            charger_id,
+            admission.version,
+            extra={"charger_id": charger_id},
         )
         reason = "closed"
         try:
@@ -681,19 +645,43 @@ class CentralSystem:
         except ConnectionClosed as exc:
             reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         finally:
-            connection.connection_lost()
-            charger.unsolicited_responses += connection.unsolicited_responses
-            if charger.connection is connection:
-                charger.connection = None
-                charger.smart.connection_lost()
-                self.publish(charger.model.connection_closed(self.clock(), reason))
-            if connection.problems.counts:
-                log.info(
-                    "charger %s disconnected; problems: %s",
-                    record.charger_id,
-                    connection.problems.summary(),
-                    extra={"charger_id": record.charger_id},
-                )
+            self.detach(connection, reason)
+
+    async def attach(
+        self, admission: Admission, connect: Callable[[ChargerModel], Connection]
+    ) -> Connection:
+        """Make `connect(model)` the charger's connection: commands and set-up go through it.
+        A connection it replaces (the charger reconnected before we noticed the old socket
+        died) is told it is lost and closed before this returns."""
+        charger = self._charger_for(admission.record)
+        previous = charger.connection
+        connection = charger.connection = connect(charger.model)
+        # Not ready before the old socket is closed: a command arriving meanwhile must not
+        # count the old connection's boot for the new one (it would then skip the new
+        # connection's set-up and put a dynamic profile before the safe layer).
+        charger.model.connection_opened(admission.version, self.clock())
+        if previous is not None:
+            previous.connection_lost()
+            charger.smart.connection_lost()
+            await previous.close(1000, "replaced by a new connection")
+        return connection
+
+    def detach(self, connection: Connection, reason: str) -> None:
+        """`connection` has ended: unless a newer one took over, the charger is offline."""
+        connection.connection_lost()
+        charger = self._chargers[connection.charger_id]
+        charger.unsolicited_responses += connection.unsolicited_responses
+        if charger.connection is connection:
+            charger.connection = None
+            charger.smart.connection_lost()
+            self.publish(charger.model.connection_closed(self.clock(), reason))
+        if connection.problems.counts:
+            log.info(
+                "charger %s disconnected; problems: %s",
+                connection.charger_id,
+                connection.problems.summary(),
+                extra={"charger_id": connection.charger_id},
+            )
 
     # --- commands -----------------------------------------------------------------------------
 

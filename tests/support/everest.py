@@ -9,8 +9,9 @@ What a test uses:
 
 - `find_peer()` -> `EverestPeer` or None, `MISSING` says why; the ``everest`` fixture in
   ``tests/integration/everest/conftest.py`` skips locally and fails under ``CI=true``.
-- `AgentSite`: writes a site configuration for N chargers, runs ``flexbridge run`` as a child
-  process, `kill9()`s and `restart()`s it on the same port, reads its JSON API.
+- `AgentSite`: writes a site configuration for N chargers (with ``upstream_url``: relayed to
+  that CSMS, local-controller mode), runs ``flexbridge run`` as a child process, `kill9()`s
+  and `restart()`s it on the same port, reads its JSON API.
 - `Station`: one charger. `await start()` / `await start_all([...])` (asyncio subprocesses, so
   an event loop that serves OCPP in this process is never blocked: libocpp gives up on a
   websocket upgrade that is not answered in time and backs off), `send("power 7000")`,
@@ -493,6 +494,10 @@ class AgentSite:
     heartbeat_interval_s: int = 60
     ocpp_toml: str = ""  # extra keys of the [ocpp] table, e.g. "session_silence_s = 20"
     extra_toml: str = ""
+    # Local-controller mode: the operator's CSMS every charger is relayed to (an [upstream]
+    # section, security profile 1 with the charger's own password), and its extra keys.
+    upstream_url: str | None = None
+    upstream_toml: str = ""
     env: dict[str, str] = field(default_factory=dict)
     ocpp_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
@@ -510,6 +515,11 @@ class AgentSite:
             f'[[ocpp.chargers]]\nid = "{cid}"\nmax_current_a = {self.max_current_a}\n'
             f'password = "{PASSWORD}"\n\n'
             for cid in self.charger_ids
+        )
+        upstream = (
+            f'[upstream]\nurl = "{self.upstream_url}"\nsecurity_profile = 1\n{self.upstream_toml}\n'
+            if self.upstream_url
+            else ""
         )
         self.config_file = self.workdir / "flexbridge.toml"
         self.config_file.write_text(
@@ -557,6 +567,7 @@ port = {self.http_port}
 level = "INFO"
 format = "logfmt"
 {self.extra_toml}
+{upstream}
 """
         )
 

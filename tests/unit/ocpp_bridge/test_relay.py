@@ -6,6 +6,7 @@ does the same; both record every frame the relay wrote them.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocpp_bridge import schemas
 from ocpp_bridge.events import ProtocolVersion
 from ocpp_bridge.relay import (
     AnsweredLocally,
@@ -413,3 +415,31 @@ def test_what_is_saved_replays_after_a_restart_as_it_would_have(
     new = restarted.from_charger(call("n1", "StartTransaction", {"seq": 99}), 3.0)
     [fresh] = [e.payload["transactionId"] for e in new if isinstance(e, AnsweredLocally)]
     assert fresh > local_tx >= 0
+
+
+def test_a_validated_charger_call_goes_upstream_as_the_charger_wrote_it() -> None:
+    """Validation (the schemas' `default`s, e.g. 2.0.1 unitOfMeasure.multiplier) must not add
+    to what the CSMS gets: a real libocpp station's TransactionEvent showed up with
+    ``"multiplier": 0`` the station never sent."""
+    payload = {
+        "eventType": "Updated",
+        "timestamp": "2026-12-02T04:00:00Z",
+        "triggerReason": "MeterValuePeriodic",
+        "seqNo": 1,
+        "transactionInfo": {"transactionId": "t1"},
+        "meterValue": [
+            {
+                "timestamp": "2026-12-02T04:00:00Z",
+                "sampledValue": [
+                    {
+                        "value": 9.7,
+                        "measurand": "Energy.Active.Import.Register",
+                        "unitOfMeasure": {"unit": "Wh"},
+                    }
+                ],
+            }
+        ],
+    }
+    relay = online(V201, validate=functools.partial(schemas.validate, V201, response=False))
+    relay.from_charger(call("c1", "TransactionEvent", payload), 0.0)
+    assert frames(relay.to_csms()) == [[2, "c1", "TransactionEvent", payload]]
