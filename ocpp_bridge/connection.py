@@ -46,6 +46,7 @@ from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
 from ocpp_bridge import ocppj, schemas
+from ocpp_bridge.deadline import DeadlineTimer
 from ocpp_bridge.events import BootInfo, Event, ProtocolVersion
 from ocpp_bridge.metering import MeterReading, read_meter_values
 from ocpp_bridge.model import V16_STATUS, V201_CHARGING_STATE, V201_STATUS, ChargerModel
@@ -213,8 +214,7 @@ class Connection:
         self.flooded = False
         # Our CALLs awaiting their answer (or timeout, or the end of the connection), by id.
         self._waiters: dict[str, asyncio.Future[Answer]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._deadline = DeadlineTimer(self._deadline_passed)
         # Frames taken from the endpoint and not yet written (one writer at a time, in order).
         self._unsent: deque[str] = deque()
         self._send_lock = asyncio.Lock()
@@ -285,19 +285,9 @@ class Connection:
     # --- deadlines and answers to our CALLs ----------------------------------------------------
 
     def _arm_timer(self) -> None:
-        deadline = self.endpoint.deadline
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer, self._timer_at = None, deadline
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
+        self._deadline.follow(self.endpoint.deadline)
 
-    def _deadline_passed(self) -> None:
-        # The loop may run a timer a clock tick early; it fired for this deadline.
-        now = max(asyncio.get_running_loop().time(), self._timer_at or 0.0)
-        self._timer, self._timer_at = None, None
+    def _deadline_passed(self, now: float) -> None:
         self._resolve(self.endpoint.timeout(now))
         self._arm_timer()
         self.spawn(self._flush_quietly(), "send")  # the next queued CALL, if any

@@ -48,6 +48,7 @@ from ocpp_bridge.connection import (
     Connection16,
     Connection201,
 )
+from ocpp_bridge.deadline import DeadlineTimer
 from ocpp_bridge.events import ProtocolVersion
 from ocpp_bridge.model import ChargerModel
 from ocpp_bridge.problems import TokenBucket
@@ -136,8 +137,7 @@ class RelaySession:
         self._down = _Writer()
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[Answer]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._deadline = DeadlineTimer(self._deadline_passed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[Any] | None = None
         self.closed = asyncio.Event()
@@ -230,19 +230,10 @@ class RelaySession:
         await self._up.write(self.upstream)
 
     def _arm_timer(self) -> None:
-        # Called after every frame: a timer is only replaced when the deadline moved.
-        deadline = None if self.closed.is_set() else self.relay.deadline
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer, self._timer_at = None, deadline
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
+        self._deadline.follow(None if self.closed.is_set() else self.relay.deadline)
 
-    def _deadline_passed(self) -> None:
-        self._timer, self._timer_at = None, None
-        events = self.relay.timeout(self._now())
+    def _deadline_passed(self, now: float) -> None:
+        events = self.relay.timeout(now)
         self._spawn(self._apply(events), "timeout")
 
     # --- the two read loops ------------------------------------------------------------------
