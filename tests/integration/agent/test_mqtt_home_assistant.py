@@ -262,6 +262,20 @@ async def test_discovery_and_state_of_site_and_chargers_survive_a_broker_restart
                     return bool(state and state["power_w"] == 11_000 and state["session_active"])
 
                 await wait(watcher, charging_seen, "CP-01 charging at 11 kW")
+
+                def idle_seen(last: dict[str, bytes]) -> bool:
+                    # Published on its own throttled schedule: not with CP-01's state.
+                    state = decoded(last, f"{BASE}/charger/CP-02/state")
+                    site = decoded(last, f"{BASE}/site/state")
+                    return bool(
+                        state
+                        and state["status"] == "available"
+                        and site
+                        and site["chargers_online"] == 2
+                        and site["sessions"] == 1
+                    )
+
+                await wait(watcher, idle_seen, "CP-02 available and the site with both online")
                 expected = expected_discovery({"CP-01", "CP-02"})
                 await wait(
                     watcher,
