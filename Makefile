@@ -56,8 +56,11 @@ venv: $(VENV)/.installed-test
 
 # --- System packages the tests use as real peers ---------------------------------------------
 # mosquitto (MQTT broker), nodejs + npm (the independent OCPP charger in tests/peers),
-# systemd (systemd-analyze verifies the unit file), chromium (renders the status page headless).
-SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm systemd-analyze:systemd chromium:chromium
+# systemd (systemd-analyze verifies the unit file), chromium (renders the status page headless),
+# nats-server (the fleet's 3-node JetStream cluster) and PostgreSQL 15 (the central aggregator's
+# database; the tests run initdb/pg_ctl in a temporary directory, no system cluster is used).
+SYSTEM_TOOLS := mosquitto:mosquitto node:nodejs npm:npm systemd-analyze:systemd chromium:chromium \
+  nats-server:nats-server /usr/lib/postgresql/15/bin/initdb:postgresql-15
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  tool=$${pair%%:*}; pkg=$${pair##*:}; \

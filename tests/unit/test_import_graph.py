@@ -19,9 +19,11 @@ LAYERS = (
     "storage",  # the SQLite file, migrations, queries
     "site",  # the site as the chargers report it, the charger registry, the forecast
     "trading",  # the UFTP conversations and their records
+    "fleet",  # fleet mode, site side: the bus protocol, publishing to and commands from the centre
     "control",  # dispatch: what the chargers are made to do
     "interfaces",  # status page, API, metrics, MQTT: read the agent through AgentView
     "app",  # the composition root
+    "central",  # the central aggregator of a fleet: its own process and composition root
     "demo",  # the simulated site and DSO around the normal service
     "cli",  # entry points
     "__main__",
