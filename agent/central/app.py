@@ -10,7 +10,7 @@ run this on one database and one NATS cluster at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -311,8 +311,10 @@ def build_aggregator(
     *,
     clock: Callable[[], datetime] = utc_now,
     poll_s: float = 1.0,
-    extra: Sequence[Component] = (),
+    bus_component: Component | None = None,
 ) -> Aggregator:
+    """The aggregator's components in start order; `bus_component` (the bus itself, when it
+    connects at start) goes first, since the portfolio's consumers are made on it."""
     dsn = config.database.dsn.get_secret_value()
     settings = participant_settings(config)
     market = Market(settings.market.time_zone, settings.market.isp_minutes)
@@ -338,8 +340,8 @@ def build_aggregator(
     if config.http.enabled:
         view = FleetView(dsn, config.http.host, config.http.port, config.trading, clock)
     components: list[Component] = [
+        *([] if bus_component is None else [bus_component]),
         Store(config, bus),
-        *extra,
         uftp,
         upstream,
         publisher,
@@ -348,3 +350,37 @@ def build_aggregator(
     if view is not None:
         components.append(view)
     return Aggregator(config, uftp, trader, upstream, publisher, view, components)
+
+
+async def join_site(
+    config: CentralConfig,
+    bus: FleetBus,
+    site: str,
+    congestion_point: str,
+    credentials_ref: str | None = None,
+) -> bool:
+    """`flexbridge aggregator add-site`: the site's command consumer first, then the site in
+    the portfolio (so no command is ever made for a site without a consumer); True when the
+    site is new, False when it was there already. Raises PortfolioError, DatabaseError,
+    BusUnavailable."""
+    conn = await db.connect(config.database.dsn.get_secret_value())
+    try:
+        await db.migrate(conn)
+        await ensure_portfolio(conn, config)
+        cursor = await conn.execute(
+            "SELECT 1 FROM congestion_point WHERE ean = %s", (congestion_point,)
+        )
+        if await cursor.fetchone() is None:
+            raise PortfolioError(f"congestion point {congestion_point} is not in the portfolio")
+        await bus.ensure_site_consumer(site)
+        async with conn.transaction():
+            return await add_site(conn, site, congestion_point, credentials_ref)
+    finally:
+        await conn.close()
+
+
+def secrets(config: CentralConfig) -> list[str]:
+    """What the log formatter masks wherever it appears."""
+    return [config.database.dsn.get_secret_value(), config.nats.password.get_secret_value()] + [
+        p.oauth.client_secret.get_secret_value() for p in config.uftp.peers if p.oauth
+    ]

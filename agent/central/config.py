@@ -41,12 +41,12 @@ class DatabaseConfig(Model):
 
 
 class NatsConfig(Model):
-    servers: Annotated[list[Annotated[str, Field(pattern=r"^(nats|tls)://")]], Field(min_length=1)]
-    # The centre's own user (it may do everything on FLEET_*); or a .creds file.
-    user: str | None = None
-    password: SecretStr | None = None
-    creds_file: Path | None = None
-    ca_file: Path | None = None
+    servers: Annotated[list[Annotated[str, Field(pattern=r"^nats://")]], Field(min_length=1)]
+    # The centre's own user, which may do everything on the FLEET_* streams; put the password
+    # in FLEXBRIDGE_NATS__PASSWORD.
+    password: SecretStr
+    # Copies of each stream in the cluster (3 on a 3-node cluster; 1 on a single server).
+    replicas: Annotated[int, Field(ge=1, le=5)] = 3
 
 
 class SiteEntry(Model):

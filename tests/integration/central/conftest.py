@@ -4,9 +4,9 @@ and the aggregator built by its own composition root from a configuration file's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ dsn = "{dsn}"
 
 [nats]
 servers = ["nats://127.0.0.1:4222"]
+password = "unused-with-the-in-memory-bus"
 
 [[congestion_points]]
 entity_address = "{CP_A}"
@@ -153,8 +154,10 @@ class Fleet:
             environ={},
         )
 
-    async def start_aggregator(self, **kwargs: Any) -> Aggregator:
-        aggregator = build_aggregator(self.config(**kwargs), self.bus, poll_s=0.2)
+    async def start_aggregator(
+        self, clock: Callable[[], datetime] = utc_now, **kwargs: Any
+    ) -> Aggregator:
+        aggregator = build_aggregator(self.config(**kwargs), self.bus, clock=clock, poll_s=0.2)
         for component in aggregator.components:
             await component.start()
         self.aggregators.append(aggregator)
