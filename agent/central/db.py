@@ -196,7 +196,8 @@ CREATE TABLE prognosis (
     revision           BIGINT NOT NULL,
     message_id         TEXT NOT NULL UNIQUE,
     power_w            BIGINT[] NOT NULL,
-    substituted_sites  TEXT[] NOT NULL,    -- sites whose last forecast stood in for a new one
+    substituted_sites  TEXT[] NOT NULL,    -- sites whose older forecast stood in somewhere
+    missing_sites      TEXT[] NOT NULL,    -- sites without any value somewhere (left out)
     status             TEXT NOT NULL CHECK (status IN ('sent', 'accepted', 'rejected')),
     rejection_reason   TEXT,
     created_at         TIMESTAMPTZ NOT NULL,

@@ -510,16 +510,17 @@ class CentralTrader:
         for site, payload in await cursor.fetchall():
             forecasts.setdefault(site, []).append(protocol.Forecast.model_validate(payload))
         prognosis = aggregate_prognosis(ean, members, forecasts, [i.start for i in isps], now)
-        flagged = sorted({*prognosis.substituted_sites, *prognosis.missing_sites})
+        substituted = sorted(prognosis.substituted_sites)
+        missing = sorted(prognosis.missing_sites)
         cursor = await conn.execute(
-            "SELECT revision, power_w, substituted_sites, status, rejection_reason "
-            "FROM prognosis WHERE congestion_point = %s AND period = %s "
+            "SELECT revision, power_w, substituted_sites, missing_sites, status, "
+            "rejection_reason FROM prognosis WHERE congestion_point = %s AND period = %s "
             "ORDER BY revision DESC LIMIT 1",
             (ean, period),
         )
         previous = await cursor.fetchone()
-        if previous is not None and not set(flagged) < set(previous[2]):
-            return False  # sent, and no flagged site has sent a forecast since
+        if previous is not None and not _improved(previous[2], previous[3], substituted, missing):
+            return False  # sent, and no flagged site has sent a forecast for it since
         power = [max(0, round(i.p50_w)) for i in prognosis.isps]
         revision = 1
         if previous is not None:
@@ -527,8 +528,8 @@ class CentralTrader:
                 if isp.start <= now and i < len(previous[1]):
                     power[i] = int(previous[1][i])  # the past is not re-forecast
             revision = int(previous[0]) + 1
-            if previous[3] == "rejected" and reasons.SUBORDINATE_SEQUENCE_NUMBER in (
-                previous[4] or ""
+            if previous[4] == "rejected" and reasons.SUBORDINATE_SEQUENCE_NUMBER in (
+                previous[5] or ""
             ):
                 revision = max(revision, int(now.timestamp()))
         message = DPrognosis(
@@ -547,18 +548,19 @@ class CentralTrader:
         )
         await conn.execute(
             "INSERT INTO prognosis (congestion_point, period, revision, message_id, power_w, "
-            "substituted_sites, status, created_at) VALUES (%s, %s, %s, %s, %s, %s, 'sent', %s)",
-            (ean, period, revision, message.message_id, power, flagged, now),
+            "substituted_sites, missing_sites, status, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'sent', %s)",
+            (ean, period, revision, message.message_id, power, substituted, missing, now),
         )
         await self.uftp.enqueue(conn, message)
-        if flagged:
+        if substituted or missing:
             log.warning(
                 "D-prognosis with sites substituted from older forecasts or missing",
                 extra={
                     "congestion_point": ean,
                     "period": str(period),
-                    "substituted": list(prognosis.substituted_sites),
-                    "missing": list(prognosis.missing_sites),
+                    "substituted": substituted,
+                    "missing": missing,
                 },
             )
         return True
@@ -682,6 +684,15 @@ class CentralTrader:
             await self.uftp.enqueue(conn, message)
             queued += 1
         return queued
+
+
+def _improved(
+    was_substituted: list[str], was_missing: list[str], substituted: list[str], missing: list[str]
+) -> bool:
+    """Whether some site's data for the day got better (missing -> substituted -> fresh)."""
+    rank_before = dict.fromkeys(was_missing, 2) | dict.fromkeys(was_substituted, 1)
+    rank_now = dict.fromkeys(missing, 2) | dict.fromkeys(substituted, 1)
+    return any(rank_now.get(site, 0) < rank for site, rank in rank_before.items())
 
 
 async def sites_of(conn: db.Connection, congestion_point: str) -> list[str]:

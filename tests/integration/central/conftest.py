@@ -180,6 +180,7 @@ class Fleet:
         min_w: float = 2_000,
         max_w: float = 8_000,
         period: date | None = None,
+        valid_for: timedelta = timedelta(hours=12),
     ) -> None:
         """Every site pushes its envelope for the whole of `period` (tomorrow)."""
         period = period or self.tomorrow()
@@ -194,7 +195,7 @@ class Fleet:
                     start=isps[0].start,
                     congestion_point=SITES[site],
                     made_at=now,
-                    valid_until=now + timedelta(hours=12),
+                    valid_until=now + valid_for,
                     baseline_w=[baseline_w] * len(isps),
                     min_w=[min_w] * len(isps),
                     max_w=[max_w] * len(isps),
