@@ -333,7 +333,9 @@ def build_aggregator(
     uftp = CentralUftp(
         settings, dsn, handler=handle, clock=clock, poll_s=poll_s, on_handled=handled
     )
-    trader = CentralTrader(uftp, market, config.trading)
+    trader = CentralTrader(
+        uftp, market, config.trading, {m.congestion_point: m.ean for m in config.metering}
+    )
     holder.append(trader)
     upstream = UpstreamConsumer(bus, dsn, clock=clock)
     view = None

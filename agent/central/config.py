@@ -18,6 +18,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from agent.fleet.protocol import SITE_ID
+from uftp.models import EAN_PATTERN
 from agent.runtime.config import (
     CongestionPointConfig,
     EntityAddress,
@@ -56,6 +57,14 @@ class SiteEntry(Model):
     credentials_ref: str | None = None
 
 
+class MeteringEntry(Model):
+    """A congestion point whose DSO wants UFTP Metering: the connection's EAN to report it
+    under (the sites' metering summed)."""
+
+    congestion_point: EntityAddress
+    ean: Annotated[str, Field(pattern=EAN_PATTERN)]
+
+
 class CentralTradingConfig(Model):
     # A site with no heartbeat for this long counts as offline in the operator view.
     offline_after_s: Annotated[int, Field(ge=10, le=86_400)] = 180
@@ -86,6 +95,7 @@ class CentralConfig(Model):
     # at every start.
     sites: list[SiteEntry] = Field(default_factory=list)
     trading: CentralTradingConfig = Field(default_factory=CentralTradingConfig)
+    metering: list[MeteringEntry] = Field(default_factory=list)
     http: CentralHttpConfig = Field(default_factory=CentralHttpConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -108,6 +118,11 @@ class CentralConfig(Model):
             if site.congestion_point not in points:
                 raise ValueError(
                     f"site {site.id}: congestion point {site.congestion_point} is not configured"
+                )
+        for entry in self.metering:
+            if entry.congestion_point not in points:
+                raise ValueError(
+                    f"metering: congestion point {entry.congestion_point} is not configured"
                 )
         return self
 

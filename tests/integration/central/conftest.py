@@ -118,6 +118,10 @@ entity_address = "{CP_B}"
 dso_domain = "{build.DSO}"
 
 {listed}
+[[metering]]
+congestion_point = "{CP_A}"
+ean = "E1234567890123456"
+
 [trading]
 reassign_lead_s = {reassign_lead_s}
 

@@ -87,6 +87,10 @@ class FakeBus:
             protocol.up_subject(message.site, kind), message.id, protocol.encode(message)
         )
 
+    def acked(self) -> int:
+        """How many deliveries the consumer acked (after its effect committed)."""
+        return sum(1 for d in self.delivered if d.outcome == "ack")
+
     def commands(self, site: str | None = None) -> list[protocol.Command]:
         return [
             protocol.decode_command(payload)

@@ -45,7 +45,7 @@ async def test_a_site_without_todays_forecast_is_substituted_and_flagged(fleet: 
     await fleet.bus.send_up(
         forecast("site-a2", CP_A, date.fromordinal(today.toordinal() - 1), 2000)
     )
-    await eventually(lambda: len(fleet.bus.delivered) == 2, what="forecasts recorded")
+    await eventually(lambda: fleet.bus.acked() == 2, what="forecasts recorded")
     session = db.Session(fleet.dsn, "test")
     try:
         async with session.transaction() as conn:

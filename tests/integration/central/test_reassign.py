@@ -25,7 +25,7 @@ async def test_an_offline_sites_share_moves_to_the_online_site(fleet: Fleet) -> 
     # a1 can give 8 kW (10 -> 2 kW), a2 4 kW (6 -> 2 kW).
     await fleet.push_flex(["site-a1"], baseline_w=10_000, max_w=12_000, valid_for=week)
     await fleet.push_flex(["site-a2"], baseline_w=6_000, valid_for=week)
-    await eventually(lambda: len(fleet.bus.delivered) == 2, what="envelopes")
+    await eventually(lambda: fleet.bus.acked() == 2, what="envelopes")
     request = library_request(fleet, min_power=-6000, max_power=-3000)
     await asyncio.to_thread(fleet.dso.client(build.AGR).send_flex_request, request)
     first = await eventually(lambda: len(fleet.bus.commands()) == 2 and fleet.bus.commands())
@@ -44,7 +44,7 @@ async def test_an_offline_sites_share_moves_to_the_online_site(fleet: Fleet) -> 
             applied_at=utc_now(),
         )
     )
-    await eventually(lambda: len(fleet.bus.delivered) == 3, what="a1's ack")
+    await eventually(lambda: fleet.bus.acked() == 3, what="a1's ack")
     await asyncio.sleep(0.3)
 
     # Nothing moves while the first ISP is further away than the lead (10 min) ...
