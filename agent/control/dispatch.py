@@ -171,8 +171,8 @@ class Dispatcher:
         self.bridge = bridge
         self.forecaster = forecaster
         self.clock = clock
-        self.market = Market(config.uftp.market_timezone, config.uftp.isp_duration_min)
-        self.isp_seconds = config.uftp.isp_duration_min * 60
+        self.market = Market(config.market_timezone, config.isp_duration_min)
+        self.isp_seconds = config.isp_duration_min * 60
         self.control_s = control_s
         self.verify_sample = verify_sample
         self.capacity_w = float(config.site.connection_capacity_w)
@@ -385,7 +385,7 @@ class Dispatcher:
         schedules: dict[str, np.ndarray] = {cid: np.zeros(horizon) for cid in online}
         per_evse: dict[tuple[str, int], np.ndarray] = {}
         limits, used, unmet = allocate_limits(
-            needs, grid[0], cap, self.config.uftp.isp_duration_min, self._keep_levels(needs)
+            needs, grid[0], cap, self.config.isp_duration_min, self._keep_levels(needs)
         )
         for need, limit in zip(needs, limits, strict=True):
             cid = need.session.info.charger_id
