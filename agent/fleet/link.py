@@ -66,6 +66,9 @@ class SiteLink:
         self.publish_batch = publish_batch
         self.backoff = backoff or Backoff(first_s=1.0, max_s=60.0)
         self.on_loop_death: DeathHook | None = None
+        # Why commands must not be decided now (the clock guard: valid_until needs a trusted
+        # clock), or None.
+        self.hold: Callable[[], str | None] = lambda: None
         self._publisher: SupervisedLoop | None = None
         self._commands: SupervisedLoop | None = None
         # Bus outages in a row per loop, and when the publisher may try again.
@@ -173,6 +176,8 @@ class SiteLink:
     # --- commands ------------------------------------------------------------------------------
 
     async def _command_step(self) -> float | None:
+        if self.hold() is not None:
+            return self.fetch_timeout_s  # left on the stream until the clock is trusted
         try:
             deliveries = await self.bus.fetch(
                 protocol.CMD_STREAM,
