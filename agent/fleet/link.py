@@ -23,6 +23,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from agent.fleet import protocol
 from agent.fleet import store as fleet_store
@@ -33,6 +34,8 @@ from agent.runtime.loops import Backoff, DeathHook, SupervisedLoop, clock_loop
 from agent.storage.db import Database
 
 log = logging.getLogger(__name__)
+
+PRUNE_EVERY = timedelta(hours=1)
 
 # Failpoint: the command's transaction is committed, the stream message not yet acked.
 AFTER_COMMAND_COMMIT = "fleet.after-command-commit"
@@ -55,6 +58,7 @@ class SiteLink:
         fetch_timeout_s: float = 5.0,
         publish_batch: int = 64,
         backoff: Backoff | None = None,
+        keep_published: timedelta = timedelta(days=2),
     ) -> None:
         self.db = db
         self.bus = bus
@@ -65,6 +69,8 @@ class SiteLink:
         self.fetch_timeout_s = fetch_timeout_s
         self.publish_batch = publish_batch
         self.backoff = backoff or Backoff(first_s=1.0, max_s=60.0)
+        self.keep_published = keep_published
+        self._pruned: datetime | None = None
         self.on_loop_death: DeathHook | None = None
         # Why commands must not be decided now (the clock guard: valid_until needs a trusted
         # clock), or None.
@@ -170,7 +176,18 @@ class SiteLink:
         if not ids:
             return
         now = self.clock.now()
-        await self.db.transaction(lambda c: fleet_store.mark_published(c, ids, now))
+        # Published rows are kept a while (to look into), then forgotten: the centre has them.
+        prune = self._pruned is None or now - self._pruned >= PRUNE_EVERY
+        before = now - self.keep_published
+
+        def mark(conn: sqlite3.Connection) -> None:
+            fleet_store.mark_published(conn, ids, now)
+            if prune:
+                fleet_store.prune_published(conn, before)
+
+        await self.db.transaction(mark)
+        if prune:
+            self._pruned = now
         self.published += len(ids)
 
     # --- commands ------------------------------------------------------------------------------

@@ -261,3 +261,25 @@ async def test_fetching_backs_off_while_the_bus_is_down(h: Harness) -> None:
 
 async def _zero(count: Awaitable[int]) -> bool:
     return await count == 0
+
+
+async def test_published_rows_are_forgotten_after_a_while_and_an_ack_comes_back_the_same(
+    h: Harness,
+) -> None:
+    h.bus.put(CMD, command(1))
+    await until(lambda: len(h.bus.on(protocol.up_subject(SITE, "ack"))) == 1)
+    await until(lambda: _zero(unpublished(h)))
+    h.clock.moment = T0 + timedelta(days=3)
+    await h.link.enqueue(heartbeat(1))  # the next marking prunes what is older than 2 days
+    await until(lambda: len(h.bus.on("fleet.up")) == 2)
+
+    async def only_the_heartbeat() -> bool:
+        return [r.id for r in await h.read(fleet_store.outbox)] == [f"{SITE}.hb.1"]
+
+    await until(only_the_heartbeat)
+    # The command again, days later: no effect, the same Ack (rebuilt from the record).
+    h.bus.put(CMD, command(1))
+    await until(lambda: len(h.bus.on(protocol.up_subject(SITE, "ack"))) == 2)
+    first, again = h.bus.on(protocol.up_subject(SITE, "ack"))
+    assert (first.msg_id, first.payload) == (again.msg_id, again.payload)
+    assert len(h.changes) == 1
