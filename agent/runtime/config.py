@@ -383,8 +383,6 @@ class FleetConfig(Model):
     # environment: FLEXBRIDGE_FLEET__PASSWORD).
     user: str | None = None
     password: SecretStr | None = None
-    # CA bundle that signed the servers' certificates (tls:// servers).
-    ca_file: Path | None = None
     # A heartbeat (chargers connected, power, safe limit) this often, so the centre tells an
     # offline site apart.
     heartbeat_s: Annotated[int, Field(ge=5, le=3600)] = 30
@@ -395,6 +393,15 @@ class FleetConfig(Model):
     market_timezone: TimeZoneName = "Europe/Amsterdam"
     forecast_time: Annotated[str, Field(pattern=LOCAL_TIME)] = "08:00"
     intraday_interval_min: Annotated[int, Field(ge=15, le=24 * 60)] = 60
+
+    @model_validator(mode="after")
+    def _password_given(self) -> Self:
+        if self.password is None or not self.password.get_secret_value():
+            raise ValueError(
+                "fleet.password is required: the site's NATS password, best through the "
+                "environment (FLEXBRIDGE_FLEET__PASSWORD) rather than the file"
+            )
+        return self
 
     def bus_user(self, site_id: str) -> str:
         return self.user or f"site-{self.fleet_site_id(site_id)}"

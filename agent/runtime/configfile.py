@@ -35,7 +35,6 @@ from agent.runtime.config import (
     ChargerConfig,
     Config,
     CongestionPointConfig,
-    FleetConfig,
     MqttConfig,
     SiteConfig,
     TlsConfig,
@@ -304,15 +303,9 @@ def file_problems(data: Mapping[str, Any]) -> list[ConfigProblem]:
                 problems.append(
                     ConfigProblem(f"{prefix}.tls.{name}", f"{path} is not a readable file")
                 )
-    for prefix, model, section in (
-        ("mqtt", MqttConfig, _table(data, "mqtt")),
-        ("fleet", FleetConfig, _table(data, "fleet")),
-    ):
-        if prefix == "fleet" and section is None:
-            continue
-        ca_file = _field(model, section, "ca_file")
-        if _valid(ca_file) and ca_file is not None and not Path(ca_file).is_file():
-            problems.append(ConfigProblem(f"{prefix}.ca_file", f"{ca_file} is not a readable file"))
+    ca_file = _field(MqttConfig, _table(data, "mqtt"), "ca_file")
+    if _valid(ca_file) and ca_file is not None and not Path(ca_file).is_file():
+        problems.append(ConfigProblem("mqtt.ca_file", f"{ca_file} is not a readable file"))
     return problems
 
 

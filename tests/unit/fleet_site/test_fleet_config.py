@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from agent.cli import EX_CONFIG, main
-from agent.runtime.configfile import ConfigError, file_problems, parse_config, summary
+from agent.runtime.configfile import ConfigError, parse_config, summary
 
 FLEET = """
 [site]
@@ -19,6 +19,7 @@ connection_capacity_w = 50000
 [fleet]
 servers = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
 heartbeat_s = 10
+password = "in-the-file-for-this-test"
 
 [[congestion_points]]
 entity_address = "ean.871685900012636543"
@@ -63,7 +64,11 @@ def test_exactly_one_of_uftp_and_fleet() -> None:
 
 
 def test_the_password_comes_from_the_environment_as_a_secret() -> None:
-    config = parse_config(FLEET, environ={"FLEXBRIDGE_FLEET__PASSWORD": "s3cret-nats"})
+    no_password = FLEET.replace('password = "in-the-file-for-this-test"\n', "")
+    [problem] = problems_of(no_password)
+    assert problem.startswith("fleet: fleet.password is required")
+    assert "FLEXBRIDGE_FLEET__PASSWORD" in problem
+    config = parse_config(no_password, environ={"FLEXBRIDGE_FLEET__PASSWORD": "s3cret-nats"})
     assert config.fleet is not None
     assert config.fleet.password == SecretStr("s3cret-nats")
     assert "s3cret-nats" in config.secrets()
@@ -78,15 +83,6 @@ def test_fleet_keys_are_checked() -> None:
     assert problems_of(FLEET.replace("servers = [", "serverz = [")) == [
         "fleet.servers: required key is missing",
         "fleet.serverz: unknown key (misspelt, or not supported by this version)",
-    ]
-
-
-def test_an_unreadable_ca_file_is_a_file_problem() -> None:
-    config = parse_config(FLEET, environ={})
-    data = config.model_dump()
-    data["fleet"]["ca_file"] = "/nonexistent/ca.pem"
-    assert [str(p) for p in file_problems(data)] == [
-        "fleet.ca_file: /nonexistent/ca.pem is not a readable file"
     ]
 
 

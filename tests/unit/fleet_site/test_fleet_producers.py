@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from agent.demo.defaults import demo_config
 from agent.fleet import protocol
@@ -54,7 +55,12 @@ class FixedClock:
 def fleet_config(state: Path) -> Config:
     config = demo_config(state)
     return config.model_copy(
-        update={"uftp_section": None, "fleet": FleetConfig(servers=["nats://127.0.0.1:4222"])}
+        update={
+            "uftp_section": None,
+            "fleet": FleetConfig(
+                servers=["nats://127.0.0.1:4222"], password=SecretStr("test-password-1")
+            ),
+        }
     )
 
 
