@@ -36,10 +36,17 @@ MARKET = Market(build.TZ, 15)
 
 
 class OrderingDso(ShapeshifterDso):
-    """The library's DSO, ordering every offer it accepts (an exact copy of option one)."""
+    """The library's DSO, ordering every offer it accepts (an exact copy of option one).
+
+    The library does not recognise a MessageID it has seen (an AGR's outbox sends a message
+    again when it cannot know it arrived); a DSO must, so this one orders an offer once."""
 
     def process_flex_offer(self, message: Any) -> None:
         self._record("FlexOffer", message)
+        seen: set[str] = self.__dict__.setdefault("_offers_seen", set())
+        if message.message_id in seen:
+            return
+        seen.add(message.message_id)
         client = self.client(message.sender_domain)
         client.send_flex_offer_response(
             FlexOfferResponse(

@@ -111,7 +111,9 @@ async def test_an_ack_is_recorded_on_its_command(fleet: Fleet) -> None:
     await fleet.start_aggregator(port=fleet.agr_port)  # type: ignore[attr-defined]
     await fleet.push_flex(["site-a1", "site-a2"])
     await eventually(lambda: outcomes(fleet) == ["ack", "ack"], what="envelopes")
-    await asyncio.to_thread(fleet.dso.client(build.AGR).send_flex_request, library_request(fleet))
+    await asyncio.to_thread(
+        fleet.dso.client(build.AGR).send_flex_request, library_request(fleet.tomorrow())
+    )
     commands = await eventually(lambda: len(fleet.bus.commands()) == 2 and fleet.bus.commands())
     command = next(c for c in commands if c.site == "site-a1")
     ack = protocol.Ack(

@@ -26,7 +26,7 @@ async def test_an_offline_sites_share_moves_to_the_online_site(fleet: Fleet) -> 
     await fleet.push_flex(["site-a1"], baseline_w=10_000, max_w=12_000, valid_for=week)
     await fleet.push_flex(["site-a2"], baseline_w=6_000, valid_for=week)
     await eventually(lambda: fleet.bus.acked() == 2, what="envelopes")
-    request = library_request(fleet, min_power=-6000, max_power=-3000)
+    request = library_request(fleet.tomorrow(), min_power=-6000, max_power=-3000)
     await asyncio.to_thread(fleet.dso.client(build.AGR).send_flex_request, request)
     first = await eventually(lambda: len(fleet.bus.commands()) == 2 and fleet.bus.commands())
     caps = {c.site: c.cap_w for c in first}

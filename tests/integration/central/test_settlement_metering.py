@@ -50,7 +50,9 @@ async def test_settlement_disputes_what_the_sites_meters_contradict(fleet: Fleet
     aggregator = await fleet.start_aggregator(clock=clock, port=fleet.agr_port)  # type: ignore[attr-defined]
     await fleet.push_flex(["site-a1", "site-a2"])
     await eventually(lambda: fleet.bus.acked() == 2, what="envelopes")
-    await asyncio.to_thread(fleet.dso.client(build.AGR).send_flex_request, library_request(fleet))
+    await asyncio.to_thread(
+        fleet.dso.client(build.AGR).send_flex_request, library_request(fleet.tomorrow())
+    )
     await asyncio.to_thread(fleet.dso.wait_for, "FlexOrderResponse")
     order = await the_order(fleet.dsn)
     day = fleet.tomorrow()

@@ -4,7 +4,7 @@ the DSO over real HTTP, the aggregator on a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import date, timedelta
 
 import psycopg
 import pytest
@@ -21,12 +21,12 @@ from uftp.models import utc_now
 pytestmark = pytest.mark.integration
 
 
-def library_request(fleet: Fleet, min_power: int = -9000, max_power: int = -3000) -> LibFlexRequest:
+def library_request(period: date, min_power: int = -9000, max_power: int = -3000) -> LibFlexRequest:
     """Reduce by 3..9 kW at CP_A in ISPs 69-72 tomorrow (17:00-18:00 local)."""
     return LibFlexRequest(
         isp_duration="PT15M",
         time_zone=build.TZ,
-        period=XmlDate.from_date(fleet.tomorrow()),
+        period=XmlDate.from_date(period),
         congestion_point=CP_A,
         revision=1,
         expiration_date_time=(utc_now() + timedelta(hours=2)).isoformat(),
@@ -58,7 +58,7 @@ async def test_request_offer_order_become_one_command_per_site(fleet: Fleet) -> 
         what="the three envelopes recorded and acked",
     )
     client = fleet.dso.client(build.AGR)
-    await asyncio.to_thread(client.send_flex_request, library_request(fleet))
+    await asyncio.to_thread(client.send_flex_request, library_request(fleet.tomorrow()))
 
     answer = await asyncio.to_thread(fleet.dso.wait_for, "FlexRequestResponse")
     assert answer.result == "Accepted"
@@ -109,7 +109,9 @@ async def test_a_request_beyond_the_sites_room_gets_no_offer(fleet: Fleet) -> No
         what="the envelopes recorded",
     )
     client = fleet.dso.client(build.AGR)
-    await asyncio.to_thread(client.send_flex_request, library_request(fleet, -9000, -3000))
+    await asyncio.to_thread(
+        client.send_flex_request, library_request(fleet.tomorrow(), -9000, -3000)
+    )
     answer = await asyncio.to_thread(fleet.dso.wait_for, "FlexRequestResponse")
     assert answer.result == "Accepted"
     async with await psycopg.AsyncConnection.connect(fleet.dsn) as conn:
