@@ -18,7 +18,6 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from agent.fleet.protocol import SITE_ID
-from uftp.models import EAN_PATTERN
 from agent.runtime.config import (
     CongestionPointConfig,
     EntityAddress,
@@ -34,6 +33,7 @@ from agent.runtime.configfile import (
     apply_env_overrides,
     problems_from_validation,
 )
+from uftp.models import EAN_PATTERN
 
 
 class DatabaseConfig(Model):

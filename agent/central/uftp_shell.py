@@ -122,7 +122,11 @@ class CentralUftp:
         )
         self._endpoint_db = db.Session(dsn, "uftp-endpoint")
         self._handler_db = db.Session(dsn, "uftp-handler")
+        self._dsn = dsn
         self._outbox_db = db.Session(dsn, "uftp-outbox")
+        # One connection per recipient: a slow peer holds its own transaction (and its
+        # advisory lock) during a POST, never another peer's delivery.
+        self._recipient_db: dict[tuple[str, Role], db.Session] = {}
         self._handler_loop = SupervisedLoop(
             "uftp-handler", self._handle_step, interval_s=poll_s, logger=log
         )
@@ -171,8 +175,14 @@ class CentralUftp:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        for session in (self._endpoint_db, self._handler_db, self._outbox_db):
+        for session in (
+            self._endpoint_db,
+            self._handler_db,
+            self._outbox_db,
+            *self._recipient_db.values(),
+        ):
             await session.close()
+        self._recipient_db.clear()
 
     @property
     def url(self) -> str:
@@ -466,7 +476,7 @@ class CentralUftp:
     async def _outbox_step(self) -> float | None:
         async with self._outbox_db.connection() as conn:
             recipients = await pg.pending_recipients(conn)
-        waits = [await self.deliver_next(domain, role) for domain, role in recipients]
+        waits = await asyncio.gather(*(self.deliver_next(d, r) for d, r in recipients))
         pending = [w for w in waits if w is not None]
         return min([self._poll_s, *pending]) if pending else None
 
@@ -474,7 +484,12 @@ class CentralUftp:
         """Deliver the oldest pending message to one peer, if it is due and no other process
         is sending to that peer; the seconds until this peer should be looked at again (0:
         at once, there may be more), or None when its queue is empty."""
-        async with self._outbox_db.transaction() as conn:
+        session = self._recipient_db.get((domain, role))
+        if session is None:
+            session = self._recipient_db[(domain, role)] = db.Session(
+                self._dsn, f"uftp-outbox-{domain}"
+            )
+        async with session.transaction() as conn:
             if not await db.try_xact_lock(conn, db.OUTBOX_LOCK, f"{domain}/{role}"):
                 return self._poll_s  # another process is delivering to this peer
             head = await pg.outbox_head(conn, domain, role)
