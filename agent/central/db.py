@@ -48,6 +48,10 @@ class DatabaseError(StartError):
     """The database cannot be used by this version (unreachable, schema too new)."""
 
 
+class SchemaTooNew(DatabaseError):
+    """The database was migrated by a newer flexbridge than this one."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -318,7 +322,7 @@ async def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS
         )
         current = await schema_version(conn)
         if current > known:
-            raise DatabaseError(
+            raise SchemaTooNew(
                 f"the aggregator's schema version {current} is newer than this code knows "
                 f"({known}); run the newer flexbridge or restore a backup"
             )
