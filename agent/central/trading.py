@@ -566,9 +566,11 @@ class CentralTrader:
         return True
 
     async def reassign_step(self, conn: db.Connection) -> int:
-        """Move the shares of sites that have not acked their command to the sites that have,
-        for orders whose first ISP is less than `reassign_lead_s` away; returns how many
-        commands were queued. Each order is looked at once."""
+        """Move the shares of offline sites to the other sites of the congestion point, for
+        orders whose first ISP is less than `reassign_lead_s` away; returns how many commands
+        were queued. Offline: no ack for its latest command, and no heartbeat within
+        `offline_after_s` or a command published longer ago than that. Each order is
+        reassigned once, when no site without an ack may still confirm."""
         if not await db.try_xact_lock(conn, db.REASSIGN_LOCK):
             return 0
         now = self.now()
@@ -581,7 +583,10 @@ class CentralTrader:
         )
         queued = 0
         for order_id, congestion_point, allocation in await cursor.fetchall():
-            queued += await self._reassign_order(conn, order_id, congestion_point, allocation, now)
+            made = await self._reassign_order(conn, order_id, congestion_point, allocation, now)
+            if made is None:
+                continue  # looked at again at the next step
+            queued += made
             await conn.execute(
                 "UPDATE flex_order SET reassigned_at = %s WHERE message_id = %s", (now, order_id)
             )
@@ -594,15 +599,29 @@ class CentralTrader:
         congestion_point: str,
         allocation: Mapping[str, Any],
         now: datetime,
-    ) -> int:
+    ) -> int | None:
+        """Commands queued, or None when a site without an ack may still confirm (it is alive
+        and its command is younger than `offline_after_s`): then the order waits."""
         split = _split_from_json(congestion_point, allocation)
         cursor = await conn.execute(
-            "SELECT DISTINCT ON (site) site, seq, ack_outcome FROM command "
-            "WHERE order_id = %s ORDER BY site, seq DESC",
+            "SELECT DISTINCT ON (c.site) c.site, c.seq, c.ack_outcome, c.published_at, "
+            "st.last_heartbeat_at FROM command c LEFT JOIN site_status st ON st.site = c.site "
+            "WHERE c.order_id = %s ORDER BY c.site, c.seq DESC",
             (order_id,),
         )
-        latest = {str(r[0]): (int(r[1]), r[2]) for r in await cursor.fetchall()}
-        offline = frozenset(site for site, (_, outcome) in latest.items() if outcome is None)
+        rows = await cursor.fetchall()
+        latest = {str(r[0]): (int(r[1]), r[2]) for r in rows}
+        grace = timedelta(seconds=self.trading.offline_after_s)
+        unconfirmed = {str(r[0]): (r[3], r[4]) for r in rows if r[2] is None}
+        offline = frozenset(
+            site
+            for site, (published, heartbeat) in unconfirmed.items()
+            if heartbeat is None
+            or now - heartbeat > grace
+            or (published is not None and now - published > grace)
+        )
+        if len(offline) < len(unconfirmed):
+            return None
         if not offline:
             return 0
         moved = reassign(

@@ -68,3 +68,55 @@ async def test_an_offline_sites_share_moves_to_the_online_site(fleet: Fleet) -> 
     assert newer["site-a2"].cap_w == [None] * 4  # back online, it applies this, not seq 1
     assert newer["site-a1"].order_id == a1.order_id
     assert newer["site-a2"].valid_until == first_isp + timedelta(hours=1)
+
+
+async def test_a_live_site_gets_time_to_confirm_before_its_share_moves(fleet: Fleet) -> None:
+    first_isp = MARKET.start_of(fleet.tomorrow(), 69)
+    clock = build.Clock(first_isp - timedelta(minutes=8) - utc_now())
+    aggregator = await fleet.start_aggregator(clock=clock, port=fleet.agr_port)  # type: ignore[attr-defined]
+    week = timedelta(days=7)
+    await fleet.push_flex(["site-a1"], baseline_w=10_000, max_w=12_000, valid_for=week)
+    await fleet.push_flex(["site-a2"], baseline_w=6_000, valid_for=week)
+    await eventually(lambda: fleet.bus.acked() == 2, what="envelopes")
+    request = library_request(fleet.tomorrow(), -6000, -3000, expires=clock() + timedelta(hours=1))
+    await asyncio.to_thread(fleet.dso.client(build.AGR).send_flex_request, request)
+    first = await eventually(lambda: len(fleet.bus.commands()) == 2 and fleet.bus.commands())
+    a1 = next(c for c in first if c.site == "site-a1")
+    await fleet.bus.send_up(
+        protocol.Ack(
+            id="ack-a1",
+            site="site-a1",
+            sent_at=clock(),
+            order_id=a1.order_id,
+            seq=1,
+            outcome="applied",
+            applied_at=clock(),
+        )
+    )
+    # a2 is alive (a heartbeat now) but has not confirmed yet.
+    await fleet.bus.send_up(
+        protocol.Heartbeat(
+            id="a2-hb",
+            site="site-a2",
+            sent_at=clock(),
+            chargers_connected=1,
+            power_w=0,
+            safe_limit_w=11_000,
+        )
+    )
+    await eventually(lambda: fleet.bus.acked() == 4, what="ack and heartbeat recorded")
+    session = db.Session(fleet.dsn, "test")
+    try:
+        async with session.transaction() as conn:
+            assert await aggregator.trader.reassign_step(conn) == 0  # a2 may still confirm
+        clock.offset += timedelta(minutes=4)  # no word from a2 for longer than 180 s
+        async with session.transaction() as conn:
+            assert await aggregator.trader.reassign_step(conn) == 2
+    finally:
+        await session.close()
+    aggregator.publisher.wake()
+    commands = await eventually(lambda: len(fleet.bus.commands()) == 4 and fleet.bus.commands())
+    assert {c.site: c.cap_w for c in commands if c.seq == 2} == {
+        "site-a1": [4000.0] * 4,
+        "site-a2": [None] * 4,
+    }

@@ -4,7 +4,7 @@ the DSO over real HTTP, the aggregator on a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import psycopg
 import pytest
@@ -21,7 +21,12 @@ from uftp.models import utc_now
 pytestmark = pytest.mark.integration
 
 
-def library_request(period: date, min_power: int = -9000, max_power: int = -3000) -> LibFlexRequest:
+def library_request(
+    period: date,
+    min_power: int = -9000,
+    max_power: int = -3000,
+    expires: datetime | None = None,
+) -> LibFlexRequest:
     """Reduce by 3..9 kW at CP_A in ISPs 69-72 tomorrow (17:00-18:00 local)."""
     return LibFlexRequest(
         isp_duration="PT15M",
@@ -29,7 +34,7 @@ def library_request(period: date, min_power: int = -9000, max_power: int = -3000
         period=XmlDate.from_date(period),
         congestion_point=CP_A,
         revision=1,
-        expiration_date_time=(utc_now() + timedelta(hours=2)).isoformat(),
+        expiration_date_time=(expires or utc_now() + timedelta(hours=2)).isoformat(),
         isps=[
             LibFlexRequestISP(
                 disposition=LibAvailableRequested.AVAILABLE,
