@@ -202,6 +202,7 @@ CREATE TABLE prognosis (
     power_w            BIGINT[] NOT NULL,
     substituted_sites  TEXT[] NOT NULL,    -- sites whose older forecast stood in somewhere
     missing_sites      TEXT[] NOT NULL,    -- sites without any value somewhere (left out)
+    orders             TEXT[] NOT NULL,    -- the accepted FlexOrders this revision includes
     status             TEXT NOT NULL CHECK (status IN ('sent', 'accepted', 'rejected')),
     rejection_reason   TEXT,
     created_at         TIMESTAMPTZ NOT NULL,

@@ -476,8 +476,10 @@ class CentralTrader:
         """Send the D-prognoses that are due, in the caller's transaction; returns how many.
 
         Due: today's for every congestion point without one, tomorrow's from the day-ahead
-        time on, and a new revision when a site that was substituted has sent a forecast
-        since. ISPs that have begun keep the previous revision's values."""
+        time on, a new revision when a flagged site's data for the day improved, and one
+        for every accepted order the latest revision of its day does not include (the DSO's
+        baseline then shows the order). ISPs that have begun keep the previous revision's
+        values."""
         if not await db.try_xact_lock(conn, db.PROGNOSIS_LOCK):
             return 0
         now = self.now()
@@ -486,9 +488,17 @@ class CentralTrader:
         if now >= self.market.local(today, self.trading.prognosis_time):
             periods.append(today + timedelta(days=1))
         cursor = await conn.execute("SELECT ean, dso_domain FROM congestion_point ORDER BY ean")
+        points = await cursor.fetchall()
+        cursor = await conn.execute(
+            "SELECT DISTINCT congestion_point, period FROM flex_order "
+            "WHERE status = 'accepted' AND period >= %s",
+            (today,),
+        )
+        ordered = {(str(r[0]), r[1]) for r in await cursor.fetchall()}
         sent = 0
-        for ean, dso in await cursor.fetchall():
-            for period in periods:
+        for ean, dso in points:
+            wanted = sorted({*periods, *(p for cp, p in ordered if cp == ean)})
+            for period in wanted:
                 if await self._prognosis(conn, ean, dso, period, now):
                     sent += 1
         return sent
@@ -514,14 +524,19 @@ class CentralTrader:
         missing = sorted(prognosis.missing_sites)
         cursor = await conn.execute(
             "SELECT revision, power_w, substituted_sites, missing_sites, status, "
-            "rejection_reason FROM prognosis WHERE congestion_point = %s AND period = %s "
+            "rejection_reason, orders FROM prognosis WHERE congestion_point = %s AND period = %s "
             "ORDER BY revision DESC LIMIT 1",
             (ean, period),
         )
         previous = await cursor.fetchone()
-        if previous is not None and not _improved(previous[2], previous[3], substituted, missing):
-            return False  # sent, and no flagged site has sent a forecast for it since
-        power = [max(0, round(i.p50_w)) for i in prognosis.isps]
+        orders, change = await _ordered_change(conn, ean, period)
+        if (
+            previous is not None
+            and not _improved(previous[2], previous[3], substituted, missing)
+            and set(orders) <= set(previous[6])
+        ):
+            return False  # nothing new: no flagged site's data improved, no new order
+        power = [max(0, round(i.p50_w + change.get(i.start, 0.0))) for i in prognosis.isps]
         revision = 1
         if previous is not None:
             for i, isp in enumerate(isps):
@@ -548,9 +563,9 @@ class CentralTrader:
         )
         await conn.execute(
             "INSERT INTO prognosis (congestion_point, period, revision, message_id, power_w, "
-            "substituted_sites, missing_sites, status, created_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'sent', %s)",
-            (ean, period, revision, message.message_id, power, substituted, missing, now),
+            "substituted_sites, missing_sites, orders, status, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'sent', %s)",
+            (ean, period, revision, message.message_id, power, substituted, missing, orders, now),
         )
         await self.uftp.enqueue(conn, message)
         if substituted or missing:
@@ -703,6 +718,26 @@ class CentralTrader:
             await self.uftp.enqueue(conn, message)
             queued += 1
         return queued
+
+
+async def _ordered_change(
+    conn: db.Connection, congestion_point: str, period: date
+) -> tuple[list[str], dict[datetime, float]]:
+    """The accepted orders of a day and the change their per-site shares make per ISP."""
+    cursor = await conn.execute(
+        "SELECT message_id, allocation FROM flex_order WHERE congestion_point = %s "
+        "AND period = %s AND status = 'accepted' AND allocation IS NOT NULL ORDER BY message_id",
+        (congestion_point, period),
+    )
+    orders: list[str] = []
+    change: dict[datetime, float] = {}
+    for message_id, allocation in await cursor.fetchall():
+        orders.append(str(message_id))
+        for per_isp in allocation["shares"].values():
+            for key, values in per_isp.items():
+                isp = datetime.fromisoformat(key)
+                change[isp] = change.get(isp, 0.0) + float(values[3])
+    return orders, change
 
 
 def _improved(

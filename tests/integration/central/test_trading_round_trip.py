@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from shapeshifter_uftp import FlexRequestISP as LibFlexRequestISP
 from shapeshifter_uftp.uftp.enums import AvailableRequested as LibAvailableRequested
 from xsdata.models.datatype import XmlDate
 
+from agent.central import db
 from agent.fleet import protocol
 from tests.integration.central.conftest import CP_A, MARKET, Fleet, eventually
 from tests.support import uftp as build
@@ -54,8 +56,24 @@ def library_request(
     )
 
 
+def tomorrows_forecast(fleet: Fleet, site: str, p50_w: float) -> protocol.Forecast:
+    isps = MARKET.isps(fleet.tomorrow())
+    now = utc_now()
+    return protocol.Forecast(
+        id=f"{site}-fc-tomorrow",
+        site=site,
+        sent_at=now,
+        start=isps[0].start,
+        congestion_point=CP_A,
+        made_at=now,
+        p10_w=[p50_w] * len(isps),
+        p50_w=[p50_w] * len(isps),
+        p90_w=[p50_w] * len(isps),
+    )
+
+
 async def test_request_offer_order_become_one_command_per_site(fleet: Fleet) -> None:
-    await fleet.start_aggregator(port=fleet.agr_port)  # type: ignore[attr-defined]
+    aggregator = await fleet.start_aggregator(port=fleet.agr_port)  # type: ignore[attr-defined]
     # site-a1 and site-a2 at CP_A can each go from 6 kW down to 2 kW; site-b1 is elsewhere.
     await fleet.push_flex()
     await eventually(
@@ -87,6 +105,26 @@ async def test_request_offer_order_become_one_command_per_site(fleet: Fleet) -> 
         assert command.congestion_point == CP_A
     msg_ids = sorted(m for s, m, _ in fleet.bus.published if s.startswith("fleet.cmd."))
     assert msg_ids == sorted(f"{c.order_id}:{c.site}:1" for c in commands)
+
+    # The next D-prognosis of that day includes the order: the sites' 12 kW less 8 kW.
+    for site in ("site-a1", "site-a2"):
+        await fleet.bus.send_up(tomorrows_forecast(fleet, site, 6000))
+    await eventually(lambda: fleet.bus.acked() == 5, what="forecasts recorded")
+    session = db.Session(fleet.dsn, "test")
+    try:
+        async with session.transaction() as conn:
+            await aggregator.trader.prognosis_step(conn)
+    finally:
+        await session.close()
+    aggregator.uftp.wake_outbox()
+
+    def with_order(message: Any) -> bool:
+        powers = {i.start: i.power for i in message.isps}
+        return str(message.period) == str(fleet.tomorrow()) and powers.get(69) == 4000
+
+    prognosis = await asyncio.to_thread(fleet.dso.wait_for, "DPrognosis", 15.0, with_order)
+    powers = {i.start: i.power for i in prognosis.isps}
+    assert [powers[i] for i in (68, 69, 72, 73)] == [12000, 4000, 4000, 12000]
 
     # The order, its response and its commands are in the database once each.
     async with await psycopg.AsyncConnection.connect(fleet.dsn) as conn:
