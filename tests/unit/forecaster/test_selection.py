@@ -8,7 +8,7 @@ from datetime import date
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from forecaster.metrics import covered
@@ -257,6 +257,9 @@ def test_the_kernel_forecasts_every_candidate_as_the_numpy_path(
     members=st.lists(st.sampled_from(NAMES), min_size=1, max_size=3, unique=True),
     series=st.integers(1, 5),
 )
+# A slot whose days all had the same power: the paths' variances were rounding of opposite
+# signs, and only one of them put the spread floor (a 61 W P90) on it.
+@example(seed=2373, members=["seasonal_naive"], series=3)
 def test_the_kernel_gives_the_numpy_paths_bands_for_many_series(
     seed: int, members: list[str], series: int
 ) -> None:
