@@ -420,7 +420,17 @@ def offer_from_flex(
     envelope already holds per ISP, whatever it is held to elsewhere.
 
     Deterministic: the same inputs give the same offer (sites are taken in sorted order).
+    Overlapping elements are a caller's bug (`ValueError`): UFTP validation rejects them.
     """
+    seen: set[datetime] = set()
+    for element in request:
+        starts = set(element.starts)
+        if starts & seen:
+            raise ValueError(
+                f"request elements overlap at {min(starts & seen).isoformat()} (the inbound "
+                "validation rejects such a request)"
+            )
+        seen |= starts
     usable, left_out = usable_flex(flexes, congestion_point, now)
     offered: list[OfferedElement] = []
     not_offered: list[tuple[datetime, str]] = []
