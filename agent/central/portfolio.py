@@ -338,20 +338,24 @@ class _Room:
     max_w: float
 
 
-def envelope_room(flex: Flex, isp: datetime, reserved_w: float, raises: bool) -> _Room | None:
+def envelope_room(
+    flex: Flex, isp: datetime, reserved_w: float, raises: bool, *, level_w: float | None = None
+) -> _Room | None:
     """What a site's envelope leaves in one ISP for a change in one direction, after what
     outstanding offers already reserved there; None where the envelope does not cover it.
 
     The site can be held anywhere in [min_w, max_w]. Its baseline is taken into that range
     (it cannot be outside), the reservations are added (they must stay deliverable at the
     same time), and the room is the distance from there to the bound in the wanted direction.
+    `level_w` replaces the baseline as the starting point where the site already holds a cap.
     """
     at = position(flex.start, len(flex.baseline_w), isp)
     if at is None:
         return None
     low, high = flex.min_w[at], flex.max_w[at]
     baseline = _clip(flex.baseline_w[at], low, high)
-    committed = _clip(baseline + reserved_w, low, high)
+    start = baseline if level_w is None else level_w
+    committed = _clip(start + reserved_w, low, high)
     room = high - committed if raises else committed - low
     return _Room(flex.site, max(room, 0.0), baseline, low, high)
 

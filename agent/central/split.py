@@ -153,9 +153,10 @@ def reassign(
     For every ISP of the order not over at `now`, the offline sites' summed share moves to
     the online sites with a valid envelope (`flexes`, their latest; never one past its
     `valid_until`, never one for another congestion point), in proportion to the room each
-    has left in the order's direction: its envelope from where this order's cap (or, for a
-    site without one, its baseline) and `reservations` (what other outstanding offers and
-    orders take from it, not this order) leave it. What finds no room is `unplaced_w`. The
+    has left in the order's direction: its current envelope from where this order's cap (or,
+    for a site without one, its baseline) and `reservations` (what other outstanding offers
+    and orders take from it, not this order) leave it; a cap only ever tightens. What finds
+    no room is `unplaced_w`. The
     offline sites keep no cap from this order in those ISPs (when they come back they apply
     the newer command, without their share); ISPs already over are left as they were.
     """
@@ -187,33 +188,31 @@ def reassign(
             room = envelope_room(
                 flex,
                 t,
-                reservations.get(site, {}).get(t, 0.0)
-                + (0.0 if current is None else current.held_w + current.change_w),
+                reservations.get(site, {}).get(t, 0.0),
                 raises,
+                level_w=None if current is None else current.cap_w,
             )
             if room is None or room.room_w <= 0:
                 continue
-            rooms.append((site, room.room_w, room.baseline_w, room.min_w, room.max_w))
+            level = room.baseline_w if current is None else current.cap_w
+            rooms.append((site, room.room_w, level, room.min_w, room.max_w))
         amounts = proportional(abs(moving), [r[1] for r in rooms])
         placed = 0.0
-        for (site, _, baseline, low, high), amount in zip(rooms, amounts, strict=True):
-            if amount <= 0:
+        for (site, _, level, low, high), amount in zip(rooms, amounts, strict=True):
+            # The cap moves by the amount, as far as the envelope (and 0 W) lets it; it
+            # never loosens, and it is credited with no more than it was asked to take.
+            cap = min(max(level + sign * amount, max(low, 0.0)), max(high, 0.0))
+            taken = min(max(sign * (cap - level), 0.0), amount)
+            if taken <= 0:
                 continue
             current = shares.get(site, {}).get(t)
-            if current is None:
-                base, held, change = baseline, 0.0, 0.0
-            else:
-                base, held, change = current.baseline_w, current.held_w, current.change_w
-            cap = _cap(base, held, change + sign * amount, low, high)
-            floor = min(max(base + held, max(low, 0.0)), max(high, 0.0))
-            new_change = cap - floor
-            placed += new_change - change
+            placed += sign * taken
             shares.setdefault(site, {})[t] = SiteShare(
-                baseline_w=base,
+                baseline_w=level if current is None else current.baseline_w,
                 min_w=low,
                 max_w=high,
-                change_w=new_change,
-                held_w=held,
+                change_w=sign * taken + (0.0 if current is None else current.change_w),
+                held_w=0.0 if current is None else current.held_w,
                 cap_w=cap,
             )
         gap = moving - placed
