@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.central.grid import ISP
 from agent.central.portfolio import RequestElement, offer_from_flex, request_elements
 from agent.fleet.protocol import Flex
+from uftp.calendar import CalendarError
 from uftp.models import AvailableRequested, FlexRequest, FlexRequestISP
 
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
@@ -152,6 +153,35 @@ def test_a_flex_request_becomes_utc_elements_at_the_uftp_edge() -> None:
     # ISP 73 of a CET day starts at 18:00 local, 17:00 UTC.
     assert elements[0] == RequestElement(T0, 4, True, -50_000, -6_000)
     assert elements[1] == RequestElement(T0 + 4 * ISP, 1, False, 0, 9_000)
+
+
+def test_a_request_element_outside_its_period_or_on_another_grid_is_refused() -> None:
+    request = FlexRequest(
+        sender_domain="dso.example.com",
+        recipient_domain="agr.example.com",
+        time_stamp=NOW,
+        message_id="8c1a7c8e-7d7e-4a8b-9f3e-2f1b5c0e9d11",
+        conversation_id="0f5f3c9a-2b8e-4d0c-8b8e-5d2a4c1e7f22",
+        isp_duration=timedelta(minutes=15),
+        time_zone="Europe/Amsterdam",
+        period=date(2026, 12, 2),
+        congestion_point=CP,
+        revision=1,
+        expiration_date_time=NOW + timedelta(hours=2),
+        isps=(
+            FlexRequestISP(
+                disposition=AvailableRequested.REQUESTED,
+                min_power=-50_000,
+                max_power=-6_000,
+                start=95,
+                duration=4,
+            ),
+        ),
+    )
+    with pytest.raises(CalendarError):
+        request_elements(request)
+    with pytest.raises(ValueError, match="15-minute"):
+        request_elements(request.model_copy(update={"isp_duration": timedelta(minutes=5)}))
 
 
 def test_overlapping_elements_are_refused() -> None:

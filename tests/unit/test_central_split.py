@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from agent.central.grid import ISP
 from agent.central.portfolio import RequestElement, SiteContribution, offer_from_flex
 from agent.central.split import Split, cap_series, reassign, split_order
-from agent.fleet.protocol import Flex
+from agent.fleet.protocol import Command, Flex
 
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 T0 = datetime(2026, 12, 2, 17, 0, tzinfo=UTC)
@@ -127,6 +127,34 @@ def test_isps_already_over_stay_as_they_were_and_expired_envelopes_take_nothing(
     assert moved.changed["a"] == {T0: 2_000, T0 + ISP: None}
     assert moved.changed["b"] == {T0: None, T0 + ISP: pytest.approx(0)}
     assert "c" not in moved.changed
+
+
+def test_the_changed_caps_make_valid_commands_with_the_next_seq() -> None:
+    contributions = {
+        "a": {t: contribution(-2_000, 4_000, 0, 6_000) for t in (T0, T0 + 2 * ISP)},
+        "b": {T0: contribution(-1_000, 3_000, 1_000, 4_000)},
+    }
+    split = split_order(CP, contributions, {T0: -3_000, T0 + 2 * ISP: -2_000})
+    moved = reassign(split, {"a"}, {"b": flex("b", 3_000, 1_000, 4_000)}, {}, NOW)
+    commands = {}
+    for site, caps in moved.changed.items():
+        start, series = cap_series(caps)
+        commands[site] = Command(
+            id=f"O-1-{site}-2",
+            site=site,
+            sent_at=NOW,
+            start=start,
+            order_id="O-1",
+            seq=2,
+            valid_until=T0 + 3 * ISP,
+            congestion_point=CP,
+            cap_w=series,
+        )
+    assert commands["a"].cap_w == [None, None, None]
+    # b was at 2 kW in the first ISP with 1 kW of room left; in the third it had no cap and
+    # takes all of a's 2 kW from its 3 kW baseline.
+    assert commands["b"].cap_w == [pytest.approx(1_000), None, pytest.approx(1_000)]
+    assert moved.unplaced_w == {T0: pytest.approx(-1_000)}
 
 
 # --- properties --------------------------------------------------------------------------------
