@@ -149,6 +149,8 @@ def aggregate_prognosis(
     """
     for start in isps:
         check_isp(start)
+    if len(set(isps)) != len(isps):
+        raise ValueError("the ISPs of a prognosis must be distinct")
     if max_shift_days < 0:
         raise ValueError("max_shift_days must be >= 0")
     ordered_sites = sorted(set(sites))

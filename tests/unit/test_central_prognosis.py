@@ -144,9 +144,11 @@ def test_a_correlation_of_one_adds_the_bands() -> None:
         combine_deviation([1.0], 1.5)
 
 
-def test_an_off_grid_isp_is_a_callers_bug() -> None:
+def test_an_off_grid_or_repeated_isp_is_a_callers_bug() -> None:
     with pytest.raises(ValueError, match="grid"):
         aggregate_prognosis(CP, ["a"], {}, [DAY_AHEAD + timedelta(minutes=5)], NOW)
+    with pytest.raises(ValueError, match="distinct"):
+        aggregate_prognosis(CP, ["a"], {}, [DAY_AHEAD, DAY_AHEAD], NOW)
 
 
 # --- properties --------------------------------------------------------------------------------
