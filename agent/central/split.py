@@ -90,6 +90,10 @@ def split_order(
         if not math.isfinite(ordered):
             raise ValueError(f"ordered change at {t.isoformat()} is not finite")
         here = {site: per[t] for site, per in sorted(contributions.items()) if t in per}
+        for site, c in here.items():
+            if not all(map(math.isfinite, (c.change_w, c.baseline_w, c.min_w, c.max_w))):
+                # A stored contribution gone bad must not turn into an unlimited cap.
+                raise ValueError(f"contribution of {site} at {t.isoformat()} is not finite")
         sign = 1.0 if ordered > 0 else -1.0
         givers = [s for s, c in here.items() if ordered != 0 and c.change_w * sign > 0]
         offered = [abs(here[s].change_w) for s in givers]

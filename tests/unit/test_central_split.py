@@ -74,6 +74,14 @@ def test_other_orders_held_by_a_site_are_kept_under_its_new_cap() -> None:
     assert split.caps("a") == {T0: 2_000}
 
 
+def test_a_contribution_that_is_not_finite_is_refused_rather_than_made_a_cap() -> None:
+    contributions = {"a": {T0: contribution(-2_000, math.inf, 1_000, math.inf)}}
+    with pytest.raises(ValueError, match="not finite"):
+        split_order(CP, contributions, {T0: -1_000})
+    with pytest.raises(ValueError, match="not finite"):
+        split_order(CP, {}, {T0: math.nan})
+
+
 def test_cap_series_puts_none_in_the_gaps() -> None:
     start, caps = cap_series({T0: 1.0, T0 + 3 * ISP: 2.0})
     assert start == T0
