@@ -351,6 +351,9 @@ def envelope_room(
     same time), and the room is the distance from there to the bound in the wanted direction.
     `level_w` replaces the baseline as the starting point where the site already holds a cap.
     """
+    if not math.isfinite(reserved_w) or (level_w is not None and not math.isfinite(level_w)):
+        # NaN would pass every comparison below and end up in a cap.
+        raise ValueError(f"reservation or level of {flex.site} at {isp.isoformat()} is not finite")
     at = position(flex.start, len(flex.baseline_w), isp)
     if at is None:
         return None

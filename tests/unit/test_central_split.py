@@ -82,6 +82,21 @@ def test_a_contribution_that_is_not_finite_is_refused_rather_than_made_a_cap() -
         split_order(CP, {}, {T0: math.nan})
 
 
+def test_a_reservation_that_is_not_finite_is_refused_rather_than_made_a_cap() -> None:
+    contributions = {"a": {T0: contribution(-2_000, 4_000, 0, 6_000)}}
+    split = split_order(CP, contributions, {T0: -2_000})
+    with pytest.raises(ValueError, match="not finite"):
+        reassign(split, {"a"}, {"b": flex("b", 3_000, 0, 4_000)}, {"b": {T0: math.nan}}, NOW)
+    with pytest.raises(ValueError, match="not finite"):
+        offer_from_flex(
+            CP,
+            [RequestElement(T0, 1, True, -5_000, -1)],
+            {"b": flex("b", 3_000, 0, 4_000)},
+            {"b": {T0: math.nan}},
+            NOW,
+        )
+
+
 def test_cap_series_puts_none_in_the_gaps() -> None:
     start, caps = cap_series({T0: 1.0, T0 + 3 * ISP: 2.0})
     assert start == T0
