@@ -103,6 +103,8 @@ def split_order(
         for site, contribution in here.items():
             change = sign * given.get(site, 0.0)
             site_held = held.get(site, {}).get(t, 0.0)
+            if not math.isfinite(site_held):
+                raise ValueError(f"held change of {site} at {t.isoformat()} is not finite")
             cap = _cap(
                 contribution.baseline_w, site_held, change, contribution.min_w, contribution.max_w
             )

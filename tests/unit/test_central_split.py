@@ -80,6 +80,9 @@ def test_a_contribution_that_is_not_finite_is_refused_rather_than_made_a_cap() -
         split_order(CP, contributions, {T0: -1_000})
     with pytest.raises(ValueError, match="not finite"):
         split_order(CP, {}, {T0: math.nan})
+    fine = {"a": {T0: contribution(-2_000, 5_000, 1_000, 6_000)}}
+    with pytest.raises(ValueError, match="not finite"):
+        split_order(CP, fine, {T0: -1_000}, held_w={"a": {T0: math.nan}})
 
 
 def test_a_reservation_that_is_not_finite_is_refused_rather_than_made_a_cap() -> None:
