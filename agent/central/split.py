@@ -21,6 +21,8 @@ from datetime import datetime
 from agent.central.grid import ISP, check_isp
 from agent.central.portfolio import SiteContribution, envelope_room, proportional, usable_flex
 from agent.fleet.protocol import Flex
+from uftp import calendar
+from uftp.models import FlexOrder
 
 TOLERANCE_W = 1e-6  # float rounding in a sum of shares; far below a watt
 
@@ -125,6 +127,21 @@ def split_order(
         if abs(gap) > TOLERANCE_W:
             shortfall[t] = gap
     return Split(congestion_point, shares, shortfall)
+
+
+def order_changes(order: FlexOrder) -> dict[datetime, float]:
+    """A FlexOrder's change per ISP on the UTC grid (the UFTP edge). Its ISP powers already
+    carry the activation factor (a partial activation scales them in the order itself), so
+    they are the change to split. Raises `uftp.calendar.CalendarError` for an ISP outside the
+    period and `ValueError` for another ISP-Duration than the fleet's 15 minutes."""
+    if order.isp_minutes != 15:
+        raise ValueError(f"the fleet grid is 15-minute ISPs, the order has {order.isp_minutes}")
+    out: dict[datetime, float] = {}
+    for isp in order.isps:
+        for index in range(isp.start, isp.start + isp.duration):
+            start, _ = calendar.isp_interval(order.period, order.time_zone, 15, index)
+            out[start] = float(isp.power)
+    return out
 
 
 def cap_series(caps: Mapping[datetime, float | None]) -> tuple[datetime, list[float | None]]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 
 from agent.central.grid import ISP
 from agent.central.portfolio import RequestElement, SiteContribution, offer_from_flex
-from agent.central.split import Split, cap_series, reassign, split_order
+from agent.central.split import Split, cap_series, order_changes, reassign, split_order
 from agent.fleet.protocol import Command, Flex
+from uftp.models import FlexOrder
 
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 T0 = datetime(2026, 12, 2, 17, 0, tzinfo=UTC)
@@ -98,6 +100,29 @@ def test_a_reservation_that_is_not_finite_is_refused_rather_than_made_a_cap() ->
             {"b": {T0: math.nan}},
             NOW,
         )
+
+
+def test_a_flex_orders_isps_become_utc_changes_at_the_uftp_edge() -> None:
+    order = FlexOrder.model_validate(
+        {
+            "SenderDomain": "dso.example.com",
+            "RecipientDomain": "agr.example.com",
+            "TimeStamp": NOW,
+            "MessageID": "8c1a7c8e-7d7e-4a8b-9f3e-2f1b5c0e9d11",
+            "ConversationID": "0f5f3c9a-2b8e-4d0c-8b8e-5d2a4c1e7f22",
+            "ISP-Duration": timedelta(minutes=15),
+            "TimeZone": "Europe/Amsterdam",
+            "Period": date(2026, 12, 2),
+            "CongestionPoint": CP,
+            "Price": Decimal("10.00"),
+            "Currency": "EUR",
+            "OrderReference": "O-1",
+            "ActivationFactor": Decimal("0.50"),
+            "ISP": [{"Start": 73, "Duration": 2, "Power": -3000}],
+        }
+    )
+    # ISP 73 of a CET day is 17:00 UTC; the powers already carry the activation factor.
+    assert order_changes(order) == {T0: -3_000.0, T0 + ISP: -3_000.0}
 
 
 def test_cap_series_puts_none_in_the_gaps() -> None:
