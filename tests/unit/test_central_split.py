@@ -433,3 +433,16 @@ def test_an_order_within_the_offer_is_split_in_full_onto_the_sites_that_offered_
         for t, share in per.items():
             at = (t - T0) // ISP
             assert flexes[site].min_w[at] - 1e-9 <= share.cap_w <= flexes[site].max_w[at] + 1e-9
+
+
+@given(reassignments())
+@settings(max_examples=150, deadline=None)
+def test_reassigning_again_with_the_same_offline_sites_changes_nothing(
+    case: tuple[Split, set[str], dict[str, Flex], dict[str, dict[datetime, float]], datetime],
+) -> None:
+    split, offline, flexes, reservations, now = case
+    once = reassign(split, offline, flexes, reservations, now)
+    twice = reassign(once.split, offline, flexes, reservations, now)
+    assert twice.changed == {}
+    assert twice.unplaced_w == {}
+    assert twice.split == once.split
