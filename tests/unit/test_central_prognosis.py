@@ -136,6 +136,27 @@ def test_a_partly_covered_day_is_fresh_where_covered_and_substituted_elsewhere()
     assert {i.p50_w for i in prognosis.isps} == {800}
 
 
+def test_the_newest_forecast_substitutes_even_from_a_later_day() -> None:
+    old = NOW - timedelta(days=2)
+    prognosis = aggregate_prognosis(
+        CP,
+        ["a"],
+        {
+            "a": [
+                forecast("a", DAY_AHEAD - timedelta(days=1), [100.0] * 96, made_at=old),
+                forecast("a", DAY_AHEAD + timedelta(days=1), [300.0] * 96),
+            ]
+        },
+        ISPS,
+        NOW + timedelta(hours=1),
+    )
+    use = prognosis.sites["a"]
+    assert use.state == "substituted"
+    assert {i.p50_w for i in prognosis.isps} == {300.0}
+    assert use.age == timedelta(hours=1)
+    assert use.shift_days == 1
+
+
 def test_a_correlation_of_one_adds_the_bands() -> None:
     assert combine_deviation([300.0, 400.0], 1.0) == 700
     assert combine_deviation([300.0, 400.0], 0.0) == 500
