@@ -239,7 +239,7 @@ class SiteForecaster:
         self.config = config
         self.db = db
         self.clock = clock
-        self.isp_minutes = config.uftp.isp_duration_min
+        self.isp_minutes = config.isp_duration_min
         self.isp_seconds = self.isp_minutes * 60
         self._calendar_year = 0
         self.calendar = self._calendar_for(clock.now().year)
