@@ -109,6 +109,8 @@ class SupervisedLoop:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.died = False
+        """True once the loop ended other than by `stop` (its work has stopped for good)."""
         # Failures in a row (0 after a success) and in total, for tests and status.
         self.failures = 0
         self.failed_total = 0
@@ -190,6 +192,7 @@ class SupervisedLoop:
         self._died(task.exception())
 
     def _died(self, error: BaseException | None) -> None:
+        self.died = True
         self._log.critical(
             "%s stopped unexpectedly: %r",
             self.name,

@@ -10,7 +10,7 @@ run this on one database and one NATS cluster at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from agent.central.uftp_shell import CentralUftp
 from agent.fleet.ports import BusPort
 from agent.runtime import failpoints
 from agent.runtime.service import Component
+from agent.runtime.systemd import NamedProbe, SystemdWatchdog
 from agent.trading.market import Market
 from uftp.keys import load_signing_key
 from uftp.loops import SupervisedLoop
@@ -262,6 +263,10 @@ class TradingLoops:
             SupervisedLoop("metering", self._metering, interval_s=300.0, logger=log),
         ]
 
+    @property
+    def loops(self) -> tuple[SupervisedLoop, ...]:
+        return tuple(self._loops)
+
     async def start(self) -> None:
         for loop in self._loops:
             loop.start()
@@ -341,17 +346,38 @@ def build_aggregator(
     view = None
     if config.http.enabled:
         view = FleetView(dsn, config.http.host, config.http.port, config.trading, clock)
+    trading_loops = TradingLoops(trader, dsn, publisher.wake)
     components: list[Component] = [
         *([] if bus_component is None else [bus_component]),
         Store(config, bus),
         uftp,
         upstream,
         publisher,
-        TradingLoops(trader, dsn, publisher.wake),
+        trading_loops,
     ]
     if view is not None:
         components.append(view)
+    loops = [*uftp.loops, *upstream.loops, *publisher.loops, *trading_loops.loops]
+    components.append(aggregator_watchdog(lambda: uftp.endpoint.bound_port, loops))
     return Aggregator(config, uftp, trader, upstream, publisher, view, components)
+
+
+def aggregator_watchdog(
+    bound_port: Callable[[], int | None], loops: Sequence[SupervisedLoop]
+) -> SystemdWatchdog:
+    """READY once everything before it serves; pings only while the UFTP endpoint is bound and
+    no background loop has died. A dead loop is work that stopped for good and a restart
+    cures it (the other process, if any, carries on meanwhile); an unreachable PostgreSQL or
+    NATS is not: the loops retry those by themselves, so they withhold no ping."""
+
+    async def uftp_ok() -> str | None:
+        return None if bound_port() is not None else "UFTP endpoint down"
+
+    async def loops_ok() -> str | None:
+        dead = [loop.name for loop in loops if loop.died]
+        return f"stopped for good: {', '.join(dead)}" if dead else None
+
+    return SystemdWatchdog([NamedProbe("uftp", uftp_ok), NamedProbe("loops", loops_ok)])
 
 
 async def join_site(

@@ -184,6 +184,10 @@ class UpstreamConsumer:
         self.duplicates = 0
         self.refused = 0
 
+    @property
+    def loops(self) -> tuple[SupervisedLoop, ...]:
+        return (self._loop,)
+
     async def start(self) -> None:
         self._loop.start()
 
@@ -253,6 +257,10 @@ class CommandPublisher:
         self._poll_s = poll_s
         self._loop = SupervisedLoop(self.name, self.step, interval_s=poll_s, logger=log)
         self.published = 0
+
+    @property
+    def loops(self) -> tuple[SupervisedLoop, ...]:
+        return (self._loop,)
 
     async def start(self) -> None:
         self._loop.start()

@@ -146,6 +146,10 @@ class CentralUftp:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    @property
+    def loops(self) -> tuple[SupervisedLoop, ...]:
+        return (self._handler_loop, self._outbox_loop)
+
     async def start(self) -> None:
         retry = self.settings.retry
         ssl_context = client_ssl_context(

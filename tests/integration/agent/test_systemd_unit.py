@@ -54,7 +54,8 @@ def test_unit_has_notify_watchdog_and_hardening() -> None:
     assert "MemoryDenyWriteExecute" not in s
 
 
-def test_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["flexbridge.service", "flexbridge-aggregator.service"])
+def test_unit_verifies(tmp_path: Path, name: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         message = "systemd-analyze missing (Debian package systemd)"
@@ -62,19 +63,33 @@ def test_unit_verifies(tmp_path: Path) -> None:
             pytest.fail(message)
         pytest.skip(message)
     flexbridge = Path(sys.executable).parent / "flexbridge"
-    unit = tmp_path / "flexbridge.service"
-    text = UNIT.read_text().replace("/opt/flexbridge/venv/bin/flexbridge", str(flexbridge))
+    unit = tmp_path / name
+    source = ROOT / "systemd" / name
+    text = source.read_text().replace("/opt/flexbridge/venv/bin/flexbridge", str(flexbridge))
     unit.write_text(text)
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
     problems = [
-        line
-        for line in result.stderr.splitlines()
-        if "flexbridge.service" in line and "Failed to" not in line
+        line for line in result.stderr.splitlines() if name in line and "Failed to" not in line
     ]
     assert problems == [], result.stderr
+
+
+def test_aggregator_unit_is_notify_with_a_watchdog_and_no_jit() -> None:
+    text = (ROOT / "systemd" / "flexbridge-aggregator.service").read_text()
+    lines = {line.strip() for line in text.splitlines()}
+    for expected in (
+        "Type=notify",
+        "WatchdogSec=60",
+        "User=flexbridge",
+        "RestartPreventExitStatus=64 65 66 77 78",
+        "MemoryDenyWriteExecute=yes",
+        "ExecStart=/opt/flexbridge/venv/bin/flexbridge aggregator run "
+        "--config /etc/flexbridge/central.toml",
+    ):
+        assert expected in lines, expected
 
 
 def test_service_notifies_ready_watchdog_and_stopping(tmp_path: Path, state_dir: Path) -> None:
