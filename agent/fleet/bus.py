@@ -107,7 +107,7 @@ class NatsDelivery:
         been lost with a node, and the message will come back (the receiver's key absorbs it)."""
         try:
             await self._msg.ack_sync(timeout=self._bus.ack_timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's
             raise self._bus.unavailable(self._msg.reply, "ack not confirmed") from None
         except nats.errors.Error as exc:
             raise BusUnavailable(f"ack failed: {exc}") from None
@@ -165,12 +165,14 @@ class NatsBus:
         publish_timeout_s: float = 5.0,
         ack_timeout_s: float = 5.0,
         inbox_prefix: str = "_INBOX",
+        domain: str | None = None,
     ) -> None:
         self._nc = nc
         self.inbox_prefix = inbox_prefix
         self.publish_timeout_s = publish_timeout_s
         self.ack_timeout_s = ack_timeout_s
-        self._js = nc.jetstream(timeout=publish_timeout_s)
+        self._api = f"$JS.{domain}.API" if domain is not None else "$JS.API"
+        self._js = nc.jetstream(timeout=publish_timeout_s, domain=domain)
         self._pulls: dict[tuple[str, str], JetStreamContext.PullSubscription] = {}
         self._denied: dict[str, str] = {}  # subject or subscription -> the server's words
 
@@ -189,9 +191,11 @@ class NatsBus:
         ack_timeout_s: float = 5.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        domain: str | None = None,
     ) -> NatsBus:
         """Connect to any of `servers`; BusUnavailable if none accepted us within
-        `connect_timeout_s` (the reason: refused credentials, nothing listening)."""
+        `connect_timeout_s` (the reason: refused credentials, nothing listening). `domain`:
+        the cluster's JetStream domain, for a client behind a leaf node."""
         if not servers:
             raise ValueError("no NATS servers given")
         nc = Client()
@@ -249,6 +253,7 @@ class NatsBus:
             publish_timeout_s=publish_timeout_s,
             ack_timeout_s=ack_timeout_s,
             inbox_prefix=inbox_prefix,
+            domain=domain,
         )
         bus_box.append(bus)
         return bus
@@ -305,7 +310,7 @@ class NatsBus:
         current" on /healthz however much traffic flows (seen with nats-server 2.9.10): the
         new election brings its replica back in step. Harmless otherwise: the consumer is
         unavailable for the election's few hundred milliseconds, a fetch then just waits."""
-        subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}"
+        subject = f"{self._api}.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}"
         try:
             reply = await self._nc.request(subject, b"", timeout=self.publish_timeout_s)
         except nats.errors.Error as exc:
@@ -347,7 +352,7 @@ class NatsBus:
                 timeout=self.publish_timeout_s,
                 headers={"Nats-Msg-Id": msg_id},
             )
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's
             raise self.unavailable(
                 subject, f"publish {msg_id} to {subject} not confirmed"
             ) from None
@@ -375,7 +380,7 @@ class NatsBus:
         """`fetch`, typed with what a NATS delivery also knows (stream sequence, msg id)."""
         if self._nc.is_closed:
             raise BusUnavailable("the bus connection is closed")
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        next_subject = f"{self._api}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         try:
             sub = self._pulls.get((stream, durable))
             if sub is None:
@@ -384,9 +389,9 @@ class NatsBus:
                 sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
                 self._pulls[(stream, durable)] = sub
             msgs = await sub.fetch(batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's
             if (stream, durable) not in self._pulls:
-                info_subject = f"$JS.API.CONSUMER.INFO.{stream}.{durable}"
+                info_subject = f"{self._api}.CONSUMER.INFO.{stream}.{durable}"
                 raise self.unavailable(info_subject, f"consumer {durable} on {stream}") from None
             denied = self.unavailable(next_subject, f"fetch from {stream}/{durable}")
             if isinstance(denied, BusPermissionDenied) or not self._nc.is_connected:
