@@ -504,6 +504,14 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
             f"consumer {config.durable_name} on {stream} filters {info.config.filter_subject}, "
             f"not {config.filter_subject}: delete it first"
         )
+    have = info.config
+    if (have.ack_wait, have.max_deliver, have.max_ack_pending, have.ack_policy) == (
+        config.ack_wait,
+        config.max_deliver,
+        config.max_ack_pending,
+        config.ack_policy,
+    ) and (config.max_waiting is None or have.max_waiting == config.max_waiting):
+        return  # as wanted: one API call per site at every aggregator start, not two
     # Same durable name and filter: the server updates what may change (ack_wait, ...).
     await js.add_consumer(stream, config)
 

@@ -306,6 +306,9 @@ async def test_set_up_is_idempotent_and_consumers_are_never_made_by_fetch(
     await ensure_site_consumer(js, "a", ack_wait_s=1.0)
     await ensure_site_consumer(js, "a", ack_wait_s=2.0)  # an update, not a second consumer
     await ensure_central_consumer(js)
+    before = _api_calls(nats_cluster)
+    await ensure_site_consumer(js, "a", ack_wait_s=2.0)  # as it is: looked at, not rewritten
+    assert _api_calls(nats_cluster) - before == 1
     consumers = [c.name for c in await js.consumers_info(CMD_STREAM)]
     assert sorted(consumers) == ["site-a", "site-b"]
     assert (await js.consumer_info(CMD_STREAM, "site-a")).config.ack_wait == 2.0
@@ -323,6 +326,15 @@ async def test_set_up_is_idempotent_and_consumers_are_never_made_by_fetch(
         await site_c.close()
     with pytest.raises(nats.js.errors.NotFoundError):
         await js.consumer_info(CMD_STREAM, "site-c")
+
+
+def _api_calls(cluster: NatsCluster) -> int:
+    """JetStream API requests the nodes have served so far (each counts those it answered)."""
+    total = 0
+    for index in range(3):
+        _status, jsz = cluster._get(index, "/jsz")
+        total += int(jsz["api"]["total"])
+    return total
 
 
 async def test_wrong_password_is_a_clear_error(nats_cluster: NatsCluster) -> None:
