@@ -105,6 +105,7 @@ class NatsDelivery:
     async def ack(self) -> None:
         """Acknowledge and wait for the server's confirmation: without it the ack may have
         been lost with a node, and the message will come back (the receiver's key absorbs it)."""
+        self._bus.check_connected()
         try:
             await self._msg.ack_sync(timeout=self._bus.ack_timeout_s)
         except TimeoutError:  # nats-py raises its own or asyncio's
@@ -293,6 +294,11 @@ class NatsBus:
         return bool(self._nc.is_connected)
 
     @property
+    def messages_sent(self) -> int:
+        """Messages handed to the connection so far (sent or buffered to send)."""
+        return int(self._nc.stats["out_msgs"])
+
+    @property
     def jetstream(self) -> JetStreamContext:
         return self._js
 
@@ -319,6 +325,15 @@ class NatsBus:
             raise BusUnavailable(f"step-down of {stream}/{durable} refused: {reply.data!r}")
 
     # --- errors ---------------------------------------------------------------------------
+    def check_connected(self) -> None:
+        """Refuse at once while there is no connection. nats-py would buffer the request
+        until it reconnects; a site offline for a day retrying its outbox would pile up stale
+        copies that all go out at once on return (past the stream's de-duplication window)."""
+        if self._nc.is_closed:
+            raise BusUnavailable("the bus connection is closed")
+        if not self._nc.is_connected:
+            raise BusUnavailable("not connected to any NATS server (reconnecting)")
+
     def note_error(self, text: str) -> bool:
         """Remember a permission violation the server told us about; True if it was one."""
         match = _PERMISSION.search(text)
@@ -343,8 +358,7 @@ class NatsBus:
 
     # --- BusPort --------------------------------------------------------------------------
     async def publish(self, subject: str, msg_id: str, payload: bytes) -> None:
-        if self._nc.is_closed:
-            raise BusUnavailable("the bus connection is closed")
+        self.check_connected()
         try:
             ack = await self._js.publish(
                 subject,
@@ -378,8 +392,7 @@ class NatsBus:
         self, stream: str, durable: str, batch: int, timeout_s: float
     ) -> list[NatsDelivery]:
         """`fetch`, typed with what a NATS delivery also knows (stream sequence, msg id)."""
-        if self._nc.is_closed:
-            raise BusUnavailable("the bus connection is closed")
+        self.check_connected()
         next_subject = f"{self._api}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         try:
             sub = self._pulls.get((stream, durable))

@@ -350,14 +350,22 @@ async def test_publish_without_cluster_fails_then_reconnects_by_itself(
     site = await _site(nats_cluster, "a")
     try:
         await asyncio.to_thread(nats_cluster.stop)
-        with pytest.raises(BusUnavailable):
+        with pytest.raises(BusUnavailable, match="not connected"):
             await site.publish(up_subject("a", "heartbeat"), "hb-2", b"x")
         assert not site.connected
+        # Refused at once while down, not buffered: nothing piles up for the return.
+        sent = site.messages_sent
+        for attempt in range(20):
+            with pytest.raises(BusUnavailable, match="not connected"):
+                await site.publish(up_subject("a", "heartbeat"), f"stale-{attempt}", b"x")
+        with pytest.raises(BusUnavailable, match="not connected"):
+            await site.fetch(CMD_STREAM, site_consumer("a"), 1, 1.0)
+        assert site.messages_sent == sent
         await asyncio.to_thread(nats_cluster.start)
         await _publish_confirmed(site, up_subject("a", "heartbeat"), "hb-2", b"x")
         assert site.connected
     finally:
         await site.close()
-    got = await central.fetch_deliveries(UP_STREAM, "central", 10, 5.0)
-    assert [d.msg_id for d in got] == ["hb-2"]
+    got = await central.fetch_deliveries(UP_STREAM, "central", 100, 5.0)
+    assert [d.msg_id for d in got] == ["hb-2"]  # none of the stale attempts went out
     assert isinstance(got[0], NatsDelivery)
