@@ -12,8 +12,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 from agent.control.dispatch import Dispatcher
+from agent.fleet.link import SiteLink
+from agent.fleet.ports import BusPort
+from agent.fleet.producers import FleetProducers
 from agent.interfaces.metrics import AgentMetrics
 from agent.interfaces.telemetry.mqtt import MqttSettings, MqttTelemetry
 from agent.interfaces.telemetry.publisher import TelemetryPublisher
@@ -22,6 +26,7 @@ from agent.interfaces.web.server import StatusServer
 from agent.runtime.clock import HIGH_WATER_KEY, Clock, ClockCheck, ClockGuard, SystemClock
 from agent.runtime.config import Config
 from agent.runtime.faults import CLOCK, LOOP, STORAGE, Faults
+from agent.runtime.loops import DeathHook
 from agent.runtime.service import Component
 from agent.runtime.statedir import StateDirectory
 from agent.runtime.systemd import NamedProbe, SystemdWatchdog
@@ -146,13 +151,17 @@ class Agent:
     clock: Clock
     db: Database
     site: Site
-    participant: AgrParticipant
+    # Stand-alone mode: the site's own UFTP participant, prognoses and trader; a fleet site
+    # has none of them (its centre trades) but its link to the centre and what it publishes.
+    participant: AgrParticipant | None
     bridge: CentralSystem
     forecaster: SiteForecaster
-    prognosis: PrognosisService
-    trader: Trader
+    prognosis: PrognosisService | None
+    trader: Trader | None
     dispatcher: Dispatcher
     components: list[Component] = field(default_factory=list)
+    link: SiteLink | None = None
+    producers: FleetProducers | None = None
     metrics: AgentMetrics | None = None
     mqtt: MqttTelemetry | None = None
     telemetry: TelemetryPublisher | None = None
@@ -227,7 +236,8 @@ def clock_guard(
     def changed(reason: str | None) -> None:
         if reason is None:
             faults.clear(CLOCK)
-            agent.prognosis.wake()
+            if agent.prognosis is not None:
+                agent.prognosis.wake()
         else:
             faults.raise_fault(CLOCK, reason)
         agent.dispatcher.wake()  # a round now, or the withdrawal of the dynamic schedules
@@ -240,7 +250,10 @@ def clock_guard(
     return ClockGuard(clock, check, load=load, save=save, on_change=changed)
 
 
-def build_agent(config: Config, clock: Clock | None = None) -> Agent:
+def build_agent(config: Config, clock: Clock | None = None, *, bus: BusPort | None = None) -> Agent:
+    """The agent for `config`: stand-alone (its own UFTP participant, prognoses and trader) or,
+    with `[fleet]`, a site of a fleet (its link to the centre and what it publishes there,
+    over `bus`; NATS JetStream unless a test passes its own)."""
     clock = clock or SystemClock()
 
     def now() -> datetime:
@@ -262,8 +275,6 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     db.on_storage = storage
     site = Site(config, db, clock, flush_interval_s=float(config.storage.flush_interval_s))
     site.subscribe(commit_sessions_at_once(site))
-    # The agent's database is the file's one writer: uftp's inbox and outbox go through it.
-    participant = AgrParticipant(participant_settings(config), db, clock=now)
     registry = StoreRegistry(config, db, clock)
     if config.upstream is None:
         bridge = CentralSystem(
@@ -281,11 +292,7 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     # Sessions open when the agent stopped go back to the bridge before it listens.
     site.resume_into = bridge.resume_sessions
     forecaster = SiteForecaster(config, db, clock)
-    prognosis = PrognosisService(config, db, participant, forecaster, site, clock)
     dispatcher = Dispatcher(config, db, site, bridge, forecaster, clock)
-    trader = Trader(
-        config, db, participant, forecaster, prognosis, site, clock, on_order=dispatcher.wake
-    )
 
     async def database_ok() -> str | None:
         await db.read(lambda c: c.execute("SELECT 1").fetchone())
@@ -294,40 +301,57 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
     async def ocpp_ok() -> str | None:
         return None if bridge.port is not None else "OCPP listener is not serving"
 
-    async def uftp_ok() -> str | None:
-        return None if participant.endpoint.bound_port is not None else "UFTP endpoint down"
+    probes = [NamedProbe("database", database_ok), NamedProbe("ocpp", ocpp_ok)]
+    agent = Agent(config, clock, db, site, None, bridge, forecaster, None, None, dispatcher)
+    agent.faults = faults
+    # What the market side adds: stand-alone, before the bridge (as ever); in a fleet, the
+    # link to the centre before the bridge and the producers after it.
+    market: list[Component] = []
+    publishers: list[Component] = []
+    if config.fleet is None:
+        # The agent's database is the file's one writer: uftp's inbox and outbox go through it.
+        participant = AgrParticipant(participant_settings(config), db, clock=now)
+        prognosis = PrognosisService(config, db, participant, forecaster, site, clock)
+        trader = Trader(
+            config, db, participant, forecaster, prognosis, site, clock, on_order=dispatcher.wake
+        )
+        agent.participant, agent.prognosis, agent.trader = participant, prognosis, trader
 
-    watchdog = SystemdWatchdog(
-        [
-            NamedProbe("database", database_ok),
-            NamedProbe("ocpp", ocpp_ok),
-            NamedProbe("uftp", uftp_ok),
-        ]
-    )
-    agent = Agent(
-        config,
-        clock,
-        db,
-        site,
-        participant,
-        bridge,
-        forecaster,
-        prognosis,
-        trader,
-        dispatcher,
-        faults=faults,
-    )
+        async def uftp_ok() -> str | None:
+            return None if participant.endpoint.bound_port is not None else "UFTP endpoint down"
+
+        probes.append(NamedProbe("uftp", uftp_ok))
+        market = [participant]
+        publishers = [prognosis, trader]
+    else:
+        if bus is None:
+            raise ValueError("a fleet site needs its bus")
+        # A command applied (or a newer one replacing it) changes the caps: a round at once.
+        link = SiteLink(db, bus, config.fleet.fleet_site_id(config.site.id), clock, dispatcher.wake)
+        producers = FleetProducers(config, db, site, forecaster, link, clock)
+        agent.link, agent.producers = link, producers
+        market = [link]
+        publishers = [producers]
+    watchdog = SystemdWatchdog(probes)
 
     def loop_died(name: str, error: BaseException | None) -> None:
         faults.raise_fault(LOOP, f"{name} stopped: {error!r}")
 
-    for owner in (site, participant.outbox, prognosis, trader, dispatcher):
+    owners: list[_LoopOwner] = [site, dispatcher]
+    if agent.participant is not None:
+        owners.append(agent.participant.outbox)
+    owners += [c for c in (agent.prognosis, agent.trader, agent.link, agent.producers) if c]
+    for owner in owners:
         owner.on_loop_death = loop_died
 
     guard = clock_guard(config, clock, db, faults, agent)
     agent.clock_guard = guard
     if guard is not None:
-        for holder in (participant, trader, prognosis, dispatcher):
+        holders: list[_Holder] = [dispatcher]
+        holders += [h for h in (agent.participant, agent.trader, agent.prognosis) if h]
+        if agent.link is not None:
+            holders.append(agent.link)
+        for holder in holders:
             holder.hold = guard.hold
 
     async def health() -> list[str]:
@@ -340,16 +364,23 @@ def build_agent(config: Config, clock: Clock | None = None) -> Agent:
         # Before everything time-bound: a wrong clock holds them from their first step.
         *([guard] if guard is not None else []),
         site,
-        participant,
+        *market,
         bridge,
-        prognosis,
-        trader,
+        *publishers,
         dispatcher,
         *operations_components(agent, health),
         # Last: READY=1 tells systemd that everything before it is serving.
         watchdog,
     ]
     return agent
+
+
+class _LoopOwner(Protocol):
+    on_loop_death: DeathHook | None
+
+
+class _Holder(Protocol):
+    hold: Callable[[], str | None]
 
 
 def build_components(config: Config) -> list[Component]:

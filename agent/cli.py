@@ -366,6 +366,80 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_aggregator_run(args: argparse.Namespace) -> int:
+    from agent.central.config import load_central_config
+
+    try:
+        config = load_central_config(Path(args.config))
+    except ConfigError as exc:
+        return _report_config(exc)
+    from agent.central.app import build_aggregator, secrets
+    from agent.central.db import SchemaTooNew
+    from agent.central.natsbus import CentralNatsBus
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, serve
+
+    configure_logging(config.logging.level, config.logging.format, secrets(config))
+    log.info("flexbridge aggregator starting", extra={"version": __version__})
+    bus = CentralNatsBus(config.nats)
+    try:
+        asyncio.run(serve(build_aggregator(config, bus, bus_component=bus).components))
+    except ServiceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            return _error(
+                f"{exc.component}: {cause.strerror}; stop the other program or change "
+                "uftp.port / http.port",
+                EX_TEMPFAIL,
+            )
+        if isinstance(cause, SchemaTooNew):
+            return _error(f"{exc.component}: {cause}", EX_DATAERR)
+        if isinstance(cause, EXPECTED_START_ERRORS):
+            # The database or the bus cannot be reached (yet): systemd may try again.
+            return _error(f"{exc.component}: {cause}", EX_TEMPFAIL)
+        log.error("flexbridge aggregator could not start: %s", exc)
+        return EX_FAILURE
+    log.info("flexbridge aggregator stopped")
+    return EX_OK
+
+
+def _cmd_aggregator_add_site(args: argparse.Namespace) -> int:
+    from agent.central.config import load_central_config
+    from agent.fleet.protocol import check_site
+
+    try:
+        check_site(args.site)
+    except ValueError as exc:
+        return _error(str(exc), EX_USAGE)
+    try:
+        config = load_central_config(Path(args.config))
+    except ConfigError as exc:
+        return _report_config(exc)
+    from agent.central.app import PortfolioError, join_site
+    from agent.central.natsbus import CentralNatsBus
+    from agent.fleet.ports import BusUnavailable
+    from agent.runtime.service import StartError
+
+    async def add() -> bool:
+        bus = CentralNatsBus(config.nats)
+        await bus.start()
+        try:
+            return await join_site(
+                config, bus, args.site, args.congestion_point, args.credentials_ref
+            )
+        finally:
+            await bus.stop()
+
+    try:
+        new = asyncio.run(add())
+    except PortfolioError as exc:
+        return _error(f"{exc}; add it to congestion_points in {args.config}", EX_DATAERR)
+    except (StartError, BusUnavailable) as exc:
+        return _error(str(exc), EX_TEMPFAIL)
+    verb = "added to" if new else "already in"
+    print(f"site {args.site} {verb} the portfolio at {args.congestion_point}")
+    return EX_OK
+
+
 class _Formatter(argparse.HelpFormatter):
     """Descriptions wrapped as usual; the exit-code table kept as written."""
 
@@ -535,6 +609,47 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", "-c", help="TOML configuration file (its state directory)")
     where.add_argument("--state-dir", help="state directory")
     warmup.set_defaults(func=_cmd_warmup)
+
+    aggregator = sub.add_parser(
+        "aggregator",
+        help="the central aggregator of a fleet of sites (one UFTP participant for all)",
+        description="The central aggregator: one UFTP participant for the sites of a fleet, "
+        "their data and commands over NATS JetStream, its state in PostgreSQL "
+        "(docs/fleet.md).",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    agg = aggregator.add_subparsers(dest="aggregator_command", required=True, metavar="COMMAND")
+    agg_run = agg.add_parser(
+        "run",
+        help="run the aggregator until SIGTERM or SIGINT",
+        description="Run the aggregator: migrate the database, make the sites' consumers, "
+        "serve the UFTP endpoint and the operator view, trade. Several processes may run on "
+        "one database and cluster.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    agg_run.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
+    agg_run.set_defaults(func=_cmd_aggregator_run)
+    agg_add = agg.add_parser(
+        "add-site",
+        help="add a site to the portfolio and make its command consumer",
+        description="Add a site to the portfolio at a congestion point of the configuration "
+        "and make its durable command consumer on the bus, before any command for it. "
+        "Adding a site that is there already changes nothing; a site never moves to another "
+        "congestion point.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    agg_add.add_argument("site", help="the site's id (lowercase letters, digits, - and _)")
+    agg_add.add_argument(
+        "--congestion-point", required=True, help="its congestion point's entity address"
+    )
+    agg_add.add_argument(
+        "--credentials-ref", help="where its NATS credentials are kept (never the secret)"
+    )
+    agg_add.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
+    agg_add.set_defaults(func=_cmd_aggregator_add_site)
 
     hashpw = sub.add_parser(
         "hash-password",

@@ -5,7 +5,8 @@ connects) the dispatcher
 
 1. builds the site's power cap per ISP over the horizon: the connection capacity, and in ordered
    ISPs the order's baseline (the D-prognosis the DSO measures against) plus the ordered change;
-   an order that raises load sets a floor instead;
+   an order that raises load sets a floor instead; in fleet mode, the caps of the centre's
+   commands still valid (`agent.fleet.apply.binding_caps`: the strictest binds);
 2. allocates the cap to the plugged-in EVs with the forecaster (least laxity first, every EV's
    energy by its calibrated departure where physics allows, 0-or-at-least-minimum per charger);
 3. gives idle chargers the minimum charging power while the cap has room, so a new EV starts at
@@ -33,6 +34,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from agent.fleet import store as fleet_store
+from agent.fleet.apply import binding_caps
 from agent.runtime import failpoints
 from agent.runtime.clock import Clock
 from agent.runtime.config import Config
@@ -171,8 +174,8 @@ class Dispatcher:
         self.bridge = bridge
         self.forecaster = forecaster
         self.clock = clock
-        self.market = Market(config.uftp.market_timezone, config.uftp.isp_duration_min)
-        self.isp_seconds = config.uftp.isp_duration_min * 60
+        self.market = Market(config.market_timezone, config.isp_duration_min)
+        self.isp_seconds = config.isp_duration_min * 60
         self.control_s = control_s
         self.verify_sample = verify_sample
         self.capacity_w = float(config.site.connection_capacity_w)
@@ -317,6 +320,14 @@ class Dispatcher:
         room = {s: w for s, w in context.room(self.market).items() if s >= current}
         return targets, room
 
+    async def _fleet_caps(self, now: datetime) -> dict[datetime, float]:
+        """The caps of the fleet commands in force from the current ISP on (none outside
+        fleet mode: the table is empty)."""
+        commands = await self.db.read(fleet_store.active_commands)
+        epoch = int(now.timestamp())
+        current = datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
+        return binding_caps(commands, now, since=current)
+
     async def dispatch_once(self) -> DispatchRound:
         with timed(self.observe, "round"):
             return await self._dispatch_once()
@@ -324,7 +335,9 @@ class Dispatcher:
     async def _dispatch_once(self) -> DispatchRound:
         now = self.clock.now()
         ordered, room = await self._orders(now)
-        grid = self._grid(now, max(ordered) if ordered else None)
+        fleet = await self._fleet_caps(now)
+        last = max([*ordered, *fleet], default=None)
+        grid = self._grid(now, last)
         horizon = len(grid)
         cap = np.full(horizon, self.capacity_w)
         floor = np.zeros(horizon)
@@ -341,6 +354,10 @@ class Dispatcher:
             k = position.get(start)
             if k is not None:
                 cap[k] = min(cap[k], max(most, floor[k]))
+        for start, most in fleet.items():
+            k = position.get(start)
+            if k is not None:
+                cap[k] = min(cap[k], most)
 
         calibration = await self.forecaster.calibration()
         online = {cid for cid, c in self.site.chargers.items() if c.online}
@@ -385,7 +402,7 @@ class Dispatcher:
         schedules: dict[str, np.ndarray] = {cid: np.zeros(horizon) for cid in online}
         per_evse: dict[tuple[str, int], np.ndarray] = {}
         limits, used, unmet = allocate_limits(
-            needs, grid[0], cap, self.config.uftp.isp_duration_min, self._keep_levels(needs)
+            needs, grid[0], cap, self.config.isp_duration_min, self._keep_levels(needs)
         )
         for need, limit in zip(needs, limits, strict=True):
             cid = need.session.info.charger_id

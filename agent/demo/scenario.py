@@ -190,6 +190,7 @@ async def start_agent(story: Story) -> None:
     # Rounds on simulated time: at `speed` x, a 60 s control period would be several per
     # real second; a site of 20 chargers is well served every 5 simulated minutes.
     agent.dispatcher.control_s = 300.0
+    assert agent.trader is not None  # the demo site is stand-alone
     agent.trader.housekeeping_s = 900.0
     service = Service(agent.components)
     await service.start()

@@ -320,7 +320,8 @@ class AgentMetrics:
     def attach(self) -> None:
         """Connect the hooks of the agent's modules to the histograms."""
         self.agent.db.observe = lambda kind, s: self.store.labels(kind).observe(s)
-        self.agent.trader.observe = lambda kind, s: self.uftp_inbound.labels(kind).observe(s)
+        if self.agent.trader is not None:
+            self.agent.trader.observe = lambda kind, s: self.uftp_inbound.labels(kind).observe(s)
         self.agent.dispatcher.observe = self._dispatch
         self.agent.site.subscribe(self._event)
 

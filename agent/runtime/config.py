@@ -363,10 +363,63 @@ class HttpConfig(Model):
     token: SecretStr | None = None
 
 
+FLEET_ISP_MINUTES = 15  # the fleet protocol's ISP grid (agent.fleet.protocol: 900 s, UTC)
+
+
+class FleetConfig(Model):
+    """The site's link to the central aggregator of a fleet (docs/fleet.md, "Site agent").
+
+    A site in a fleet has no UFTP identity of its own: it publishes its forecast, flexibility,
+    metering and heartbeat to the centre over NATS JetStream and applies the centre's commands.
+    """
+
+    # The site's id on the bus (subjects fleet.up.<id>.*, consumer site-<id>); site.id by default.
+    site_id: Annotated[str, Field(pattern=SITE_ID)] | None = None
+    # NATS servers of the fleet's cluster; the client fails over between them.
+    servers: Annotated[
+        list[Annotated[str, Field(pattern=r"^(nats|tls)://.+")]], Field(min_length=1)
+    ]
+    # NATS user and password of this site (site-<id> by default; the password through the
+    # environment: FLEXBRIDGE_FLEET__PASSWORD).
+    user: str | None = None
+    password: SecretStr | None = None
+    # A heartbeat (chargers connected, power, safe limit) this often, so the centre tells an
+    # offline site apart.
+    heartbeat_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    # The flexibility envelope again at least this often (and after each forecast).
+    flex_interval_s: Annotated[int, Field(ge=60, le=86_400)] = 900
+    # Day-ahead forecasts go out at this local time of the market (the centre's D-prognoses
+    # are due later), intraday ones every `intraday_interval_min`.
+    market_timezone: TimeZoneName = "Europe/Amsterdam"
+    forecast_time: Annotated[str, Field(pattern=LOCAL_TIME)] = "08:00"
+    intraday_interval_min: Annotated[int, Field(ge=15, le=24 * 60)] = 60
+
+    @model_validator(mode="after")
+    def _password_given(self) -> Self:
+        if self.password is None or not self.password.get_secret_value():
+            raise ValueError(
+                "fleet.password is required: the site's NATS password, best through the "
+                "environment (FLEXBRIDGE_FLEET__PASSWORD) rather than the file"
+            )
+        return self
+
+    def bus_user(self, site_id: str) -> str:
+        return self.user or f"site-{self.fleet_site_id(site_id)}"
+
+    def fleet_site_id(self, site_id: str) -> str:
+        return self.site_id or site_id
+
+
 class Config(Model):
+    # Serialized under the names the file uses (`uftp`, not the field's own name).
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
     site: SiteConfig
     ocpp: OcppConfig = Field(default_factory=OcppConfig)
-    uftp: UftpConfig
+    # Exactly one of the two: stand-alone (the site is its own UFTP participant) or a site of
+    # a fleet (the central aggregator is). Stand-alone code reads `uftp`.
+    uftp_section: UftpConfig | None = Field(default=None, alias="uftp")
+    fleet: FleetConfig | None = None
     congestion_points: list[CongestionPointConfig] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
@@ -377,6 +430,36 @@ class Config(Model):
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     upstream: UpstreamConfig | None = None  # local-controller mode (agent/runtime/upstream.py)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Self:
+        if (self.uftp_section is None) == (self.fleet is None):
+            raise ValueError(
+                "exactly one of [uftp] (the site is its own UFTP participant) and [fleet] "
+                "(a site of a fleet) is needed"
+            )
+        return self
+
+    @property
+    def uftp(self) -> UftpConfig:
+        """The UFTP participant's settings; stand-alone mode only (a fleet site has none)."""
+        if self.uftp_section is None:
+            raise RuntimeError("a fleet site has no [uftp] section: its centre speaks UFTP")
+        return self.uftp_section
+
+    @property
+    def isp_duration_min(self) -> int:
+        """The ISP length the site measures and plans in."""
+        if self.uftp_section is None:
+            return FLEET_ISP_MINUTES
+        return self.uftp_section.isp_duration_min
+
+    @property
+    def market_timezone(self) -> str:
+        if self.uftp_section is not None:
+            return self.uftp_section.market_timezone
+        assert self.fleet is not None  # _one_mode
+        return self.fleet.market_timezone
 
     def safe_power_w(self, charger: ChargerConfig) -> int:
         """The charger's static safe limit: configured, or an equal share of the site's."""

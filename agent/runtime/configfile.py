@@ -227,7 +227,8 @@ def cross_problems(data: Mapping[str, Any]) -> list[ConfigProblem]:
     addresses = [_field(CongestionPointConfig, cp, "entity_address") for cp in points]
     for i, cp in enumerate(points):
         domain = _field(CongestionPointConfig, cp, "dso_domain")
-        if _valid(domain) and domain not in dso_domains:
+        # A fleet site has no UFTP peers: its centre trades with the congestion point's DSO.
+        if uftp is not None and _valid(domain) and domain not in dso_domains:
             problems.append(
                 ConfigProblem(
                     f"congestion_points[{i}].dso_domain",
@@ -471,6 +472,24 @@ def load_config(
     return parse_config(text, str(path), environ, files=files)
 
 
+def _market_line(config: Config) -> str:
+    fleet = config.fleet
+    if fleet is not None:
+        site_id = fleet.fleet_site_id(config.site.id)
+        return (
+            f"fleet site {site_id} (NATS user {fleet.bus_user(config.site.id)}) on "
+            f"{', '.join(fleet.servers)}, heartbeat every {fleet.heartbeat_s} s, "
+            f"market {fleet.market_timezone} PT{config.isp_duration_min}M"
+        )
+    uftp = config.uftp
+    return (
+        f"UFTP participant {uftp.domain} (AGR) on {uftp.host}:{uftp.port}"
+        f"{' with TLS' if uftp.tls else ' behind a TLS proxy'}, "
+        f"{len(uftp.peers)} peer(s), market {uftp.market_timezone} "
+        f"PT{uftp.isp_duration_min}M"
+    )
+
+
 def summary(config: Config) -> list[str]:
     """A few lines an operator can check at a glance after `check-config`."""
     site = config.site
@@ -480,10 +499,7 @@ def summary(config: Config) -> list[str]:
         f"safe limit {site.effective_safe_limit_w} W, time zone {site.timezone}",
         f"OCPP listener {ocpp.host}:{ocpp.port}, security profile {ocpp.security_profile}, "
         f"{len(ocpp.chargers)} configured charger(s), unknown chargers: {ocpp.unknown_chargers}",
-        f"UFTP participant {config.uftp.domain} (AGR) on {config.uftp.host}:{config.uftp.port}"
-        f"{' with TLS' if config.uftp.tls else ' behind a TLS proxy'}, "
-        f"{len(config.uftp.peers)} peer(s), market {config.uftp.market_timezone} "
-        f"PT{config.uftp.isp_duration_min}M",
+        _market_line(config),
         f"{len(config.congestion_points)} congestion point(s): "
         + (", ".join(cp.entity_address for cp in config.congestion_points) or "none"),
         f"state in {config.storage.database_path}",

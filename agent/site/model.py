@@ -116,7 +116,7 @@ class Site:
         self.config = config
         self.db = db
         self.clock = clock
-        self.isp_seconds = config.uftp.isp_duration_min * 60
+        self.isp_seconds = config.isp_duration_min * 60
         self.flush_interval_s = flush_interval_s
         self.chargers: dict[str, ChargerState] = {}
         self.sessions: dict[str, ActiveSession] = {}

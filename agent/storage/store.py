@@ -297,6 +297,41 @@ SCHEMA = [
         ALTER TABLE flex_settlement_new RENAME TO flex_settlement;
         """,
     ),
+    Migration(
+        5,
+        "fleet mode: the site's outbox to the centre, its active commands and their outcomes",
+        # agent.fleet.store reads and writes these. `seq` orders the outbox (a message queued
+        # again keeps its place); `id` is the message's own id, its Nats-Msg-Id.
+        """
+        CREATE TABLE fleet_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            published_at REAL
+        );
+        CREATE INDEX fleet_outbox_pending ON fleet_outbox (published_at, seq);
+        CREATE TABLE fleet_commands (
+            order_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL CHECK (seq >= 1),
+            valid_until REAL NOT NULL,
+            congestion_point TEXT NOT NULL,
+            start INTEGER NOT NULL,
+            isp_s INTEGER NOT NULL,
+            caps TEXT NOT NULL,
+            applied_at REAL NOT NULL
+        );
+        CREATE TABLE fleet_command_log (
+            order_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('applied', 'superseded', 'expired')),
+            at REAL NOT NULL,
+            UNIQUE (order_id, seq)
+        );
+        """,
+    ),
 ]
 
 

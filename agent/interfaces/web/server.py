@@ -275,6 +275,10 @@ class StatusServer:
         if not isinstance(resend, bool):
             raise _error(400, f"resend {resend!r} is not true or false")
         dispatcher = self.agent.dispatcher
+        held = dispatcher.hold()
+        if held is not None:
+            # No round runs while the clock is not trusted: say so instead of waiting for one.
+            raise _error(503, f"dispatch is held: {held}")
         try:
             async with asyncio.timeout(DISPATCH_WAIT_S):
                 round_ = await dispatcher.round_now(resend=resend)
@@ -299,6 +303,9 @@ class StatusServer:
     async def post_prognosis_resend(self, request: web.Request) -> web.Response:
         """Send a new revision of a day's D-prognosis (after fixing a DSO-side problem)."""
         self._authorize(request)
+        prognosis = self.agent.prognosis
+        if prognosis is None:
+            raise _error(409, "a site of a fleet sends no D-prognoses: its centre does")
         body = await self._json_body(request)
         cps = [cp.entity_address for cp in self.agent.config.congestion_points]
         cp = body.get("congestion_point") or (cps[0] if len(cps) == 1 else None)
@@ -312,7 +319,7 @@ class StatusServer:
         if period < today:
             raise _error(400, f"period {period} is over: its prognosis can no longer change")
         try:
-            row = await self.agent.prognosis.send(str(cp), period, "operator")
+            row = await prognosis.send(str(cp), period, "operator")
         except WorkerError as exc:
             raise _error(503, f"no forecast, nothing sent: {exc}") from exc
         log.info("D-prognosis resent on request of the operator", extra={"revision": row.revision})
@@ -328,13 +335,16 @@ class StatusServer:
     async def post_revoke(self, request: web.Request) -> web.Response:
         """Revoke an open FlexOffer (UFTP FlexOfferRevocation); never one that was ordered."""
         self._authorize(request)
+        trader = self.agent.trader
+        if trader is None:
+            raise _error(409, "a site of a fleet makes no offers: its centre does")
         message_id = request.match_info["message_id"]
         offer = await self.agent.db.read(lambda c: trades.find_offer(c, message_id))
         if offer is None:
             raise _error(404, f"no offer with MessageID {message_id!r}")
         if offer.status not in records.OPEN_OFFER:
             raise _error(409, f"offer {message_id} is {offer.status}, not open")
-        revoked = await self.agent.trader.revoke(offer, "revoked by the operator")
+        revoked = await trader.revoke(offer, "revoked by the operator")
         if not revoked:
             raise _error(409, f"offer {message_id} was ordered or closed meanwhile")
         return web.json_response({"message_id": message_id, "status": "revoked"})
