@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -64,6 +64,8 @@ class NatsCluster:
         size: int = 3,
         binary: str | None = None,
         host: str = "127.0.0.1",
+        passwords: Mapping[str, str] | None = None,
+        domain: str | None = None,
     ) -> None:
         found = binary or find_nats_server()
         if found is None:
@@ -72,7 +74,8 @@ class NatsCluster:
         self.workdir = workdir
         self.host = host
         self.central_password = secrets.token_urlsafe(16)
-        self.sites = [SiteCredentials(s, site_password(s)) for s in sites]
+        chosen = passwords or {}
+        self.sites = [SiteCredentials(s, chosen.get(s) or site_password(s)) for s in sites]
         nodes = tuple(
             Node(
                 name=f"n{i + 1}",
@@ -89,6 +92,7 @@ class NatsCluster:
             nodes=nodes,
             central_password=self.central_password,
             route_password=secrets.token_urlsafe(16),
+            domain=domain,
         )
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
 
@@ -196,6 +200,10 @@ class NatsCluster:
                 return exc.code, json.loads(body or b"null")
             except ValueError:
                 return exc.code, body.decode(errors="replace")
+
+    def healthz(self, index: int) -> tuple[int, Any]:
+        """The node's /healthz answer: HTTP status and body (which asset is not current)."""
+        return self._get(index, "/healthz")
 
     def healthy(self, index: int, *, assets: bool = True) -> bool:
         """`/healthz` says OK and the node knows the JetStream meta leader.
