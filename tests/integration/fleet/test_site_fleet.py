@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,15 +32,17 @@ from agent.fleet.bus import (
     ensure_site_consumer,
     ensure_streams,
 )
-from agent.fleet.link import SiteLink
+from agent.fleet.link import AFTER_COMMAND_COMMIT, SiteLink
+from agent.runtime import failpoints
 from agent.runtime.clock import SystemClock
 from agent.runtime.config import Config
 from agent.runtime.service import Component
 from agent.storage.db import Database
 from agent.storage.store import SCHEMA
 from ocpp_bridge.simulator import SimCharger16, running
-from tests.support.agent_env import make_env
+from tests.support.agent_env import make_env, toml_text
 from tests.support.nats_cluster import NatsCluster, site_password, start_or_skip
+from tests.support.processes import AgentProcess
 from tests.support.uftp import eventually
 
 pytestmark = pytest.mark.integration
@@ -134,6 +138,11 @@ def command_for(
 
 
 def fleet_site_config(tmp_path: Path, cluster: NatsCluster, site: str) -> Config:
+    return Config.model_validate(fleet_site_raw(tmp_path, cluster, site))
+
+
+def fleet_site_raw(tmp_path: Path, cluster: NatsCluster, site: str) -> dict[str, Any]:
+    """A fleet site's configuration as written: two chargers, the cluster's servers."""
     env = make_env(
         tmp_path,
         ocpp={
@@ -151,7 +160,7 @@ def fleet_site_config(tmp_path: Path, cluster: NatsCluster, site: str) -> Config
         "password": site_password(site),
         "heartbeat_s": 5,
     }
-    return Config.model_validate(raw)
+    return raw
 
 
 @contextlib.asynccontextmanager
@@ -338,3 +347,86 @@ async def test_two_hundred_sites_apply_each_command_exactly_once(tmp_path: Path)
                     await bus.close()
                 for db in dbs:
                     await db.stop()
+
+
+# --- a fleet agent killed between the command's commit and the stream ack ------------------------
+
+
+async def test_an_agent_killed_after_committing_a_command_applies_it_once_after_restart(
+    tmp_path: Path,
+) -> None:
+    site = "crash-1"
+    with cluster_for(tmp_path, [site]) as cluster:
+        bus = await NatsBus.connect_central(cluster.client_urls, cluster.central_password)
+        try:
+            await ensure_streams(bus.jetstream)
+            await ensure_central_consumer(bus.jetstream)
+            # A short ack_wait: the unacked command comes back soon after the restart.
+            await ensure_site_consumer(bus.jetstream, site, ack_wait_s=2.0)
+            centre = Centre(bus)
+            raw = fleet_site_raw(tmp_path, cluster, site)
+            config = Config.model_validate(raw)
+            password = raw["fleet"].pop("password")
+            path = tmp_path / "site.toml"
+            path.write_text(toml_text(raw))
+            env = {"FLEXBRIDGE_FLEET__PASSWORD": password}
+
+            first = AgentProcess(
+                ["run", "--config", str(path)],
+                env={**env, failpoints.ENV: AFTER_COMMAND_COMMIT},
+            )
+            try:
+                first.wait_for("fleet bus connected")
+                await centre.command(command_for(site, "order-5", 1, [3_000.0, 2_000.0]))
+                code = await asyncio.to_thread(first.finish, 30.0)
+                assert code == -signal.SIGKILL, "\n".join(first.lines)
+            finally:
+                first.kill()
+            database = config.storage.database_path
+            assert _rows(database, "SELECT order_id, seq, outcome FROM fleet_command_log") == [
+                ("order-5", 1, "applied")
+            ]
+            [(applied_at,)] = _rows(database, "SELECT applied_at FROM fleet_commands")
+            ack = ack_id(site, "order-5", 1)
+            assert _rows(
+                database, "SELECT id, published_at FROM fleet_outbox WHERE kind='ack'"
+            ) == [(ack, None)]
+
+            second = AgentProcess(["run", "--config", str(path)], env=env)
+            try:
+                second.wait_for("fleet bus connected")
+
+                async def acked_at_centre() -> bool:
+                    await centre.collect()
+                    return bool(centre.acks(site))
+
+                await eventually(acked_at_centre, timeout_s=30, what="the Ack after the restart")
+                await eventually(
+                    lambda: _consumer_settled(bus, site),
+                    timeout_s=30,
+                    what="the redelivered command acked on the stream",
+                )
+                await asyncio.sleep(3.0)  # another ack_wait: nothing more may come
+                await centre.collect()
+            finally:
+                second.proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(second.finish, 30.0)
+                second.kill()
+            assert [(a.id, a.outcome) for a in centre.acks(site)] == [(ack, "applied")]
+            assert _rows(database, "SELECT order_id, seq, applied_at FROM fleet_commands") == [
+                ("order-5", 1, applied_at)
+            ]
+            assert len(_rows(database, "SELECT * FROM fleet_command_log")) == 1
+            assert not [line for line in second.lines if "fleet command applied" in line]
+        finally:
+            await bus.close()
+
+
+async def _consumer_settled(bus: NatsBus, site: str) -> bool:
+    info = await bus.jetstream.consumer_info(protocol.CMD_STREAM, protocol.site_consumer(site))
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+def _rows(database: Path, sql: str) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        return [tuple(r) for r in conn.execute(sql)]
