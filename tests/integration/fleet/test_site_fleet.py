@@ -251,6 +251,23 @@ async def test_a_fleet_agent_holds_its_chargers_to_the_centres_cap(tmp_path: Pat
                 beat = next(m for m in centre.received if isinstance(m, protocol.Heartbeat))
                 assert beat.site == site
                 assert beat.safe_limit_w == config.site.effective_safe_limit_w
+
+                # Today's forecast (made in a forecast worker) and the EVs' flexibility.
+                async def forecast_and_flex_arrived() -> bool:
+                    await centre.collect()
+                    kinds = {m.kind for m in centre.received if m.site == site}
+                    return {"forecast", "flex"} <= kinds
+
+                await eventually(
+                    forecast_and_flex_arrived, timeout_s=120, what="a forecast and a flex"
+                )
+                forecast = next(m for m in centre.received if isinstance(m, protocol.Forecast))
+                assert (forecast.congestion_point, forecast.made_at.tzinfo) == (CP, UTC)
+                assert len(forecast.p50_w) >= 1
+                flex = [m for m in centre.received if isinstance(m, protocol.Flex)][-1]
+                # Two EVs plugged in: they could take both chargers' 11 kW from the next ISP
+                # (one plugged in within an ISP counts from the next: never promise too much).
+                assert flex.max_w[1] == pytest.approx(2 * 16 * VOLTS_3PH, rel=0.01)
             rows = await _read(config, fleet_store.command_log)
             assert [(e.order_id, e.seq, e.outcome) for e in rows] == [
                 ("order-1", 1, "applied"),
