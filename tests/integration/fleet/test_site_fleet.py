@@ -104,8 +104,11 @@ async def centre_on(cluster: NatsCluster, sites: list[str]) -> AsyncIterator[Cen
     try:
         await ensure_streams(bus.jetstream)
         await ensure_central_consumer(bus.jetstream)
-        for site in sites:  # when each site joins: before any command for it
-            await ensure_site_consumer(bus.jetstream, site)
+        # As each site joins: before any command for it (a few at a time, as joins come).
+        for first in range(0, len(sites), 20):
+            await asyncio.gather(
+                *(ensure_site_consumer(bus.jetstream, s) for s in sites[first : first + 20])
+            )
         yield Centre(bus)
     finally:
         await bus.close()
