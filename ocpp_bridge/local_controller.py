@@ -31,6 +31,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -629,6 +630,18 @@ class LocalController(CentralSystem):
                 len(state["replays"]),
                 extra={"charger_id": charger_id},
             )
+
+    def csms_limit_w(
+        self, charger_id: str, start: datetime, end: datetime, *, evse_id: int = 0, evses: int = 1
+    ) -> float | None:
+        """What the CSMS's own profiles the charger accepted allow (`relay.Relay.csms_profiles`)."""
+        relay = self._relays.get(charger_id)
+        charger = self._chargers.get(charger_id)
+        if relay is None or charger is None or not relay.csms_profiles:
+            return None
+        return relay.csms_profiles.limit_w(
+            start, end, charger.record.electrical, evse_id=evse_id, evses=evses
+        )
 
     async def call(
         self, charger_id: str, action: str, payload: dict[str, Any], timeout_s: float | None = None
