@@ -77,10 +77,13 @@ async def controller(
     policy: UpstreamPolicy = UpstreamPolicy.AUTONOMOUS,
     log: EventLog | None = None,
     state_dir: Path | None = None,
+    target: UpstreamTarget | None = None,
 ) -> AsyncIterator[LocalController]:
+    """`target`: the CSMS (default: ``ws://`` on `csms_port`, security profile 1)."""
     records = [ChargerRecord(i, test_hash()) for i in ("RPC16", "RPC201")]
     upstream = UpstreamSettings(
-        default=UpstreamTarget(
+        default=target
+        or UpstreamTarget(
             f"ws://127.0.0.1:{csms_port}/ocpp", security_profile=SecurityProfile.BASIC
         ),
         policy=policy,
