@@ -138,6 +138,9 @@ class RelaySession:
         self._down = _Writer()
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[Answer]] = {}
+        # Answered CALLs for the site model to follow, in order, and who follows them now.
+        self._to_observe: deque[tuple[ocppj.Call, dict[str, Any]]] = deque()
+        self._observing = asyncio.Lock()
         self._deadline = DeadlineTimer(self._deadline_passed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[Any] | None = None
@@ -171,6 +174,8 @@ class RelaySession:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _apply(self, events: list[RelayEvent]) -> None:
+        """Act on what the relay said: the frames it wrote go out first, then the site model
+        follows the CALLs answered (it never holds up an answer), in the relay's order."""
         for event in events:
             if isinstance(event, OurAnswer):
                 waiter = self._waiters.pop(event.answer.unique_id, None)
@@ -179,11 +184,11 @@ class RelaySession:
             elif isinstance(event, FollowUp):
                 if self._on_follow_up is not None:
                     self._on_follow_up(self.charger_id, event.call)
-                await self._observed(event.call, {})
+                self._to_observe.append((event.call, {}))
             elif isinstance(event, Answered):
-                await self._observed(event.call, event.payload)
+                self._to_observe.append((event.call, event.payload))
             elif isinstance(event, AnsweredLocally):
-                await self._observed(event.call, event.payload)
+                self._to_observe.append((event.call, event.payload))
                 log.info(
                     "charger %s: %s answered locally (CSMS away)%s",
                     self.charger_id,
@@ -210,6 +215,15 @@ class RelaySession:
             self._save(self.relay)
             self._saved_revision = self.relay.revision
         await self._flush()
+        await self._observe_all()
+
+    async def _observe_all(self) -> None:
+        """Follow the answered CALLs queued so far, one at a time, oldest first (whichever read
+        loop gets here: they were queued in the relay's order before anything was awaited)."""
+        async with self._observing:
+            while self._to_observe:
+                call, payload = self._to_observe.popleft()
+                await self._observed(call, payload)
 
     async def _observed(self, call: ocppj.Call, payload: dict[str, Any]) -> None:
         if self._observe is not None:
@@ -432,12 +446,14 @@ class _Following(Connection):
     """A version's `Connection` that follows a relayed charger instead of answering it.
 
     It is fed every charger CALL once the CALL was answered (by the CSMS or the relay), so its
-    handlers keep the site model, sessions and events true to the charger; its own answers are
-    dropped. Its CALLs (the bridge's smart charging and set-up) go through the relay under our
-    ids, so the central system's commands work on a relayed charger as on a direct one.
+    handlers keep the site model, sessions and events true to the charger; it writes no answer
+    of its own (`answers_calls`). Its CALLs (the bridge's smart charging and set-up) go through
+    the relay under our ids, so the central system's commands work on a relayed charger as on a
+    direct one.
     """
 
     session: RelaySession
+    answers_calls = False
 
     async def exchange(self, action: str, payload: dict[str, Any], timeout_s: float) -> Answer:
         try:
