@@ -12,14 +12,13 @@ goes unnoticed by the station and the CSMS gets what it missed when it is back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from ocpp_bridge.timestamps import parse_timestamp
-from tests.conftest import in_ci
 from tests.support.everest import (
     CONNECTED,
     PASSWORD,
@@ -33,8 +32,6 @@ from tests.support.everest import (
     start_all,
 )
 from tests.support.node_csms import NodeCsms
-from tests.support.node_peer import MISSING as NODE_MISSING
-from tests.support.node_peer import find_node
 from tests.support.uftp import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -48,23 +45,6 @@ TRANSACTION = {
     V201: ("TransactionEvent",),
 }
 OUR_PREFIX = "fb-"
-
-
-@pytest.fixture
-def node() -> str:
-    found = find_node()
-    if found is None:
-        if in_ci():
-            pytest.fail(NODE_MISSING)
-        pytest.skip(NODE_MISSING)
-    return found
-
-
-@pytest.fixture
-async def csms(node: str) -> AsyncIterator[NodeCsms]:
-    server = await NodeCsms.start(node)
-    yield server
-    await server.stop()
 
 
 def started(frame: Frame) -> bool:
