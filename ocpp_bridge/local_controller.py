@@ -117,7 +117,8 @@ class RelaySession:
         budget: TokenBucket | None = None,
     ) -> None:
         """`observe`: awaited with every charger CALL that got a CALLRESULT (from the CSMS or
-        here) and that answer, in the charger's order, so the site model follows the charger."""
+        here) and that answer, in the charger's order, once the answer was written, so the site
+        model follows the charger without holding up its answers."""
         self.charger_id = charger_id
         self.websocket = websocket
         self.version = version
