@@ -26,10 +26,21 @@ test: $(VENV)/.installed-test system-deps peers everest-peer
 	$(BIN)/ruff check $(PACKAGES) tests
 	$(BIN)/ruff format --check $(PACKAGES) tests
 	$(BIN)/mypy $(PACKAGES)
-	@# pytest exits 5 when it collected nothing: a suite that cannot fail is a failure here.
-	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
-	exit $$status
+	@# Tests marked `long` (minutes of wall-clock time, little CPU: a ten-minute CSMS outage)
+	@# run in a second pytest process beside the rest, so they do not add to the suite's time;
+	@# its output follows the main run's. Both must pass. pytest exits 5 when it collected
+	@# nothing: a suite that cannot fail is a failure here, in either process.
+	@long_log=$$(mktemp); \
+	$(BIN)/python -m pytest -p no:cacheprovider -m long $(PYTEST_LONG_ARGS) >$$long_log 2>&1 & long_pid=$$!; \
+	trap 'kill $$long_pid 2>/dev/null' INT TERM; \
+	status=0; $(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS) || status=$$?; \
+	long_status=0; wait $$long_pid || long_status=$$?; \
+	echo "--- tests marked long (second pytest process) ---"; cat $$long_log; rm -f $$long_log; \
+	for s in $$status $$long_status; do \
+	  if [ $$s -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	done; \
+	if [ $$status -ne 0 ]; then exit $$status; fi; \
+	exit $$long_status
 
 # --- Python environment --------------------------------------------------------------------
 # Debian's python3 lacks the venv module until python3-venv is installed.

@@ -190,6 +190,9 @@ class Connection:
 
     # This many frames refused since the charger was last well within its budget close it.
     FLOOD_CLOSE_AFTER = 1000
+    # Handlers' answers are checked and written to the charger. Off for a connection that
+    # follows a charger someone else answers (local-controller mode): nobody would read them.
+    answers_calls = True
 
     def __init__(
         self,
@@ -413,8 +416,9 @@ class Connection:
             response = getattr(self, on_name)(**kwargs)
             if inspect.isawaitable(response):
                 response = await response
-            payload = _response_payload(response)
-            schemas.validate(self.version, action, payload, response=True)
+            if self.answers_calls:
+                payload = _response_payload(response)
+                schemas.validate(self.version, action, payload, response=True)
         except OCPPError as exc:
             return await self._answer_error(call.unique_id, exc)
         except Exception:
@@ -424,8 +428,10 @@ class Connection:
             )
         finally:
             _IN_HANDLER.reset(token)
-        follow = self.endpoint.send_result(call.unique_id, payload)
-        await self._flush()
+        follow: list[ocppj.Event] = []
+        if self.answers_calls:
+            follow = self.endpoint.send_result(call.unique_id, payload)
+            await self._flush()
         if after_name is not None:
             result = getattr(self, after_name)(**kwargs)
             if inspect.iscoroutine(result):

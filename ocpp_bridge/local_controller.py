@@ -31,6 +31,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,8 @@ class RelaySession:
         budget: TokenBucket | None = None,
     ) -> None:
         """`observe`: awaited with every charger CALL that got a CALLRESULT (from the CSMS or
-        here) and that answer, in the charger's order, so the site model follows the charger."""
+        here) and that answer, in the charger's order, once the answer was written, so the site
+        model follows the charger without holding up its answers."""
         self.charger_id = charger_id
         self.websocket = websocket
         self.version = version
@@ -137,6 +139,9 @@ class RelaySession:
         self._down = _Writer()
         self._up = _Writer()
         self._waiters: dict[str, asyncio.Future[Answer]] = {}
+        # Answered CALLs for the site model to follow, in order, and who follows them now.
+        self._to_observe: deque[tuple[ocppj.Call, dict[str, Any]]] = deque()
+        self._observing = asyncio.Lock()
         self._deadline = DeadlineTimer(self._deadline_passed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[Any] | None = None
@@ -170,6 +175,8 @@ class RelaySession:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _apply(self, events: list[RelayEvent]) -> None:
+        """Act on what the relay said: the frames it wrote go out first, then the site model
+        follows the CALLs answered (it never holds up an answer), in the relay's order."""
         for event in events:
             if isinstance(event, OurAnswer):
                 waiter = self._waiters.pop(event.answer.unique_id, None)
@@ -178,11 +185,11 @@ class RelaySession:
             elif isinstance(event, FollowUp):
                 if self._on_follow_up is not None:
                     self._on_follow_up(self.charger_id, event.call)
-                await self._observed(event.call, {})
+                self._to_observe.append((event.call, {}))
             elif isinstance(event, Answered):
-                await self._observed(event.call, event.payload)
+                self._to_observe.append((event.call, event.payload))
             elif isinstance(event, AnsweredLocally):
-                await self._observed(event.call, event.payload)
+                self._to_observe.append((event.call, event.payload))
                 log.info(
                     "charger %s: %s answered locally (CSMS away)%s",
                     self.charger_id,
@@ -209,6 +216,15 @@ class RelaySession:
             self._save(self.relay)
             self._saved_revision = self.relay.revision
         await self._flush()
+        await self._observe_all()
+
+    async def _observe_all(self) -> None:
+        """Follow the answered CALLs queued so far, one at a time, oldest first (whichever read
+        loop gets here: they were queued in the relay's order before anything was awaited)."""
+        async with self._observing:
+            while self._to_observe:
+                call, payload = self._to_observe.popleft()
+                await self._observed(call, payload)
 
     async def _observed(self, call: ocppj.Call, payload: dict[str, Any]) -> None:
         if self._observe is not None:
@@ -431,12 +447,14 @@ class _Following(Connection):
     """A version's `Connection` that follows a relayed charger instead of answering it.
 
     It is fed every charger CALL once the CALL was answered (by the CSMS or the relay), so its
-    handlers keep the site model, sessions and events true to the charger; its own answers are
-    dropped. Its CALLs (the bridge's smart charging and set-up) go through the relay under our
-    ids, so the central system's commands work on a relayed charger as on a direct one.
+    handlers keep the site model, sessions and events true to the charger; it writes no answer
+    of its own (`answers_calls`). Its CALLs (the bridge's smart charging and set-up) go through
+    the relay under our ids, so the central system's commands work on a relayed charger as on a
+    direct one.
     """
 
     session: RelaySession
+    answers_calls = False
 
     async def exchange(self, action: str, payload: dict[str, Any], timeout_s: float) -> Answer:
         try:
@@ -629,6 +647,18 @@ class LocalController(CentralSystem):
                 len(state["replays"]),
                 extra={"charger_id": charger_id},
             )
+
+    def csms_limit_w(
+        self, charger_id: str, start: datetime, end: datetime, *, evse_id: int = 0, evses: int = 1
+    ) -> float | None:
+        """What the CSMS's own profiles the charger accepted allow (`relay.Relay.csms_profiles`)."""
+        relay = self._relays.get(charger_id)
+        charger = self._chargers.get(charger_id)
+        if relay is None or charger is None or not relay.csms_profiles:
+            return None
+        return relay.csms_profiles.limit_w(
+            start, end, charger.record.electrical, evse_id=evse_id, evses=evses
+        )
 
     async def call(
         self, charger_id: str, action: str, payload: dict[str, Any], timeout_s: float | None = None

@@ -154,8 +154,12 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for every frame: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
+
+
 def _dumps(message: list[Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), default=_json_default)
+    return _ENCODER.encode(message)
 
 
 def error_frame(

@@ -23,7 +23,10 @@ them:
   replay, in order, once the CSMS is back. A 1.6 transaction started while the
   CSMS was away runs under a local transactionId; once the CSMS has given its own id for it,
   every later message about that transaction carries the CSMS's id upstream. Replayed 2.0.1
-  TransactionEvents carry ``offline: true``: the CSMS did not hear of them when they happened.
+  TransactionEvents carry ``offline: true``: the CSMS did not hear of them when they happened;
+- the CSMS's own charging profiles: its SetChargingProfile / ClearChargingProfile the charger
+  accepted are kept in `csms_profiles` (they survive restarts with the replays), so that
+  flexbridge plans within the limit they set.
 
 The charger's CALLs wait (unanswered) while the first upstream connection is being opened: a
 CSMS must see the charger's own BootNotification, not one we answered. The host says when that
@@ -44,6 +47,7 @@ from enum import StrEnum
 from typing import Any
 
 from ocpp_bridge import ocppj
+from ocpp_bridge.csms_profiles import CsmsProfiles
 from ocpp_bridge.events import ProtocolVersion
 from ocpp_bridge.timestamps import format_timestamp
 
@@ -58,6 +62,9 @@ FOLLOW_UP_ACTIONS = frozenset(
     }
 )
 
+
+# The CSMS's CALLs that change the profiles the charger holds (kept in `csms_profiles`).
+PROFILE_ACTIONS = frozenset({"SetChargingProfile", "ClearChargingProfile"})
 
 # How many of our latest requestIds are recognised in follow-ups.
 OUR_REQUESTS_KEPT = 1024
@@ -216,6 +223,9 @@ class Relay:
         self._up_pending: tuple[str, _Upward] | None = None
         # The CSMS's CALLs forwarded downstream: downstream id -> CSMS id.
         self._down: dict[str, str] = {}
+        # Those that change the charger's profiles, until the charger answered them.
+        self._down_profiles: dict[str, ocppj.Call] = {}
+        self.csms_profiles = CsmsProfiles(version)
         self._csms_ids = itertools.count(1)
         # Local 1.6 transaction id -> the CSMS's, once a replayed StartTransaction was answered.
         self.transaction_ids: dict[int, int] = {}
@@ -252,6 +262,7 @@ class Relay:
             "replays": [[u.action, u.payload, u.local_tx] for u in self._replays()],
             "transaction_ids": [[k, v] for k, v in self.transaction_ids.items()],
             "next_transaction_id": self._next_tx,
+            "csms_profiles": self.csms_profiles.to_json(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -265,6 +276,7 @@ class Relay:
         self._up.extendleft(reversed(replays))
         self.transaction_ids.update({int(k): int(v) for k, v in state["transaction_ids"]})
         self._next_tx = max(self._next_tx, int(state["next_transaction_id"]))
+        self.csms_profiles.restore(state.get("csms_profiles", []))
         self.revision += 1
 
     def to_charger(self) -> list[str]:
@@ -325,11 +337,26 @@ class Relay:
         if call.action in FOLLOW_UP_ACTIONS and self._ours(call.payload):
             out.append(FollowUp(call))
             return self.downstream.send_result(call.unique_id, {})
+        self._transaction_end(call)
         if self.state is UpstreamState.OFFLINE:
             return self._offline(call, out)
         self._up.append(_Upward(call.action, call.payload, call.unique_id))
         self._pump_up(now)
         return []
+
+    def _transaction_end(self, call: ocppj.Call) -> None:
+        """The CSMS's TxProfiles for a transaction end with it."""
+        if call.action == "StopTransaction":
+            ended = call.payload.get("transactionId")
+        elif call.action == "TransactionEvent" and call.payload.get("eventType") == "Ended":
+            ended = (call.payload.get("transactionInfo") or {}).get("transactionId")
+        else:
+            return
+        if ended is not None and self.csms_profiles:
+            before = len(self.csms_profiles)
+            self.csms_profiles.transaction_ended(str(ended))
+            if len(self.csms_profiles) != before:
+                self.revision += 1
 
     def _ours(self, payload: dict[str, Any]) -> bool:
         request_id = payload.get("requestId")
@@ -346,6 +373,14 @@ class Relay:
             # Not the CSMS's, so ours: it never goes upstream.
             out.append(OurAnswer(answer))
             return
+        profile_call = self._down_profiles.pop(answer.unique_id, None)
+        if (
+            profile_call is not None
+            and isinstance(answer, ocppj.CallResult)
+            and answer.payload.get("status") == "Accepted"
+        ):
+            # The charger holds it now, whether or not the CSMS is still there to hear so.
+            self._profiles_changed(profile_call)
         if self.state is not UpstreamState.ONLINE or self.upstream.answering != csms_id:
             self.counters.dropped_answers += 1  # the CSMS that asked is gone
             return
@@ -420,7 +455,21 @@ class Relay:
                 except ocppj.IdCollision:
                     continue
         self._down[down_id] = call.unique_id
+        if call.action in PROFILE_ACTIONS:
+            self._down_profiles[down_id] = call
         self.counters.forwarded_down += 1
+
+    def _profiles_changed(self, call: ocppj.Call) -> None:
+        try:
+            if call.action == "SetChargingProfile":
+                self.csms_profiles.set(call.payload)
+            else:
+                self.csms_profiles.clear(call.payload)
+        except (KeyError, TypeError, ValueError):
+            # Schema-valid, so only a value nothing here can read (an unknown unit): the
+            # charger decides about it; the limit flexbridge plans with does not count it.
+            return
+        self.revision += 1
 
     def _csms_answer(
         self,
@@ -646,6 +695,7 @@ class Relay:
         self._up.extendleft(reversed(previous._replays()))
         self.transaction_ids.update(previous.transaction_ids)
         self._next_tx = max(self._next_tx, previous._next_tx)
+        self.csms_profiles = previous.csms_profiles
         previous._up.clear()
         previous._up_pending = None
         self.revision += 1

@@ -51,6 +51,8 @@ _PACKAGE = Path(ocpp.__file__).resolve().parent
 # A request and a response validator per known action: the cache cannot grow beyond this.
 CACHE_LIMIT = 2 * sum(len(actions) for actions in ACTIONS.values())
 _cache: dict[tuple[ProtocolVersion, str], Validator] = {}
+# The same validators by (version, action, response), for `validate`; known actions only.
+_by_action: dict[tuple[ProtocolVersion, str, bool], Validator] = {}
 
 # JSON-schema keyword -> OCPP-J error code (1.6 §4.2.3, 2.0.1 OCPP-J §4.3). The library maps
 # type/maxLength, additionalProperties and required the same way; the rest it calls
@@ -127,7 +129,11 @@ def cached_validators() -> int:
 
 def validate(version: ProtocolVersion, action: str, payload: Any, *, response: bool) -> None:
     """Raise the OCPP error a peer should get for `payload`, or return quietly."""
-    check = validator_for(version, action, response=response)
+    # Every relayed or handled message comes here: the compiled validator by one lookup.
+    check = _by_action.get((version, action, response))
+    if check is None:
+        check = validator_for(version, action, response=response)
+        _by_action[(version, action, response)] = check
     try:
         check(payload)
     except fastjsonschema.JsonSchemaValueException as exc:

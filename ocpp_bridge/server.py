@@ -765,6 +765,14 @@ class CentralSystem:
             return CompositeSchedule(CommandResult(CommandStatus.OFFLINE), evse_id)
         return await charger.smart.composite(connection, evse_id, duration_s)
 
+    def csms_limit_w(
+        self, charger_id: str, start: datetime, end: datetime, *, evse_id: int = 0, evses: int = 1
+    ) -> float | None:
+        """The lowest power (W) another CSMS's own profiles allow the charger (`evse_id` 0, with
+        `evses` EVSEs) or one EVSE in [start, end); None: no limit of theirs. Always None here:
+        only a charger relayed to its operator's CSMS (`LocalController`) has such profiles."""
+        return None
+
     def dynamic_schedule(self, charger_id: str, evse_id: int = 0) -> DynamicScheduleSnapshot | None:
         """The dynamic layer the bridge keeps on one charger's EVSE (None when there is none):
         a composite schedule read back is only comparable up to the held profile's validTo,

@@ -375,6 +375,7 @@ class Dispatcher:
         schedules, per_evse, unmet = await asyncio.to_thread(
             self._allocate, needs, grid, steerable_cap, floor, online
         )
+        self._within_csms_limits(grid, schedules, per_evse)
         round_ = DispatchRound(
             now,
             grid,
@@ -420,6 +421,38 @@ class Dispatcher:
             schedules[cid] = allowance
             used = used + allowance
         return schedules, per_evse, unmet
+
+    def _within_csms_limits(
+        self,
+        grid: list[datetime],
+        schedules: dict[str, np.ndarray],
+        per_evse: dict[tuple[str, int], np.ndarray],
+    ) -> None:
+        """A charger relayed to its operator's CSMS (local-controller mode) also holds that
+        CSMS's own profiles, and draws the lower of both limits: its plan is kept within
+        theirs, ISP by ISP, so that what the agent plans with is what the charger allows."""
+        step = timedelta(seconds=self.isp_seconds)
+
+        def bound(cid: str, evse_id: int, evses: int) -> np.ndarray | None:
+            limits = [
+                self.bridge.csms_limit_w(cid, s, s + step, evse_id=evse_id, evses=evses)
+                for s in grid
+            ]
+            if all(limit is None for limit in limits):
+                return None
+            return np.array([np.inf if limit is None else limit for limit in limits])
+
+        for cid, values in schedules.items():
+            evses = max(1, self._evse_count(cid))
+            station = bound(cid, 0, evses)
+            if station is not None:
+                schedules[cid] = np.minimum(values, station)
+            for (charger, evse_id), evse_values in per_evse.items():
+                if charger != cid:
+                    continue
+                own = bound(cid, evse_id, evses)
+                limit = schedules[cid] if own is None else np.minimum(own, schedules[cid])
+                per_evse[(charger, evse_id)] = np.minimum(evse_values, limit)
 
     def _keep_levels(self, needs: Sequence[SessionNeed]) -> list[float]:
         """Per EV, the charger limit (W) it keeps where the plan has no energy for it: its

@@ -165,7 +165,9 @@ def parse_frames(text: str) -> list[Frame]:
             index += 1
             continue
         sent = found.group(1) in ("FRAME >", "ChargePoint:")
-        # A pretty-printed frame continues over the following lines until the JSON closes.
+        # A pretty-printed frame continues over the following lines until the JSON closes: at
+        # a line that is a bare "]" (the frame's own bracket; nested ones are indented). A 1.6
+        # StopTransaction carries every sample of its transaction: thousands of lines.
         chunk = found.group(2)
         end = index
         message: Any = None
@@ -175,10 +177,12 @@ def parse_frames(text: str) -> list[Frame]:
                 break
             except ValueError:
                 end += 1
-                if end >= len(lines) or end - index > 400:
+                while end < len(lines) and lines[end].rstrip() != "]":
+                    end += 1
+                if end >= len(lines):
                     message = None
                     break
-                chunk += lines[end]
+                chunk = found.group(2) + "".join(lines[index + 1 : end + 1])
         if isinstance(message, list) and message and isinstance(message[0], int):
             frames.append(Frame(sent, message, offsets[index]))
             index = end + 1

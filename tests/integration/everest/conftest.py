@@ -18,6 +18,9 @@ from tests.support.everest import (
     find_peer,
     stop_all,
 )
+from tests.support.node_csms import NodeCsms
+from tests.support.node_peer import MISSING as NODE_MISSING
+from tests.support.node_peer import find_node
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +68,22 @@ async def stations(
 
     yield make
     await stop_all(made)
+
+
+@pytest.fixture
+def node() -> str:
+    """The Node.js test peers (tests/peers). Missing: skip locally, fail under CI=true."""
+    found = find_node()
+    if found is None:
+        if in_ci():
+            pytest.fail(NODE_MISSING)
+        pytest.skip(NODE_MISSING)
+    return found
+
+
+@pytest.fixture
+async def csms(node: str) -> AsyncIterator[NodeCsms]:
+    """The operator's CSMS of local-controller mode: tests/peers/csms.js (ocpp-rpc, strict)."""
+    server = await NodeCsms.start(node)
+    yield server
+    await server.stop()

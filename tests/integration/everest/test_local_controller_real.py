@@ -12,12 +12,13 @@ goes unnoticed by the station and the CSMS gets what it missed when it is back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.conftest import in_ci
+from ocpp_bridge.timestamps import parse_timestamp
 from tests.support.everest import (
     CONNECTED,
     PASSWORD,
@@ -31,8 +32,6 @@ from tests.support.everest import (
     start_all,
 )
 from tests.support.node_csms import NodeCsms
-from tests.support.node_peer import MISSING as NODE_MISSING
-from tests.support.node_peer import find_node
 from tests.support.uftp import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -46,23 +45,6 @@ TRANSACTION = {
     V201: ("TransactionEvent",),
 }
 OUR_PREFIX = "fb-"
-
-
-@pytest.fixture
-def node() -> str:
-    found = find_node()
-    if found is None:
-        if in_ci():
-            pytest.fail(NODE_MISSING)
-        pytest.skip(NODE_MISSING)
-    return found
-
-
-@pytest.fixture
-async def csms(node: str) -> AsyncIterator[NodeCsms]:
-    server = await NodeCsms.start(node)
-    yield server
-    await server.stop()
 
 
 def started(frame: Frame) -> bool:
@@ -318,3 +300,134 @@ async def test_real_station_keeps_charging_through_a_csms_outage_and_replays_in_
         assert not [m for m in back.frames(charger_id) if m[0] != 2], back.frames(charger_id)
     finally:
         await back.stop()
+
+
+CSMS_PROFILE_ID = 7  # the CSMS's small sequential ids, far from flexbridge's 9000100...
+CSMS_STACK_LEVEL = 5  # above flexbridge's 0-2
+CSMS_LIMITS_A = ((0, 10.0), (1800, 7.0))  # (seconds from its start, A)
+
+
+def csms_tx_default(version: str, start: datetime) -> dict[str, Any]:
+    schedule: dict[str, Any] = {
+        "startSchedule": start.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "chargingRateUnit": "A",
+        "chargingSchedulePeriod": [{"startPeriod": s, "limit": a} for s, a in CSMS_LIMITS_A],
+    }
+    profile: dict[str, Any] = {
+        "stackLevel": CSMS_STACK_LEVEL,
+        "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Absolute",
+    }
+    if version == V16:
+        profile |= {"chargingProfileId": CSMS_PROFILE_ID, "chargingSchedule": schedule}
+        return {"connectorId": 0, "csChargingProfiles": profile}
+    profile |= {"id": CSMS_PROFILE_ID, "chargingSchedule": [{"id": 70, **schedule}]}
+    return {"evseId": 0, "chargingProfile": profile}
+
+
+def csms_limit_a(start: datetime, moment: datetime) -> float:
+    offset = (moment - start).total_seconds()
+    return [a for s, a in CSMS_LIMITS_A if s <= offset][-1]
+
+
+def profile_of(call: Frame) -> dict[str, Any]:
+    profile = call.payload.get("csChargingProfiles") or call.payload.get("chargingProfile")
+    assert isinstance(profile, dict), call
+    return profile
+
+
+def periods_a(profile: dict[str, Any]) -> list[tuple[datetime, float]]:
+    """(start, limit in A) of every period of a profile flexbridge sent (Absolute, one
+    schedule)."""
+    schedule = profile["chargingSchedule"]
+    if isinstance(schedule, list):
+        [schedule] = schedule
+    start = parse_timestamp(schedule["startSchedule"])
+    per_a = 1.0 if schedule["chargingRateUnit"] == "A" else WATTS_PER_AMP
+    return [
+        (start + timedelta(seconds=p["startPeriod"]), float(p["limit"]) / per_a)
+        for p in schedule["chargingSchedulePeriod"]
+    ]
+
+
+@pytest.mark.parametrize("version", [V16, V201])
+async def test_real_station_holds_the_csms_profiles_beside_ours_and_we_plan_within_them(
+    version: str,
+    csms: NodeCsms,
+    site_factory: Callable[..., AgentSite],
+    stations: Callable[..., list[Station]],
+) -> None:
+    """The CSMS sets its own TxDefault (10 A, then 7 A after half an hour) at its stack level
+    and id; flexbridge's safe and dynamic profiles stay on the station beside it (both
+    accepted), the agent's plan for the charger never exceeds the CSMS's limit, and the
+    station's own composite schedule is the lower of the two."""
+    charger_id = "LCPRO16" if version == V16 else "LCPRO201"
+    site = site_factory(
+        [charger_id],
+        upstream_url=f"ws://127.0.0.1:{csms.port}/ocpp",
+        upstream_toml='policy = "strict"',
+    )
+    site.start()
+    [station] = stations(site, [charger_id], version)
+    await start_all([station])
+    await csms.wait_for_call(charger_id, "BootNotification")
+
+    def ours(level: int) -> list[Frame]:
+        return [
+            call
+            for call in station.calls("SetChargingProfile", sent=False)
+            if call.unique_id.startswith(OUR_PREFIX)
+            and stack_level(call) == level
+            and accepted(station, call)
+        ]
+
+    await eventually(lambda: ours(0) and ours(1), 90, "our safe and dynamic profiles accepted")
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+    answer = await csms.call(charger_id, "SetChargingProfile", csms_tx_default(version, start))
+    assert answer.get("result") == {"status": "Accepted"}, answer
+
+    since = station.mark()
+    station.send(START[version])
+    await station.wait_for_frame(started, since=since, timeout_s=30, what="transaction start")
+    station.send("power 7000")
+
+    # From the round the session start wakes on, every dynamic profile we send stays within
+    # the CSMS's limit at each of its periods (the ISP's lowest).
+    def planned_within() -> list[tuple[datetime, float]] | None:
+        later = [call for call in ours(1) if call.offset >= since]
+        if not later:
+            return None
+        periods = periods_a(profile_of(later[-1]))
+        return periods if all(a <= csms_limit_a(start, t) for t, a in periods) else None
+
+    try:
+        plan = await site.eventually(
+            planned_within, timeout_s=90, what="our plan within the CSMS's limit"
+        )
+    except AssertionError:
+        last = [periods_a(profile_of(call)) for call in ours(1)][-1:]
+        raise AssertionError(f"our last dynamic profile: {last}") from None
+    assert plan[0][1] > 0, plan  # the EV charges
+    limit_w = site.charger(charger_id)["limit_w"]
+    assert limit_w is not None
+    assert limit_w <= csms_limit_a(start, datetime.now(UTC)) * WATTS_PER_AMP, limit_w
+
+    # Both sides' profiles are on the station: the CSMS's was never replaced by ours.
+    taken = [c for c in station.calls("SetChargingProfile", sent=False) if accepted(station, c)]
+    ids = {profile_of(c).get("chargingProfileId", profile_of(c).get("id")) for c in taken}
+    assert CSMS_PROFILE_ID in ids, ids
+    assert ids & {9_000_100, 9_000_200}, ids
+    assert station.calls("ClearChargingProfile", sent=False) == [], "nobody cleared a profile"
+
+    # The station's own composite for the EVSE: the lower of ours and the CSMS's, throughout.
+    composite = (await station.composite(3600))[1]
+    assert composite is not None, composite
+    began = datetime.now(UTC)
+    for period in composite["chargingSchedulePeriod"]:
+        moment = began + timedelta(seconds=float(period["startPeriod"]))
+        assert float(period["limit"]) <= csms_limit_a(start, moment) + 1e-9, composite
+    ours_now = [a for t, a in plan if t <= began + timedelta(seconds=5)][-1]
+    expected = min(ours_now, csms_limit_a(start, began))
+    assert composite_limit_a(composite) == pytest.approx(expected, abs=1.0), (composite, plan)
+    assert csms.complaints() == []

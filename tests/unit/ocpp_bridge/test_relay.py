@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from ocpp_bridge import schemas
 from ocpp_bridge.events import ProtocolVersion
+from ocpp_bridge.profiles import ElectricalData
 from ocpp_bridge.relay import (
     AnsweredLocally,
     CloseCharger,
@@ -443,3 +444,64 @@ def test_a_validated_charger_call_goes_upstream_as_the_charger_wrote_it() -> Non
     relay = online(V201, validate=functools.partial(schemas.validate, V201, response=False))
     relay.from_charger(call("c1", "TransactionEvent", payload), 0.0)
     assert frames(relay.to_csms()) == [[2, "c1", "TransactionEvent", payload]]
+
+
+def csms_profile(profile_id: int, limit_a: float) -> dict[str, Any]:
+    return {
+        "connectorId": 0,
+        "csChargingProfiles": {
+            "chargingProfileId": profile_id,
+            "stackLevel": 5,
+            "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": {
+                "startSchedule": "2026-12-02T00:00:00Z",
+                "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit_a}],
+            },
+        },
+    }
+
+
+def csms_limit_w(relay: Relay) -> float | None:
+    start = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+    return relay.csms_profiles.limit_w(
+        start, start.replace(hour=5), ElectricalData(phases=3, nominal_voltage_v=230.0)
+    )
+
+
+def test_the_csms_profiles_the_charger_accepted_are_kept_and_survive_a_restart() -> None:
+    relay = online()
+    relay.from_csms(call("s1", "SetChargingProfile", csms_profile(1, 10.0)), 0.0)
+    relay.from_charger(result("s1", {"status": "Accepted"}), 0.1)
+    assert frames(relay.to_csms()) == [[3, "s1", {"status": "Accepted"}]]
+    assert csms_limit_w(relay) == 10 * 690.0
+    # Refused by the charger: not in force.
+    relay.from_csms(call("s2", "SetChargingProfile", csms_profile(2, 6.0)), 0.2)
+    relay.from_charger(result("s2", {"status": "Rejected"}), 0.3)
+    assert csms_limit_w(relay) == 10 * 690.0
+    # Our own profiles are not the CSMS's.
+    ours = relay.send_our_call("SetChargingProfile", csms_profile(9_000_201, 6.0), 0.4)
+    relay.from_charger(result(ours, {"status": "Accepted"}), 0.5)
+    assert csms_limit_w(relay) == 10 * 690.0
+    saved = json.loads(json.dumps(relay.durable_state()))
+    restarted = Relay(V16, clock=clock)
+    restarted.restore(saved)
+    assert csms_limit_w(restarted) == 10 * 690.0
+    # A later connection of the charger keeps them too.
+    following = Relay(V16, clock=clock)
+    following.adopt(restarted)
+    assert csms_limit_w(following) == 10 * 690.0
+    following.upstream_connected(1.0)
+    following.from_csms(call("s3", "ClearChargingProfile", {"id": 1}), 1.0)
+    following.from_charger(result("s3", {"status": "Accepted"}), 1.1)
+    assert csms_limit_w(following) is None
+
+
+def test_a_csms_profile_accepted_after_the_csms_went_away_is_still_in_force() -> None:
+    relay = online()
+    relay.from_csms(call("s1", "SetChargingProfile", csms_profile(1, 8.0)), 0.0)
+    relay.upstream_lost(0.1)
+    relay.from_charger(result("s1", {"status": "Accepted"}), 0.2)
+    assert relay.to_csms() == []
+    assert csms_limit_w(relay) == 8 * 690.0

@@ -65,3 +65,52 @@ async def test_frames_that_leave_the_deadline_alone_keep_its_timer(
     assert len(armed) == 1
     # The one timer still fires at the deadline.
     assert isinstance(await asyncio.wait_for(answer, 5), ocppj.CallTimedOut)
+
+
+async def test_the_charger_hears_its_answer_before_the_site_model_follows_in_order() -> None:
+    """The site model's handler is not on the answer's way: the charger gets the CSMS's answer
+    while the CALL is still being followed, and the CALLs are followed one at a time, in the
+    order they were answered, whichever read loop answered them."""
+    socket = Socket()
+    relay = Relay(ProtocolVersion.OCPP16, clock=lambda: datetime(2026, 12, 2, tzinfo=UTC))
+    target = UpstreamTarget("ws://127.0.0.1:1/ocpp")
+    followed: list[str] = []
+    release = asyncio.Event()
+
+    async def observe(call: ocppj.Call, answer: dict[str, Any]) -> None:
+        followed.append(f"start {call.unique_id}")
+        if call.unique_id == "c1":
+            await release.wait()
+        followed.append(f"end {call.unique_id}")
+
+    relayed = RelaySession(
+        "CP1",
+        socket,  # type: ignore[arg-type]
+        ProtocolVersion.OCPP16,
+        target,
+        None,
+        UpstreamSettings(default=target),
+        relay,
+        observe=observe,
+    )
+    relay.upstream_connected(0.0)
+    await relayed._apply(relay.from_charger('[2,"c1","Heartbeat",{}]', 0.0))
+    answered = asyncio.ensure_future(
+        relayed._apply(relay.from_csms('[3,"c1",{"currentTime":"2026-12-02T00:00:00Z"}]', 0.1))
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert socket.frames == ['[3,"c1",{"currentTime":"2026-12-02T00:00:00Z"}]']
+    assert followed == ["start c1"]
+    # The charger's next CALL, answered here (the CSMS went away), waits for the first.
+    relay.upstream_lost(0.2)
+    local = asyncio.ensure_future(
+        relayed._apply(relay.from_charger('[2,"c2","StatusNotification",{}]', 0.3))
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert socket.frames[-1] == '[3,"c2",{}]'
+    assert followed == ["start c1"]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(answered, local), 5)
+    assert followed == ["start c1", "end c1", "start c2", "end c2"]
