@@ -337,6 +337,14 @@ def build_agent(config: Config, clock: Clock | None = None, *, bus: BusPort | No
         agent.link, agent.producers = link, producers
         market.append(link)
         publishers = [producers]
+
+    async def loops_ok() -> str | None:
+        # A loop that stopped for good is work that stopped (dispatch, the flush, delivery):
+        # a restart cures it, so the pings stop and systemd restarts the agent.
+        fault = faults.active.get(LOOP)
+        return None if fault is None else fault.reason
+
+    probes.append(NamedProbe(LOOP, loops_ok))
     watchdog = SystemdWatchdog(probes)
 
     def loop_died(name: str, error: BaseException | None) -> None:
@@ -360,8 +368,10 @@ def build_agent(config: Config, clock: Clock | None = None, *, bus: BusPort | No
             holder.hold = guard.hold
 
     async def health() -> list[str]:
-        # Faults show on /health but withhold no watchdog ping: a restart cures neither.
-        return [*await watchdog.check(), *faults.problems()]
+        # The storage and clock faults show on /health but withhold no watchdog ping: a
+        # restart cures neither. The loop fault is also a probe (above): a restart cures it.
+        problems = await watchdog.check()
+        return [*problems, *(p for p in faults.problems() if p not in problems)]
 
     agent.components = [
         StateDirectory(config.storage.state_directory),

@@ -11,6 +11,7 @@ from agent.app import build_agent
 from agent.runtime.config import Config
 from agent.runtime.faults import LOOP
 from agent.runtime.loops import clock_loop
+from agent.runtime.systemd import SystemdWatchdog
 
 
 class RecordingClock:
@@ -66,6 +67,12 @@ async def test_a_dead_agent_loop_raises_the_loop_fault(
             await asyncio.sleep(0)
         assert agent.faults.is_active(LOOP)
         assert "site-flush stopped" in agent.faults.problems()[0]
+        # A restart cures it: the watchdog withholds its pings, so systemd restarts the agent.
+        watchdog = agent.components[-1]
+        assert isinstance(watchdog, SystemdWatchdog)
+        assert [p for p in await watchdog.check() if p.startswith("loop: ")] == [
+            agent.faults.problems()[0]
+        ]
         monkeypatch.setattr(agent.site, "flush", real_flush)
         await agent.site.stop()
     finally:
