@@ -440,6 +440,20 @@ def _cmd_aggregator_add_site(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_aggregator_nats_config(args: argparse.Namespace) -> int:
+    from agent.central.natsfiles import NatsFileError, render, write
+
+    try:
+        rendered = render(Path(args.cluster))
+        written = write(rendered, Path(args.out))
+    except NatsFileError as exc:
+        return _error(str(exc), exc.exit_code)
+    for path in written:
+        print(path)
+    print(f"{len(rendered.sites)} site user(s): {', '.join(rendered.sites) or 'none'}")
+    return EX_OK
+
+
 class _Formatter(argparse.HelpFormatter):
     """Descriptions wrapped as usual; the exit-code table kept as written."""
 
@@ -650,6 +664,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agg_add.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
     agg_add.set_defaults(func=_cmd_aggregator_add_site)
+    agg_nats = agg.add_parser(
+        "nats-config",
+        help="render the nats-server configuration of each cluster node",
+        description="Render /etc/flexbridge/nats/<node>.conf for every node of the fleet's "
+        "NATS cluster from a cluster description (nodes, secret files) and one secret file per "
+        "site (<site id>.secret in its site_secrets_dir): the centre's user, every site's user "
+        "with its permissions, routes and JetStream. Render again after adding a site and "
+        "reload each node (docs/fleet.md, Bus).",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    agg_nats.add_argument("--cluster", required=True, help="the cluster description (TOML)")
+    agg_nats.add_argument("--out", required=True, help="where to write <node>.conf")
+    agg_nats.set_defaults(func=_cmd_aggregator_nats_config)
 
     hashpw = sub.add_parser(
         "hash-password",
