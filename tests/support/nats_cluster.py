@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -64,6 +64,7 @@ class NatsCluster:
         size: int = 3,
         binary: str | None = None,
         host: str = "127.0.0.1",
+        passwords: Mapping[str, str] | None = None,
     ) -> None:
         found = binary or find_nats_server()
         if found is None:
@@ -72,7 +73,8 @@ class NatsCluster:
         self.workdir = workdir
         self.host = host
         self.central_password = secrets.token_urlsafe(16)
-        self.sites = [SiteCredentials(s, site_password(s)) for s in sites]
+        chosen = passwords or {}
+        self.sites = [SiteCredentials(s, chosen.get(s) or site_password(s)) for s in sites]
         nodes = tuple(
             Node(
                 name=f"n{i + 1}",
