@@ -71,6 +71,10 @@ def _spread(ctx: _Context) -> Float64Array:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_square = (w @ np.where(known, x * x, 0.0)) / np.maximum(mass, 1e-300)
     var = mean_square - np.where(np.isnan(mean), 0.0, mean) ** 2
+    # Days that all had the same power have no spread; their difference of moments is
+    # rounding of either sign, and `_scale` must not read a floor into it on one path and not
+    # on the other. A spread under 1e-6 of the root mean square is that rounding.
+    var = np.where(var > 1e-12 * np.where(np.isnan(mean_square), 0.0, mean_square), var, 0.0)
     return np.where(mass > 0, np.sqrt(np.maximum(np.where(mass > 0, var, 0.0), 0.0)), 0.0)
 
 

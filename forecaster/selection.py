@@ -365,15 +365,26 @@ def _quantiles(
     return p10, p50, p90
 
 
+MATERIAL_W = 100.0
+"""Errors and loads below this mean per ISP are noise for `regime_changed`: a site that drew
+(almost) nothing on its held-out days has a held-out error near 0 W, and twice nothing or
+"off by half" of nothing would re-select at every round. 100 W is well below one EV."""
+
+
 def regime_changed(selection: Selection, actual: Float64Array, forecast: Float64Array) -> bool:
     """Whether the days since the selection say the site changed: over at least 3 days, the
     mean absolute error per ISP is more than twice the held-out one, or the daily energy is
-    off by more than half in one direction (a collapse or a doubling)."""
+    off by more than half in one direction (a collapse or a doubling). Neither counts while
+    the error, or both the load and the forecast, stay below `MATERIAL_W` per ISP."""
     known = ~np.isnan(actual)
     if actual.shape[0] < LEVEL_DAYS or not known.any():
         return False
+    count = float(known.sum())
     err = np.where(known, forecast - actual, 0.0)
-    mae = float(np.abs(err).sum() / known.sum())
+    mae = float(np.abs(err).sum() / count)
     load = float(np.where(known, actual, 0.0).sum())
-    bias = abs(float(err.sum())) / max(load, float(np.where(known, forecast, 0.0).sum()), 1e-9)
-    return mae > 2.0 * selection.mean_abs_error_w or bias > 0.5
+    level = max(load, float(np.where(known, forecast, 0.0).sum()))
+    bias = abs(float(err.sum())) / max(level, 1e-9)
+    worse = mae > 2.0 * max(selection.mean_abs_error_w, MATERIAL_W)
+    shifted = level / count > MATERIAL_W and bias > 0.5
+    return worse or shifted

@@ -101,6 +101,10 @@ class CentralConfig(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.uftp.isp_duration_min != 15:
+            raise ValueError(
+                "uftp.isp_duration_min: the fleet works on 15-minute ISPs (the sites' grid)"
+            )
         points = [cp.entity_address for cp in self.congestion_points]
         if len(set(points)) != len(points):
             raise ValueError("a congestion point is listed twice")

@@ -149,6 +149,8 @@ def aggregate_prognosis(
     """
     for start in isps:
         check_isp(start)
+    if len(set(isps)) != len(isps):
+        raise ValueError("the ISPs of a prognosis must be distinct")
     if max_shift_days < 0:
         raise ValueError("max_shift_days must be >= 0")
     ordered_sites = sorted(set(sites))
@@ -338,20 +340,27 @@ class _Room:
     max_w: float
 
 
-def envelope_room(flex: Flex, isp: datetime, reserved_w: float, raises: bool) -> _Room | None:
+def envelope_room(
+    flex: Flex, isp: datetime, reserved_w: float, raises: bool, *, level_w: float | None = None
+) -> _Room | None:
     """What a site's envelope leaves in one ISP for a change in one direction, after what
     outstanding offers already reserved there; None where the envelope does not cover it.
 
     The site can be held anywhere in [min_w, max_w]. Its baseline is taken into that range
     (it cannot be outside), the reservations are added (they must stay deliverable at the
     same time), and the room is the distance from there to the bound in the wanted direction.
+    `level_w` replaces the baseline as the starting point where the site already holds a cap.
     """
+    if not math.isfinite(reserved_w) or (level_w is not None and not math.isfinite(level_w)):
+        # NaN would pass every comparison below and end up in a cap.
+        raise ValueError(f"reservation or level of {flex.site} at {isp.isoformat()} is not finite")
     at = position(flex.start, len(flex.baseline_w), isp)
     if at is None:
         return None
     low, high = flex.min_w[at], flex.max_w[at]
     baseline = _clip(flex.baseline_w[at], low, high)
-    committed = _clip(baseline + reserved_w, low, high)
+    start = baseline if level_w is None else level_w
+    committed = _clip(start + reserved_w, low, high)
     room = high - committed if raises else committed - low
     return _Room(flex.site, max(room, 0.0), baseline, low, high)
 
@@ -420,7 +429,17 @@ def offer_from_flex(
     envelope already holds per ISP, whatever it is held to elsewhere.
 
     Deterministic: the same inputs give the same offer (sites are taken in sorted order).
+    Overlapping elements are a caller's bug (`ValueError`): UFTP validation rejects them.
     """
+    seen: set[datetime] = set()
+    for element in request:
+        starts = set(element.starts)
+        if starts & seen:
+            raise ValueError(
+                f"request elements overlap at {min(starts & seen).isoformat()} (the inbound "
+                "validation rejects such a request)"
+            )
+        seen |= starts
     usable, left_out = usable_flex(flexes, congestion_point, now)
     offered: list[OfferedElement] = []
     not_offered: list[tuple[datetime, str]] = []

@@ -21,6 +21,8 @@ from datetime import datetime
 from agent.central.grid import ISP, check_isp
 from agent.central.portfolio import SiteContribution, envelope_room, proportional, usable_flex
 from agent.fleet.protocol import Flex
+from uftp import calendar
+from uftp.models import FlexOrder
 
 TOLERANCE_W = 1e-6  # float rounding in a sum of shares; far below a watt
 
@@ -90,6 +92,10 @@ def split_order(
         if not math.isfinite(ordered):
             raise ValueError(f"ordered change at {t.isoformat()} is not finite")
         here = {site: per[t] for site, per in sorted(contributions.items()) if t in per}
+        for site, c in here.items():
+            if not all(map(math.isfinite, (c.change_w, c.baseline_w, c.min_w, c.max_w))):
+                # A stored contribution gone bad must not turn into an unlimited cap.
+                raise ValueError(f"contribution of {site} at {t.isoformat()} is not finite")
         sign = 1.0 if ordered > 0 else -1.0
         givers = [s for s, c in here.items() if ordered != 0 and c.change_w * sign > 0]
         offered = [abs(here[s].change_w) for s in givers]
@@ -99,6 +105,8 @@ def split_order(
         for site, contribution in here.items():
             change = sign * given.get(site, 0.0)
             site_held = held.get(site, {}).get(t, 0.0)
+            if not math.isfinite(site_held):
+                raise ValueError(f"held change of {site} at {t.isoformat()} is not finite")
             cap = _cap(
                 contribution.baseline_w, site_held, change, contribution.min_w, contribution.max_w
             )
@@ -119,6 +127,21 @@ def split_order(
         if abs(gap) > TOLERANCE_W:
             shortfall[t] = gap
     return Split(congestion_point, shares, shortfall)
+
+
+def order_changes(order: FlexOrder) -> dict[datetime, float]:
+    """A FlexOrder's change per ISP on the UTC grid (the UFTP edge). Its ISP powers already
+    carry the activation factor (a partial activation scales them in the order itself), so
+    they are the change to split. Raises `uftp.calendar.CalendarError` for an ISP outside the
+    period and `ValueError` for another ISP-Duration than the fleet's 15 minutes."""
+    if order.isp_minutes != 15:
+        raise ValueError(f"the fleet grid is 15-minute ISPs, the order has {order.isp_minutes}")
+    out: dict[datetime, float] = {}
+    for isp in order.isps:
+        for index in range(isp.start, isp.start + isp.duration):
+            start, _ = calendar.isp_interval(order.period, order.time_zone, 15, index)
+            out[start] = float(isp.power)
+    return out
 
 
 def cap_series(caps: Mapping[datetime, float | None]) -> tuple[datetime, list[float | None]]:
@@ -153,9 +176,10 @@ def reassign(
     For every ISP of the order not over at `now`, the offline sites' summed share moves to
     the online sites with a valid envelope (`flexes`, their latest; never one past its
     `valid_until`, never one for another congestion point), in proportion to the room each
-    has left in the order's direction: its envelope from where this order's cap (or, for a
-    site without one, its baseline) and `reservations` (what other outstanding offers and
-    orders take from it, not this order) leave it. What finds no room is `unplaced_w`. The
+    has left in the order's direction: its current envelope from where this order's cap (or,
+    for a site without one, its baseline) and `reservations` (what other outstanding offers
+    and orders take from it, not this order) leave it; a cap only ever tightens. What finds
+    no room is `unplaced_w`. The
     offline sites keep no cap from this order in those ISPs (when they come back they apply
     the newer command, without their share); ISPs already over are left as they were.
     """
@@ -187,33 +211,31 @@ def reassign(
             room = envelope_room(
                 flex,
                 t,
-                reservations.get(site, {}).get(t, 0.0)
-                + (0.0 if current is None else current.held_w + current.change_w),
+                reservations.get(site, {}).get(t, 0.0),
                 raises,
+                level_w=None if current is None else current.cap_w,
             )
             if room is None or room.room_w <= 0:
                 continue
-            rooms.append((site, room.room_w, room.baseline_w, room.min_w, room.max_w))
+            level = room.baseline_w if current is None else current.cap_w
+            rooms.append((site, room.room_w, level, room.min_w, room.max_w))
         amounts = proportional(abs(moving), [r[1] for r in rooms])
         placed = 0.0
-        for (site, _, baseline, low, high), amount in zip(rooms, amounts, strict=True):
-            if amount <= 0:
+        for (site, _, level, low, high), amount in zip(rooms, amounts, strict=True):
+            # The cap moves by the amount, as far as the envelope (and 0 W) lets it; it
+            # never loosens, and it is credited with no more than it was asked to take.
+            cap = min(max(level + sign * amount, max(low, 0.0)), max(high, 0.0))
+            taken = min(max(sign * (cap - level), 0.0), amount)
+            if taken <= 0:
                 continue
             current = shares.get(site, {}).get(t)
-            if current is None:
-                base, held, change = baseline, 0.0, 0.0
-            else:
-                base, held, change = current.baseline_w, current.held_w, current.change_w
-            cap = _cap(base, held, change + sign * amount, low, high)
-            floor = min(max(base + held, max(low, 0.0)), max(high, 0.0))
-            new_change = cap - floor
-            placed += new_change - change
+            placed += sign * taken
             shares.setdefault(site, {})[t] = SiteShare(
-                baseline_w=base,
+                baseline_w=level if current is None else current.baseline_w,
                 min_w=low,
                 max_w=high,
-                change_w=new_change,
-                held_w=held,
+                change_w=sign * taken + (0.0 if current is None else current.change_w),
+                held_w=0.0 if current is None else current.held_w,
                 cap_w=cap,
             )
         gap = moving - placed

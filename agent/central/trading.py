@@ -42,7 +42,14 @@ from agent.central.portfolio import (
     offer_from_flex,
     request_elements,
 )
-from agent.central.split import SiteShare, Split, cap_series, reassign, split_order
+from agent.central.split import (
+    SiteShare,
+    Split,
+    cap_series,
+    order_changes,
+    reassign,
+    split_order,
+)
 from agent.central.uftp_shell import CentralUftp
 from agent.fleet import protocol
 from agent.trading.market import Market
@@ -308,13 +315,7 @@ class CentralTrader:
                     reasons.INVALID_MESSAGE, "this AGR has no contracts for direct orders"
                 )
             ]
-        starts = {isp.index: isp.start for isp in self.market.isps(order.period)}
-        ordered_w = {
-            starts[i]: float(isp.power)
-            for isp in order.isps
-            for i in range(isp.start, isp.start + isp.duration)
-            if i in starts
-        }
+        ordered_w = order_changes(order)
         await self.uftp.respond(conn, inbound, problems, request=order)
         await conn.execute(
             "INSERT INTO flex_order (message_id, inbox_id, dso_domain, offer_message_id, "

@@ -15,7 +15,8 @@ Forecasts (day-ahead with structure selection, intraday) run in a short-lived wo
 process (`forecaster.worker`), which loads numba and the compiled kernels from the cache under
 the state directory and exits; the agent's own process never loads numba (over 100 MB that
 would stay resident for a few forecasts a day). A worker that fails or is killed is one logged
-error: the forecast is unavailable for that round, and what was sent before stays in effect.
+error: the forecast is unavailable for that round, and what was sent before stays in effect;
+failures in a row pause the workers (`WorkerPause`).
 The rest (calibration, scenarios, allocation) stays in this process, on the
 numpy twins of the kernels (`forecaster.numpy_kernels`).
 """
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -57,6 +59,39 @@ from forecaster.worker import WorkerError, run_in_worker
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+WORKER_PAUSE_MIN_S = 60.0
+WORKER_PAUSE_MAX_S = 3600.0
+
+
+class WorkerPause:
+    """How long to wait before the next forecast worker after failures in a row.
+
+    A worker loads numba and the kernels (about 180 MB for a few seconds). One that keeps
+    failing (a full disk under its cache, a broken installation) must not be started again at
+    every caller's period on a gateway with little memory: after the n-th failure in a row no
+    worker starts for min(60 s x 2^(n-1), 1 h); the first success resets it. Monotonic time: a
+    stepped wall clock neither shortens nor stretches the pause."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self.failures = 0
+        self._until = 0.0
+
+    def remaining_s(self) -> float:
+        return max(0.0, self._until - self._monotonic())
+
+    def failed(self) -> float:
+        """Record a failure; returns the pause it starts."""
+        self.failures += 1
+        pause = min(WORKER_PAUSE_MIN_S * 2.0 ** (self.failures - 1), WORKER_PAUSE_MAX_S)
+        self._until = self._monotonic() + pause
+        return pause
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._until = 0.0
+
 
 SCHEMA = [
     Migration(
@@ -213,17 +248,32 @@ class SiteForecaster:
         self._structures: dict[str, ChosenStructure] | None = None
         self.worker_argv: list[str] | None = None
         """The forecast worker's command line; None: `python -m forecaster.worker`."""
+        self.worker_pause = WorkerPause()
 
     async def _in_worker(self, function: Callable[..., _T], args: tuple[object, ...]) -> _T:
         """`function(*args)` in a forecast worker process; a failed worker is logged here
-        in one line and raised as WorkerError (the caller keeps what it had)."""
+        in one line and raised as WorkerError (the caller keeps what it had). After failures
+        no worker starts until the pause has passed (`WorkerPause`)."""
+        waiting = self.worker_pause.remaining_s()
+        if waiting > 0:
+            raise WorkerError(
+                f"forecast worker paused for another {waiting:.0f} s after "
+                f"{self.worker_pause.failures} failure(s) in a row"
+            )
         try:
-            return await run_in_worker(function, args, argv=self.worker_argv)
+            result = await run_in_worker(function, args, argv=self.worker_argv)
         except WorkerError as exc:
-            log.error("%s; the last forecast stays in use", exc)
+            pause = self.worker_pause.failed()
+            log.error(
+                "%s; the last forecast stays in use; next worker in %.0f s at the earliest",
+                exc,
+                pause,
+            )
             if exc.detail:
                 log.debug("forecast worker output:\n%s", exc.detail)
             raise
+        self.worker_pause.succeeded()
+        return result
 
     def _calendar_for(self, year: int) -> SiteCalendar:
         """The site calendar with the configured extra dates and, when a country is set, its

@@ -119,3 +119,12 @@ def test_cli_errors_are_one_line_with_their_exit_code(
     code, err = run(["aggregator", "add-site", "site-2", "-c", str(bad)])
     assert code == EX_USAGE  # --congestion-point is required
     assert "--congestion-point" in err
+
+
+def test_an_isp_length_other_than_the_fleets_is_refused(key_file: Path) -> None:
+    source = text(key_file).replace(
+        'signing_key_file = "', 'isp_duration_min = 30\nsigning_key_file = "'
+    )
+    assert problems(source) == [
+        "uftp.isp_duration_min: the fleet works on 15-minute ISPs (the sites' grid)"
+    ]

@@ -275,6 +275,10 @@ class StatusServer:
         if not isinstance(resend, bool):
             raise _error(400, f"resend {resend!r} is not true or false")
         dispatcher = self.agent.dispatcher
+        held = dispatcher.hold()
+        if held is not None:
+            # No round runs while the clock is not trusted: say so instead of waiting for one.
+            raise _error(503, f"dispatch is held: {held}")
         try:
             async with asyncio.timeout(DISPATCH_WAIT_S):
                 round_ = await dispatcher.round_now(resend=resend)

@@ -18,6 +18,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from agent.app import Agent
@@ -44,6 +45,7 @@ from uftp.models import DPrognosis, FlexRequestResponse
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PASSWORD = "clock-test-password-0123"
+TOKEN = "clock-test-token-0123456789"
 
 
 class ShiftedClock:
@@ -64,6 +66,7 @@ def clock_env(tmp_path: Path) -> Env:
         tmp_path,
         ocpp={"chargers": [{"id": "CP-01", "max_current_a": 16, "password": PASSWORD}]},
         clock={"max_step_s": 60, "settle_s": 2},
+        http={"token": TOKEN},
     )
 
 
@@ -111,6 +114,18 @@ async def test_a_clock_stepping_back_holds_everything_time_bound_until_it_is_rig
             await eventually(lambda: levels(station) == {safe}, 15, "only the safe profile")
             assert agent.clock_guard is not None
             assert agent.clock_guard.hold() is not None
+            # An operator asking for a round now is told why none runs, not kept waiting.
+            http = env.config.http
+            async with (
+                aiohttp.ClientSession() as client,
+                client.post(
+                    f"http://{http.host}:{http.port}/api/dispatch",
+                    json={},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as response,
+            ):
+                assert response.status == 503
+                assert (await response.json())["error"].startswith("dispatch is held: the clock")
             # The site model hears of the withdrawal once the charger's answer is back, which
             # may come after the station already dropped the profile.
             await eventually(

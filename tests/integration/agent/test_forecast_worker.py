@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from agent.site.forecasting import Bands, SiteForecaster, migrate
+from agent.site.forecasting import Bands, SiteForecaster, WorkerPause, migrate
 from agent.site.model import ActiveSession
 from agent.storage import trades
 from agent.storage.db import Database
@@ -203,21 +203,23 @@ async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
             first = latest()
             assert first is not None
 
+            ticks = [0.0]
+            agent.forecaster.worker_pause = WorkerPause(monotonic=lambda: ticks[0])
             agent.forecaster.worker_argv = argv
             agent.prognosis.request(CP, today, "resend")
             await eventually(
                 lambda: any(
-                    r.getMessage().endswith("the last forecast stays in use")
-                    for r in caplog.records
+                    "the last forecast stays in use" in r.getMessage() for r in caplog.records
                 ),
                 60,
                 "the worker failure logged",
             )
-            failure = next(r for r in caplog.records if r.getMessage().endswith("stays in use"))
+            failure = next(r for r in caplog.records if "stays in use" in r.getMessage())
             assert failure.levelno == logging.ERROR
             assert failure.name == SiteForecaster.__module__
             assert "\n" not in failure.getMessage()
             assert re.search(r"^forecast worker \(pid \d+\) " + said, failure.getMessage())
+            assert failure.getMessage().endswith("next worker in 60 s at the earliest")
             # Nothing new was sent: the last revision stays in effect, and the loop runs on.
             now_row = latest()
             assert now_row is not None
@@ -237,12 +239,17 @@ async def test_a_failed_worker_is_logged_and_the_last_prognosis_stays(
                 ) as response,
             ):
                 assert response.status == 503
-                assert "no forecast, nothing sent: forecast worker" in await response.text()
+                # No second worker is started at once: the failed one paused them for 60 s.
+                assert (
+                    "no forecast, nothing sent: forecast worker paused for another 60 s "
+                    "after 1 failure(s) in a row"
+                ) in await response.text()
             now_row = latest()
             assert now_row is not None
             assert now_row.revision == first.revision
 
             agent.forecaster.worker_argv = None
+            ticks[0] += 60.0
             agent.prognosis.request(CP, today, "resend")
             await eventually(
                 lambda: (row := latest()) is not None and row.revision > first.revision,

@@ -145,3 +145,40 @@ async def test_two_aggregators_handle_every_message_exactly_once(fleet: Fleet) -
         m.flex_request_message_id for k, m in fleet.dso.all_received if k == "FlexRequestResponse"
     ]
     assert sorted(answered) == sorted(m.message_id for m in messages)
+
+
+async def test_the_same_message_id_with_other_content_is_a_duplicate_identifier(
+    fleet: Fleet,
+) -> None:
+    aggregator = await fleet.start_aggregator(port=fleet.agr_port)  # type: ignore[attr-defined]
+    original = request(fleet, revision=1)
+    forged = original.model_copy(update={"revision": 2})
+    async with aiohttp.ClientSession() as session:
+        for message in (original, forged):
+            body = build.signed_body(message, fleet.dso_key, build.DSO, Role.DSO)
+            assert await post(session, aggregator.uftp.url, body) == 200
+
+    def answers() -> list[tuple[str, str | None]]:
+        return [
+            (m.result, m.rejection_reason)
+            for k, m in fleet.dso.all_received
+            if k == "FlexRequestResponse" and m.flex_request_message_id == original.message_id
+        ]
+
+    await eventually(lambda: len(answers()) == 2, what="both answered")
+    assert sorted(answers(), key=lambda a: a[0]) == [
+        ("Accepted", None),
+        (
+            "Rejected",
+            f"Duplicate Identifier: MessageID {original.message_id} was already used for other "
+            "content",
+        ),
+    ]
+    async with await psycopg.AsyncConnection.connect(fleet.dsn) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT count(*), max(revision) FROM flex_request WHERE message_id = %s",
+                (original.message_id,),
+            )
+        ).fetchone()
+    assert rows == (1, 1)  # the original stands

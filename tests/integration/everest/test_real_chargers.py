@@ -73,9 +73,19 @@ async def start_sessions(stations: list[Station], power_w: int) -> None:
             or (frame.action == "TransactionEvent" and frame.payload.get("eventType") == "Started")
         )
 
+    def reacted(frame: Frame) -> bool:
+        return frame.sent and frame.action in ("Authorize", "StartTransaction", "TransactionEvent")
+
     async def one(station: Station) -> None:
         since = station.mark()
         station.send(START[station.version])
+        # libocpp 1.6 sometimes loses a console command it reads while it still answers the
+        # agent's set-up calls after boot: the station then says nothing at all. Only then is
+        # the command given again (a start while a transaction runs is ignored anyway).
+        try:
+            await station.wait_for_frame(reacted, since=since, timeout_s=15, what="any reaction")
+        except AssertionError:
+            station.send(START[station.version])
         await station.wait_for_frame(started, since=since, timeout_s=30, what="transaction start")
         station.send(f"power {power_w}")
 
