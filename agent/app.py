@@ -15,7 +15,10 @@ from datetime import datetime
 from typing import Protocol
 
 from agent.control.dispatch import Dispatcher
+from agent.fleet.bus import NatsBus
+from agent.fleet.connection import FleetConnection
 from agent.fleet.link import SiteLink
+from agent.fleet.natsconf import site_inbox_prefix
 from agent.fleet.ports import BusPort
 from agent.fleet.producers import FleetProducers
 from agent.interfaces.metrics import AgentMetrics
@@ -325,12 +328,14 @@ def build_agent(config: Config, clock: Clock | None = None, *, bus: BusPort | No
         publishers = [prognosis, trader]
     else:
         if bus is None:
-            raise ValueError("a fleet site needs its bus")
+            connection = fleet_connection(config)
+            market.append(connection)
+            bus = connection
         # A command applied (or a newer one replacing it) changes the caps: a round at once.
         link = SiteLink(db, bus, config.fleet.fleet_site_id(config.site.id), clock, dispatcher.wake)
         producers = FleetProducers(config, db, site, forecaster, link, clock)
         agent.link, agent.producers = link, producers
-        market = [link]
+        market.append(link)
         publishers = [producers]
     watchdog = SystemdWatchdog(probes)
 
@@ -373,6 +378,26 @@ def build_agent(config: Config, clock: Clock | None = None, *, bus: BusPort | No
         watchdog,
     ]
     return agent
+
+
+def fleet_connection(config: Config) -> FleetConnection:
+    """The site's NATS connection as its `[fleet]` section says, made in the background."""
+    fleet = config.fleet
+    if fleet is None or fleet.password is None:
+        raise ValueError("fleet_connection needs a [fleet] section with its password")
+    site_id = fleet.fleet_site_id(config.site.id)
+    password = fleet.password.get_secret_value()
+
+    async def connect() -> NatsBus:
+        return await NatsBus.connect(
+            fleet.servers,
+            user=fleet.bus_user(config.site.id),
+            password=password,
+            name=f"flexbridge-site-{site_id}",
+            inbox_prefix=site_inbox_prefix(site_id),
+        )
+
+    return FleetConnection(connect)
 
 
 class _LoopOwner(Protocol):

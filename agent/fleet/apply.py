@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from agent.fleet.protocol import Command
+
 Outcome = Literal["applied", "superseded", "expired"]
 
 
@@ -37,15 +39,13 @@ class ActiveCommand:
     applied_at: datetime
 
 
-def decide(
-    seq: int, valid_until: datetime, current: ActiveCommand | None, now: datetime
-) -> Outcome:
-    """What to do with a command (`seq`, `valid_until`) for an order whose command in force is
-    `current`: too late is `expired` even when it would be newer, so a stale share can never
-    come back into force; not newer is `superseded` (a duplicate included)."""
-    if now >= valid_until:
+def decide(command: Command, current: ActiveCommand | None, now: datetime) -> Outcome:
+    """What to do with `command` for an order whose command in force is `current`: too late
+    is `expired` even when it would be newer, so a stale share can never come back into
+    force; not newer is `superseded` (a duplicate included)."""
+    if now >= command.valid_until:
         return "expired"
-    if current is not None and seq <= current.seq:
+    if current is not None and command.seq <= current.seq:
         return "superseded"
     return "applied"
 

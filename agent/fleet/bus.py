@@ -105,9 +105,10 @@ class NatsDelivery:
     async def ack(self) -> None:
         """Acknowledge and wait for the server's confirmation: without it the ack may have
         been lost with a node, and the message will come back (the receiver's key absorbs it)."""
+        self._bus.check_connected()
         try:
             await self._msg.ack_sync(timeout=self._bus.ack_timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's
             raise self._bus.unavailable(self._msg.reply, "ack not confirmed") from None
         except nats.errors.Error as exc:
             raise BusUnavailable(f"ack failed: {exc}") from None
@@ -165,12 +166,14 @@ class NatsBus:
         publish_timeout_s: float = 5.0,
         ack_timeout_s: float = 5.0,
         inbox_prefix: str = "_INBOX",
+        domain: str | None = None,
     ) -> None:
         self._nc = nc
         self.inbox_prefix = inbox_prefix
         self.publish_timeout_s = publish_timeout_s
         self.ack_timeout_s = ack_timeout_s
-        self._js = nc.jetstream(timeout=publish_timeout_s)
+        self._api = f"$JS.{domain}.API" if domain is not None else "$JS.API"
+        self._js = nc.jetstream(timeout=publish_timeout_s, domain=domain)
         self._pulls: dict[tuple[str, str], JetStreamContext.PullSubscription] = {}
         self._denied: dict[str, str] = {}  # subject or subscription -> the server's words
 
@@ -189,9 +192,11 @@ class NatsBus:
         ack_timeout_s: float = 5.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        domain: str | None = None,
     ) -> NatsBus:
         """Connect to any of `servers`; BusUnavailable if none accepted us within
-        `connect_timeout_s` (the reason: refused credentials, nothing listening)."""
+        `connect_timeout_s` (the reason: refused credentials, nothing listening). `domain`:
+        the cluster's JetStream domain, for a client behind a leaf node."""
         if not servers:
             raise ValueError("no NATS servers given")
         nc = Client()
@@ -249,6 +254,7 @@ class NatsBus:
             publish_timeout_s=publish_timeout_s,
             ack_timeout_s=ack_timeout_s,
             inbox_prefix=inbox_prefix,
+            domain=domain,
         )
         bus_box.append(bus)
         return bus
@@ -288,6 +294,11 @@ class NatsBus:
         return bool(self._nc.is_connected)
 
     @property
+    def messages_sent(self) -> int:
+        """Messages handed to the connection so far (sent or buffered to send)."""
+        return int(self._nc.stats["out_msgs"])
+
+    @property
     def jetstream(self) -> JetStreamContext:
         return self._js
 
@@ -305,7 +316,7 @@ class NatsBus:
         current" on /healthz however much traffic flows (seen with nats-server 2.9.10): the
         new election brings its replica back in step. Harmless otherwise: the consumer is
         unavailable for the election's few hundred milliseconds, a fetch then just waits."""
-        subject = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}"
+        subject = f"{self._api}.CONSUMER.LEADER.STEPDOWN.{stream}.{durable}"
         try:
             reply = await self._nc.request(subject, b"", timeout=self.publish_timeout_s)
         except nats.errors.Error as exc:
@@ -314,6 +325,15 @@ class NatsBus:
             raise BusUnavailable(f"step-down of {stream}/{durable} refused: {reply.data!r}")
 
     # --- errors ---------------------------------------------------------------------------
+    def check_connected(self) -> None:
+        """Refuse at once while there is no connection. nats-py would buffer the request
+        until it reconnects; a site offline for a day retrying its outbox would pile up stale
+        copies that all go out at once on return (past the stream's de-duplication window)."""
+        if self._nc.is_closed:
+            raise BusUnavailable("the bus connection is closed")
+        if not self._nc.is_connected:
+            raise BusUnavailable("not connected to any NATS server (reconnecting)")
+
     def note_error(self, text: str) -> bool:
         """Remember a permission violation the server told us about; True if it was one."""
         match = _PERMISSION.search(text)
@@ -338,8 +358,7 @@ class NatsBus:
 
     # --- BusPort --------------------------------------------------------------------------
     async def publish(self, subject: str, msg_id: str, payload: bytes) -> None:
-        if self._nc.is_closed:
-            raise BusUnavailable("the bus connection is closed")
+        self.check_connected()
         try:
             ack = await self._js.publish(
                 subject,
@@ -347,7 +366,7 @@ class NatsBus:
                 timeout=self.publish_timeout_s,
                 headers={"Nats-Msg-Id": msg_id},
             )
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's
             raise self.unavailable(
                 subject, f"publish {msg_id} to {subject} not confirmed"
             ) from None
@@ -373,9 +392,8 @@ class NatsBus:
         self, stream: str, durable: str, batch: int, timeout_s: float
     ) -> list[NatsDelivery]:
         """`fetch`, typed with what a NATS delivery also knows (stream sequence, msg id)."""
-        if self._nc.is_closed:
-            raise BusUnavailable("the bus connection is closed")
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.check_connected()
+        next_subject = f"{self._api}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         try:
             sub = self._pulls.get((stream, durable))
             if sub is None:
@@ -384,9 +402,9 @@ class NatsBus:
                 sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
                 self._pulls[(stream, durable)] = sub
             msgs = await sub.fetch(batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's
             if (stream, durable) not in self._pulls:
-                info_subject = f"$JS.API.CONSUMER.INFO.{stream}.{durable}"
+                info_subject = f"{self._api}.CONSUMER.INFO.{stream}.{durable}"
                 raise self.unavailable(info_subject, f"consumer {durable} on {stream}") from None
             denied = self.unavailable(next_subject, f"fetch from {stream}/{durable}")
             if isinstance(denied, BusPermissionDenied) or not self._nc.is_connected:
@@ -499,6 +517,14 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
             f"consumer {config.durable_name} on {stream} filters {info.config.filter_subject}, "
             f"not {config.filter_subject}: delete it first"
         )
+    have = info.config
+    if (have.ack_wait, have.max_deliver, have.max_ack_pending, have.ack_policy) == (
+        config.ack_wait,
+        config.max_deliver,
+        config.max_ack_pending,
+        config.ack_policy,
+    ) and (config.max_waiting is None or have.max_waiting == config.max_waiting):
+        return  # as wanted: one API call per site at every aggregator start, not two
     # Same durable name and filter: the server updates what may change (ack_wait, ...).
     await js.add_consumer(stream, config)
 

@@ -12,7 +12,8 @@ aggregator processes) may do anything in it. A site user `site-<id>` may only:
 - pull from its own durable consumer `site-<id>` on FLEET_CMD
   (`$JS.API.CONSUMER.MSG.NEXT.FLEET_CMD.site-<id>`), read that consumer's state
   (`$JS.API.CONSUMER.INFO.FLEET_CMD.site-<id>`) and acknowledge its messages
-  (`$JS.ACK.FLEET_CMD.site-<id>.>`);
+  (`$JS.ACK.FLEET_CMD.site-<id>.>`); with a JetStream domain (for clients behind a leaf
+  node) also the first two as `$JS.<domain>.API...`;
 - subscribe to its own reply subjects `_INBOX_<id>.>` (the client's `inbox_prefix`).
 
 It cannot create or delete consumers or streams, read another site's consumer, publish under
@@ -101,6 +102,9 @@ class Cluster:
     name: str = DEFAULT_CLUSTER
     max_memory_store: str = "256MB"
     max_file_store: str = "4GB"
+    # A JetStream domain lets clients behind a leaf node reach the cluster's JetStream API as
+    # `$JS.<domain>.API` (a leaf node without JetStream of its own may not use `$JS.API`).
+    domain: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.nodes) < 3 or len(self.nodes) % 2 == 0:
@@ -115,6 +119,8 @@ class Cluster:
             raise ValueError(f"cluster name {self.name!r} must match {_NAME.pattern}")
         _check_secret(self.central_password, "central password")
         _check_secret(self.route_password, "route password")
+        if self.domain is not None and not _NAME.match(self.domain):
+            raise ValueError(f"JetStream domain {self.domain!r} must match {_NAME.pattern}")
         for size in (self.max_memory_store, self.max_file_store):
             if not re.match(r"^[1-9][0-9]{0,5}(KB|MB|GB|TB)$", size):
                 raise ValueError(f"store size {size!r} must be like 256MB or 4GB")
@@ -135,15 +141,21 @@ def _q(text: str) -> str:
     return json.dumps(text)
 
 
-def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
-    """What `site-<id>` may publish and subscribe to (module docstring)."""
+def site_permissions(site: str, domain: str | None = None) -> dict[str, dict[str, list[str]]]:
+    """What `site-<id>` may publish and subscribe to (module docstring); with a JetStream
+    `domain` also the same API calls under `$JS.<domain>.API` (through a leaf node)."""
     consumer = site_consumer(site)
+    prefixes = ["$JS.API"] + ([f"$JS.{domain}.API"] if domain is not None else [])
+    api = [
+        f"{prefix}.CONSUMER.{call}.{CMD_STREAM}.{consumer}"
+        for prefix in prefixes
+        for call in ("MSG.NEXT", "INFO")
+    ]
     return {
         "publish": {
             "allow": [
                 f"fleet.up.{site}.>",
-                f"$JS.API.CONSUMER.MSG.NEXT.{CMD_STREAM}.{consumer}",
-                f"$JS.API.CONSUMER.INFO.{CMD_STREAM}.{consumer}",
+                *api,
                 f"$JS.ACK.{CMD_STREAM}.{consumer}.>",
             ]
         },
@@ -158,7 +170,7 @@ def _users(cluster: Cluster, sites: Sequence[SiteCredentials]) -> list[str]:
         if creds.site in seen:
             raise ValueError(f"site {creds.site!r} listed twice")
         seen.add(creds.site)
-        perms = json.dumps(site_permissions(creds.site))
+        perms = json.dumps(site_permissions(creds.site, cluster.domain))
         lines.append(
             f"      {{user: {_q(site_user(creds.site))}, password: {_q(creds.password)}, "
             f"permissions: {perms}}}"
@@ -185,6 +197,7 @@ def render_node(cluster: Cluster, index: int, sites: Sequence[SiteCredentials]) 
         f"  store_dir: {_q(node.store_dir)}",
         f"  max_memory_store: {cluster.max_memory_store}",
         f"  max_file_store: {cluster.max_file_store}",
+        *([f"  domain: {_q(cluster.domain)}"] if cluster.domain is not None else []),
         "}",
         "cluster {",
         f"  name: {_q(cluster.name)}",

@@ -277,7 +277,8 @@ class FleetProducers:
         sent = [await self._sent_day(cp) for cp in self.congestion_points]
         if any(day is None or day < today for day in sent):
             await self.day_ahead_once(today)
-        elif now >= due and any(day is None or day < tomorrow for day in sent):
+            sent = [today] * len(sent)
+        if now >= due and any(day is None or day < tomorrow for day in sent):
             await self.day_ahead_once(tomorrow)
         interval = timedelta(minutes=self.fleet.intraday_interval_min)
         if self._last_intraday is None:

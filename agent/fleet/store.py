@@ -168,7 +168,7 @@ def receive_command(conn: sqlite3.Connection, command: protocol.Command, now: da
         ack = _ack(command.site, entry)
         enqueue(conn, ack, now)
         return Received(entry.outcome, changed=False, repeat=True, ack=ack)
-    outcome = decide(command.seq, command.valid_until, active_command(conn, command.order_id), now)
+    outcome = decide(command, active_command(conn, command.order_id), now)
     if outcome == "applied":
         conn.execute(
             "INSERT INTO fleet_commands (order_id, seq, valid_until, congestion_point, start, "

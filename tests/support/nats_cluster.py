@@ -65,6 +65,7 @@ class NatsCluster:
         binary: str | None = None,
         host: str = "127.0.0.1",
         passwords: Mapping[str, str] | None = None,
+        domain: str | None = None,
     ) -> None:
         found = binary or find_nats_server()
         if found is None:
@@ -91,6 +92,7 @@ class NatsCluster:
             nodes=nodes,
             central_password=self.central_password,
             route_password=secrets.token_urlsafe(16),
+            domain=domain,
         )
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
 
@@ -198,6 +200,10 @@ class NatsCluster:
                 return exc.code, json.loads(body or b"null")
             except ValueError:
                 return exc.code, body.decode(errors="replace")
+
+    def healthz(self, index: int) -> tuple[int, Any]:
+        """The node's /healthz answer: HTTP status and body (which asset is not current)."""
+        return self._get(index, "/healthz")
 
     def healthy(self, index: int, *, assets: bool = True) -> bool:
         """`/healthz` says OK and the node knows the JetStream meta leader.

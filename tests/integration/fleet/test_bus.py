@@ -306,6 +306,9 @@ async def test_set_up_is_idempotent_and_consumers_are_never_made_by_fetch(
     await ensure_site_consumer(js, "a", ack_wait_s=1.0)
     await ensure_site_consumer(js, "a", ack_wait_s=2.0)  # an update, not a second consumer
     await ensure_central_consumer(js)
+    before = _api_calls(nats_cluster)
+    await ensure_site_consumer(js, "a", ack_wait_s=2.0)  # as it is: looked at, not rewritten
+    assert _api_calls(nats_cluster) - before == 1
     consumers = [c.name for c in await js.consumers_info(CMD_STREAM)]
     assert sorted(consumers) == ["site-a", "site-b"]
     assert (await js.consumer_info(CMD_STREAM, "site-a")).config.ack_wait == 2.0
@@ -325,6 +328,15 @@ async def test_set_up_is_idempotent_and_consumers_are_never_made_by_fetch(
         await js.consumer_info(CMD_STREAM, "site-c")
 
 
+def _api_calls(cluster: NatsCluster) -> int:
+    """JetStream API requests the nodes have served so far (each counts those it answered)."""
+    total = 0
+    for index in range(3):
+        _status, jsz = cluster._get(index, "/jsz")
+        total += int(jsz["api"]["total"])
+    return total
+
+
 async def test_wrong_password_is_a_clear_error(nats_cluster: NatsCluster) -> None:
     with pytest.raises(BusUnavailable, match=r"(?i)authorization violation"):
         await NatsBus.connect_site(
@@ -338,14 +350,22 @@ async def test_publish_without_cluster_fails_then_reconnects_by_itself(
     site = await _site(nats_cluster, "a")
     try:
         await asyncio.to_thread(nats_cluster.stop)
-        with pytest.raises(BusUnavailable):
+        with pytest.raises(BusUnavailable, match="not connected"):
             await site.publish(up_subject("a", "heartbeat"), "hb-2", b"x")
         assert not site.connected
+        # Refused at once while down, not buffered: nothing piles up for the return.
+        sent = site.messages_sent
+        for attempt in range(20):
+            with pytest.raises(BusUnavailable, match="not connected"):
+                await site.publish(up_subject("a", "heartbeat"), f"stale-{attempt}", b"x")
+        with pytest.raises(BusUnavailable, match="not connected"):
+            await site.fetch(CMD_STREAM, site_consumer("a"), 1, 1.0)
+        assert site.messages_sent == sent
         await asyncio.to_thread(nats_cluster.start)
         await _publish_confirmed(site, up_subject("a", "heartbeat"), "hb-2", b"x")
         assert site.connected
     finally:
         await site.close()
-    got = await central.fetch_deliveries(UP_STREAM, "central", 10, 5.0)
-    assert [d.msg_id for d in got] == ["hb-2"]
+    got = await central.fetch_deliveries(UP_STREAM, "central", 100, 5.0)
+    assert [d.msg_id for d in got] == ["hb-2"]  # none of the stale attempts went out
     assert isinstance(got[0], NatsDelivery)

@@ -177,3 +177,20 @@ def test_leaf_config_connects_as_the_site_and_serves_the_agent_locally() -> None
 def test_leaf_refuses_urls_it_cannot_put_credentials_in(url: str) -> None:
     with pytest.raises(ValueError, match="nats-leaf://host:port"):
         render_leaf(SiteCredentials("a", "site-a-secret"), [url], local_password="local-secret")
+
+
+def test_a_domain_adds_the_prefixed_api_for_the_sites_own_consumer_only() -> None:
+    text = render_node(_cluster(domain="fleet"), 0, [SiteCredentials("a", "site-a-secret")])
+    assert 'domain: "fleet"' in text
+    perms = site_permissions("a", "fleet")
+    assert perms["publish"]["allow"] == [
+        "fleet.up.a.>",
+        "$JS.API.CONSUMER.MSG.NEXT.FLEET_CMD.site-a",
+        "$JS.API.CONSUMER.INFO.FLEET_CMD.site-a",
+        "$JS.fleet.API.CONSUMER.MSG.NEXT.FLEET_CMD.site-a",
+        "$JS.fleet.API.CONSUMER.INFO.FLEET_CMD.site-a",
+        "$JS.ACK.FLEET_CMD.site-a.>",
+    ]
+    assert json.dumps(perms) in text
+    with pytest.raises(ValueError, match="domain"):
+        _cluster(domain="has.dot")

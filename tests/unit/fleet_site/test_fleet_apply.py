@@ -70,19 +70,43 @@ def memory_db() -> Iterator[sqlite3.Connection]:
 
 
 def test_at_valid_until_a_command_is_expired_even_when_newer() -> None:
-    until = T0 + timedelta(minutes=5)
-    assert decide(1, until, None, until) == "expired"
-    assert decide(1, until, None, until - timedelta(microseconds=1)) == "applied"
+    cmd = command(seq=1, valid_min=5)
+    until = cmd.valid_until
+    assert decide(cmd, None, until) == "expired"
+    assert decide(cmd, None, until - timedelta(microseconds=1)) == "applied"
     current = active(1, valid_until=until, caps=(1.0,))
-    assert decide(9, until, current, until + timedelta(seconds=1)) == "expired"
+    assert decide(command(seq=9, valid_min=5), current, until + timedelta(seconds=1)) == "expired"
 
 
 def test_same_or_older_seq_is_superseded() -> None:
-    until = T0 + timedelta(hours=1)
-    current = active(3, valid_until=until, caps=(1.0,))
-    assert decide(3, until, current, T0) == "superseded"
-    assert decide(2, until, current, T0) == "superseded"
-    assert decide(4, until, current, T0) == "applied"
+    current = active(3, valid_until=T0 + timedelta(hours=1), caps=(1.0,))
+    assert decide(command(seq=3), current, T0) == "superseded"
+    assert decide(command(seq=2), current, T0) == "superseded"
+    assert decide(command(seq=4), current, T0) == "applied"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    valid_min=st.lists(st.integers(1, 40), min_size=5, max_size=5),
+    deliveries=st.lists(st.tuples(st.integers(1, 5), st.integers(0, 50)), max_size=30),
+)
+def test_decide_alone_keeps_the_newest_command_that_arrived_in_time(
+    valid_min: list[int], deliveries: list[tuple[int, int]]
+) -> None:
+    """The pure rule folded over any deliveries of one order (duplicates, any seq order, late
+    ones): the state is the highest seq that arrived before its valid_until, and nothing is
+    applied at or after valid_until."""
+    commands = {s: command(seq=s, valid_min=valid_min[s - 1]) for s in range(1, 6)}
+    current: ActiveCommand | None = None
+    for seq, minute in sorted(deliveries, key=lambda d: d[1]):
+        now = T0 + timedelta(minutes=minute)
+        cmd = commands[seq]
+        if decide(cmd, current, now) == "applied":
+            assert now < cmd.valid_until
+            assert current is None or seq > current.seq
+            current = active(seq, valid_until=cmd.valid_until, caps=(float(seq),))
+    in_time = [s for s, m in deliveries if T0 + timedelta(minutes=m) < commands[s].valid_until]
+    assert (current.seq if current else None) == (max(in_time) if in_time else None)
 
 
 # --- binding caps --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from agent.fleet import store as fleet_store
 from agent.fleet.link import SiteLink
 from agent.fleet.producers import METERING_SETTLE_S, FleetProducers, metering_series
 from agent.runtime.config import Config, FleetConfig
-from agent.site.forecasting import SiteForecaster
+from agent.site.forecasting import Bands, SiteForecaster
 from agent.site.model import Site
 from agent.storage import store
 from agent.storage.db import Database
@@ -196,3 +196,57 @@ async def test_flex_envelope_holds_what_the_evs_need_and_what_they_could_take(en
 async def test_an_empty_site_offers_no_flexibility(env: Env) -> None:
     [flex] = await env.producers.flex_once()
     assert set(flex.min_w) == set(flex.max_w) == set(flex.baseline_w) == {0.0}
+
+
+class StubForecaster(SiteForecaster):
+    """The site forecaster with its worker replaced: bands that say which call made them."""
+
+    calls: list[tuple[list[str], list[datetime], datetime | None]]
+
+    async def forecast(  # type: ignore[override]
+        self,
+        congestion_points: list[str],
+        targets: list[datetime],
+        *,
+        origin: datetime | None = None,
+        sessions: object = (),
+        select_structure: bool = True,
+    ) -> dict[str, Bands]:
+        self.calls.append((list(congestion_points), list(targets), origin))
+        n = len(targets)
+        return {cp: Bands([100.0] * n, [200.0] * n, [300.0] * n, 14) for cp in congestion_points}
+
+
+async def test_forecasts_day_ahead_for_today_at_once_tomorrow_at_its_time_intraday_between(
+    env: Env,
+) -> None:
+    stub = StubForecaster(env.config, env.db, env.clock)
+    stub.calls = []
+    env.producers.forecaster = stub
+    market = env.producers.market
+    today = market.today(T0)
+    # At start (10:00 local, past the 08:00 day-ahead time): today has none, so the rest of
+    # today goes out at once, and tomorrow's whole day, recorded with it.
+    delay = await env.producers._forecast_step()
+    (cps, targets, origin), (_, next_day, no_origin) = stub.calls
+    assert (cps, origin, no_origin, targets[0]) == ([CP], None, None, T0)
+    assert targets[-1] == market.isps(today)[-1].start
+    assert next_day == [i.start for i in market.isps(today + timedelta(days=1))]
+    sent = [m for m in await env.outbox() if isinstance(m, protocol.Forecast)]
+    assert [m.start for m in sent] == [T0, next_day[0]]
+    assert (sent[0].p10_w[0], sent[0].p50_w[0], sent[0].p90_w[0]) == (100.0, 200.0, 300.0)
+    mark = await env.db.read(lambda c: store.get_meta(c, "fleet.forecast.day_ahead." + CP))
+    assert mark == (today + timedelta(days=1)).isoformat()
+    fleet = env.config.fleet
+    assert fleet is not None
+    assert delay == pytest.approx(fleet.intraday_interval_min * 60)
+    # Then an intraday forecast each interval: from the current ISP, with the sessions.
+    env.clock.moment = T0 + timedelta(minutes=61)
+    await env.producers._forecast_step()
+    assert len(stub.calls) == 3
+    assert stub.calls[-1][2] == T0 + timedelta(hours=1)
+    assert stub.calls[-1][1][0] == T0 + timedelta(hours=1, minutes=15)
+    # Nothing else is due: no second day-ahead (a restart reads the mark), no intraday yet.
+    env.clock.moment = T0 + timedelta(minutes=62)
+    await env.producers._forecast_step()
+    assert len(stub.calls) == 3
