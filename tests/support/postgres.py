@@ -102,9 +102,23 @@ class PostgresServer:
         return result.stdout
 
     def start(self) -> None:
+        """initdb and pg_ctl start; on any failure the directory is removed again."""
+        try:
+            self._start()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _start(self) -> None:
         self.socket_dir.mkdir()
         if self._as_root:
-            owner = pwd.getpwnam(RUN_AS)
+            try:
+                owner = pwd.getpwnam(RUN_AS)
+            except KeyError:
+                raise RuntimeError(
+                    f"initdb refuses to run as root and there is no {RUN_AS!r} user to run it "
+                    "as (Debian's postgresql-15 package creates it)"
+                ) from None
             for path in (self.root, self.socket_dir):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self._run(
@@ -124,26 +138,22 @@ class PostgresServer:
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses={self.host} "
             "-c fsync=off -c max_connections=200"
         )
-        try:
-            self._run(
-                [
-                    str(self.bin_dir / "pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-l",
-                    str(self.log_path),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                timeout_s=90,
-            )
-        except BaseException:
-            self._cleanup()
-            raise
+        self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            timeout_s=90,
+        )
         self._running = True
 
     def dsn(self, database: str = "postgres") -> str:

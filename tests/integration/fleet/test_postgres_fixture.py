@@ -3,6 +3,8 @@ aggregator relies on, and stop() removes the server and its directory."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -53,3 +55,17 @@ def test_missing_postgres_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception, match="PostgreSQL 15 is not installed"):
         support.start_or_skip()
+
+
+def test_as_root_without_a_postgres_user_says_so_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_such_user(name: str) -> None:
+        raise KeyError(name)
+
+    server = PostgresServer(bin_dir=Path(support.BIN_DIRS[0]))  # never reached: no user
+    server._as_root = True
+    monkeypatch.setattr(support.pwd, "getpwnam", no_such_user)
+    with pytest.raises(RuntimeError, match="no 'postgres' user"):
+        server.start()
+    assert not server.root.exists()
