@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def write_config(world: World, *, reassign_lead_s: int = 600, offline_after_s: i
             dso_key=world.dso_key,
             dso_port=world.dso_port,
             servers=world.cluster.client_urls,
-            sites=world.sites,
+            sites=[*world.sites, *world.agent_sites],
             reassign_lead_s=reassign_lead_s,
             offline_after_s=offline_after_s,
         )
@@ -59,10 +60,26 @@ async def join_sites(cluster: NatsCluster, sites: list[str]) -> None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with make_world(tmp_path, []) as state:
+        yield state
+
+
+@pytest.fixture
+async def world_with_agents(tmp_path: Path) -> AsyncIterator[World]:
+    """The world and two full agents' sites (`depot-1`, `depot-2` at CP_A) in the cluster's
+    users and the aggregator's portfolio; the test runs the agents."""
+    async with make_world(tmp_path, ["depot-1", "depot-2"]) as state:
+        yield state
+
+
+@contextlib.asynccontextmanager
+async def make_world(tmp_path: Path, agents: list[str]) -> AsyncIterator[World]:
+    """`agents`: the site ids of full agents the test will run (`World.agent_files` gets
+    their SQLite files when it does)."""
     sites = site_ids()
     workdir = tmp_path / "nats"
     workdir.mkdir()
-    cluster = start_cluster(workdir, sites)
+    cluster = start_cluster(workdir, [*sites, *agents])
     postgres, dsn = start_postgres("central")
     agr_key, dso_key = SigningKey.generate(), SigningKey.generate()
     agr_port, dso_port, http_port = free_port(), free_port(), free_port()
@@ -87,10 +104,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         http_port,
         tmp_path / "central.toml",
         sites,
+        agents,
     )
     write_config(state)
     try:
-        await join_sites(cluster, sites)
+        await join_sites(cluster, [*sites, *agents])
         await asyncio.to_thread(dso.run_in_thread)
         yield state
     finally:

@@ -53,7 +53,10 @@ def site_ids() -> list[str]:
 
 
 def congestion_point_of(site: str) -> str:
-    """The first half of the sites at CP_A, the second at CP_B (two hosts each)."""
+    """The first half of the hosted sites at CP_A, the second at CP_B (two hosts each); the
+    full agents at CP_A."""
+    if not (site.startswith("s") and site[1:].isdigit()):
+        return CP_A
     return CP_A if int(site[1:]) < HOSTS * SITES_PER_HOST // 2 else CP_B
 
 
@@ -292,6 +295,10 @@ class World:
     http_port: int
     config: Path
     sites: list[str]
+    # Full agents in fleet mode in the portfolio (their ids)
+    agent_sites: list[str]
+    # Full agents in fleet mode (site id -> its SQLite file), run by the test itself.
+    agent_files: dict[str, Path] = field(default_factory=dict)
     hosts: list[HostProcess] = field(default_factory=list)
     aggregators: list[AgentProcess] = field(default_factory=list)
 
@@ -368,7 +375,13 @@ class World:
         return out
 
     def site_file(self, site: str) -> Path:
+        if site in self.agent_files:
+            return self.agent_files[site]
         return self.tmp_path / "sites" / f"{site}.sqlite"
+
+    @property
+    def every_site(self) -> list[str]:
+        return [*self.sites, *self.agent_files]
 
     # --- the centre --------------------------------------------------------------------------
 
@@ -394,7 +407,7 @@ class World:
             recorded = await self.recorded_upstream()
             return all(
                 set(read_site(self.site_file(s)).outbox) <= recorded.get(s, set())
-                for s in self.sites
+                for s in self.every_site
             )
 
         await eventually(done, timeout_s, "every site's outbox recorded at the centre")
@@ -438,7 +451,7 @@ class World:
         ):
             commands.setdefault(site, {})[(order, seq)] = (valid_until, outcome, published)
         totals = {"upstream": 0, "commands": 0, "applied": 0, "superseded": 0, "expired": 0}
-        for site in self.sites:
+        for site in self.every_site:
             records = read_site(self.site_file(site))
             unpublished = [i for i, at in records.outbox.items() if at is None]
             assert not unpublished, f"{site}: outbox rows never published: {unpublished}"
