@@ -203,7 +203,7 @@ class SiteLink:
                 self.fetch_timeout_s,
             )
             # A failed ack leaves the message to be redelivered: a repeat, no second effect.
-            for delivery in deliveries:
+            for delivery in newest_first(deliveries):
                 await self.handle(delivery)
         except BusUnavailable as exc:
             self._fetch_failures += 1
@@ -260,3 +260,28 @@ class SiteLink:
         if received.changed:
             self.on_change()
         await delivery.ack()
+
+
+def newest_first(deliveries: list[Delivery]) -> list[Delivery]:
+    """The batch with each order's newest command ahead of its older ones.
+
+    A site back from an outage finds every seq the centre sent meanwhile waiting in its
+    consumer, oldest first: handled in that order it would apply a share the centre already
+    moved elsewhere, if only for a moment. Newest first, the older seqs are recorded as
+    superseded and never applied. Commands of different orders, and anything that is not a
+    command, keep their places relative to each other."""
+    newest: dict[str, int] = {}
+    keys: list[tuple[str, int] | None] = []
+    for delivery in deliveries:
+        try:
+            command = protocol.decode_command(delivery.data)
+        except protocol.DecodeError:
+            keys.append(None)
+            continue
+        keys.append((command.order_id, command.seq))
+        newest[command.order_id] = max(command.seq, newest.get(command.order_id, 0))
+    first = [d for d, k in zip(deliveries, keys, strict=True) if k is None or newest[k[0]] == k[1]]
+    rest = [
+        d for d, k in zip(deliveries, keys, strict=True) if k is not None and newest[k[0]] != k[1]
+    ]
+    return first + rest

@@ -222,6 +222,27 @@ async def test_newer_seq_replaces_older_late_one_is_superseded(h: Harness) -> No
     assert len(h.changes) == 1
 
 
+async def test_a_site_back_from_an_outage_never_applies_the_seq_already_replaced(
+    h: Harness,
+) -> None:
+    """Both seqs waited in the consumer while the site was away: only the newest is applied,
+    the older is recorded as superseded, and dispatch hears of one change."""
+    h.bus.available = False
+    await asyncio.sleep(0.1)
+    h.bus.put(CMD, command(1))
+    h.bus.put(CMD, command(2))
+    h.bus.put(CMD, command(1, order="o-2"))
+    h.bus.available = True
+    await until(lambda: h.bus.states(protocol.CMD_STREAM, DURABLE) == ["acked"] * 3)
+    log = await h.read(fleet_store.command_log)
+    assert {(e.order_id, e.seq, e.outcome) for e in log} == {
+        ("o-1", 2, "applied"),
+        ("o-1", 1, "superseded"),
+        ("o-2", 1, "applied"),
+    }
+    assert h.link.received == {"applied": 2, "superseded": 1, "expired": 0}
+
+
 async def test_a_command_at_its_valid_until_is_never_applied(h: Harness) -> None:
     h.clock.moment = T0 + timedelta(minutes=30)
     h.bus.put(CMD, command(1, valid_min=30))
