@@ -26,8 +26,9 @@ test: $(VENV)/.installed-test system-deps peers everest-peer
 	$(BIN)/ruff check $(PACKAGES) tests
 	$(BIN)/ruff format --check $(PACKAGES) tests
 	$(BIN)/mypy $(PACKAGES)
-	@# Tests marked `long` (minutes of wall-clock time, little CPU: a ten-minute CSMS outage)
-	@# run in a second pytest process beside the rest, so they do not add to the suite's time;
+	@# Tests marked `long` (minutes of wall-clock time each: a ten-minute CSMS outage that
+	@# mostly waits, the fleet scenarios) run in a second pytest process beside the rest, so
+	@# they add little to the suite's time on two cores;
 	@# its output follows the main run's. Both must pass. pytest exits 5 when it collected
 	@# nothing: a suite that cannot fail is a failure here, in either process.
 	@long_log=$$(mktemp); \

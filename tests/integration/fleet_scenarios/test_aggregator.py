@@ -26,7 +26,7 @@ from tests.support import uftp as build
 from tests.support.ports import free_port
 from uftp.models import FlexOffer, Role, utc_now
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 
 FIRST, COUNT = 69, 4  # tomorrow 17:00-18:00 local
 

@@ -32,7 +32,7 @@ from tests.support.everest import PASSWORD as EVEREST_PASSWORD
 from tests.support.everest import V16, Station, find_peer
 from uftp.models import utc_now
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 
 
 @contextlib.asynccontextmanager

@@ -33,7 +33,7 @@ from tests.integration.fleet_scenarios.world import (
 from tests.support import uftp as build
 from uftp.models import utc_now
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 
 FIRST, COUNT = 69, 4  # tomorrow 17:00-18:00 local
 REDUCE_W = 150_000  # of 100 sites x 4 kW at each congestion point

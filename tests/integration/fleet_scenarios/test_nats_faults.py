@@ -16,7 +16,7 @@ from agent.fleet import protocol
 from tests.integration.fleet_scenarios.world import MARKET, World, order, start_fleet
 from uftp.models import utc_now
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 
 FIRST, COUNT = 69, 4  # tomorrow 17:00-18:00 local
 

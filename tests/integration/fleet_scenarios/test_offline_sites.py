@@ -27,7 +27,7 @@ from tests.integration.fleet_scenarios.world import (
 )
 from uftp.models import utc_now
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 
 # When the reassignment falls due after the aggregator starts: enough for the online sites to
 # have acked (they are then not taken for offline).
