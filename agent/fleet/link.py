@@ -119,6 +119,11 @@ class SiteLink:
             self._pause.cancel()
             self._pause = None
 
+    @property
+    def bus_reachable(self) -> bool:
+        """Whether the last publish and the last fetch reached the bus."""
+        return self._publish_failures == 0 and self._fetch_failures == 0
+
     def wake_publisher(self) -> None:
         if self._publisher is not None:
             self._publisher.wake()

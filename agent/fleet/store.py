@@ -99,6 +99,24 @@ def _outbox(row: sqlite3.Row) -> OutboxRow:
     )
 
 
+@dataclass(frozen=True)
+class OutboxBacklog:
+    waiting: int
+    oldest_at: datetime | None
+    last_published_at: datetime | None
+
+
+def backlog(conn: sqlite3.Connection) -> OutboxBacklog:
+    """What waits for the bus, for the operator: a growing backlog is a link that is down."""
+    waiting, oldest = conn.execute(
+        "SELECT COUNT(*), MIN(created_at) FROM fleet_outbox WHERE published_at IS NULL"
+    ).fetchone()
+    (last,) = conn.execute("SELECT MAX(published_at) FROM fleet_outbox").fetchone()
+    return OutboxBacklog(
+        waiting, None if oldest is None else _dt(oldest), None if last is None else _dt(last)
+    )
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.fleet import store as fleet_store
+from agent.fleet.apply import ActiveCommand
 from agent.site.model import ActiveSession, ChargerState
 from agent.storage import store, trades
 from agent.trading.market import Isp, Market
@@ -292,6 +294,38 @@ class _TradeRows:
     offers: list[trades.OfferRow]
     orders: list[trades.OrderRow]
     baselines: dict[str, trades.PrognosisRow]
+
+
+async def fleet_link(agent: AgentView, now: datetime) -> JsonObject | None:
+    """A fleet site's link to its centre (None when the site trades by itself): whether the
+    bus answers, what waits in the outbox since when, and the centre's commands in force."""
+    link = agent.link
+    if link is None:
+        return None
+
+    def read(
+        conn: sqlite3.Connection,
+    ) -> tuple[fleet_store.OutboxBacklog, list[ActiveCommand]]:
+        return fleet_store.backlog(conn), fleet_store.active_commands(conn)
+
+    backlog, commands = await agent.db.read(read)
+    return {
+        "site": link.site,
+        "bus_reachable": link.bus_reachable,
+        "outbox_waiting": backlog.waiting,
+        "outbox_oldest_at": iso(backlog.oldest_at),
+        "last_published_at": iso(backlog.last_published_at),
+        "commands": [
+            {
+                "order_id": c.order_id,
+                "seq": c.seq,
+                "valid_until": iso(c.valid_until),
+                "in_force": c.valid_until > now,
+                "applied_at": iso(c.applied_at),
+            }
+            for c in commands
+        ],
+    }
 
 
 async def trade_snapshot(agent: AgentView, now: datetime) -> TradeSnapshot:

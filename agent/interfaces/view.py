@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from agent.control.dispatch import Dispatcher
+    from agent.fleet.link import SiteLink
     from agent.runtime.clock import Clock
     from agent.runtime.config import Config
     from agent.runtime.faults import Faults
@@ -47,3 +48,6 @@ class AgentView(Protocol):
     def dispatcher(self) -> Dispatcher: ...
     @property
     def faults(self) -> Faults: ...
+    # Only on a site of a fleet: its link to the centre.
+    @property
+    def link(self) -> SiteLink | None: ...

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.interfaces.metrics import AgentMetrics
-from agent.interfaces.status import LiveStatus, day_chart, trade_snapshot
+from agent.interfaces.status import LiveStatus, day_chart, fleet_link, trade_snapshot
 from agent.interfaces.web.page import chart_svg, render_status_page
 from agent.storage import records, trades
 from forecaster.worker import WorkerError
@@ -185,6 +185,8 @@ class StatusServer:
                 "site": self.status.site(now),
                 "chargers": self.status.chargers(),
                 "trade": self._trade_json(trade),
+                # Added field: a fleet site's link to its centre, null when it trades itself.
+                "fleet": await fleet_link(self.agent, now),
             }
         )
 

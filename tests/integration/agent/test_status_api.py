@@ -38,6 +38,7 @@ async def test_json_api_shows_site_chargers_trade_delivery_and_chart(tmp_path: P
         assert status["site"]["id"] == "test"
         assert status["site"]["chargers_total"] == len(CHARGERS)
         assert [c["id"] for c in status["chargers"]] == CHARGERS
+        assert status["fleet"] is None  # a stand-alone site: no link to a centre
         trade = status["trade"]
         assert trade["current_isp"] == t.current_isp
         (prognosis,) = trade["prognoses"]

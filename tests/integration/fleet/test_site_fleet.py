@@ -33,6 +33,7 @@ from agent.fleet.bus import (
     ensure_streams,
 )
 from agent.fleet.link import AFTER_COMMAND_COMMIT, SiteLink
+from agent.interfaces.status import fleet_link
 from agent.runtime import failpoints
 from agent.runtime.clock import SystemClock
 from agent.runtime.config import Config
@@ -237,6 +238,15 @@ async def test_a_fleet_agent_holds_its_chargers_to_the_centres_cap(tmp_path: Pat
                 [ack] = centre.acks(site)
                 assert (ack.order_id, ack.seq, ack.outcome) == ("order-1", 1, "applied")
                 assert ack.id == ack_id(site, "order-1", 1)
+
+                # The operator sees the link and the command in force in the status API.
+                link = await fleet_link(agent, datetime.now(UTC))
+                assert link is not None
+                assert link["site"] == site
+                assert link["bus_reachable"] is True
+                assert [(c["order_id"], c["seq"], c["in_force"]) for c in link["commands"]] == [
+                    ("order-1", 1, True)
+                ]
 
                 # A newer share lifts the cap: the chargers follow it back up.
                 await centre.command(command_for(site, "order-1", 2, [None] * 4))
