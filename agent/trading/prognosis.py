@@ -217,7 +217,10 @@ class PrognosisService:
                     wanted.append((period, "order"))
             for period, reason in wanted:
                 self._wanted.pop((cp, period), None)
-                await self.send(cp, period, reason)
+                if reason == "day-ahead":
+                    await self.ensure(cp, period)  # unless an offer sent it meanwhile
+                else:
+                    await self.send(cp, period, reason)
         for (cp, period), want in list(self._wanted.items()):
             del self._wanted[(cp, period)]
             await self.send(cp, period, want.reason)
@@ -240,11 +243,14 @@ class PrognosisService:
         return await self.db.read(lambda c: trades.latest_prognosis(c, congestion_point, period))
 
     async def ensure(self, congestion_point: str, period: date) -> trades.PrognosisRow:
-        """The current prognosis of the day, sending one first if there is none."""
-        latest = await self._latest(congestion_point, period)
-        return (
-            latest if latest is not None else await self.send(congestion_point, period, "day-ahead")
-        )
+        """The current prognosis of the day, sending one first if there is none. Looked up
+        and sent under the send lock: the prognosis loop's day-ahead and an offer that needs
+        the day's baseline must not both find none and send two first revisions."""
+        async with self._lock:
+            latest = await self._latest(congestion_point, period)
+            if latest is not None:
+                return latest
+            return await self._send_locked(congestion_point, period, "day-ahead")
 
     async def _intraday(self, now: datetime, today: date) -> None:
         period, current = self.market.locate(now)
@@ -293,81 +299,95 @@ class PrognosisService:
     ) -> trades.PrognosisRow:
         """Send the next revision of the day's prognosis; returns what was recorded."""
         async with self._lock:
-            now = self.clock.now()
-            isps = self.market.isps(period)
-            if forecast_w is None:
-                bands = await self.forecaster.forecast([congestion_point], [i.start for i in isps])
-                forecast_w = bands[congestion_point].p50
-            if first_open is None:
-                first_open = 1
-                located, index = self.market.locate(now)
-                if located == period:
-                    first_open = index + 1
-                elif located > period:
-                    first_open = len(isps) + 1
-            dso = self._dso[congestion_point]
-            forecast = list(forecast_w)
-            opened = first_open
-
-            def write(conn: sqlite3.Connection) -> trades.PrognosisRow:
-                floor = int(store.get_meta(conn, _floor_key(congestion_point, period)) or 0)
-                revision = max(trades.highest_revision(conn, congestion_point, period) + 1, floor)
-                previous = trades.latest_prognosis(conn, congestion_point, period)
-                context = load_context(conn, congestion_point=congestion_point, period=period)
-                orders = context.orders
-                targets = {t.index: t for t in context.targets(self.market).values()}
-                power, baseline = prognosis_power(forecast, previous, opened, targets)
-                message = DPrognosis(
-                    sender_domain=self.config.uftp.domain,
-                    recipient_domain=dso,
-                    time_stamp=now,
-                    conversation_id=str(uuid.uuid4()),
-                    isp_duration=timedelta(minutes=self.market.isp_minutes),
-                    time_zone=self.market.time_zone,
-                    period=period,
-                    congestion_point=congestion_point,
-                    revision=revision,
-                    isps=tuple(
-                        DPrognosisISP(power=run.value, start=run.start, duration=run.duration)
-                        for run in calendar.compress_runs(power)
-                    ),
-                )
-                self.participant.enqueue(conn, message)
-                row = trades.PrognosisRow(
-                    congestion_point=congestion_point,
-                    period=period,
-                    revision=revision,
-                    message_id=message.message_id,
-                    conversation_id=message.conversation_id,
-                    dso_domain=dso,
-                    created_at=now,
-                    reason=reason,
-                    power_w=power,
-                    baseline_w=baseline,
-                    orders=[o.message_id for o in orders],
-                    status=PrognosisStatus.SENT,
-                    rejection_reason=None,
-                )
-                trades.insert_prognosis(conn, row)
-                return row
-
-            row = await self.db.transaction(write)
-            self.participant.wake_outbox()
-            # Queued, not sent: the outbox delivers it and logs "delivered" or "delivery
-            # failed, will retry" (with retry_at) under the same message_id.
-            log.info(
-                "D-Prognosis queued",
-                extra={
-                    "message_id": row.message_id,
-                    "congestion_point": congestion_point,
-                    "period": period.isoformat(),
-                    "revision": row.revision,
-                    "why": reason,
-                    "isps": len(row.power_w),
-                    "energy_kwh": round(sum(row.power_w) * self.market.isp_minutes / 60_000, 1),
-                },
+            return await self._send_locked(
+                congestion_point, period, reason, forecast_w=forecast_w, first_open=first_open
             )
+
+    async def _send_locked(
+        self,
+        congestion_point: str,
+        period: date,
+        reason: str,
+        *,
+        forecast_w: Sequence[float] | None = None,
+        first_open: int | None = None,
+    ) -> trades.PrognosisRow:
+        """`send`, with the lock already held."""
+        now = self.clock.now()
+        isps = self.market.isps(period)
+        if forecast_w is None:
+            bands = await self.forecaster.forecast([congestion_point], [i.start for i in isps])
+            forecast_w = bands[congestion_point].p50
+        if first_open is None:
+            first_open = 1
+            located, index = self.market.locate(now)
+            if located == period:
+                first_open = index + 1
+            elif located > period:
+                first_open = len(isps) + 1
+        dso = self._dso[congestion_point]
+        forecast = list(forecast_w)
+        opened = first_open
+
+        def write(conn: sqlite3.Connection) -> trades.PrognosisRow:
+            floor = int(store.get_meta(conn, _floor_key(congestion_point, period)) or 0)
+            revision = max(trades.highest_revision(conn, congestion_point, period) + 1, floor)
+            previous = trades.latest_prognosis(conn, congestion_point, period)
+            context = load_context(conn, congestion_point=congestion_point, period=period)
+            orders = context.orders
+            targets = {t.index: t for t in context.targets(self.market).values()}
+            power, baseline = prognosis_power(forecast, previous, opened, targets)
+            message = DPrognosis(
+                sender_domain=self.config.uftp.domain,
+                recipient_domain=dso,
+                time_stamp=now,
+                conversation_id=str(uuid.uuid4()),
+                isp_duration=timedelta(minutes=self.market.isp_minutes),
+                time_zone=self.market.time_zone,
+                period=period,
+                congestion_point=congestion_point,
+                revision=revision,
+                isps=tuple(
+                    DPrognosisISP(power=run.value, start=run.start, duration=run.duration)
+                    for run in calendar.compress_runs(power)
+                ),
+            )
+            self.participant.enqueue(conn, message)
+            row = trades.PrognosisRow(
+                congestion_point=congestion_point,
+                period=period,
+                revision=revision,
+                message_id=message.message_id,
+                conversation_id=message.conversation_id,
+                dso_domain=dso,
+                created_at=now,
+                reason=reason,
+                power_w=power,
+                baseline_w=baseline,
+                orders=[o.message_id for o in orders],
+                status=PrognosisStatus.SENT,
+                rejection_reason=None,
+            )
+            trades.insert_prognosis(conn, row)
             return row
+
+        row = await self.db.transaction(write)
+        self.participant.wake_outbox()
+        # Queued, not sent: the outbox delivers it and logs "delivered" or "delivery
+        # failed, will retry" (with retry_at) under the same message_id.
+        log.info(
+            "D-Prognosis queued",
+            extra={
+                "message_id": row.message_id,
+                "congestion_point": congestion_point,
+                "period": period.isoformat(),
+                "revision": row.revision,
+                "why": reason,
+                "isps": len(row.power_w),
+                "energy_kwh": round(sum(row.power_w) * self.market.isp_minutes / 60_000, 1),
+            },
+        )
+        return row
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
