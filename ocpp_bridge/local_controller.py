@@ -58,6 +58,7 @@ from ocpp_bridge.relay import (
     AnsweredLocally,
     CloseCharger,
     CloseUpstream,
+    CsmsCleared,
     FollowUp,
     OurAnswer,
     Rejected,
@@ -115,6 +116,7 @@ class RelaySession:
         observe: Callable[[ocppj.Call, dict[str, Any]], Awaitable[None]] | None = None,
         save: Callable[[Relay], None] | None = None,
         budget: TokenBucket | None = None,
+        on_csms_clear: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """`observe`: awaited with every charger CALL that got a CALLRESULT (from the CSMS or
         here) and that answer, in the charger's order, once the answer was written, so the site
@@ -131,6 +133,7 @@ class RelaySession:
         self._on_follow_up = on_follow_up
         self._observe = observe
         self._save = save
+        self._on_csms_clear = on_csms_clear
         # Every charger frame takes from it; over it frames are dropped unread, and a charger
         # that keeps on is closed (the central system's per-charger limits).
         self._budget = budget
@@ -209,6 +212,8 @@ class RelaySession:
                 )
             elif isinstance(event, CloseCharger):
                 self._spawn(self.websocket.close(event.code, event.reason), "close-charger")
+            elif isinstance(event, CsmsCleared) and self._on_csms_clear is not None:
+                self._on_csms_clear(event.payload)
             elif isinstance(event, CloseUpstream) and self.upstream is not None:
                 self._spawn(self.upstream.close(event.code, event.reason), "close-upstream")
         if self._save is not None and self.relay.revision != self._saved_revision:
@@ -513,6 +518,23 @@ class LocalController(CentralSystem):
         await asyncio.gather(*(session.aclose() for session in self.sessions.values()))
         await super().stop()
 
+    def _csms_cleared(
+        self, charger_id: str, version: ProtocolVersion, payload: dict[str, Any]
+    ) -> None:
+        """The CSMS cleared profiles on the charger: if its criteria reach ours (a broad
+        "clear all", one of our stack levels or ids), ours are put back at once, the safe
+        layer first, instead of the charger running unprotected until the next refresh."""
+        if not self.settings.profile_layout.clear_may_remove_ours(version, payload):
+            return
+        restoring = self.restore_own_profiles(charger_id)
+        log.warning(
+            "charger %s: the CSMS's ClearChargingProfile %s may have removed our profiles; %s",
+            charger_id,
+            json.dumps(payload, sort_keys=True),
+            "putting them back" if restoring else "its next connection puts them back",
+            extra={"charger_id": charger_id},
+        )
+
     def new_transaction_id(self, charger_id: str) -> int:
         given = self._given_transaction_ids.pop(charger_id, None)
         return given if given is not None else super().new_transaction_id(charger_id)
@@ -562,6 +584,7 @@ class LocalController(CentralSystem):
             observe,
             functools.partial(self._save_relay, charger_id) if settings.state_dir else None,
             TokenBucket(self.settings.max_calls_per_s, self.settings.call_burst),
+            functools.partial(self._csms_cleared, charger_id, version),
         )
         previous = self.sessions.get(charger_id)
         self.sessions[charger_id] = session

@@ -109,6 +109,27 @@ class ProfileLayout:
             + [self.station_split_profile_id_base + e for e in evses]
         )
 
+    def clear_may_remove_ours(self, version: ProtocolVersion, payload: dict[str, Any]) -> bool:
+        """Whether another CSMS's ClearChargingProfile (`payload`) can have removed one of
+        our profiles, the safe layer included: by naming one of our ids, or by criteria that
+        do not keep to another stack level. Its purpose and EVSE are not trusted to spare
+        ours: the safe layer's purpose depends on what the charger accepted (a fallback)."""
+        if version is ProtocolVersion.OCPP16:
+            profile_id = payload.get("id")
+            level = payload.get("stackLevel")
+        else:
+            profile_id = payload.get("chargingProfileId")
+            level = (payload.get("chargingProfileCriteria") or {}).get("stackLevel")
+        if profile_id is not None:
+            return profile_id in self.profile_ids()
+        if level is not None:
+            return level in (
+                self.safe_stack_level,
+                self.station_dynamic_stack_level,
+                self.evse_dynamic_stack_level,
+            )
+        return True
+
 
 DEFAULT_LAYOUT = ProfileLayout()
 

@@ -134,8 +134,23 @@ class CloseUpstream:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class CsmsCleared:
+    """The charger accepted a ClearChargingProfile of the CSMS: whatever its criteria matched
+    is gone from the charger, ours included when they matched ours too."""
+
+    payload: dict[str, Any]
+
+
 RelayEvent = (
-    OurAnswer | FollowUp | Answered | AnsweredLocally | Rejected | CloseCharger | CloseUpstream
+    OurAnswer
+    | FollowUp
+    | Answered
+    | AnsweredLocally
+    | Rejected
+    | CloseCharger
+    | CloseUpstream
+    | CsmsCleared
 )
 
 
@@ -381,6 +396,8 @@ class Relay:
         ):
             # The charger holds it now, whether or not the CSMS is still there to hear so.
             self._profiles_changed(profile_call)
+            if profile_call.action == "ClearChargingProfile":
+                out.append(CsmsCleared(profile_call.payload))
         if self.state is not UpstreamState.ONLINE or self.upstream.answering != csms_id:
             self.counters.dropped_answers += 1  # the CSMS that asked is gone
             return

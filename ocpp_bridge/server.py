@@ -371,6 +371,28 @@ class CentralSystem:
             setup.done.set()
         await charger.smart.refresh_forever(connection)
 
+    def restore_own_profiles(self, charger_id: str) -> bool:
+        """Put our safe layer, then our dynamic layer, back on a connected charger after
+        something else removed them (another CSMS's ClearChargingProfile in local-controller
+        mode): the safe layer is what holds the charger if the agent dies. False when the
+        charger is not connected (its next connection's set-up puts them back anyway)."""
+        charger = self._chargers.get(charger_id)
+        connection = charger.connection if charger is not None else None
+        if charger is None or connection is None or connection.closed.is_set():
+            return False
+
+        async def restore() -> None:
+            if not await self._wait_set_up(charger, connection):
+                return  # a set-up still to come puts the safe layer first by itself
+            result = await charger.smart.apply_safe(connection)
+            if not result.accepted:
+                connection.problems.report("safe layer not restored", str(result.reason))
+            for evse_id in list(charger.smart.dynamic):
+                await charger.smart.apply_dynamic(connection, evse_id)
+
+        connection.spawn(restore(), "restore-profiles")
+        return True
+
     async def _wait_set_up(
         self, charger: _Charger, connection: Connection, *, safe_only: bool = False
     ) -> bool:

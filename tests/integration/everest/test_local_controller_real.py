@@ -431,3 +431,42 @@ async def test_real_station_holds_the_csms_profiles_beside_ours_and_we_plan_with
     expected = min(ours_now, csms_limit_a(start, began))
     assert composite_limit_a(composite) == pytest.approx(expected, abs=1.0), (composite, plan)
     assert csms.complaints() == []
+
+
+async def test_real_station_gets_our_profiles_back_after_the_csms_clears_them_all(
+    csms: NodeCsms,
+    site_factory: Callable[..., AgentSite],
+    stations: Callable[..., list[Station]],
+) -> None:
+    """A CSMS's ClearChargingProfile without criteria removes every profile on a real 1.6
+    station, our safe layer too: flexbridge puts the safe layer back at once (then the
+    dynamic one), so the station is never left without its site-wide limit."""
+    charger_id = "LCCLR16"
+    site = site_factory(
+        [charger_id],
+        upstream_url=f"ws://127.0.0.1:{csms.port}/ocpp",
+        upstream_toml='policy = "strict"',
+    )
+    site.start()
+    [station] = stations(site, [charger_id], V16)
+    await start_all([station])
+    await csms.wait_for_call(charger_id, "BootNotification")
+
+    def ours(level: int, since: int = 0) -> list[Frame]:
+        return [
+            call
+            for call in station.calls("SetChargingProfile", sent=False, since=since)
+            if call.unique_id.startswith(OUR_PREFIX)
+            and stack_level(call) == level
+            and accepted(station, call)
+        ]
+
+    await eventually(lambda: ours(0) and ours(1), 90, "our safe and dynamic profiles accepted")
+    since = station.mark()
+    answer = await csms.call(charger_id, "ClearChargingProfile", {})
+    assert answer.get("result") == {"status": "Accepted"}, answer
+    await eventually(lambda: ours(0, since), 30, "our safe profile put back")
+    await eventually(lambda: ours(1, since), 60, "our dynamic profile put back")
+    safe_again = ours(0, since)[0]
+    dynamic_again = ours(1, since)[0]
+    assert safe_again.offset < dynamic_again.offset  # the safe layer first

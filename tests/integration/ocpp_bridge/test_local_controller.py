@@ -7,6 +7,7 @@ failure on either side fails the test.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -195,6 +196,51 @@ async def test_a_whole_transaction_reaches_the_csms_once_in_order_and_commands_c
             assert [m[2] for m in after if m[0] == 2] == [stop_action, "StatusNotification"]
             assert not [m for m in csms.frames(identity) if m[1].startswith("fb-")]
             no_duplicate_ids(csms.frames(identity))
+            assert charger.complaints() == []
+    finally:
+        if charger is not None:
+            await charger.kill()
+        await csms.stop()
+    assert csms.complaints() == []
+
+
+@pytest.mark.parametrize(
+    ("protocol", "identity", "id_key"),
+    [("ocpp1.6", "RPC16", "id"), ("ocpp2.0.1", "RPC201", "chargingProfileId")],
+)
+async def test_a_csms_clearing_our_safe_profile_gets_it_put_back_at_once(
+    node: str, protocol: str, identity: str, id_key: str
+) -> None:
+    """Another CSMS's ClearChargingProfile that reaches ours (here: our safe profile's id)
+    must not leave the charger without its safe limit until the next reconnect."""
+    csms = await NodeCsms.start(node)
+    charger: NodeCharger | None = None
+    try:
+        async with controller(csms.port) as system:
+            charger = await NodeCharger.start(node, protocol, url(system), identity, PASSWORD)
+            await charger.wait_for("ready")
+            await charger.wait_for_call("SetChargingProfile")
+            safe_id = LOCAL_CONTROLLER_LAYOUT.safe_profile_id
+            cleared = await csms.call(identity, "ClearChargingProfile", {id_key: safe_id})
+            assert cleared["result"] == {"status": "Accepted"}  # the charger dropped it
+
+            def safe_sets() -> list[dict[str, Any]]:
+                found = []
+                for params in charger.calls("SetChargingProfile") if charger else []:
+                    profile = params.get("csChargingProfiles") or params.get("chargingProfile")
+                    if profile.get("chargingProfileId", profile.get("id")) == safe_id:
+                        found.append(profile)
+                return found
+
+            await charger.wait_for_call("SetChargingProfile", lambda _: len(safe_sets()) >= 2)
+            again = safe_sets()[-1]
+            assert again["stackLevel"] == LOCAL_CONTROLLER_LAYOUT.safe_stack_level
+            # The CSMS clearing only its own leaves ours alone: nothing is sent again.
+            before = len(charger.calls("SetChargingProfile"))
+            mine = await csms.call(identity, "ClearChargingProfile", {id_key: 7})
+            assert mine["result"] == {"status": "Unknown"}
+            await asyncio.sleep(1.0)
+            assert len(charger.calls("SetChargingProfile")) == before
             assert charger.complaints() == []
     finally:
         if charger is not None:

@@ -4,6 +4,7 @@ apart from another CSMS's on a shared charger (local-controller mode)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -123,3 +124,36 @@ def test_an_accepted_layout_never_gives_two_layers_one_id_or_level(
     ids = [safe_id] + [dynamic_base + e for e in evses] + [split_base + e for e in evses]
     assert len(set(ids)) == len(ids)
     assert layout.profile_ids() == frozenset(ids)
+
+
+@pytest.mark.parametrize(
+    ("version", "payload", "ours"),
+    [
+        # "Clear everything": the safe layer goes with it.
+        (ProtocolVersion.OCPP16, {}, True),
+        (ProtocolVersion.OCPP201, {}, True),
+        (ProtocolVersion.OCPP16, {"chargingProfilePurpose": "TxDefaultProfile"}, True),
+        (ProtocolVersion.OCPP201, {"chargingProfileCriteria": {"evseId": 1}}, True),
+        # One of our ids or stack levels.
+        (ProtocolVersion.OCPP16, {"id": LOCAL_CONTROLLER_LAYOUT.safe_profile_id}, True),
+        (
+            ProtocolVersion.OCPP201,
+            {"chargingProfileId": LOCAL_CONTROLLER_LAYOUT.dynamic_profile_id_base + 1},
+            True,
+        ),
+        (ProtocolVersion.OCPP16, {"stackLevel": LOCAL_CONTROLLER_LAYOUT.safe_stack_level}, True),
+        # The CSMS keeping to its own ids and stack levels leaves ours alone.
+        (ProtocolVersion.OCPP16, {"id": 7}, False),
+        (ProtocolVersion.OCPP201, {"chargingProfileId": 7}, False),
+        (ProtocolVersion.OCPP16, {"stackLevel": 5, "chargingProfilePurpose": "TxProfile"}, False),
+        (
+            ProtocolVersion.OCPP201,
+            {"chargingProfileCriteria": {"stackLevel": 5, "chargingProfilePurpose": "TxProfile"}},
+            False,
+        ),
+    ],
+)
+def test_which_clears_of_another_csms_may_remove_ours(
+    version: ProtocolVersion, payload: dict[str, Any], ours: bool
+) -> None:
+    assert LOCAL_CONTROLLER_LAYOUT.clear_may_remove_ours(version, payload) is ours
