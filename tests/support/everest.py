@@ -255,21 +255,49 @@ class Station:
         never blocks an event loop that serves OCPP in this process.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._forget_dead_pid()
-        proc = await asyncio.create_subprocess_exec(
-            *self._args(fresh=fresh or self.started == 0, wait_s=wait_s),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.peer.env(),
-        )
-        out, _ = await proc.communicate()
-        self.started += 1
-        if proc.returncode != 0:
-            raise StationError(
-                f"{self.charger_id} (OCPP {self.version}) did not start/connect "
-                f"(exit {proc.returncode}): {out.decode(errors='replace')[-2000:]}\n"
-                f"--- charger.log tail ---\n{self.log()[-3000:]}"
+        for attempt in range(3):
+            self._forget_dead_pid()
+            since = self.mark()
+            proc = await asyncio.create_subprocess_exec(
+                *self._args(fresh=fresh or self.started == 0, wait_s=wait_s),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.peer.env(),
             )
+            out, _ = await proc.communicate()
+            self.started += 1
+            if proc.returncode != 0:
+                raise StationError(
+                    f"{self.charger_id} (OCPP {self.version}) did not start/connect "
+                    f"(exit {proc.returncode}): {out.decode(errors='replace')[-2000:]}\n"
+                    f"--- charger.log tail ---\n{self.log()[-3000:]}"
+                )
+            if wait_s <= 0 or attempt == 2 or not await self._lost_its_boot_answer(since):
+                return
+            # libocpp 1.6 sometimes takes a CSMS answer that arrives within a millisecond of
+            # connecting for one "in disconnected state" and drops it: when that answer is the
+            # BootNotification's, the charger never boots (it answers nothing, sends nothing)
+            # until it is restarted. A real charger on a real network does not meet a CSMS that
+            # fast; restarting it here is what its operator would do.
+            await self.stop()
+
+    async def _lost_its_boot_answer(self, since: int, within_s: float = 2.0) -> bool:
+        """Whether the line right after the CSMS's answer to this start's BootNotification
+        says libocpp dropped it."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            text = self.log()[since:]
+            call = re.search(r'\[\s*2,\s*"([^"]+)",\s*"BootNotification"', text)
+            if call is not None:
+                answer = re.search(r'\[\s*3,\s*"' + re.escape(call.group(1)) + r'"', text)
+                if answer is not None:
+                    after = text[answer.end() :]
+                    closing = after.find("\n]")
+                    if closing != -1:
+                        following = after[closing + 2 :].lstrip("\n").split("\n", 1)[0]
+                        return "Received a message in disconnected state" in following
+            await asyncio.sleep(0.1)
+        return False
 
     @property
     def pid(self) -> int | None:
