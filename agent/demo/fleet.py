@@ -70,6 +70,8 @@ SITES = {"north": CP_A, "south": CP_A, "harbour": CP_B}
 STATIONS_PER_SITE = 3
 ISP = timedelta(minutes=15)
 WAIT_S = 60.0
+# The timeline's step labels, in story order (the module docstring).
+STEPS = ("infra", "central", "join", "prognosis", "request", "offer", "order", "commands", "stop")
 
 
 class FleetDemoError(RuntimeError):
