@@ -238,7 +238,8 @@ def flex_request(
         period=day,
         congestion_point=CP_A,
         revision=1,
-        # Offers may not outlive the first ISP they are about.
+        # The aggregator's offer expires with the request at the latest, and the DSO refuses
+        # an offer that outlives the ISPs it is about.
         expiration_date_time=expires,
         isps=tuple(elements),
     )
