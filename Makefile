@@ -12,15 +12,34 @@ CONSTRAINTS := requirements/constraints.txt
 PACKAGES := agent ocpp_bridge uftp forecaster bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: demo test lint typecheck pytest venv system-deps peers everest-peer lock bench clean help
+.PHONY: demo demo-fleet fleet-deps test lint typecheck pytest venv system-deps peers everest-peer lock bench clean help
 
 help:
 	@echo "make demo    run flexbridge on embedded defaults (simulated site and DSO)"
+	@echo "make demo-fleet  the same for a small fleet: 3 sites, 2 congestion points, 1 aggregator"
 	@echo "make test    lint, type-check and run every test (installs what they need)"
 	@echo "make lock    refresh requirements/constraints.txt from a clean resolve"
 
 demo: $(VENV)/.installed-runtime
 	$(BIN)/flexbridge demo
+
+# `flexbridge demo --fleet`: the aggregator's PostgreSQL driver (extra `central`), and as root
+# the two Debian servers it starts in a temporary directory (otherwise the demo names them).
+demo-fleet: $(VENV)/.installed-runtime fleet-deps
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[central]'
+	$(BIN)/flexbridge demo --fleet
+
+FLEET_TOOLS := nats-server:nats-server /usr/lib/postgresql/15/bin/initdb:postgresql-15
+fleet-deps:
+	@missing=""; for pair in $(FLEET_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ] && [ -n "$(SUDO)" ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 test: $(VENV)/.installed-test system-deps peers everest-peer
 	$(BIN)/ruff check $(PACKAGES) tests

@@ -44,7 +44,8 @@ EXIT_CODES = f"""exit codes:
   {EX_IOERR}   reading or writing a file failed
   {EX_TEMPFAIL}   try again later (state directory locked by another agent, port in use)
   {EX_NOPERM}   permission denied (e.g. a port below 1024)
-  {EX_CONFIG}   the configuration cannot be used (every problem is listed)
+  {EX_CONFIG}   the configuration cannot be used (every problem is listed); demo --fleet:
+        nats-server or PostgreSQL 15 is not installed (the line names the package)
   {EX_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 log = logging.getLogger("agent.cli")
@@ -161,6 +162,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return _cmd_demo_fleet(args)
     import shutil
     import tempfile
 
@@ -232,6 +235,70 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if result is None and not args.report and report.exists() and not report.stat().st_size:
             report.unlink()
     print(f"done in {result.real_seconds:.0f} s; open the report in a browser", flush=True)
+    return EX_OK
+
+
+def _cmd_demo_fleet(args: argparse.Namespace) -> int:
+    import shutil
+
+    from agent.demo.defaults import numba_cache_dir
+    from agent.demo.fleet import FleetDemoError, FleetResult, fleet_state_dir, run_fleet_demo
+    from agent.demo.infra import InfraError, InfraMissing
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, install_signal_handlers
+    from forecaster.cache import point_cache_at
+
+    for flag, given in (
+        ("--state-dir", args.state_dir),
+        ("--report", args.report),
+        ("--keep-running", args.keep_running),
+    ):
+        if given:
+            return _error(f"{flag} does not apply to demo --fleet", EX_USAGE)
+    point_cache_at(numba_cache_dir())
+    if args.verbose:
+        configure_logging("INFO", "human")
+    state_dir = fleet_state_dir()
+    print(
+        "flexbridge demo --fleet: three sites, two congestion points, one aggregator, in real "
+        "time; it ends by itself (Ctrl-C stops it early). State in a temporary directory, "
+        "removed at the end.",
+        flush=True,
+    )
+    stopped_by: list[int] = []
+
+    async def demo() -> FleetResult:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(sig: int) -> None:
+            stopped_by.append(sig)
+            task.cancel()
+
+        install_signal_handlers(stop)
+        return await run_fleet_demo(state_dir)
+
+    try:
+        result = asyncio.run(demo())
+    except InfraMissing as exc:
+        return _error(str(exc), EX_CONFIG)
+    except InfraError as exc:
+        return _error(f"a server of the fleet demo did not start: {exc}", EX_TEMPFAIL)
+    except FleetDemoError as exc:
+        return _error(f"the fleet demo's story broke off: {exc}", EX_FAILURE)
+    except ServiceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, EXPECTED_START_ERRORS):
+            message, code = _start_failure(cause, exc.component, state_dir)
+            return _error(message, code)
+        raise
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        print("demo stopped", flush=True)
+        return 128 + stopped_by[0]
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    print(f"done in {result.real_seconds:.0f} s; temporary directory removed", flush=True)
     return EX_OK
 
 
@@ -528,6 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the agent (and its status page) running after the story, until Ctrl-C",
     )
     demo.add_argument("--verbose", action="store_true", help="show the agent's info logs")
+    demo.add_argument(
+        "--fleet",
+        action="store_true",
+        help="instead: a small fleet in real time (three site agents on two congestion "
+        "points, a NATS cluster, PostgreSQL, the central aggregator and the DSO) in under a "
+        "minute; needs nats-server and postgresql-15 (--speed, --seed do not apply)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     check = sub.add_parser(

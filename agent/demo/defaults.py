@@ -165,8 +165,10 @@ def seed_history(
 
     first = today - timedelta(days=days)
     plan = generator.plan(first, days)
-    history = generator.power_history(first, days, config.uftp.isp_duration_min)
-    isp_s = config.uftp.isp_duration_min * 60
+    # A fleet site has no [uftp]: its grid is the fleet's 15-minute ISP.
+    isp_min = 15 if config.fleet is not None else config.uftp.isp_duration_min
+    history = generator.power_history(first, days, isp_min)
+    isp_s = isp_min * 60
     start = history.start
     end = start + timedelta(seconds=isp_s * history.values.shape[1])
     cp = congestion_point
