@@ -239,9 +239,20 @@ class CentralTrader:
             for offered in plan.elements
         )
         kwh = sum(abs(i.power) * i.duration for i in option_isps) * self.market.isp_minutes / 60e3
+        # An offer is ordered before its first ISP starts, never later (the DSO refuses an
+        # ExpirationDateTime beyond the offered ISPs, and a late order could not be dispatched).
+        first_start = self.market.start_of(request.period, min(i.start for i in option_isps))
         expires = min(
-            now + timedelta(seconds=self.trading.offer_validity_s), request.expiration_date_time
+            now + timedelta(seconds=self.trading.offer_validity_s),
+            request.expiration_date_time,
+            first_start,
         )
+        if expires <= now:
+            await conn.execute(
+                "UPDATE flex_request SET status = 'declined', note = %s WHERE message_id = %s",
+                ("the offered ISPs begin before an order could come", request.message_id),
+            )
+            return
         offer = FlexOffer(
             sender_domain=self.uftp.settings.domain,
             recipient_domain=inbound.sender_domain,
