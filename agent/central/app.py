@@ -284,6 +284,12 @@ class TradingLoops:
             self._trader.uftp.wake_outbox()
         return None
 
+    def wake_metering(self) -> None:
+        """A site's metering was recorded: yesterday may be complete now."""
+        for loop in self._loops:
+            if loop.name == "metering":
+                loop.wake()
+
     async def _metering(self) -> float | None:
         async with self._prognosis_db.transaction() as conn:
             sent = await self._trader.metering_step(conn)
@@ -342,11 +348,18 @@ def build_aggregator(
         uftp, market, config.trading, {m.congestion_point: m.ean for m in config.metering}
     )
     holder.append(trader)
-    upstream = UpstreamConsumer(bus, dsn, clock=clock)
+    trading_loops = TradingLoops(trader, dsn, publisher.wake)
+
+    def recorded(kind: str) -> None:
+        # The Metering of yesterday goes out when the last site's metering of it arrives,
+        # not up to one loop interval later.
+        if kind == "metering":
+            trading_loops.wake_metering()
+
+    upstream = UpstreamConsumer(bus, dsn, clock=clock, on_recorded=recorded)
     view = None
     if config.http.enabled:
         view = FleetView(dsn, config.http.host, config.http.port, config.trading, clock)
-    trading_loops = TradingLoops(trader, dsn, publisher.wake)
     components: list[Component] = [
         *([] if bus_component is None else [bus_component]),
         Store(config, bus),
