@@ -3,6 +3,12 @@ PostgreSQL server, the central aggregator as `flexbridge aggregator run` process
 shapeshifter-uftp 2.4.0 as the DSO, and 200 sites in 4 `tests.support.fleet_host` processes of
 50 (each site its own SQLite file, NATS connection and user).
 
+Every process of the world reads one clock: `OffsetClock` over the file `World.clock_file`
+(FLEXBRIDGE_CLOCK_OFFSET_FILE in the aggregators' and the hosts' environment), and the DSO
+stamps what it sends with it. At 0 it is the system clock; `World.skip_to` moves it ahead
+for all at once, so a scenario reaches tomorrow's ordered ISPs, their delivery (the sites
+run through them at their caps) and the settlement within minutes, as the market day does.
+
 `World.check_exactly_once` is the end of every scenario: nothing lost, no effect twice, no
 command applied at or after its `valid_until`, read from the sites' SQLite files and the
 aggregator's PostgreSQL database.
