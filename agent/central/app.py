@@ -257,10 +257,13 @@ class TradingLoops:
         self._on_commands = on_commands
         self._prognosis_db = db.Session(dsn, "prognosis")
         self._reassign_db = db.Session(dsn, "reassign")
+        self._metering_loop = SupervisedLoop(
+            "metering", self._metering, interval_s=300.0, logger=log
+        )
         self._loops = [
             SupervisedLoop("prognosis", self._prognosis, interval_s=60.0, logger=log),
             SupervisedLoop("reassign", self._reassign, interval_s=15.0, logger=log),
-            SupervisedLoop("metering", self._metering, interval_s=300.0, logger=log),
+            self._metering_loop,
         ]
 
     @property
@@ -286,9 +289,7 @@ class TradingLoops:
 
     def wake_metering(self) -> None:
         """A site's metering was recorded: yesterday may be complete now."""
-        for loop in self._loops:
-            if loop.name == "metering":
-                loop.wake()
+        self._metering_loop.wake()
 
     async def _metering(self) -> float | None:
         async with self._prognosis_db.transaction() as conn:
