@@ -1,16 +1,17 @@
 """A market day of 200 sites under one aggregator, from the sites' forecasts to the settlement.
 
-Every process (the aggregator, the 4 site hosts, the DSO) reads one shared clock
-(`agent.runtime.clock.OffsetClock`, FLEXBRIDGE_CLOCK_OFFSET_FILE): the trading runs within
-minutes on today's time, then the test skips the clock past tomorrow, as if a day and a half
-passed at once. In order: the sites' forecasts and envelopes, the D-prognoses per congestion
-point, a FlexRequest per congestion point for tomorrow's evening ISPs, the offer, the order,
-its split into one command per site, every site applying its command, the acks back; then the
-skip (the sites ran through the ordered ISPs at their caps, the other ISPs at their baseline),
-every site's metering of the day recorded once at the centre, the aggregator's Metering for the
-congestion point with a metering EAN at the DSO, and the DSO's FlexSettlement of both orders
-answered: Accepted where the DSO's meter agrees with the sites' metering, Disputed where it
-claims an ISP at the baseline that the sites' metering shows delivered.
+Every part (the aggregator process, the 4 site host processes, the DSO in the test) reads one
+shared clock (`agent.runtime.clock.OffsetClock`, FLEXBRIDGE_CLOCK_OFFSET_FILE): the trading
+runs within minutes on today's time, then the test skips the clock past the end of tomorrow,
+as if that time had passed at once. In order: the sites' forecasts and envelopes, the
+D-prognoses per congestion point, a FlexRequest per congestion point for tomorrow's evening
+ISPs, the offer, the order, its split into one command per site, every site applying its
+command, the acks back; then the skip (the sites ran through the ordered ISPs at their caps,
+the other ISPs at their baseline), every site's metering of the day recorded once at the
+centre, the aggregator's Metering for the congestion point with a metering EAN at the DSO, and
+the DSO's FlexSettlement of both orders answered: Accepted where the DSO's meter agrees with
+the sites' metering, Disputed where it claims an ISP at the baseline that the sites' metering
+shows delivered.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ async def test_a_market_day_of_200_sites(world: World) -> None:
     # Delivery: the shared clock skips past the ordered day. The sites ran through all of it,
     # at their caps in the ordered ISPs, and report their metering of it.
     isps = MARKET.isps(tomorrow)
+    # Less than the 2 days a site keeps its published outbox rows, which check_exactly_once
+    # compares with the centre's records.
     world.skip_to(MARKET.bounds(tomorrow)[1] + timedelta(minutes=5))
     assert MARKET.today(world.now()) == tomorrow + timedelta(days=1)
     await world.sites_say("metering")
