@@ -19,6 +19,7 @@ from forecaster.selection import (
     DayTable,
     Selection,
     SelectionError,
+    _combinations,
     candidate_forecast,
     forecast_days,
     forecast_many,
@@ -148,6 +149,44 @@ def test_held_out_scores_match_the_reference() -> None:
     assert chosen.heldout_nmae_pct <= best + 1e-9
     if len(chosen.members) == 1:
         assert chosen.heldout_nmae_pct == pytest.approx(best, rel=1e-9)
+
+
+def test_the_choice_scores_lowest_among_every_combination_tried() -> None:
+    """The held-out score is the P50's NMAE as `forecast_days` makes it, and no weighting of
+    the best few (convex grid, inverse error) nor mean of the best many scores lower."""
+    table = random_table(7, 42)
+    names = [
+        "daytype-hl14-mean-sqrt",
+        "daytype-hl28-trimmed-sqrt",
+        "daytype-win28-median-sqrt-level",
+        "weekday-hl7-mean-watts",
+        "weekday-win56-trimmed-sqrt",
+        "shrink-hl14-median-sqrt",
+        "shrink-win14-mean-sqrt-level",
+    ]
+    pool = [CANDIDATES[n] for n in [*BASELINES, *names]]
+    chosen = select(table, pool)
+    n = chosen.eval_days
+    targets, hol, y = table.ordinals[-n:], table.holiday[-n:], table.values[-n:]
+    known = ~np.isnan(y)
+    w = known * (0.5 ** ((np.arange(n, 0, -1) - 1) / EVAL_HALF_LIFE_DAYS))[:, np.newaxis]
+    actual = np.where(known, y, 0.0)
+
+    def score(members: tuple[str, ...], weights: tuple[float, ...]) -> float:
+        f = forecast_days(
+            replace(chosen, members=members, weights=weights), table, targets, hol, kernel=False
+        )[1]
+        return 100.0 * float((w * np.abs(f - actual)).sum() / (w * actual).sum())
+
+    assert score(chosen.members, chosen.weights) == pytest.approx(chosen.heldout_nmae_pct)
+    singles = {c.name: score((c.name,), (1.0,)) for c in pool}
+    ranked = sorted(singles, key=lambda m: (singles[m], m))
+    tried = _combinations(ranked, singles)
+    assert {len(m) for m, _ in tried} == {2, 3, 5, 8}
+    for members, weights in tried:
+        assert abs(sum(weights) - 1.0) < 1e-9
+        assert chosen.heldout_nmae_pct <= score(members, weights) + 1e-9
+    assert chosen.heldout_nmae_pct <= min(singles.values()) + 1e-9
 
 
 def test_bands_cover_eighty_percent_of_the_held_out_isps() -> None:
