@@ -12,8 +12,9 @@ bands fitted to the chosen forecast's held-out residuals in `forecaster.calibrat
 The two baselines (seasonal naive D-7 and the 4-week same-weekday mean, both on the plain
 calendar weekday as the backtest scores them) are candidates too. Selection scores every
 candidate on the last `EVAL_DAYS` days before the origin (each forecast only from days
-before it), recency-weighted, and keeps the best, or an inverse-error combination of the
-best few when that scores better on the same days; so on those held-out days the choice is
+before it), recency-weighted, and keeps the best, or a combination of the best-ranked ones (weights
+chosen on the same NMAE, or a plain mean of many) when that scores better on the same
+days; so on those held-out days the choice is
 never worse than the best baseline. P10/P90 come from the chosen forecast's residuals on
 those days in square-root space, per local hour band (split conformal), recalibrated so
 that their joint coverage on the held-out days is 80 %.
