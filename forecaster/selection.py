@@ -63,6 +63,7 @@ from forecaster.candidates import (
     _forecast,
     candidate_forecast,
     day_table,
+    paired_estimates,
 )
 from forecaster.offdays import off_days
 
@@ -390,7 +391,10 @@ def forecast_many(
 def _quantiles(
     selection: Selection, ctx: _Context
 ) -> tuple[Float64Array, Float64Array, Float64Array]:
-    p50 = _combined([_forecast(ctx, CANDIDATES[m]) for m in selection.members], selection.weights)
+    members = [CANDIDATES[m] for m in selection.members]
+    if ctx.kernel:
+        ctx.paired = paired_estimates(members)
+    p50 = _combined([_forecast(ctx, c) for c in members], selection.weights)
     band_of = np.arange(ctx.values.shape[2]) // selection.slots_per_band
     root = np.sqrt(p50)
     scale = _scale(_spread(ctx), p50, selection.spread_floor)

@@ -320,6 +320,48 @@ def test_the_kernel_gives_the_numpy_paths_bands_for_many_series(
         np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    days=st.integers(3, 60),
+    offset=st.sampled_from([0.0, -3000.0]),
+    series=st.sampled_from([1, 3]),
+)
+def test_median_and_trimmed_from_one_sort_are_each_alone_to_the_bit(
+    seed: int, days: int, offset: float, series: int
+) -> None:
+    from forecaster.kernels import selection as kernel
+
+    values = np.stack([random_table(seed + s, days).values + offset for s in range(series)])
+    rng = np.random.default_rng(seed)
+    w = rng.random((series, 4, days)) * (rng.random((series, 4, days)) < 0.6)
+    spaces = np.array([kernel.WATTS, kernel.SQRT], dtype=np.int64)
+    both, mass = kernel.weighted_estimates(values, 1, spaces, w, kernel.MEDIAN_AND_TRIMMED, 0.2)
+    median, mass_m = kernel.weighted_estimates(values, 1, spaces, w, kernel.MEDIAN, 0.2)
+    trimmed, _ = kernel.weighted_estimates(values, 1, spaces, w, kernel.TRIMMED, 0.2)
+    np.testing.assert_array_equal(both[:2], median)
+    np.testing.assert_array_equal(both[2:], trimmed)
+    np.testing.assert_array_equal(mass, mass_m)
+
+
+def test_a_combination_of_a_median_and_a_trimmed_mean_forecasts_as_the_numpy_path() -> None:
+    tables = [random_table(40 + s, 42) for s in range(3)]
+    ordinals, holiday = tables[0].ordinals, tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    members = (
+        "daytype-win56-trimmed-sqrt",
+        "daytype-win56-median-sqrt",
+        "shrink-hl14-median-sqrt-level",
+        "shrink-hl14-trimmed-watts",
+    )
+    chosen = replace(select(tables[0]), members=members, weights=(0.25, 0.25, 0.25, 0.25))
+    targets = np.array([int(ordinals[-1]) + d for d in (1, 2, 6)])
+    hol = np.array([False, False, True])
+    fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
+    slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
+
+
 def test_the_estimator_codes_are_the_kernels() -> None:
     from forecaster import selection
     from forecaster.kernels import selection as kernel
