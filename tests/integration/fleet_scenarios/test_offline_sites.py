@@ -170,6 +170,7 @@ async def test_a_fifth_of_the_sites_offline_for_two_ordered_isps(world: World) -
 
     # Back online after both ISPs: their seq 1 and seq 2 are past valid_until, neither applied;
     # their outboxes go out.
+    waiting = {site: _unpublished(world, site) for site in offline}
     for host in world.hosts:
         await asyncio.to_thread(host.call, "online", sites=[s for s in offline if s in host.sites])
     for order_id in orders:
@@ -183,6 +184,19 @@ async def test_a_fifth_of_the_sites_offline_for_two_ordered_isps(world: World) -
         assert sorted(s for _, s in outcomes) == [1, 2], (site, outcomes)
     await world.drain()
     await world.wait_upstream_recorded()
+    counts = await world.rows(
+        "SELECT site, msg_id, count(*) FROM site_inbox WHERE site = ANY(%s) GROUP BY site, msg_id",
+        offline,
+    )
+    recorded_once = {(str(s), str(m)) for s, m, n in counts if n == 1}
+    for site, ids in waiting.items():
+        assert {(site, i) for i in ids} <= recorded_once, site
+    # A heartbeat from each now: the operator view has the whole fleet online again.
+    await world.sites_say("heartbeat")
+    await world.drain()
+    await world.wait_upstream_recorded()
+    view = await _fleet_view(world)
+    assert view["sites_online"] == 200
     # Their metering of the ordered ISPs: at their baseline, no command reached them in time.
     metered = await _metering(world, ordered)
     for site in offline:
