@@ -88,8 +88,8 @@ async def test_a_fifth_of_the_sites_offline_for_two_ordered_isps(world: World) -
         assert not unpublished & recorded.get(site, set())
     assert await _not_reassigned(world, orders) == set(orders)
 
-    # Just outside the reassignment lead, about 45 minutes on: every site's last heartbeat is
-    # older than offline_after; the online sites send theirs, the offline ones' wait.
+    # Just outside the reassignment lead, half an hour or more on: every site's last heartbeat
+    # is older than offline_after; the online sites send theirs, the offline ones' wait.
     await _skip_and_beat(world, first - REASSIGN_LEAD - timedelta(minutes=2), online)
     view = await _fleet_view(world)
     assert (view["sites_total"], view["sites_online"]) == (200, 160)
@@ -97,8 +97,8 @@ async def test_a_fifth_of_the_sites_offline_for_two_ordered_isps(world: World) -
     assert await _not_reassigned(world, orders) == set(orders)
 
     # Into the lead: the online sites' heartbeats are 2.5 minutes old (younger than
-    # offline_after), the offline ones' about 50. Shortly before the first ordered ISP the
-    # offline sites' shares move to the online sites (seq 2).
+    # offline_after), the offline ones' recorded ones half an hour or more. Shortly before the
+    # first ordered ISP the offline sites' shares move to the online sites (seq 2).
     lets_it_fall_due = first - REASSIGN_LEAD + timedelta(seconds=30)
     await _skip_and_beat(world, lets_it_fall_due, online)
 
