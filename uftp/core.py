@@ -17,7 +17,7 @@ from typing import Any
 
 from uftp import reasons
 from uftp.codec import CodecError, envelope_from_xml, from_xml, to_xml
-from uftp.http import TransportRejection
+from uftp.http import Authorize, HttpEndpoint, Receive, TransportRejection
 from uftp.models import (
     RESPONSE_TYPES,
     SPEC_VERSION,
@@ -59,6 +59,21 @@ class Receipt:
     @property
     def accepted(self) -> bool:
         return self.admission is Admission.NEW and not self.rejections
+
+
+def http_endpoint(
+    settings: ParticipantSettings, receive: Receive, authorize: Authorize | None = None
+) -> HttpEndpoint:
+    return HttpEndpoint(
+        receive,
+        host=settings.host,
+        port=settings.port,
+        path=settings.path,
+        max_body_bytes=settings.max_body_bytes,
+        tls=settings.tls,
+        rate_limit=settings.rate_limit,
+        authorize=authorize,
+    )
 
 
 def inbound_context(settings: ParticipantSettings) -> InboundContext:

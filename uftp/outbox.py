@@ -101,6 +101,17 @@ def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+def client_session(retry: RetryPolicy, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
+    """The HTTP client an outbox posts with: the policy's timeouts, at most four connections
+    per peer (delivery is one message at a time per peer; the rest is for token requests)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context, limit_per_host=4),
+        timeout=aiohttp.ClientTimeout(
+            total=retry.request_timeout_s, connect=retry.connect_timeout_s
+        ),
+    )
+
+
 class PeerTokens:
     """One OAuth `TokenSource` per peer, made anew when the peer's OAuth settings change."""
 
@@ -211,13 +222,7 @@ class OutboxSender:
         self.delivered = 0
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit_per_host=4)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self._retry.request_timeout_s, connect=self._retry.connect_timeout_s
-            ),
-        )
+        self._session = client_session(self._retry, self._ssl)
         self._loop.start()
 
     async def stop(self) -> None:

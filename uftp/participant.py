@@ -55,12 +55,13 @@ from uftp.core import (
     ParticipantCore,
     Receipt,
     duplicate_identifier,
+    http_endpoint,
     inbound_record,
     received,
     reference_problems,
 )
 from uftp.database import Database, SqliteStore
-from uftp.http import Authorize, HttpEndpoint, TransportRejection
+from uftp.http import Authorize, TransportRejection
 from uftp.loops import DeathHook, SupervisedLoop
 from uftp.models import (
     FlexOffer,
@@ -151,16 +152,7 @@ class Participant(ParticipantCore):
             clock=clock,
             on_failed=on_delivery_failed,
         )
-        self.endpoint = HttpEndpoint(
-            self.receive,
-            host=settings.host,
-            port=settings.port,
-            path=settings.path,
-            max_body_bytes=settings.max_body_bytes,
-            tls=settings.tls,
-            rate_limit=settings.rate_limit,
-            authorize=authorize,
-        )
+        self.endpoint = http_endpoint(settings, self.receive, authorize)
         self._decoders: ThreadPoolExecutor | None = None
         # Why inbound messages cannot be taken now (the application's clock is not to be
         # trusted), or None; such messages are answered 503 with Retry-After.

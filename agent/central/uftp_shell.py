@@ -37,11 +37,12 @@ from uftp.core import (
     ParticipantCore,
     Receipt,
     duplicate_identifier,
+    http_endpoint,
     inbound_record,
     received,
     reference_problems,
 )
-from uftp.http import HttpEndpoint, TransportRejection
+from uftp.http import TransportRejection
 from uftp.loops import Backoff, SupervisedLoop
 from uftp.models import (
     PayloadMessage,
@@ -54,6 +55,7 @@ from uftp.models import (
 from uftp.outbox import (
     Attempt,
     PeerTokens,
+    client_session,
     client_ssl_context,
     next_attempt_at,
     post_to_peer,
@@ -93,15 +95,7 @@ class CentralUftp(ParticipantCore):
         # Called right after a handled message's transaction committed, before any await: a
         # crash test's failpoint sits there, and the command publisher is woken from it.
         self._on_handled = on_handled
-        self.endpoint = HttpEndpoint(
-            self.receive,
-            host=settings.host,
-            port=settings.port,
-            path=settings.path,
-            max_body_bytes=settings.max_body_bytes,
-            tls=settings.tls,
-            rate_limit=settings.rate_limit,
-        )
+        self.endpoint = http_endpoint(settings, self.receive)
         self._endpoint_db = db.Session(dsn, "uftp-endpoint")
         self._handler_db = db.Session(dsn, "uftp-handler")
         self._dsn = dsn
@@ -133,16 +127,9 @@ class CentralUftp(ParticipantCore):
         return (self._handler_loop, self._outbox_loop)
 
     async def start(self) -> None:
-        retry = self.settings.retry
-        ssl_context = client_ssl_context(
-            str(self.settings.ca_file) if self.settings.ca_file else None
-        )
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl_context, limit_per_host=4),
-            timeout=aiohttp.ClientTimeout(
-                total=retry.request_timeout_s, connect=retry.connect_timeout_s
-            ),
-        )
+        ca_file = self.settings.ca_file
+        ssl_context = client_ssl_context(str(ca_file) if ca_file else None)
+        self._session = client_session(self.settings.retry, ssl_context)
         self._outbox_loop.start()
         if self._handler is not None:
             self._handler_loop.start()
