@@ -26,12 +26,10 @@ from agent.fleet.ports import BusPort
 from agent.runtime import failpoints
 from agent.runtime.service import Component
 from agent.runtime.systemd import NamedProbe, SystemdWatchdog
+from agent.runtime.uftp_settings import participant_settings
 from agent.trading.market import Market
-from uftp.keys import load_signing_key
 from uftp.loops import SupervisedLoop
-from uftp.models import Role, utc_now
-from uftp.settings import MarketSettings, OAuthSettings, ParticipantSettings, PeerSettings
-from uftp.settings import TlsSettings as UftpTls
+from uftp.models import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +42,6 @@ class FleetBus(BusPort, Protocol):
     """The bus as the aggregator needs it: BusPort plus the sites' durable consumers."""
 
     async def ensure_site_consumer(self, site: str) -> None: ...
-
-
-def participant_settings(config: CentralConfig) -> ParticipantSettings:
-    u = config.uftp
-    peers = tuple(
-        PeerSettings(
-            domain=p.domain,
-            role=Role(p.role),
-            public_keys=tuple(p.public_keys),
-            endpoint=p.endpoint,
-            oauth=None
-            if p.oauth is None
-            else OAuthSettings(
-                token_url=p.oauth.token_url,
-                client_id=p.oauth.client_id,
-                client_secret=p.oauth.client_secret.get_secret_value(),
-                scope=p.oauth.scope,
-            ),
-        )
-        for p in u.peers
-    )
-    return ParticipantSettings(
-        domain=u.domain,
-        role=Role.AGR,
-        signing_key=load_signing_key(u.signing_key_file),
-        peers=peers,
-        market=MarketSettings(u.market_timezone, u.isp_duration_min),
-        host=u.host,
-        port=u.port,
-        tls=None if u.tls is None else UftpTls(u.tls.cert_file, u.tls.key_file, u.tls.ca_file),
-        max_body_bytes=u.max_body_bytes,
-        congestion_points=frozenset(cp.entity_address for cp in config.congestion_points),
-    )
 
 
 # --- the portfolio --------------------------------------------------------------------------------
@@ -321,7 +286,7 @@ def build_aggregator(
     """The aggregator's components in start order; `bus_component` (the bus itself, when it
     connects at start) goes first, since the portfolio's consumers are made on it."""
     dsn = config.database.dsn.get_secret_value()
-    settings = participant_settings(config)
+    settings = participant_settings(config.uftp, config.congestion_points)
     market = Market(settings.market.time_zone, settings.market.isp_minutes)
     publisher = CommandPublisher(bus, dsn, clock=clock, poll_s=poll_s)
 
