@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from agent import __version__
 from agent.runtime.config import Config
@@ -547,6 +547,14 @@ def _positive(text: str) -> float:
     return value
 
 
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+
+
+def _command(sub: argparse._SubParsersAction[_P], name: str, **kwargs: Any) -> _P:
+    """A subcommand whose help ends with the exit codes, as the top-level help does."""
+    return sub.add_parser(name, epilog=EXIT_CODES, formatter_class=_Formatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flexbridge",
@@ -557,15 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flexbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
         help="run the agent with a configuration file",
         description="Run the agent until SIGTERM or SIGINT: the OCPP central system, the UFTP "
         "participant, forecasts, trading and dispatch, with its state in "
         "storage.state_directory. The configuration and its files are checked first "
         "(as check-config does); one agent per state directory.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     run.add_argument("--config", "-c", required=True, help="TOML configuration file")
     run.set_defaults(func=_cmd_run)
@@ -698,36 +705,33 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--state-dir", help="state directory")
     warmup.set_defaults(func=_cmd_warmup)
 
-    aggregator = sub.add_parser(
+    aggregator = _command(
+        sub,
         "aggregator",
         help="the central aggregator of a fleet of sites (one UFTP participant for all)",
         description="The central aggregator: one UFTP participant for the sites of a fleet, "
         "their data and commands over NATS JetStream, its state in PostgreSQL "
         "(docs/fleet.md).",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg = aggregator.add_subparsers(dest="aggregator_command", required=True, metavar="COMMAND")
-    agg_run = agg.add_parser(
+    agg_run = _command(
+        agg,
         "run",
         help="run the aggregator until SIGTERM or SIGINT",
         description="Run the aggregator: migrate the database, make the sites' consumers, "
         "serve the UFTP endpoint and the operator view, trade. Several processes may run on "
         "one database and cluster.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg_run.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
     agg_run.set_defaults(func=_cmd_aggregator_run)
-    agg_add = agg.add_parser(
+    agg_add = _command(
+        agg,
         "add-site",
         help="add a site to the portfolio and make its command consumer",
         description="Add a site to the portfolio at a congestion point of the configuration "
         "and make its durable command consumer on the bus, before any command for it. "
         "Adding a site that is there already changes nothing; a site never moves to another "
         "congestion point.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg_add.add_argument("site", help="the site's id (lowercase letters, digits, - and _)")
     agg_add.add_argument(
@@ -738,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agg_add.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
     agg_add.set_defaults(func=_cmd_aggregator_add_site)
-    agg_nats = agg.add_parser(
+    agg_nats = _command(
+        agg,
         "nats-config",
         help="render the nats-server configuration of each cluster node",
         description="Render /etc/flexbridge/nats/<node>.conf for every node of the fleet's "
@@ -746,8 +751,6 @@ def build_parser() -> argparse.ArgumentParser:
         "site (<site id>.secret in its site_secrets_dir): the centre's user, every site's user "
         "with its permissions, routes and JetStream. Render again after adding a site and "
         "reload each node (docs/fleet.md, Bus).",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg_nats.add_argument("--cluster", required=True, help="the cluster description (TOML)")
     agg_nats.add_argument("--out", required=True, help="where to write <node>.conf")
