@@ -11,6 +11,7 @@ need: fixtures, killing and restarting a node, looking into JetStream).
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import pwd
@@ -85,7 +86,29 @@ def check_installed() -> None:
         raise InfraMissing(PG_MISSING)
 
 
-class LocalNats:
+class _Server(abc.ABC):
+    """`with server:` starts it and stops it again, however the block ends."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalNats(_Server):
     """`size` nats-server nodes on `host` under `workdir`, every site of `sites` (id ->
     password) a user; with `leaf`, each node also takes leaf node connections."""
 
@@ -124,18 +147,6 @@ class LocalNats:
             domain=domain,
         )
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def client_urls(self) -> list[str]:
@@ -212,7 +223,7 @@ class LocalNats:
         self.processes = [None] * len(self.processes)
 
 
-class LocalPostgres:
+class LocalPostgres(_Server):
     """A PostgreSQL 15 cluster in a fresh directory `postgres` under `parent`, listening on
     `host` and a unix socket in that directory, trust auth; `settings` are further server
     settings (name -> value)."""
@@ -240,18 +251,6 @@ class LocalPostgres:
         self.log_path = self.root / "postgres.log"
         self._as_root = os.geteuid() == 0
         self._running = False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self, args: Sequence[str], timeout_s: float = 90.0) -> None:
         command = [*args]
