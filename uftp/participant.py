@@ -51,15 +51,6 @@ from typing import Any, TypeVar
 
 from uftp import reasons, store
 from uftp.codec import from_xml
-from uftp.core import (
-    ParticipantCore,
-    Receipt,
-    duplicate_identifier,
-    http_endpoint,
-    inbound_record,
-    received,
-    reference_problems,
-)
 from uftp.database import Database, SqliteStore
 from uftp.http import Authorize, TransportRejection
 from uftp.loops import DeathHook, SupervisedLoop
@@ -76,6 +67,15 @@ from uftp.models import (
     utc_now,
 )
 from uftp.outbox import OutboxSender, client_ssl_context
+from uftp.participant_base import (
+    ParticipantBase,
+    Receipt,
+    duplicate_identifier,
+    http_endpoint,
+    inbound_record,
+    received,
+    reference_problems,
+)
 from uftp.participants import PeerDirectory
 from uftp.settings import ParticipantSettings
 from uftp.validation import OfferState, check_inbound
@@ -118,7 +118,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, OSError | TimeoutError)
 
 
-class Participant(ParticipantCore):
+class Participant(ParticipantBase):
     """One UFTP participant (our AGR, or a simulated DSO) as a service component."""
 
     name = "uftp"

@@ -3,10 +3,10 @@
 The aggregator is ONE participant (one domain, one Ed25519 key, one endpoint) for all its
 congestion points, and may run as several processes on one database. What comes from uftp
 unchanged: the aiohttp endpoint and its status codes (`uftp.http`), what every participant
-does alike (`uftp.core.ParticipantCore`: opening and verifying a body, sealing, answering,
-the receipt), the generic checks (`uftp.validation.check_inbound`), the peer directory and
-the delivery (`uftp.outbox.post_to_peer`, `next_attempt_at`). What is here: the same inbox
-and outbox on PostgreSQL (`agent.central.uftp_store`), so that
+does alike (`uftp.participant_base.ParticipantBase`: opening and verifying a body, sealing,
+answering, the receipt), the generic checks (`uftp.validation.check_inbound`), the peer
+directory and the delivery (`uftp.outbox.post_to_peer`, `next_attempt_at`). What is here: the
+same inbox and outbox on PostgreSQL (`agent.central.uftp_store`), so that
 
 - the endpoint answers 200 only after the message is committed; a repeated POST of a
   MessageID answers as the first did and has no second effect ("Already Submitted");
@@ -33,15 +33,6 @@ import psycopg
 from agent.central import db
 from agent.central import uftp_store as pg
 from uftp import reasons
-from uftp.core import (
-    ParticipantCore,
-    Receipt,
-    duplicate_identifier,
-    http_endpoint,
-    inbound_record,
-    received,
-    reference_problems,
-)
 from uftp.http import TransportRejection
 from uftp.loops import Backoff, SupervisedLoop
 from uftp.models import (
@@ -60,6 +51,15 @@ from uftp.outbox import (
     next_attempt_at,
     post_to_peer,
 )
+from uftp.participant_base import (
+    ParticipantBase,
+    Receipt,
+    duplicate_identifier,
+    http_endpoint,
+    inbound_record,
+    received,
+    reference_problems,
+)
 from uftp.participants import PeerDirectory
 from uftp.settings import ParticipantSettings
 from uftp.store import Admission, InboundMessage, InboundStatus, PreparedOutbound
@@ -73,7 +73,7 @@ Handler = Callable[[db.Connection, InboundMessage], Awaitable[object]]
 DEFAULT_POLL_S = 1.0
 
 
-class CentralUftp(ParticipantCore):
+class CentralUftp(ParticipantBase):
     """Endpoint + PostgreSQL inbox/outbox + handler loop + outbox sender, as one component."""
 
     name = "uftp"

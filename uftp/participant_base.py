@@ -167,7 +167,7 @@ def received(
     return receipt
 
 
-class ParticipantCore:
+class ParticipantBase:
     """A participant's identity and peers: opens what arrives, answers and seals what
     leaves. Subclasses add the inbox, the outbox and the loops around them."""
 
