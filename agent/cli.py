@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -49,6 +49,8 @@ EXIT_CODES = f"""exit codes:
   {EX_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 log = logging.getLogger("agent.cli")
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+_T = TypeVar("_T")
 
 
 def _error(message: str, code: int) -> int:
@@ -161,6 +163,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_config(config)
 
 
+async def _until_signal(work: Callable[[], Awaitable[_T]], stopped_by: list[int]) -> _T:
+    """`work()`, cancelled by SIGINT or SIGTERM (noted in `stopped_by`) so that a demo's
+    agents, stations and servers shut down rather than being left behind."""
+    from agent.runtime.service import install_signal_handlers
+
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop(sig: int) -> None:
+        stopped_by.append(sig)
+        task.cancel()
+
+    install_signal_handlers(stop)
+    return await work()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fleet:
         return _cmd_demo_fleet(args)
@@ -169,7 +187,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from agent.demo.defaults import demo_state_dir, numba_cache_dir
     from agent.demo.scenario import DemoError, DemoResult, run_demo
-    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, install_signal_handlers
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())
@@ -191,17 +209,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     stopped_by: list[int] = []
 
-    async def demo() -> DemoResult:
-        # SIGINT and SIGTERM cancel the story, so its agent, stations and DSO shut down.
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop(sig: int) -> None:
-            stopped_by.append(sig)
-            task.cancel()
-
-        install_signal_handlers(stop)
-        return await run_demo(
+    def demo() -> Awaitable[DemoResult]:
+        return run_demo(
             state_dir,
             speed=args.speed,
             seed=args.seed,
@@ -212,7 +221,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result: DemoResult | None = None
     try:
-        result = asyncio.run(demo())
+        result = asyncio.run(_until_signal(demo, stopped_by))
     except DemoError as exc:
         return _error(f"the demo's story broke off: {exc}", EX_FAILURE)
     except ServiceError as exc:  # the agent's components, started as `run` starts them
@@ -244,7 +253,7 @@ def _cmd_demo_fleet(args: argparse.Namespace) -> int:
     from agent.demo.defaults import numba_cache_dir
     from agent.demo.fleet import FleetDemoError, FleetResult, fleet_state_dir, run_fleet_demo
     from agent.demo.infra import InfraError, InfraMissing
-    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, install_signal_handlers
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError
     from forecaster.cache import point_cache_at
 
     for flag, given in (
@@ -265,20 +274,10 @@ def _cmd_demo_fleet(args: argparse.Namespace) -> int:
         flush=True,
     )
     stopped_by: list[int] = []
-
-    async def demo() -> FleetResult:
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop(sig: int) -> None:
-            stopped_by.append(sig)
-            task.cancel()
-
-        install_signal_handlers(stop)
-        return await run_fleet_demo(state_dir)
-
     try:
-        result = asyncio.run(demo())
+        result: FleetResult = asyncio.run(
+            _until_signal(lambda: run_fleet_demo(state_dir), stopped_by)
+        )
     except InfraMissing as exc:
         return _error(str(exc), EX_CONFIG)
     except InfraError as exc:
@@ -545,9 +544,6 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
     return value
-
-
-_P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 
 def _command(sub: argparse._SubParsersAction[_P], name: str, **kwargs: Any) -> _P:
