@@ -442,13 +442,20 @@ def _cmd_aggregator_run(args: argparse.Namespace) -> int:
     from agent.central.app import build_aggregator, secrets
     from agent.central.db import SchemaTooNew
     from agent.central.natsbus import CentralNatsBus
+    from agent.runtime.clock import ClockFileError, clock_from_environment
     from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, serve
 
     configure_logging(config.logging.level, config.logging.format, secrets(config))
     log.info("flexbridge aggregator starting", extra={"version": __version__})
+    try:
+        clock = clock_from_environment()
+    except ClockFileError as exc:
+        return _error(str(exc), EX_CONFIG)
     bus = CentralNatsBus(config.nats)
     try:
-        asyncio.run(serve(build_aggregator(config, bus, bus_component=bus).components))
+        asyncio.run(
+            serve(build_aggregator(config, bus, clock=clock.now, bus_component=bus).components)
+        )
     except ServiceError as exc:
         cause = exc.__cause__
         if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:

@@ -238,6 +238,10 @@ class _Context:
     estimates: dict[tuple[str, str, int, str, bool, int], tuple[Float64Array, Float64Array]] = (
         field(default_factory=dict)
     )
+    paired: frozenset[tuple[str, str, int, int]] = frozenset()
+    """(grouping, recency, span, smooth) whose weighted median and trimmed mean are both
+    wanted: the kernel takes them from one sort of the days (`forecaster.kernels.selection`
+    MEDIAN_AND_TRIMMED)."""
 
     @property
     def raw(self) -> Float64Array:
@@ -412,6 +416,9 @@ def _kernel_estimates(
 
     grouping, recency, span, estimator, use_sqrt, smooth = key
     both = estimator != "mean"
+    estimators = [estimator]
+    if both and (grouping, recency, span, smooth) in ctx.paired:
+        estimators = ["median", "trimmed"]
     # Sorted by watts: ties there are ties in square roots too (not the other way round
     # for values below zero).
     spaces = (
@@ -419,13 +426,15 @@ def _kernel_estimates(
         if both
         else [selection_kernel.SQRT if use_sqrt else selection_kernel.WATTS]
     )
+    code = selection_kernel.MEDIAN_AND_TRIMMED if len(estimators) > 1 else _ESTIMATORS[estimator]
     value, mass = _weighted_estimates(
-        ctx.raw, smooth, np.array(spaces, dtype=np.int64), w, _ESTIMATORS[estimator], TRIM
+        ctx.raw, smooth, np.array(spaces, dtype=np.int64), w, code, TRIM
     )
-    for k, space in enumerate(spaces):
-        ctx.estimates[
-            (grouping, recency, span, estimator, space == selection_kernel.SQRT, smooth)
-        ] = (value[k], mass)
+    for e, name in enumerate(estimators):
+        for k, space in enumerate(spaces):
+            ctx.estimates[
+                (grouping, recency, span, name, space == selection_kernel.SQRT, smooth)
+            ] = (value[e * len(spaces) + k], mass)
 
 
 PARALLEL_MIN_SERIES = 64
@@ -470,6 +479,17 @@ def _level(ctx: _Context, w: Float64Array) -> Float64Array:
     ok = (n > 0) & (mean > 0)
     ratio = np.clip(np.where(ok, rec / np.where(ok, mean, 1.0), 1.0), 1 / LEVEL_CLIP, LEVEL_CLIP)
     return 1.0 + LEVEL_WEIGHT * (ratio - 1.0)
+
+
+def paired_estimates(candidates: list[Candidate]) -> frozenset[tuple[str, str, int, int]]:
+    """The (grouping, recency, span, smooth) for which `candidates` want both a weighted
+    median and a trimmed mean (`_Context.paired`)."""
+    wanted: dict[tuple[str, str, int, int], set[str]] = {}
+    for c in candidates:
+        groupings = ("weekday", "daytype") if c.grouping == "shrink" else (c.grouping,)
+        for g in groupings:
+            wanted.setdefault((g, c.recency, c.span_days, c.smooth), set()).add(c.estimator)
+    return frozenset(k for k, v in wanted.items() if {"median", "trimmed"} <= v)
 
 
 def _forecast(ctx: _Context, c: Candidate) -> Float64Array:

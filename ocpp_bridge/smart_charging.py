@@ -64,9 +64,42 @@ _RETRY_S = 5.0
 _RETRY_MAX_S = 300.0
 
 
+# A schedule lower than the refused one by more than this, at some instant, is tried at once
+# instead of after the back-off: one amp on one phase. Smaller moves are the allocation's
+# rounding from one dispatch round to the next, not a new order or a tighter site cap.
+_STRICTER_BY_W = 230.0
+
+
 def retry_delay_s(failures: int) -> float:
     """Seconds to wait after the `failures`-th failed attempt in a row (>= 1)."""
     return min(_RETRY_MAX_S, _RETRY_S * 2.0 ** min(max(0, failures - 1), 16))
+
+
+def _limit_at(periods: Sequence[PowerPeriod], instant: datetime, fill_w: float) -> float:
+    """The schedule's limit at `instant`: `fill_w` before its first period, as the profile
+    built from it holds (`build_dynamic_profile` fills that gap with the safe limit)."""
+    limit = fill_w
+    for period in periods:
+        if period.start > instant:
+            break
+        limit = period.limit_w
+    return limit
+
+
+def stricter(
+    new: Sequence[PowerPeriod],
+    old: Sequence[PowerPeriod],
+    since: datetime,
+    fill_w: float,
+    by_w: float = _STRICTER_BY_W,
+) -> bool:
+    """Whether `new` allows less than `old` by more than `by_w` at some instant from `since`
+    on. Both are step functions, so comparing them at `since` and at every period start after
+    it is exact."""
+    instants = {since, *(p.start for p in (*new, *old) if p.start > since)}
+    return any(
+        _limit_at(new, t, fill_w) < _limit_at(old, t, fill_w) - by_w for t in sorted(instants)
+    )
 
 
 @dataclass
@@ -82,6 +115,7 @@ class DynamicSchedule:
     # back-off gets that answer instead of asking the charger again.
     failures: int = 0
     refusal: CommandResult | None = None
+    refused_periods: tuple[PowerPeriod, ...] = ()  # what the charger refused last
     # The periods of the profile the charger accepted last (W); () when it holds none.
     held: tuple[PowerPeriod, ...] = ()
 
@@ -197,6 +231,14 @@ class SmartCharging:
         else:
             schedule.periods = tuple(periods)
             schedule.valid_until = valid_until
+            if schedule.refusal is not None and stricter(
+                schedule.periods, schedule.refused_periods, self.clock(), self.safe_limit_w
+            ):
+                # A lower limit (a new order, a tighter site cap) must not wait up to five
+                # minutes behind the refusal of a looser one: the next attempt is now. The
+                # count of failures stays, so a charger that refuses it too backs off further.
+                schedule.failed_at = None
+                schedule.refusal = None
         self.changed.set()
         return schedule
 
@@ -373,6 +415,7 @@ class SmartCharging:
                 schedule.failed_at = now
                 schedule.failures += 1
                 schedule.refusal = result
+                schedule.refused_periods = schedule.periods
                 if schedule.failures == 1:
                     log.warning(
                         "charger %s EVSE %d did not take its dynamic schedule: %s; retrying "

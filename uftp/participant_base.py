@@ -237,6 +237,7 @@ class ParticipantBase:
             rejections,
             recipient_domain=recipient_domain,
             version=request.version if supported else SPEC_VERSION,
+            time_stamp=self._clock(),  # our clock, as on everything we send
             **fields,
         )
 

@@ -7,6 +7,7 @@ MessageID in its per-type reference attribute (the 3.1.0 XSD's attribute names).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from uftp import reasons
@@ -36,6 +37,7 @@ def build_response(
     *,
     recipient_domain: str | None = None,
     version: str = SPEC_VERSION,
+    time_stamp: datetime | None = None,
     **fields: Any,
 ) -> PayloadMessage | None:
     """The response to `request`: Accepted without rejections, else Rejected with the joined
@@ -52,6 +54,8 @@ def build_response(
         "recipient_domain": recipient_domain or request.sender_domain,
         "conversation_id": request.conversation_id,
     }
+    if time_stamp is not None:  # the sender's clock; None: the wall clock
+        common["time_stamp"] = time_stamp
     if response_type is TestMessageResponse:
         return None if rejections else TestMessageResponse(**common)
     assert issubclass(response_type, PayloadMessageResponse)

@@ -267,10 +267,13 @@ class TradingLoops:
         self._on_commands = on_commands
         self._prognosis_db = db.Session(dsn, "prognosis")
         self._reassign_db = db.Session(dsn, "reassign")
+        self._metering_loop = SupervisedLoop(
+            "metering", self._metering, interval_s=300.0, logger=log
+        )
         self._loops = [
             SupervisedLoop("prognosis", self._prognosis, interval_s=60.0, logger=log),
             SupervisedLoop("reassign", self._reassign, interval_s=15.0, logger=log),
-            SupervisedLoop("metering", self._metering, interval_s=300.0, logger=log),
+            self._metering_loop,
         ]
 
     @property
@@ -293,6 +296,10 @@ class TradingLoops:
         if sent:
             self._trader.uftp.wake_outbox()
         return None
+
+    def wake_metering(self) -> None:
+        """A site's metering was recorded: yesterday may be complete now."""
+        self._metering_loop.wake()
 
     async def _metering(self) -> float | None:
         async with self._prognosis_db.transaction() as conn:
@@ -352,11 +359,18 @@ def build_aggregator(
         uftp, market, config.trading, {m.congestion_point: m.ean for m in config.metering}
     )
     holder.append(trader)
-    upstream = UpstreamConsumer(bus, dsn, clock=clock)
+    trading_loops = TradingLoops(trader, dsn, publisher.wake)
+
+    def recorded(kind: str) -> None:
+        # The Metering of yesterday goes out when the last site's metering of it arrives,
+        # not up to one loop interval later.
+        if kind == "metering":
+            trading_loops.wake_metering()
+
+    upstream = UpstreamConsumer(bus, dsn, clock=clock, on_recorded=recorded)
     view = None
     if config.http.enabled:
         view = FleetView(dsn, config.http.host, config.http.port, config.trading, clock)
-    trading_loops = TradingLoops(trader, dsn, publisher.wake)
     components: list[Component] = [
         *([] if bus_component is None else [bus_component]),
         Store(config, bus),

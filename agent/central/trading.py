@@ -695,6 +695,17 @@ class CentralTrader:
             )
             if await cursor.fetchone() is not None:
                 continue
+            # Every site's metering arrival wakes this step: an index lookup per site tells
+            # whether each one reached the day's last ISP before all of the day is summed.
+            cursor = await conn.execute(
+                "SELECT count(*) FILTER (WHERE m.site IS NULL) FROM site s "
+                "LEFT JOIN site_metering m ON m.site = s.id AND m.isp_start = %s "
+                "WHERE s.congestion_point = %s",
+                (isps[-1].start, cp),
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                continue  # a site has not sent the end of the day yet
             metering = await self._metering(conn, cp, period)
             energy = {
                 int(i.start.timestamp()): i.energy_wh

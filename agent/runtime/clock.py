@@ -4,7 +4,9 @@ Everything in `agent` asks a `Clock` for the time and sleeps through it, never `
 or `asyncio.sleep()` directly. In production that is the system clock. `flexbridge demo` runs a
 day of trading in under two minutes with a `ScaledClock`: simulated time starts at a chosen
 instant and runs `speed` times faster than the wall clock, and every component (site simulator,
-DSO, dispatcher, the OCPP bridge's profile timestamps) sees the same simulated time.
+DSO, dispatcher, the OCPP bridge's profile timestamps) sees the same simulated time. Tests
+that run several processes on one timeline give each an `OffsetClock` through the environment
+(`clock_from_environment`, beside the failpoints as the other test hook production reads).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from uftp.loops import SupervisedLoop
@@ -77,6 +81,111 @@ class ScaledClock:
 
 async def sleep_until(clock: Clock, instant: datetime) -> None:
     await clock.sleep((instant - clock.now()).total_seconds())
+
+
+# --- one timeline for several processes (tests) ---------------------------------------------------
+
+OFFSET_FILE_ENV = "FLEXBRIDGE_CLOCK_OFFSET_FILE"
+
+
+class ClockFileError(ValueError):
+    """The offset file named by FLEXBRIDGE_CLOCK_OFFSET_FILE is missing or does not hold a
+    number of seconds."""
+
+
+def _read_offset(path: Path) -> float:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClockFileError(f"clock offset file {path}: {exc}") from None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ClockFileError(
+            f"clock offset file {path} holds {text[:40]!r}, not a number of seconds"
+        ) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ClockFileError(
+            f"clock offset file {path} holds {text[:40]!r}: the offset is a finite number of "
+            "seconds ahead, never behind"
+        )
+    return seconds
+
+
+class OffsetClock:
+    """The system clock plus an offset in seconds that a test moves ahead, read from a file.
+
+    The fleet scenario runs the aggregator, the site hosts and the DSO as separate processes;
+    a market day reaches its delivery and settlement only when every one of them sees
+    tomorrow evening pass, at once. In-process, `ScaledClock.advance` does that; across
+    processes the one thing they share is the file named by FLEXBRIDGE_CLOCK_OFFSET_FILE,
+    which the test rewrites atomically (`write_offset`: temporary file + rename). `now()`
+    stats it (one system call) and reads it again only when it was replaced, so every
+    process sees a skip from its next reading on.
+
+    The offset never decreases: a smaller value in the file is ignored (time does not run
+    backwards). A file that is missing or holds anything but a finite, non-negative number
+    of seconds raises `ClockFileError` naming it, at construction and at any later reading:
+    a test with a broken timeline must fail loudly, not run on the wall clock.
+
+    Sleepers sleep real seconds, as `ScaledClock.advance` documents for a skip: a sleeper
+    wakes at its real deadline and finds later time, as after a suspended laptop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self.offset_s = 0.0
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ClockFileError(f"clock offset file {self.path}: {exc}") from None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._seen:
+            return
+        offset = _read_offset(self.path)
+        self._seen = key
+        if offset < self.offset_s:
+            log.warning(
+                "clock offset file went back from %.0f s to %.0f s; kept %.0f s",
+                self.offset_s,
+                offset,
+                self.offset_s,
+            )
+            return
+        self.offset_s = offset
+
+    def now(self) -> datetime:
+        self._reload()
+        return datetime.now(UTC) + timedelta(seconds=self.offset_s)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+def write_offset(path: Path, seconds: float) -> None:
+    """Set the shared offset (a test's side of `OffsetClock`): atomically, never backwards."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("the clock offset is a finite number of seconds ahead")
+    if path.exists() and _read_offset(path) > seconds:
+        raise ValueError("the shared clock does not run backwards")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{seconds!r}\n", encoding="ascii")
+    os.replace(tmp, path)
+
+
+def clock_from_environment(environ: Mapping[str, str] | None = None) -> SystemClock | OffsetClock:
+    """The process's clock: the system clock, unless FLEXBRIDGE_CLOCK_OFFSET_FILE names a
+    shared offset file (tests only; unset in production, where this is one lookup at start)."""
+    named = (os.environ if environ is None else environ).get(OFFSET_FILE_ENV)
+    if not named:
+        return SystemClock()
+    clock = OffsetClock(Path(named))
+    log.warning("the clock runs %.0f s ahead of the system clock, from %s", clock.offset_s, named)
+    return clock
 
 
 # --- trusting the wall clock ----------------------------------------------------------------------

@@ -385,7 +385,7 @@ def problems_from_validation(exc: ValidationError) -> list[ConfigProblem]:
 
 
 # Variables with the prefix that configure the process, not the file.
-_NOT_OVERRIDES = {"CONFIG", "FAILPOINT"}
+_NOT_OVERRIDES = {"CONFIG", "FAILPOINT", "CLOCK_OFFSET_FILE"}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> Iterator[tuple[str, list[str], str]]:

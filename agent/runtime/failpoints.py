@@ -5,6 +5,10 @@ that matter (an order stored but not handled, handled but not answered, half dis
 starting the real agent with ``FLEXBRIDGE_FAILPOINT=<name>``. At that name the process sends
 itself SIGKILL: no `finally`, no flush, no goodbye, exactly like a power cut of the process.
 Unset (always, in production) a failpoint is one dictionary lookup.
+
+The other hook of this kind is `FLEXBRIDGE_CLOCK_OFFSET_FILE` (`agent.runtime.clock.OffsetClock`):
+the fleet scenarios run the aggregator and the sites as separate processes on one timeline and
+skip it ahead to reach a delivery and a settlement. Unset, the process runs on the system clock.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ from numba import njit, prange
 MEAN = 0
 MEDIAN = 1
 TRIMMED = 2
+MEDIAN_AND_TRIMMED = 3
+"""Both from one sort: the medians in the first K rows of the output, the trimmed means in
+the next K (a combination of both over the same days needs the order once)."""
 
 WATTS = 0
 SQRT = 1
@@ -200,10 +203,10 @@ def _series(
                 if total <= 0:
                     continue
                 if zeros == n:
-                    for k in range(n_space):
+                    for k in range(out.shape[0]):
                         out[k, s, t, p] = 0.0
                     continue
-                if estimator == MEDIAN:
+                if estimator != TRIMMED:  # MEDIAN or MEDIAN_AND_TRIMMED (MEAN returned above)
                     half = 0.5 * total
                     lower = -1
                     upper = 0
@@ -219,7 +222,9 @@ def _series(
                         lower = 0
                     for k in range(n_space):
                         out[k, s, t, p] = 0.5 * (xs[k, p, order[lower]] + xs[k, p, order[upper]])
-                else:
+                if estimator != MEDIAN:
+                    # TRIMMED, or the second half of MEDIAN_AND_TRIMMED's rows.
+                    row = n_space if estimator == MEDIAN_AND_TRIMMED else 0
                     lo = trim * total
                     hi = (1 - trim) * total
                     cum = 0.0
@@ -236,7 +241,7 @@ def _series(
                         elif cum >= hi:
                             break
                     for k in range(n_space):
-                        out[k, s, t, p] = acc[k] / max(share[0], 1e-300)
+                        out[row + k, s, t, p] = acc[k] / max(share[0], 1e-300)
 
 
 @njit(cache=True, nogil=True)
@@ -255,13 +260,14 @@ def weighted_estimates(
     spaces: (K,) int64 of WATTS, SQRT, SQUARED_SQRT: the estimate in each (monotone maps of
        the same values, so one sort order per slot serves them all).
     w: (S, T, D) float64 weights (>= 0) of the history days for each target day.
-    estimator: MEAN, MEDIAN (mean of the lower and upper weighted medians) or TRIMMED
-       (weighted mean of the central 1 - 2 * trim of the weight).
-    Returns the estimates (K, S, T, P), NaN where no weight falls on a known value, and the
-    weight on known values (S, T, P).
+    estimator: MEAN, MEDIAN (mean of the lower and upper weighted medians), TRIMMED
+       (weighted mean of the central 1 - 2 * trim of the weight) or MEDIAN_AND_TRIMMED.
+    Returns the estimates (K, S, T, P) ((2K, S, T, P) for MEDIAN_AND_TRIMMED), NaN where no
+    weight falls on a known value, and the weight on known values (S, T, P).
     """
     n_space, n_series, n_targets = spaces.size, values.shape[0], w.shape[1]
-    out = np.full((n_space, n_series, n_targets, values.shape[2]), np.nan)
+    rows = 2 * n_space if estimator == MEDIAN_AND_TRIMMED else n_space
+    out = np.full((rows, n_series, n_targets, values.shape[2]), np.nan)
     mass = np.zeros((n_series, n_targets, values.shape[2]))
     for s in range(n_series):
         _series(values, smooth, spaces, w, estimator, trim, s, out, mass)
@@ -281,7 +287,8 @@ def weighted_estimates_parallel(
     a few series wait on the thread pool's start-up and, on a busy machine, its slowest
     thread, for nothing)."""
     n_space, n_series, n_targets = spaces.size, values.shape[0], w.shape[1]
-    out = np.full((n_space, n_series, n_targets, values.shape[2]), np.nan)
+    rows = 2 * n_space if estimator == MEDIAN_AND_TRIMMED else n_space
+    out = np.full((rows, n_series, n_targets, values.shape[2]), np.nan)
     mass = np.zeros((n_series, n_targets, values.shape[2]))
     for s in prange(n_series):
         _series(values, smooth, spaces, w, estimator, trim, s, out, mass)

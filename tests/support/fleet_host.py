@@ -8,11 +8,14 @@ own user (`site-<id>`, its own password, its own inbox prefix), made through the
 
 What a site says is simulated, the link is not: a site's load is `baseline_w`, held to the
 strictest cap of its commands in force (`agent.fleet.apply.binding_caps` over the commands
-its link applied), integrated every `tick` into energy per ISP. Its messages are built with the
-protocol's models and the producers' pure builders (`forecast_message`, `metering_series`)
-and committed to its outbox through `SiteLink.enqueue`. The agent's `FleetProducers` need a
-whole agent (configuration, site model, a forecaster with its worker process), which 50
-sites in one process cannot afford; the few full agents of a scenario run them.
+its link applied), integrated every `tick` into energy per ISP. The host's clock is the
+scenario's shared one when FLEXBRIDGE_CLOCK_OFFSET_FILE names it
+(`agent.runtime.clock.OffsetClock`): a skip of it is time the sites ran through at their
+caps. Its messages are built with the protocol's models and the producers' pure builders
+(`forecast_message`, `metering_series`) and committed to its outbox through `SiteLink.enqueue`.
+The agent's `FleetProducers` need a whole agent (configuration, site model, a forecaster with
+its worker process), which 50 sites in one process cannot afford; the few full agents of a
+scenario run them.
 
 The parent drives the process over stdin, one JSON object a line, and reads one JSON answer
 a line on stdout (`{"ok": true, ...}` or `{"ok": false, "error": ...}`):
@@ -51,7 +54,7 @@ from agent.fleet.bus import NatsBus
 from agent.fleet.connection import ClosableBus, FleetConnection
 from agent.fleet.link import SiteLink
 from agent.fleet.producers import floor_isp, message_id, metering_series
-from agent.runtime.clock import SystemClock
+from agent.runtime.clock import clock_from_environment
 from agent.runtime.loops import Backoff
 from agent.storage.db import Database
 from agent.storage.store import SCHEMA
@@ -93,12 +96,14 @@ class Host:
     def __init__(self, servers: list[str], directory: Path, specs: list[SiteSpec], tz: str):
         self.servers = servers
         self.directory = directory
-        self.clock = SystemClock()
+        # The scenario's shared timeline (FLEXBRIDGE_CLOCK_OFFSET_FILE), else the system clock.
+        self.clock = clock_from_environment()
         self.market = Market(tz, 15)
         self.sites = {
             s.id: HostedSite(s, Database(directory / f"{s.id}.sqlite", SCHEMA)) for s in specs
         }
         self._ticker: asyncio.Task[None] | None = None
+        self._accounted: datetime | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -161,22 +166,29 @@ class Host:
         site.caps = binding_caps(commands, self.clock.now())
 
     async def _tick(self, step_s: float = 1.0) -> None:
-        last = self.clock.now()
+        self._accounted = self.clock.now()
         while True:
             await asyncio.sleep(step_s)
-            now = self.clock.now()
-            for site in self.sites.values():
-                # The load in force since the last tick, split at an ISP boundary.
-                moment = last
-                while moment < now:
-                    isp = floor_isp(moment)
-                    until = min(now, isp + ISP)
-                    hours = (until - moment).total_seconds() / 3600
-                    key = int(isp.timestamp())
-                    drawn = site.power_w(moment) * hours
-                    site.energy_wh[key] = site.energy_wh.get(key, 0.0) + drawn
-                    moment = until
-            last = now
+            self._account(self.clock.now())
+
+    def _account(self, now: datetime) -> None:
+        """The load in force since the last accounting, split at ISP boundaries. After a skip
+        of the shared clock that is every ISP skipped, each at the cap the site held there
+        (the sites ran through them, as the aggregator and the DSO see it)."""
+        last = self._accounted
+        if last is None or now <= last:
+            return
+        for site in self.sites.values():
+            moment = last
+            while moment < now:
+                isp = floor_isp(moment)
+                until = min(now, isp + ISP)
+                hours = (until - moment).total_seconds() / 3600
+                key = int(isp.timestamp())
+                drawn = site.power_w(moment) * hours
+                site.energy_wh[key] = site.energy_wh.get(key, 0.0) + drawn
+                moment = until
+        self._accounted = now
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -259,6 +271,7 @@ class Host:
 
     def metering(self, site: HostedSite) -> list[fleet_store.UpstreamMessage]:
         now = self.clock.now()
+        self._account(now)  # a skip just made may not have been ticked through yet
         end = floor_isp(now)
         first = site.metered_until
         if first is None or site.running_since is None or end <= first:
@@ -268,15 +281,17 @@ class Host:
         # The tick adds energy only while the site runs: an ISP it ran only part of is unknown.
         series = [None if first + k * ISP < site.running_since else v for k, v in enumerate(series)]
         site.metered_until = end
+        # After a skip, more ISPs than one message carries: as many messages as it takes.
         return [
             protocol.Metering(
                 id=message_id(site.spec.id, "metering"),
                 site=site.spec.id,
                 sent_at=now,
-                start=first,
+                start=first + k * ISP,
                 congestion_point=site.spec.congestion_point,
-                energy_wh=series,
+                energy_wh=series[k : k + protocol.MAX_ISPS],
             )
+            for k in range(0, count, protocol.MAX_ISPS)
         ]
 
     # --- queries -----------------------------------------------------------------------------

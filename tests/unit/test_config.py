@@ -132,6 +132,8 @@ def test_env_overrides_secret_and_plain_values() -> None:
             "FLEXBRIDGE_UFTP__PEERS__0__ENDPOINT": "https://other.example.com/x",
             "FLEXBRIDGE_OCPP__PORT": "9100",
             "FLEXBRIDGE_CONFIG": "/ignored/path.toml",
+            "FLEXBRIDGE_FAILPOINT": "trader.before-order",
+            "FLEXBRIDGE_CLOCK_OFFSET_FILE": "/tmp/offset",
             "UNRELATED": "x",
         },
     )

@@ -89,19 +89,42 @@ async def test_settlement_disputes_what_the_sites_meters_contradict(fleet: Fleet
     assert "ISP 72: 9000 W, we measured 4000 W" in status.dispute_reason
     assert "ISP 69" not in status.dispute_reason
 
-    # Metering for the congestion point with an EAN, once every site metered the whole day.
+    # Metering for the congestion point with an EAN, once every site metered the whole day:
+    # sent once, by this step or by the metering loop (woken by each site's metering) if its
+    # step saw the clock moved first.
     session = db.Session(fleet.dsn, "test")
     try:
         async with session.transaction() as conn:
-            queued = await aggregator.trader.metering_step(conn)
+            await aggregator.trader.metering_step(conn)
+        aggregator.uftp.wake_outbox()
+        sent = await asyncio.to_thread(fleet.dso.wait_for, "Metering")
         async with session.transaction() as conn:
             again = await aggregator.trader.metering_step(conn)
+            cursor = await conn.execute("SELECT count(*) FROM metering_sent")
+            row = await cursor.fetchone()
     finally:
         await session.close()
-    assert (queued, again) == (1, 0)
-    aggregator.uftp.wake_outbox()
-    sent = await asyncio.to_thread(fleet.dso.wait_for, "Metering")
+    assert again == 0
+    assert row is not None
+    assert row[0] == 1
     assert sent.ean == "E1234567890123456"
     energy = next(p for p in sent.profiles if p.profile_type.value == "ImportEnergy")
     assert {float(i.value) for i in energy.isps} == {1.0}  # kWh per ISP: 2 x 500 Wh
+    assert len(energy.isps) == MARKET.count(day)
+
+
+async def test_the_metering_goes_out_when_the_last_site_has_reported_the_day(fleet: Fleet) -> None:
+    """The metering loop's round is 300 s; the recorded metering of a site wakes it, so the
+    day's Metering leaves once the last site of the congestion point reported the day."""
+    clock = build.Clock(offset=timedelta(days=2))  # tomorrow is over
+    await fleet.start_aggregator(clock=clock)
+    day = fleet.tomorrow()
+    assert MARKET.today(clock()) == day + timedelta(days=1)
+    await fleet.bus.send_up(metering("site-a1", day, 500))
+    await eventually(lambda: fleet.bus.acked() == 1, what="the first site's metering recorded")
+    await fleet.bus.send_up(metering("site-a2", day, 250))
+    sent = await asyncio.to_thread(fleet.dso.wait_for, "Metering", 60.0)
+    assert (sent.ean, sent.period.to_date()) == ("E1234567890123456", day)
+    energy = next(p for p in sent.profiles if p.profile_type.value == "ImportEnergy")
+    assert {float(i.value) for i in energy.isps} == {0.75}  # kWh per ISP: 500 + 250 Wh
     assert len(energy.isps) == MARKET.count(day)

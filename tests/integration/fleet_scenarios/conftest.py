@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nacl.signing import SigningKey
 
 from agent.fleet.bus import NatsBus, ensure_central_consumer, ensure_site_consumer, ensure_streams
+from agent.runtime.clock import write_offset
 from tests.integration.fleet_scenarios.world import ScenarioDso, World, central_config, site_ids
 from tests.support import uftp as build
 from tests.support.nats_cluster import NatsCluster
@@ -51,7 +53,17 @@ async def join_sites(cluster: NatsCluster, sites: list[str]) -> None:
 
         async def join(site: str) -> None:
             async with limit:
-                await ensure_site_consumer(bus.jetstream, site)
+                # On a loaded machine the cluster may not answer a creation within the
+                # client's timeout; making the consumer again is harmless (it is looked up
+                # first), as `add-site` run twice is.
+                for attempt in range(4):
+                    try:
+                        await ensure_site_consumer(bus.jetstream, site)
+                        return
+                    except nats.errors.TimeoutError:
+                        if attempt == 3:
+                            raise
+                        await asyncio.sleep(1.0)
 
         await asyncio.gather(*(join(s) for s in sites))
     finally:
@@ -105,7 +117,10 @@ async def make_world(tmp_path: Path, agents: list[str]) -> AsyncIterator[World]:
         tmp_path / "central.toml",
         sites,
         agents,
+        tmp_path / "clock-offset",
     )
+    write_offset(state.clock_file, 0)
+    dso.clock = state.now
     write_config(state)
     try:
         await join_sites(cluster, [*sites, *agents])

@@ -3,6 +3,12 @@ PostgreSQL server, the central aggregator as `flexbridge aggregator run` process
 shapeshifter-uftp 2.4.0 as the DSO, and 200 sites in 4 `tests.support.fleet_host` processes of
 50 (each site its own SQLite file, NATS connection and user).
 
+Every process of the world reads one clock: `OffsetClock` over the file `World.clock_file`
+(FLEXBRIDGE_CLOCK_OFFSET_FILE in the aggregators' and the hosts' environment), and the DSO
+stamps what it sends with it. At 0 it is the system clock; `World.skip_to` moves it ahead
+for all at once, so a scenario reaches tomorrow's ordered ISPs, their delivery (the sites
+run through them at their caps) and the settlement within minutes, as the market day does.
+
 `World.check_exactly_once` is the end of every scenario: nothing lost, no effect twice, no
 command applied at or after its `valid_until`, read from the sites' SQLite files and the
 aggregator's PostgreSQL database.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +36,7 @@ from shapeshifter_uftp import FlexRequestISP as LibFlexRequestISP
 from shapeshifter_uftp.uftp.enums import AvailableRequested as LibAvailableRequested
 from xsdata.models.datatype import XmlDate
 
+from agent.runtime.clock import OFFSET_FILE_ENV, OffsetClock, write_offset
 from agent.runtime.failpoints import ENV as FAILPOINT_ENV
 from agent.trading.market import Market
 from tests.integration.central.conftest import OrderingDso
@@ -125,9 +133,22 @@ level = "INFO"
 
 class ScenarioDso(OrderingDso):
     """The library's DSO ordering every offer at once, unless `hold_orders` (then the test
-    sends the order itself)."""
+    sends the order itself). It stamps what it sends with `clock`, the world's shared one (the
+    library would take the wall clock): a real DSO's clock is synchronised with the AGR's."""
 
     hold_orders = False
+    clock: Callable[[], datetime] = staticmethod(utc_now)
+
+    def client(self, agr_domain: str) -> Any:
+        client = super().client(agr_domain)
+        send = client._send_message
+
+        def stamped(message: Any) -> Any:
+            message.time_stamp = message.time_stamp or self.clock().isoformat()
+            return send(message)
+
+        client._send_message = stamped
+        return client
 
     def process_flex_offer(self, message: Any) -> None:
         if not self.hold_orders:
@@ -146,7 +167,7 @@ class ScenarioDso(OrderingDso):
 class HostProcess:
     """One `python -m tests.support.fleet_host` child and its line protocol."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log
         self._log = log.open("ab")
@@ -156,6 +177,7 @@ class HostProcess:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.sites: list[str] = [s["id"] for s in json.loads(config.read_text())["sites"]]
 
@@ -297,6 +319,9 @@ class World:
     sites: list[str]
     # Full agents in fleet mode in the portfolio (their ids)
     agent_sites: list[str]
+    # The world's one timeline: the offset of `OffsetClock` that the aggregators, the hosts and
+    # the DSO read (0 until a scenario skips ahead).
+    clock_file: Path
     # Full agents in fleet mode (site id -> its SQLite file), run by the test itself.
     agent_files: dict[str, Path] = field(default_factory=dict)
     hosts: list[HostProcess] = field(default_factory=list)
@@ -305,7 +330,20 @@ class World:
     # --- processes ---------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        return {"FLEXBRIDGE_NATS__PASSWORD": self.cluster.central_password}
+        return {
+            "FLEXBRIDGE_NATS__PASSWORD": self.cluster.central_password,
+            OFFSET_FILE_ENV: str(self.clock_file),
+        }
+
+    def now(self) -> datetime:
+        """The shared clock's time."""
+        return OffsetClock(self.clock_file).now()
+
+    def skip_to(self, moment: datetime) -> None:
+        """Move the shared clock ahead so that it reads `moment` now: every process sees the
+        time in between pass at once (as after a suspended machine), the sites at their caps."""
+        ahead = (moment - utc_now()).total_seconds()
+        write_offset(self.clock_file, max(ahead, OffsetClock(self.clock_file).offset_s))
 
     def start_aggregator(
         self, failpoint: str | None = None, env: dict[str, str] | None = None
@@ -344,7 +382,11 @@ class World:
                     }
                 )
             )
-            self.hosts.append(HostProcess(config, self.tmp_path / f"host{h}.log"))
+            self.hosts.append(
+                HostProcess(
+                    config, self.tmp_path / f"host{h}.log", {OFFSET_FILE_ENV: str(self.clock_file)}
+                )
+            )
         for host in self.hosts:
             host.wait_ready()
 
@@ -482,10 +524,11 @@ class World:
         return totals
 
     def check_dso_answers(self) -> None:
-        """Every FlexOrder answered once, every FlexRequest once."""
+        """Every FlexOrder answered once, every FlexRequest once, every FlexSettlement once."""
         for kind, key in (
             ("FlexOrderResponse", "flex_order_message_id"),
             ("FlexRequestResponse", "flex_request_message_id"),
+            ("FlexSettlementResponse", "flex_settlement_message_id"),
         ):
             ids = [getattr(m, key) for k, m in self.dso.all_received if k == kind]
             assert len(ids) == len(set(ids)), f"a {kind} received twice: {ids}"

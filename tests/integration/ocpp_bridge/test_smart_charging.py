@@ -283,6 +283,15 @@ async def test_a_charger_that_drops_mid_call_is_offline_not_a_timeout() -> None:
         assert later.status is CommandStatus.OFFLINE  # kept, and sent on the next connect
 
 
+async def start_a_transaction(sim: Any) -> None:
+    if isinstance(sim, SimCharger16):
+        await sim.start_transaction(1, 0)
+    else:
+        await sim.transaction_event(
+            "Started", "tx-1", 0, 0.0, trigger_reason="Authorized", charging_state="Charging"
+        )
+
+
 @pytest.mark.parametrize("sim_class", SIMS)
 async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream(sim_class: Any) -> None:
     """A charger that refuses every purpose while a transaction runs: the bridge's own refresh
@@ -295,12 +304,7 @@ async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream(sim_cla
         running(sim_class, bridge.url, "CP1", PASSWORD, refuse_purposes=refuse) as sim,
     ):
         await sim.boot()
-        if sim_class is SimCharger16:
-            await sim.start_transaction(1, 0)
-        else:
-            await sim.transaction_event(
-                "Started", "tx-1", 0, 0.0, trigger_reason="Authorized", charging_state="Charging"
-            )
+        await start_a_transaction(sim)
         await bridge.log.wait_for(
             lambda: len(sim.store.history) >= 2, what="both safe purposes tried"
         )
@@ -321,6 +325,45 @@ async def test_a_refused_schedule_is_retried_with_back_off_by_one_stream(sim_cla
         assert all(not r.accepted for r in results)
         assert len(results) > 10
         assert "refused" in (results[-1].reason or "")
+
+
+@pytest.mark.parametrize("sim_class", SIMS)
+async def test_a_lower_limit_is_tried_at_once_despite_the_back_off(sim_class: Any) -> None:
+    """Within the back-off of a refused schedule, a lower limit (a new order, a tighter cap)
+    goes to the charger at once; a higher or equal one gets the remembered refusal."""
+    refuse = MAX | {"TxDefaultProfile", "TxProfile"}
+    async with (
+        run_bridge(settings(), records=[record()]) as bridge,
+        running(sim_class, bridge.url, "CP1", PASSWORD, refuse_purposes=refuse) as sim,
+    ):
+        await sim.boot()
+        await start_a_transaction(sim)
+        await bridge.log.wait_for(
+            lambda: len(sim.store.history) >= 2, what="both safe purposes tried"
+        )
+
+        def attempts() -> int:
+            return len([p for p in dynamic_in_history(sim) if p["charging_profile_purpose"] in MAX])
+
+        async def push(limit_w: float) -> Any:
+            now = utc_now()
+            return await bridge.system.set_dynamic_schedule(
+                "CP1", [PowerPeriod(now, limit_w)], now + timedelta(minutes=30)
+            )
+
+        first = await push(11_000)
+        assert not first.accepted
+        assert attempts() == 1
+        looser = await push(11_000)  # the same limit again: within the 5 s back-off
+        assert "refused 1 time(s)" in (looser.reason or ""), looser
+        assert attempts() == 1
+        lower = await push(7_000)
+        assert not lower.accepted
+        assert "refused" not in (lower.reason or "").split(":")[0]
+        assert attempts() == 2  # asked again at once
+        higher = await push(9_000)
+        assert "refused 2 time(s)" in (higher.reason or ""), higher
+        assert attempts() == 2
 
 
 def test_retry_delays_grow_and_are_capped() -> None:

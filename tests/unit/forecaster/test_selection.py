@@ -19,6 +19,7 @@ from forecaster.selection import (
     DayTable,
     Selection,
     SelectionError,
+    _combinations,
     candidate_forecast,
     forecast_days,
     forecast_many,
@@ -150,6 +151,44 @@ def test_held_out_scores_match_the_reference() -> None:
         assert chosen.heldout_nmae_pct == pytest.approx(best, rel=1e-9)
 
 
+def test_the_choice_scores_lowest_among_every_combination_tried() -> None:
+    """The held-out score is the P50's NMAE as `forecast_days` makes it, and no weighting of
+    the best few (convex grid, inverse error) nor mean of the best many scores lower."""
+    table = random_table(7, 42)
+    names = [
+        "daytype-hl14-mean-sqrt",
+        "daytype-hl28-trimmed-sqrt",
+        "daytype-win28-median-sqrt-level",
+        "weekday-hl7-mean-watts",
+        "weekday-win56-trimmed-sqrt",
+        "shrink-hl14-median-sqrt",
+        "shrink-win14-mean-sqrt-level",
+    ]
+    pool = [CANDIDATES[n] for n in [*BASELINES, *names]]
+    chosen = select(table, pool)
+    n = chosen.eval_days
+    targets, hol, y = table.ordinals[-n:], table.holiday[-n:], table.values[-n:]
+    known = ~np.isnan(y)
+    w = known * (0.5 ** ((np.arange(n, 0, -1) - 1) / EVAL_HALF_LIFE_DAYS))[:, np.newaxis]
+    actual = np.where(known, y, 0.0)
+
+    def score(members: tuple[str, ...], weights: tuple[float, ...]) -> float:
+        f = forecast_days(
+            replace(chosen, members=members, weights=weights), table, targets, hol, kernel=False
+        )[1]
+        return 100.0 * float((w * np.abs(f - actual)).sum() / (w * actual).sum())
+
+    assert score(chosen.members, chosen.weights) == pytest.approx(chosen.heldout_nmae_pct)
+    singles = {c.name: score((c.name,), (1.0,)) for c in pool}
+    ranked = sorted(singles, key=lambda m: (singles[m], m))
+    tried = _combinations(ranked, singles)
+    assert {len(m) for m, _ in tried} == {2, 3, 5, 8}
+    for members, weights in tried:
+        assert abs(sum(weights) - 1.0) < 1e-9
+        assert chosen.heldout_nmae_pct <= score(members, weights) + 1e-9
+    assert chosen.heldout_nmae_pct <= min(singles.values()) + 1e-9
+
+
 def test_bands_cover_eighty_percent_of_the_held_out_isps() -> None:
     """Coverage as the backtest scores it: a zero on a band from zero counts by its share of
     the forecast's point mass at zero (`forecaster.metrics.covered`)."""
@@ -279,6 +318,48 @@ def test_the_kernel_gives_the_numpy_paths_bands_for_many_series(
     # The bands' spread is a difference of moments: rounding is amplified where it is small.
     for q in (0, 2):
         np.testing.assert_allclose(fast[q], slow[q], rtol=1e-6, atol=1e-3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    days=st.integers(3, 60),
+    offset=st.sampled_from([0.0, -3000.0]),
+    series=st.sampled_from([1, 3]),
+)
+def test_median_and_trimmed_from_one_sort_are_each_alone_to_the_bit(
+    seed: int, days: int, offset: float, series: int
+) -> None:
+    from forecaster.kernels import selection as kernel
+
+    values = np.stack([random_table(seed + s, days).values + offset for s in range(series)])
+    rng = np.random.default_rng(seed)
+    w = rng.random((series, 4, days)) * (rng.random((series, 4, days)) < 0.6)
+    spaces = np.array([kernel.WATTS, kernel.SQRT], dtype=np.int64)
+    both, mass = kernel.weighted_estimates(values, 1, spaces, w, kernel.MEDIAN_AND_TRIMMED, 0.2)
+    median, mass_m = kernel.weighted_estimates(values, 1, spaces, w, kernel.MEDIAN, 0.2)
+    trimmed, _ = kernel.weighted_estimates(values, 1, spaces, w, kernel.TRIMMED, 0.2)
+    np.testing.assert_array_equal(both[:2], median)
+    np.testing.assert_array_equal(both[2:], trimmed)
+    np.testing.assert_array_equal(mass, mass_m)
+
+
+def test_a_combination_of_a_median_and_a_trimmed_mean_forecasts_as_the_numpy_path() -> None:
+    tables = [random_table(40 + s, 42) for s in range(3)]
+    ordinals, holiday = tables[0].ordinals, tables[0].holiday
+    values = np.stack([t.values for t in tables])
+    members = (
+        "daytype-win56-trimmed-sqrt",
+        "daytype-win56-median-sqrt",
+        "shrink-hl14-median-sqrt-level",
+        "shrink-hl14-trimmed-watts",
+    )
+    chosen = replace(select(tables[0]), members=members, weights=(0.25, 0.25, 0.25, 0.25))
+    targets = np.array([int(ordinals[-1]) + d for d in (1, 2, 6)])
+    hol = np.array([False, False, True])
+    fast = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=True)
+    slow = forecast_many(chosen, values, ordinals, holiday, targets, hol, kernel=False)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-9, atol=1e-6)
 
 
 def test_the_estimator_codes_are_the_kernels() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -79,3 +79,15 @@ def test_responses_are_not_answered() -> None:
     response = build_response(build.flex_request(), build.AGR)
     assert response is not None
     assert build_response(response, build.DSO) is None
+
+
+@pytest.mark.parametrize("request_message", requests(), ids=lambda m: m.xml_name)
+def test_a_response_carries_the_senders_clock(request_message: models.PayloadMessage) -> None:
+    """A party on another timeline than the wall clock (the fleet scenario's shared clock)
+    stamps its responses with its own time."""
+    stamp = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    response = build_response(request_message, build.AGR, time_stamp=stamp)
+    if response is None:
+        return  # 3.1.0 cannot express this answer (see test_response_answers_the_request)
+    assert response.time_stamp == stamp
+    assert codec.from_xml(codec.to_xml(response)).time_stamp == stamp
