@@ -33,6 +33,7 @@ from agent.runtime.loops import DeathHook
 from agent.runtime.service import Component
 from agent.runtime.statedir import StateDirectory
 from agent.runtime.systemd import NamedProbe, SystemdWatchdog
+from agent.runtime.uftp_settings import participant_settings
 from agent.site import forecasting
 from agent.site.forecasting import SiteForecaster
 from agent.site.model import Site
@@ -54,16 +55,7 @@ from ocpp_bridge import (
 from ocpp_bridge import TlsSettings as OcppTls
 from ocpp_bridge.local_controller import LocalController
 from uftp import store as uftp_store
-from uftp.keys import load_signing_key
-from uftp.models import Role
 from uftp.participant import AgrParticipant
-from uftp.settings import (
-    MarketSettings,
-    OAuthSettings,
-    ParticipantSettings,
-    PeerSettings,
-)
-from uftp.settings import TlsSettings as UftpTls
 
 
 def bridge_settings(config: Config) -> BridgeSettings:
@@ -111,39 +103,6 @@ def commit_sessions_at_once(site: Site) -> Callable[[Event], None]:
         task.add_done_callback(tasks.discard)
 
     return listener
-
-
-def participant_settings(config: Config) -> ParticipantSettings:
-    u = config.uftp
-    peers = tuple(
-        PeerSettings(
-            domain=p.domain,
-            role=Role(p.role),
-            public_keys=tuple(p.public_keys),
-            endpoint=p.endpoint,
-            oauth=None
-            if p.oauth is None
-            else OAuthSettings(
-                token_url=p.oauth.token_url,
-                client_id=p.oauth.client_id,
-                client_secret=p.oauth.client_secret.get_secret_value(),
-                scope=p.oauth.scope,
-            ),
-        )
-        for p in u.peers
-    )
-    return ParticipantSettings(
-        domain=u.domain,
-        role=Role.AGR,
-        signing_key=load_signing_key(u.signing_key_file),
-        peers=peers,
-        market=MarketSettings(u.market_timezone, u.isp_duration_min),
-        host=u.host,
-        port=u.port,
-        tls=None if u.tls is None else UftpTls(u.tls.cert_file, u.tls.key_file, u.tls.ca_file),
-        max_body_bytes=u.max_body_bytes,
-        congestion_points=frozenset(cp.entity_address for cp in config.congestion_points),
-    )
 
 
 @dataclass
@@ -313,7 +272,9 @@ def build_agent(config: Config, clock: Clock | None = None, *, bus: BusPort | No
     publishers: list[Component] = []
     if config.fleet is None:
         # The agent's database is the file's one writer: uftp's inbox and outbox go through it.
-        participant = AgrParticipant(participant_settings(config), db, clock=now)
+        participant = AgrParticipant(
+            participant_settings(config.uftp, config.congestion_points), db, clock=now
+        )
         prognosis = PrognosisService(config, db, participant, forecaster, site, clock)
         trader = Trader(
             config, db, participant, forecaster, prognosis, site, clock, on_order=dispatcher.wake

@@ -14,9 +14,9 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from agent import __version__
 from agent.runtime.config import Config
@@ -49,6 +49,8 @@ EXIT_CODES = f"""exit codes:
   {EX_INTERRUPTED}  interrupted (Ctrl-C)"""
 
 log = logging.getLogger("agent.cli")
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+_T = TypeVar("_T")
 
 
 def _error(message: str, code: int) -> int:
@@ -161,6 +163,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_config(config)
 
 
+async def _until_signal(work: Callable[[], Awaitable[_T]], stopped_by: list[int]) -> _T:
+    """`work()`, cancelled by SIGINT or SIGTERM (noted in `stopped_by`) so that a demo's
+    agents, stations and servers shut down rather than being left behind."""
+    from agent.runtime.service import install_signal_handlers
+
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop(sig: int) -> None:
+        stopped_by.append(sig)
+        task.cancel()
+
+    install_signal_handlers(stop)
+    return await work()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fleet:
         return _cmd_demo_fleet(args)
@@ -169,7 +187,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from agent.demo.defaults import demo_state_dir, numba_cache_dir
     from agent.demo.scenario import DemoError, DemoResult, run_demo
-    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, install_signal_handlers
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError
     from forecaster.cache import point_cache_at
 
     point_cache_at(numba_cache_dir())
@@ -191,17 +209,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     stopped_by: list[int] = []
 
-    async def demo() -> DemoResult:
-        # SIGINT and SIGTERM cancel the story, so its agent, stations and DSO shut down.
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop(sig: int) -> None:
-            stopped_by.append(sig)
-            task.cancel()
-
-        install_signal_handlers(stop)
-        return await run_demo(
+    def demo() -> Awaitable[DemoResult]:
+        return run_demo(
             state_dir,
             speed=args.speed,
             seed=args.seed,
@@ -212,7 +221,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result: DemoResult | None = None
     try:
-        result = asyncio.run(demo())
+        result = asyncio.run(_until_signal(demo, stopped_by))
     except DemoError as exc:
         return _error(f"the demo's story broke off: {exc}", EX_FAILURE)
     except ServiceError as exc:  # the agent's components, started as `run` starts them
@@ -244,7 +253,7 @@ def _cmd_demo_fleet(args: argparse.Namespace) -> int:
     from agent.demo.defaults import numba_cache_dir
     from agent.demo.fleet import FleetDemoError, FleetResult, fleet_state_dir, run_fleet_demo
     from agent.demo.infra import InfraError, InfraMissing
-    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError, install_signal_handlers
+    from agent.runtime.service import EXPECTED_START_ERRORS, ServiceError
     from forecaster.cache import point_cache_at
 
     for flag, given in (
@@ -265,20 +274,10 @@ def _cmd_demo_fleet(args: argparse.Namespace) -> int:
         flush=True,
     )
     stopped_by: list[int] = []
-
-    async def demo() -> FleetResult:
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop(sig: int) -> None:
-            stopped_by.append(sig)
-            task.cancel()
-
-        install_signal_handlers(stop)
-        return await run_fleet_demo(state_dir)
-
     try:
-        result = asyncio.run(demo())
+        result: FleetResult = asyncio.run(
+            _until_signal(lambda: run_fleet_demo(state_dir), stopped_by)
+        )
     except InfraMissing as exc:
         return _error(str(exc), EX_CONFIG)
     except InfraError as exc:
@@ -554,6 +553,11 @@ def _positive(text: str) -> float:
     return value
 
 
+def _command(sub: argparse._SubParsersAction[_P], name: str, **kwargs: Any) -> _P:
+    """A subcommand whose help ends with the exit codes, as the top-level help does."""
+    return sub.add_parser(name, epilog=EXIT_CODES, formatter_class=_Formatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flexbridge",
@@ -564,15 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flexbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
         help="run the agent with a configuration file",
         description="Run the agent until SIGTERM or SIGINT: the OCPP central system, the UFTP "
         "participant, forecasts, trading and dispatch, with its state in "
         "storage.state_directory. The configuration and its files are checked first "
         "(as check-config does); one agent per state directory.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     run.add_argument("--config", "-c", required=True, help="TOML configuration file")
     run.set_defaults(func=_cmd_run)
@@ -705,36 +708,33 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--state-dir", help="state directory")
     warmup.set_defaults(func=_cmd_warmup)
 
-    aggregator = sub.add_parser(
+    aggregator = _command(
+        sub,
         "aggregator",
         help="the central aggregator of a fleet of sites (one UFTP participant for all)",
         description="The central aggregator: one UFTP participant for the sites of a fleet, "
         "their data and commands over NATS JetStream, its state in PostgreSQL "
         "(docs/fleet.md).",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg = aggregator.add_subparsers(dest="aggregator_command", required=True, metavar="COMMAND")
-    agg_run = agg.add_parser(
+    agg_run = _command(
+        agg,
         "run",
         help="run the aggregator until SIGTERM or SIGINT",
         description="Run the aggregator: migrate the database, make the sites' consumers, "
         "serve the UFTP endpoint and the operator view, trade. Several processes may run on "
         "one database and cluster.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg_run.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
     agg_run.set_defaults(func=_cmd_aggregator_run)
-    agg_add = agg.add_parser(
+    agg_add = _command(
+        agg,
         "add-site",
         help="add a site to the portfolio and make its command consumer",
         description="Add a site to the portfolio at a congestion point of the configuration "
         "and make its durable command consumer on the bus, before any command for it. "
         "Adding a site that is there already changes nothing; a site never moves to another "
         "congestion point.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg_add.add_argument("site", help="the site's id (lowercase letters, digits, - and _)")
     agg_add.add_argument(
@@ -745,7 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agg_add.add_argument("--config", "-c", required=True, help="the aggregator's TOML file")
     agg_add.set_defaults(func=_cmd_aggregator_add_site)
-    agg_nats = agg.add_parser(
+    agg_nats = _command(
+        agg,
         "nats-config",
         help="render the nats-server configuration of each cluster node",
         description="Render /etc/flexbridge/nats/<node>.conf for every node of the fleet's "
@@ -753,8 +754,6 @@ def build_parser() -> argparse.ArgumentParser:
         "site (<site id>.secret in its site_secrets_dir): the centre's user, every site's user "
         "with its permissions, routes and JetStream. Render again after adding a site and "
         "reload each node (docs/fleet.md, Bus).",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
     )
     agg_nats.add_argument("--cluster", required=True, help="the cluster description (TOML)")
     agg_nats.add_argument("--out", required=True, help="where to write <node>.conf")

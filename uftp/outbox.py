@@ -72,11 +72,114 @@ def backoff_delay(policy: RetryPolicy, attempts: int, jitter: float = 1.0) -> fl
     return min(delay, policy.max_delay_s) * jitter
 
 
+def next_attempt_at(
+    policy: RetryPolicy,
+    attempt: Attempt,
+    attempts: int,
+    created_at: datetime,
+    now: datetime,
+    jitter: float,
+) -> datetime | None:
+    """When to try a message again after the failed `attempt` (its `attempts`-th), or None to
+    give up: a final error, or a message older than `give_up_after_s` by then. A peer's
+    Retry-After is honoured up to the policy's longest delay."""
+    if attempt.final:
+        return None
+    delay = backoff_delay(policy, attempts, jitter)
+    if attempt.retry_after_s is not None:
+        delay = max(delay, min(attempt.retry_after_s, policy.max_delay_s))
+    retry_at = now + timedelta(seconds=delay)
+    if retry_at > created_at + timedelta(seconds=policy.give_up_after_s):
+        return None
+    return retry_at
+
+
 def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """Verifying client context: certificate chain and host name, TLS 1.2 or newer."""
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def client_session(retry: RetryPolicy, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
+    """The HTTP client an outbox posts with: the policy's timeouts, at most four connections
+    per peer (delivery is one message at a time per peer; the rest is for token requests)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context, limit_per_host=4),
+        timeout=aiohttp.ClientTimeout(
+            total=retry.request_timeout_s, connect=retry.connect_timeout_s
+        ),
+    )
+
+
+class PeerTokens:
+    """One OAuth `TokenSource` per peer, made anew when the peer's OAuth settings change."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[str, Role], TokenSource] = {}
+
+    def source(self, peer: PeerSettings, session: aiohttp.ClientSession) -> TokenSource | None:
+        if peer.oauth is None:
+            return None
+        key = (peer.domain, peer.role)
+        source = self._sources.get(key)
+        if source is None or source.settings != peer.oauth:
+            source = self._sources[key] = TokenSource(peer.oauth, session)
+        return source
+
+
+async def post_to_peer(
+    session: aiohttp.ClientSession,
+    directory: PeerDirectory,
+    tokens: PeerTokens,
+    recipient: tuple[str, Role],
+    body: bytes,
+) -> Attempt:
+    """One delivery attempt of a sealed message: POST it to the peer's endpoint (following
+    redirects), and classify the outcome. Never raises for what the network or the peer did."""
+    try:
+        peer = directory.peer(*recipient)
+    except UnknownPeer as exc:
+        return Attempt(delivered=False, final=True, error=str(exc))
+    headers = {"Content-Type": CONTENT_TYPE}
+    source = tokens.source(peer, session)
+    if source is not None:
+        try:
+            headers["Authorization"] = await source.authorization()
+        except OAuthError as exc:
+            return Attempt(delivered=False, error=str(exc))
+    url = peer.endpoint
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            async with session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                location = response.headers.get("Location")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                detail = (await response.content.read(300)).decode("utf-8", "replace")
+            if status in _REDIRECTS and location:
+                # Redirects are honoured for load balancing (spec "Transmission"); a UFTP
+                # message is always POSTed, whatever the code.
+                url = urljoin(url, location)
+                continue
+            break
+        else:
+            return Attempt(delivered=False, error=f"more than {MAX_REDIRECTS} redirects")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return Attempt(delivered=False, error=f"{type(exc).__name__}: {exc}")
+    attempt = classify(status)
+    if status == 401 and source is not None:
+        source.invalidate()
+        attempt = Attempt(delivered=False, error="HTTP 401 with a bearer token")
+    if not attempt.delivered:
+        attempt = Attempt(
+            delivered=False,
+            final=attempt.final,
+            error=f"{attempt.error} from {url}: {detail.strip()[:200]}",
+            retry_after_s=retry_after,
+        )
+    return attempt
 
 
 class OutboxSender:
@@ -114,18 +217,12 @@ class OutboxSender:
         self.on_loop_death: DeathHook | None = None
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[tuple[str, Role], asyncio.Task[None]] = {}
-        self._tokens: dict[tuple[str, Role], TokenSource] = {}
+        self._tokens = PeerTokens()
         self._random = random.Random()
         self.delivered = 0
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit_per_host=4)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self._retry.request_timeout_s, connect=self._retry.connect_timeout_s
-            ),
-        )
+        self._session = client_session(self._retry, self._ssl)
         self._loop.start()
 
     async def stop(self) -> None:
@@ -192,15 +289,10 @@ class OutboxSender:
                 },
             )
             return
-        retry_at: datetime | None = None
-        if not attempt.final:
-            jitter = self._random.uniform(0.75, 1.25)
-            delay = backoff_delay(self._retry, message.attempts + 1, jitter)
-            if attempt.retry_after_s is not None:
-                delay = max(delay, min(attempt.retry_after_s, self._retry.max_delay_s))
-            retry_at = now + timedelta(seconds=delay)
-            if retry_at > message.created_at + timedelta(seconds=self._retry.give_up_after_s):
-                retry_at = None
+        jitter = self._random.uniform(0.75, 1.25)
+        retry_at = next_attempt_at(
+            self._retry, attempt, message.attempts + 1, message.created_at, now, jitter
+        )
         error = attempt.error[:500]
         await self._db.write(
             lambda c: store.record_attempt_failed(c, message.id, error, retry_at=retry_at)
@@ -231,63 +323,12 @@ class OutboxSender:
             if failed is not None:
                 self._on_failed(failed)
 
-    def _token_source(self, peer: PeerSettings) -> TokenSource | None:
-        if peer.oauth is None or self._session is None:
-            return None
-        key = (peer.domain, peer.role)
-        source = self._tokens.get(key)
-        if source is None or source.settings != peer.oauth:
-            source = TokenSource(peer.oauth, self._session)
-            self._tokens[key] = source
-        return source
-
     async def _post(self, message: store.OutboundMessage) -> Attempt:
         session = self._session
         if session is None:
             raise RuntimeError("outbox sender is not started")
-        try:
-            peer = self._directory.peer(message.recipient_domain, message.recipient_role)
-        except UnknownPeer as exc:
-            return Attempt(delivered=False, final=True, error=str(exc))
-        headers = {"Content-Type": CONTENT_TYPE}
-        tokens = self._token_source(peer)
-        if tokens is not None:
-            try:
-                headers["Authorization"] = await tokens.authorization()
-            except OAuthError as exc:
-                return Attempt(delivered=False, error=str(exc))
-        url = peer.endpoint
-        try:
-            for _ in range(MAX_REDIRECTS + 1):
-                async with session.post(
-                    url, data=message.body, headers=headers, allow_redirects=False
-                ) as response:
-                    status = response.status
-                    location = response.headers.get("Location")
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
-                    detail = (await response.content.read(300)).decode("utf-8", "replace")
-                if status in _REDIRECTS and location:
-                    # Redirects are honoured for load balancing (spec "Transmission"); a UFTP
-                    # message is always POSTed, whatever the code.
-                    url = urljoin(url, location)
-                    continue
-                break
-            else:
-                return Attempt(delivered=False, error=f"more than {MAX_REDIRECTS} redirects")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return Attempt(delivered=False, error=f"{type(exc).__name__}: {exc}")
-        attempt = classify(status)
-        if status == 401 and tokens is not None:
-            tokens.invalidate()
-            attempt = Attempt(delivered=False, error="HTTP 401 with a bearer token")
-        if not attempt.delivered:
-            attempt = Attempt(
-                delivered=False,
-                final=attempt.final,
-                error=f"{attempt.error} from {url}: {detail.strip()[:200]}",
-                retry_after_s=retry_after,
-            )
-        return attempt
+        recipient = (message.recipient_domain, message.recipient_role)
+        return await post_to_peer(session, self._directory, self._tokens, recipient, message.body)
 
 
 def _retry_after(value: str | None) -> float | None:

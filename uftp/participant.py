@@ -45,19 +45,16 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from uftp import reasons, store
-from uftp.codec import CodecError, envelope_from_xml, from_xml, to_xml
+from uftp.codec import from_xml
 from uftp.database import Database, SqliteStore
-from uftp.http import Authorize, HttpEndpoint, TransportRejection
+from uftp.http import Authorize, TransportRejection
 from uftp.loops import DeathHook, SupervisedLoop
 from uftp.models import (
-    RESPONSE_TYPES,
-    SPEC_VERSION,
     FlexOffer,
     FlexOfferRevocation,
     FlexOrder,
@@ -65,18 +62,23 @@ from uftp.models import (
     PayloadMessage,
     PayloadMessageResponse,
     Role,
-    SignedMessage,
     TestMessage,
     TestMessageResponse,
-    reference_of,
     utc_now,
 )
 from uftp.outbox import OutboxSender, client_ssl_context
-from uftp.participants import PeerDirectory, StaticPeerDirectory, UnknownPeer
-from uftp.responses import build_response, needs_response
-from uftp.sealing import SignatureError, open_sealed, seal
+from uftp.participant_base import (
+    ParticipantBase,
+    Receipt,
+    duplicate_identifier,
+    http_endpoint,
+    inbound_record,
+    received,
+    reference_problems,
+)
+from uftp.participants import PeerDirectory
 from uftp.settings import ParticipantSettings
-from uftp.validation import InboundContext, OfferState, check_inbound
+from uftp.validation import OfferState, check_inbound
 
 log = logging.getLogger(__name__)
 
@@ -116,29 +118,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, OSError | TimeoutError)
 
 
-# Response type name -> the request type it answers, for the "known reference" check.
-_ANSWERS: dict[str, type[PayloadMessage]] = {
-    response.xml_name: request for request, response in RESPONSE_TYPES.items()
-}
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """What `receive` did with one POST body that passed the transport checks."""
-
-    admission: store.Admission
-    message_type: str
-    message_id: str
-    sender_domain: str
-    inbox_id: int | None
-    rejections: tuple[str, ...]
-
-    @property
-    def accepted(self) -> bool:
-        return self.admission is store.Admission.NEW and not self.rejections
-
-
-class Participant:
+class Participant(ParticipantBase):
     """One UFTP participant (our AGR, or a simulated DSO) as a service component."""
 
     name = "uftp"
@@ -154,8 +134,7 @@ class Participant:
         authorize: Authorize | None = None,
         on_delivery_failed: Callable[[store.OutboundMessage], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.directory = directory or StaticPeerDirectory(settings.peers)
+        super().__init__(settings, directory=directory, clock=clock)
         # A path: our own database, opened and closed with us. A store: the application's,
         # already open, its tables migrated (uftp.store.migrate) and closed by its owner.
         self._own_database: Database | None = None
@@ -164,16 +143,7 @@ class Participant:
             self.database = self._own_database = Database(database)
         else:
             self.database = database
-        self._clock = clock
         self._handler = handler
-        self.context = InboundContext(
-            own_domain=settings.domain,
-            own_role=settings.role,
-            market=settings.market,
-            supported_versions=settings.supported_versions,
-            congestion_points=settings.congestion_points,
-            period_horizon_days=settings.period_horizon_days,
-        )
         self.outbox = OutboxSender(
             self.database,
             self.directory,
@@ -182,16 +152,7 @@ class Participant:
             clock=clock,
             on_failed=on_delivery_failed,
         )
-        self.endpoint = HttpEndpoint(
-            self.receive,
-            host=settings.host,
-            port=settings.port,
-            path=settings.path,
-            max_body_bytes=settings.max_body_bytes,
-            tls=settings.tls,
-            rate_limit=settings.rate_limit,
-            authorize=authorize,
-        )
+        self.endpoint = http_endpoint(settings, self.receive, authorize)
         self._decoders: ThreadPoolExecutor | None = None
         # Why inbound messages cannot be taken now (the application's clock is not to be
         # trusted), or None; such messages are answered 503 with Retry-After.
@@ -255,41 +216,7 @@ class Participant:
         points = None if congestion_points is None else frozenset(congestion_points)
         self.context = dataclasses.replace(self.context, congestion_points=points)
 
-    def now(self) -> datetime:
-        return self._clock()
-
     # --- outbound -------------------------------------------------------------------------------
-
-    def recipient_role(self, domain: str) -> Role:
-        """The role of the peer with this domain (ambiguous if it has several: pass it)."""
-        roles = [p.role for p in self.directory.peers() if p.domain == domain]
-        if len(roles) != 1:
-            raise UnknownPeer(domain, "?" if not roles else "/".join(map(str, roles)))
-        return roles[0]
-
-    def prepare(
-        self, message: PayloadMessage, *, recipient_role: Role | None = None
-    ) -> store.PreparedOutbound:
-        """Validate against the XSD and seal; raises on an invalid message or unknown peer."""
-        if message.sender_domain != self.settings.domain:
-            raise ValueError(
-                f"{message.xml_name} has SenderDomain {message.sender_domain}, "
-                f"we are {self.settings.domain}"
-            )
-        role = recipient_role or self.recipient_role(message.recipient_domain)
-        self.directory.peer(message.recipient_domain, role)  # raises UnknownPeer early
-        xml = to_xml(message)
-        return store.PreparedOutbound(
-            message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            message_type=message.xml_name,
-            reference_id=reference_of(message),
-            recipient_domain=message.recipient_domain,
-            recipient_role=role,
-            result=str(message.result) if isinstance(message, PayloadMessageResponse) else None,
-            xml=xml,
-            body=seal(xml, self.settings.signing_key, self.settings.domain, self.settings.role),
-        )
 
     def enqueue(
         self,
@@ -336,7 +263,7 @@ class Participant:
         """Answer a pending request (Accepted without rejections) and mark it handled, in the
         caller's transaction."""
         request = request if request is not None else inbound.message()
-        response = self._response(request, inbound.sender_domain, rejections, **fields)
+        response = self.response(request, inbound.sender_domain, rejections, **fields)
         if response is not None:
             self.enqueue(conn, response, reply_to=inbound)
         store.mark_processed(
@@ -354,55 +281,15 @@ class Participant:
             conn, inbound.id, self._clock(), rejection_reason=reasons.join(rejections) or None
         )
 
-    def _response(
-        self,
-        request: PayloadMessage,
-        recipient_domain: str,
-        rejections: Sequence[str],
-        **fields: Any,
-    ) -> PayloadMessage | None:
-        # Answer in the request's version when we speak it (the content is 3.1.0 either way).
-        supported = request.version in self.settings.supported_versions
-        return build_response(
-            request,
-            self.settings.domain,
-            rejections,
-            recipient_domain=recipient_domain,
-            version=request.version if supported else SPEC_VERSION,
-            **fields,
-        )
-
     # --- inbound --------------------------------------------------------------------------------
-
-    def _open(self, body: bytes) -> tuple[SignedMessage, bytes, PayloadMessage]:
-        """Envelope, sealed body and verified inner message, or the HTTP status why not."""
-        limit = self.settings.max_body_bytes
-        try:
-            envelope = envelope_from_xml(body, max_bytes=limit)
-        except CodecError as exc:
-            raise TransportRejection(400, f"SignedMessage: {exc}") from None
-        try:
-            keys = self.directory.verify_keys(envelope.sender_domain, envelope.sender_role)
-        except UnknownPeer as exc:
-            raise TransportRejection(419, f"sender key lookup failed: {exc}") from None
-        try:
-            sealed = bytes(envelope.body)
-            inner = open_sealed(sealed, keys)
-        except SignatureError as exc:
-            raise TransportRejection(401, str(exc)) from None
-        try:
-            message = from_xml(inner, max_bytes=limit)
-        except CodecError as exc:
-            raise TransportRejection(400, f"inner message: {exc}") from None
-        return envelope, sealed, message
 
     async def receive(self, body: bytes) -> Receipt:
         """The inbound pipeline for one POST body (see the module docstring)."""
         if len(body) <= INLINE_DECODE_BYTES or self._decoders is None:
-            envelope, sealed, message = self._open(body)
+            envelope, sealed, message = self.open(body)
         else:
             loop = asyncio.get_running_loop()
-            envelope, sealed, message = await loop.run_in_executor(self._decoders, self._open, body)
+            envelope, sealed, message = await loop.run_in_executor(self._decoders, self.open, body)
         held = self.hold()
         if held is not None:
             # Validation depends on the time: rather no answer now than a wrong one.
@@ -412,25 +299,14 @@ class Participant:
             )
         now = self._clock()
         rejections = check_inbound(envelope, message, self.context, now)
-        replies: list[store.PreparedOutbound] = []
-        if rejections:
-            replies = self._replies(message, envelope, rejections)
-        elif isinstance(message, TestMessage):
-            replies = self._replies(message, envelope, ())
-        record = store.InboundRecord(
-            sender_domain=envelope.sender_domain,
-            sender_role=envelope.sender_role,
-            message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            message_type=message.xml_name,
-            reference_id=reference_of(message),
-            sealed=sealed,
-        )
+        replies = self.replies_on_receipt(message, envelope, rejections)
+        record = inbound_record(envelope, sealed, message)
 
         def admit(conn: sqlite3.Connection) -> tuple[store.Admitted, list[str]]:
             problems = list(rejections)
             if not problems and isinstance(message, PayloadMessageResponse):
-                problems = self._response_reference_problems(conn, message, envelope)
+                sent = store.find_outbound(conn, message.reference_message_id)
+                problems = reference_problems(message, envelope, sent)
             admitted = store.admit_inbound(
                 conn,
                 record,
@@ -443,13 +319,8 @@ class Participant:
 
         admitted, problems = await self._store_or_503(admit)
         if admitted.admission is store.Admission.DUPLICATE_IDENTIFIER:
-            problems = [
-                reasons.explain(
-                    reasons.DUPLICATE_IDENTIFIER,
-                    f"MessageID {message.message_id} was already used for other content",
-                )
-            ]
-            duplicate_replies = self._replies(message, envelope, problems)
+            problems = duplicate_identifier(message)
+            duplicate_replies = self.replies(message, envelope, problems)
             if duplicate_replies:
                 await self._store_or_503(
                     lambda c: [store.enqueue_outbound(c, r, now) for r in duplicate_replies]
@@ -464,25 +335,7 @@ class Participant:
                     self._drainer.wake()
                 for listener in self._inbound_listeners:
                     listener()
-        receipt = Receipt(
-            admission=admitted.admission,
-            message_type=message.xml_name,
-            message_id=message.message_id,
-            sender_domain=envelope.sender_domain,
-            inbox_id=admitted.inbox_id,
-            rejections=tuple(problems),
-        )
-        log.info(
-            "received",
-            extra={
-                "message_type": receipt.message_type,
-                "message_id": receipt.message_id,
-                "sender": receipt.sender_domain,
-                "admission": str(receipt.admission),
-                "rejections": reasons.join(receipt.rejections),
-            },
-        )
-        return receipt
+        return received(message, envelope, admitted, problems)
 
     async def _store_or_503(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Write for `receive`; a storage fault is answered 503 with Retry-After (the message
@@ -498,55 +351,6 @@ class Participant:
                 "the message could not be stored; please retry",
                 retry_after_s=STORE_RETRY_AFTER_S,
             ) from None
-
-    def _replies(
-        self, message: PayloadMessage, envelope: SignedMessage, rejections: Sequence[str]
-    ) -> list[store.PreparedOutbound]:
-        """The automatic answer, addressed to the authenticated envelope sender."""
-        if not needs_response(message):
-            return []
-        try:
-            response = self._response(message, envelope.sender_domain, rejections)
-        except ValueError:
-            log.warning("cannot build a response to %s", message.xml_name, exc_info=True)
-            return []
-        if response is None:
-            return []
-        return [self.prepare(response, recipient_role=envelope.sender_role)]
-
-    def _response_reference_problems(
-        self,
-        conn: sqlite3.Connection,
-        response: PayloadMessageResponse,
-        envelope: SignedMessage,
-    ) -> list[str]:
-        """A response must answer a message we sent to its sender, in the same conversation."""
-        request = _ANSWERS.get(response.xml_name)
-        if request is None:
-            return []
-        request_type = request.xml_name
-        attribute = type(response).model_fields[response.reference_field].alias or "reference"
-        sent = store.find_outbound(conn, response.reference_message_id)
-        if (
-            sent is None
-            or sent.message_type != request_type
-            or sent.recipient_domain != envelope.sender_domain
-        ):
-            return [
-                reasons.explain(
-                    reasons.unknown_reference(attribute),
-                    f"we sent no {request_type} {response.reference_message_id} to "
-                    f"{envelope.sender_domain}",
-                )
-            ]
-        if sent.conversation_id != response.conversation_id:
-            return [
-                reasons.explain(
-                    reasons.unknown_reference(attribute),
-                    f"{request_type} {sent.message_id} belongs to another ConversationID",
-                )
-            ]
-        return []
 
     async def pending(self, limit: int = 100) -> list[store.InboundMessage]:
         """Pending messages due for handling (a deferred one only once its retry is due)."""

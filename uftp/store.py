@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -219,13 +219,22 @@ class Admitted:
     inbox_id: int | None
 
 
-_INBOX_COLUMNS = (
+# The column order `inbound_from_row` reads.
+INBOX_COLUMNS = (
     "id, sender_domain, sender_role, message_id, conversation_id, message_type, reference_id, "
     "sealed, received_at, status, rejection_reason, attempts, last_error"
 )
 
 
-def _inbound(row: Any) -> InboundMessage:
+def _from_timestamp(value: Any) -> datetime:
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def inbound_from_row(
+    row: Sequence[Any], moment: Callable[[Any], datetime] = _from_timestamp
+) -> InboundMessage:
+    """An inbox row selected as `INBOX_COLUMNS`; `moment` reads a stored time (here unix
+    seconds; a database with a timestamp type passes its own)."""
     return InboundMessage(
         id=int(row[0]),
         sender_domain=str(row[1]),
@@ -235,12 +244,41 @@ def _inbound(row: Any) -> InboundMessage:
         message_type=str(row[5]),
         reference_id=None if row[6] is None else str(row[6]),
         sealed=bytes(row[7]),
-        received_at=datetime.fromtimestamp(float(row[8]), UTC),
+        received_at=moment(row[8]),
         status=InboundStatus(row[9]),
         rejection_reason=None if row[10] is None else str(row[10]),
         attempts=int(row[11]),
         last_error=None if row[12] is None else str(row[12]),
     )
+
+
+def admission_status(rejection_reason: str | None, processed: bool) -> InboundStatus:
+    """How an admitted message is stored: rejected, handled at once, or pending."""
+    if rejection_reason is not None:
+        return InboundStatus.REJECTED
+    return InboundStatus.PROCESSED if processed else InboundStatus.PENDING
+
+
+def inbox_values(record: InboundRecord) -> tuple[Any, ...]:
+    """The columns sender_domain .. sealed of a new inbox row, in that order."""
+    return (
+        record.sender_domain,
+        str(record.sender_role),
+        record.message_id,
+        record.conversation_id,
+        record.message_type,
+        record.reference_id,
+        record.content_sha256,
+        record.sealed,
+    )
+
+
+def admission_of_repeat(existing_sha256: bytes | None, record: InboundRecord) -> Admission:
+    """A MessageID this sender used before: the same content is a retry, other content a
+    duplicate identifier."""
+    if existing_sha256 is not None and bytes(existing_sha256) == record.content_sha256:
+        return Admission.ALREADY_SUBMITTED
+    return Admission.DUPLICATE_IDENTIFIER
 
 
 def admit_inbound(
@@ -259,42 +297,24 @@ def admit_inbound(
     it is pending for the application. `replies` (the rejection or the automatic answer) are
     enqueued in the same transaction, linked to the new row, and only for a NEW message.
     """
-    if rejection_reason is not None:
-        status, processed_at = InboundStatus.REJECTED, _ts(now)
-    elif processed:
-        status, processed_at = InboundStatus.PROCESSED, _ts(now)
-    else:
-        status, processed_at = InboundStatus.PENDING, None
-    content = record.content_sha256
+    status = admission_status(rejection_reason, processed)
+    processed_at = None if status is InboundStatus.PENDING else _ts(now)
     # One statement in the common case; the unique (sender_domain, message_id) index decides.
     cursor = conn.execute(
         "INSERT INTO uftp_inbox (sender_domain, sender_role, message_id, conversation_id, "
         "message_type, reference_id, content_sha256, sealed, received_at, status, "
         "rejection_reason, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (sender_domain, message_id) DO NOTHING",
-        (
-            record.sender_domain,
-            str(record.sender_role),
-            record.message_id,
-            record.conversation_id,
-            record.message_type,
-            record.reference_id,
-            content,
-            record.sealed,
-            _ts(now),
-            str(status),
-            rejection_reason,
-            processed_at,
-        ),
+        (*inbox_values(record), _ts(now), str(status), rejection_reason, processed_at),
     )
     if cursor.rowcount == 0:
         existing = conn.execute(
             "SELECT content_sha256 FROM uftp_inbox WHERE sender_domain = ? AND message_id = ?",
             (record.sender_domain, record.message_id),
         ).fetchone()
-        if bytes(existing[0]) == content:
-            return Admitted(Admission.ALREADY_SUBMITTED, None)
-        return Admitted(Admission.DUPLICATE_IDENTIFIER, None)
+        return Admitted(
+            admission_of_repeat(None if existing is None else existing[0], record), None
+        )
     inbox_id = int(cursor.lastrowid or 0)
     for reply in replies:
         enqueue_outbound(conn, reply, now, reply_to=inbox_id)
@@ -317,18 +337,18 @@ def pending_inbound(
     clock (it was set before the clock stepped back): it counts as due."""
     if due_at is None:
         rows = conn.execute(
-            f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' ORDER BY id LIMIT ?",
+            f"SELECT {INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall()
     else:
         now = _ts(due_at)
         rows = conn.execute(
-            f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' AND "
+            f"SELECT {INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' AND "
             "(next_attempt_at IS NULL OR next_attempt_at <= ? OR next_attempt_at > ?) "
             "ORDER BY id LIMIT ?",
             (now, now + horizon_s, limit),
         ).fetchall()
-    return [_inbound(r) for r in rows]
+    return [inbound_from_row(r) for r in rows]
 
 
 def record_inbound_failure(
@@ -386,13 +406,13 @@ def mark_processed(
 def find_inbound(
     conn: sqlite3.Connection, message_id: str, sender_domain: str | None = None
 ) -> InboundMessage | None:
-    sql = f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE message_id = ?"
+    sql = f"SELECT {INBOX_COLUMNS} FROM uftp_inbox WHERE message_id = ?"
     args: tuple[str, ...] = (message_id,)
     if sender_domain is not None:
         sql += " AND sender_domain = ?"
         args += (sender_domain,)
     row = conn.execute(sql + " ORDER BY id LIMIT 1", args).fetchone()
-    return None if row is None else _inbound(row)
+    return None if row is None else inbound_from_row(row)
 
 
 def inbound_messages(
@@ -404,8 +424,8 @@ def inbound_messages(
 ) -> list[InboundMessage]:
     """Stored inbound messages in arrival order, filtered (for roles that query their history)."""
     where, args = _filters(message_type, reference_id, status)
-    rows = conn.execute(f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox{where} ORDER BY id", args)
-    return [_inbound(r) for r in rows.fetchall()]
+    rows = conn.execute(f"SELECT {INBOX_COLUMNS} FROM uftp_inbox{where} ORDER BY id", args)
+    return [inbound_from_row(r) for r in rows.fetchall()]
 
 
 # --- outbox -------------------------------------------------------------------------------------
@@ -456,14 +476,18 @@ class OutboundMessage:
         return from_xml(self.xml)
 
 
-_OUTBOX_COLUMNS = (
+# The column order `outbound_from_row` reads.
+OUTBOX_COLUMNS = (
     "id, message_id, conversation_id, message_type, reference_id, recipient_domain, "
     "recipient_role, reply_to, result, xml, body, created_at, status, attempts, "
     "next_attempt_at, last_error, sent_at"
 )
 
 
-def _outbound(row: Any) -> OutboundMessage:
+def outbound_from_row(
+    row: Sequence[Any], moment: Callable[[Any], datetime] = _from_timestamp
+) -> OutboundMessage:
+    """An outbox row selected as `OUTBOX_COLUMNS` (`moment` as for `inbound_from_row`)."""
     return OutboundMessage(
         id=int(row[0]),
         message_id=str(row[1]),
@@ -476,12 +500,28 @@ def _outbound(row: Any) -> OutboundMessage:
         result=None if row[8] is None else str(row[8]),
         xml=bytes(row[9]),
         body=bytes(row[10]),
-        created_at=datetime.fromtimestamp(float(row[11]), UTC),
+        created_at=moment(row[11]),
         status=OutboundStatus(row[12]),
         attempts=int(row[13]),
-        next_attempt_at=datetime.fromtimestamp(float(row[14]), UTC),
+        next_attempt_at=moment(row[14]),
         last_error=None if row[15] is None else str(row[15]),
-        sent_at=_dt(None if row[16] is None else float(row[16])),
+        sent_at=None if row[16] is None else moment(row[16]),
+    )
+
+
+def outbox_values(prepared: PreparedOutbound, reply_to: int | None) -> tuple[Any, ...]:
+    """The columns message_id .. body of a new outbox row, in that order."""
+    return (
+        prepared.message_id,
+        prepared.conversation_id,
+        prepared.message_type,
+        prepared.reference_id,
+        prepared.recipient_domain,
+        str(prepared.recipient_role),
+        reply_to,
+        prepared.result,
+        prepared.xml,
+        prepared.body,
     )
 
 
@@ -499,20 +539,7 @@ def enqueue_outbound(
         "INSERT INTO uftp_outbox (message_id, conversation_id, message_type, reference_id, "
         "recipient_domain, recipient_role, reply_to, result, xml, body, created_at, status, "
         "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-        (
-            prepared.message_id,
-            prepared.conversation_id,
-            prepared.message_type,
-            prepared.reference_id,
-            prepared.recipient_domain,
-            str(prepared.recipient_role),
-            reply_to,
-            prepared.result,
-            prepared.xml,
-            prepared.body,
-            _ts(now),
-            _ts(now),
-        ),
+        (*outbox_values(prepared, reply_to), _ts(now), _ts(now)),
     )
     return int(cursor.lastrowid or 0)
 
@@ -521,11 +548,11 @@ def outbox_heads(conn: sqlite3.Connection) -> list[OutboundMessage]:
     """The oldest pending message per recipient: delivery is FIFO per peer, so a D-Prognosis
     revision never overtakes the previous one and an answer never overtakes its request."""
     rows = conn.execute(
-        f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox WHERE id IN ("
+        f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox WHERE id IN ("
         "SELECT MIN(id) FROM uftp_outbox WHERE status = 'pending' "
         "GROUP BY recipient_domain, recipient_role) ORDER BY id"
     ).fetchall()
-    return [_outbound(r) for r in rows]
+    return [outbound_from_row(r) for r in rows]
 
 
 def record_delivered(conn: sqlite3.Connection, outbox_id: int, now: datetime) -> None:
@@ -560,9 +587,9 @@ def record_attempt_failed(
 
 def find_outbound(conn: sqlite3.Connection, message_id: str) -> OutboundMessage | None:
     row = conn.execute(
-        f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_id = ?", (message_id,)
+        f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_id = ?", (message_id,)
     ).fetchone()
-    return None if row is None else _outbound(row)
+    return None if row is None else outbound_from_row(row)
 
 
 def outbound_messages(
@@ -573,5 +600,5 @@ def outbound_messages(
     status: OutboundStatus | None = None,
 ) -> list[OutboundMessage]:
     where, args = _filters(message_type, reference_id, status)
-    rows = conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox{where} ORDER BY id", args)
-    return [_outbound(r) for r in rows.fetchall()]
+    rows = conn.execute(f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox{where} ORDER BY id", args)
+    return [outbound_from_row(r) for r in rows.fetchall()]

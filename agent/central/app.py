@@ -9,6 +9,7 @@ run this on one database and one NATS cluster at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,59 +25,33 @@ from agent.central.trading import CentralTrader, OrderAccepted
 from agent.central.uftp_shell import CentralUftp
 from agent.fleet.ports import BusPort
 from agent.runtime import failpoints
-from agent.runtime.service import Component
+from agent.runtime.service import Component, StartError
 from agent.runtime.systemd import NamedProbe, SystemdWatchdog
+from agent.runtime.uftp_settings import participant_settings
 from agent.trading.market import Market
-from uftp.keys import load_signing_key
 from uftp.loops import SupervisedLoop
-from uftp.models import Role, utc_now
-from uftp.settings import MarketSettings, OAuthSettings, ParticipantSettings, PeerSettings
-from uftp.settings import TlsSettings as UftpTls
+from uftp.models import utc_now
 
 log = logging.getLogger(__name__)
 
 # The aggregator dies here in crash tests: the order, its commands and its response are
 # committed, nothing is published yet.
 AFTER_ORDER_COMMIT = "central.after-order-commit"
+# Sites' command consumers made at once at start. Creating one is a JetStream API request
+# that the meta leader answers after replicating it, about 0.4 s on a 3-node cluster: one at
+# a time, 200 new sites kept the aggregator from serving for 87 s, 16 at a time for 7 s
+# (`python -m bench aggregator_start`). The meta leader handles API requests one by one
+# anyway, so more in flight gains little and risks its API timeouts (bench/fleet.py makes
+# its consumers 16 at a time too).
+CONSUMERS_IN_FLIGHT = 16
+# How many failed sites the start error names (each is logged with its error regardless).
+FAILED_SITES_NAMED = 10
 
 
 class FleetBus(BusPort, Protocol):
     """The bus as the aggregator needs it: BusPort plus the sites' durable consumers."""
 
     async def ensure_site_consumer(self, site: str) -> None: ...
-
-
-def participant_settings(config: CentralConfig) -> ParticipantSettings:
-    u = config.uftp
-    peers = tuple(
-        PeerSettings(
-            domain=p.domain,
-            role=Role(p.role),
-            public_keys=tuple(p.public_keys),
-            endpoint=p.endpoint,
-            oauth=None
-            if p.oauth is None
-            else OAuthSettings(
-                token_url=p.oauth.token_url,
-                client_id=p.oauth.client_id,
-                client_secret=p.oauth.client_secret.get_secret_value(),
-                scope=p.oauth.scope,
-            ),
-        )
-        for p in u.peers
-    )
-    return ParticipantSettings(
-        domain=u.domain,
-        role=Role.AGR,
-        signing_key=load_signing_key(u.signing_key_file),
-        peers=peers,
-        market=MarketSettings(u.market_timezone, u.isp_duration_min),
-        host=u.host,
-        port=u.port,
-        tls=None if u.tls is None else UftpTls(u.tls.cert_file, u.tls.key_file, u.tls.ca_file),
-        max_body_bytes=u.max_body_bytes,
-        congestion_points=frozenset(cp.entity_address for cp in config.congestion_points),
-    )
 
 
 # --- the portfolio --------------------------------------------------------------------------------
@@ -222,14 +197,50 @@ class FleetView:
 # --- composition ----------------------------------------------------------------------------------
 
 
+async def ensure_site_consumers(
+    bus: FleetBus, sites: Sequence[str], in_flight: int = CONSUMERS_IN_FLIGHT
+) -> None:
+    """Every site's command consumer, `in_flight` at a time; returns once all exist (so
+    nothing publishes a command for a site without one). Every site is tried even when some
+    fail: the StartError then names the failed sites, and each is logged with its error, so
+    one bad site does not hide another."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def ensure(site: str) -> Exception | None:
+        async with gate:
+            try:
+                await bus.ensure_site_consumer(site)
+            except Exception as exc:
+                log.error(
+                    "could not make a site's command consumer",
+                    extra={"site": site, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                return exc
+            return None
+
+    outcomes = await asyncio.gather(*(ensure(site) for site in sites))
+    failed = [(site, exc) for site, exc in zip(sites, outcomes, strict=True) if exc is not None]
+    if not failed:
+        return
+    named = "; ".join(f"{site}: {exc}" for site, exc in failed[:FAILED_SITES_NAMED])
+    more = len(failed) - FAILED_SITES_NAMED
+    raise StartError(
+        f"the command consumers of {len(failed)} of {len(sites)} sites could not be made "
+        f"({named}{f'; and {more} more in the log' if more > 0 else ''})"
+    )
+
+
 class Store:
     """Migrates the schema and ensures the configured portfolio and the sites' consumers."""
 
     name = "database"
 
-    def __init__(self, config: CentralConfig, bus: FleetBus) -> None:
+    def __init__(
+        self, config: CentralConfig, bus: FleetBus, consumers_in_flight: int = CONSUMERS_IN_FLIGHT
+    ) -> None:
         self._config = config
         self._bus = bus
+        self._in_flight = consumers_in_flight
 
     async def start(self) -> None:
         conn = await db.connect(self._config.database.dsn.get_secret_value())
@@ -239,8 +250,7 @@ class Store:
             every = await sites(conn)
         finally:
             await conn.close()
-        for site in every:
-            await self._bus.ensure_site_consumer(site)
+        await ensure_site_consumers(self._bus, every, self._in_flight)
         log.info("portfolio ready", extra={"sites": len(every)})
 
     async def stop(self) -> None:
@@ -328,7 +338,7 @@ def build_aggregator(
     """The aggregator's components in start order; `bus_component` (the bus itself, when it
     connects at start) goes first, since the portfolio's consumers are made on it."""
     dsn = config.database.dsn.get_secret_value()
-    settings = participant_settings(config)
+    settings = participant_settings(config.uftp, config.congestion_points)
     market = Market(settings.market.time_zone, settings.market.isp_minutes)
     publisher = CommandPublisher(bus, dsn, clock=clock, poll_s=poll_s)
 

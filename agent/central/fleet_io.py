@@ -162,7 +162,25 @@ async def site_known(conn: db.Connection, site: str) -> bool:
     return await cursor.fetchone() is not None
 
 
-class UpstreamConsumer:
+class _LoopComponent:
+    """A service component that is one supervised loop over its own database connection."""
+
+    _loop: SupervisedLoop
+    _db: db.Session
+
+    @property
+    def loops(self) -> tuple[SupervisedLoop, ...]:
+        return (self._loop,)
+
+    async def start(self) -> None:
+        self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+        await self._db.close()
+
+
+class UpstreamConsumer(_LoopComponent):
     """Fetches FLEET_UP through the shared durable consumer and records each message once."""
 
     name = "fleet-upstream"
@@ -187,17 +205,6 @@ class UpstreamConsumer:
         self.recorded = 0
         self.duplicates = 0
         self.refused = 0
-
-    @property
-    def loops(self) -> tuple[SupervisedLoop, ...]:
-        return (self._loop,)
-
-    async def start(self) -> None:
-        self._loop.start()
-
-    async def stop(self) -> None:
-        await self._loop.stop()
-        await self._db.close()
 
     async def step(self) -> float | None:
         """One fetch and its messages; raises BusUnavailable (the loop backs off)."""
@@ -242,7 +249,7 @@ class UpstreamConsumer:
         await delivery.term()
 
 
-class CommandPublisher:
+class CommandPublisher(_LoopComponent):
     """Publishes the command outbox, in order per site and many sites at once; marks rows
     published after their PubAck."""
 
@@ -262,17 +269,6 @@ class CommandPublisher:
         self._poll_s = poll_s
         self._loop = SupervisedLoop(self.name, self.step, interval_s=poll_s, logger=log)
         self.published = 0
-
-    @property
-    def loops(self) -> tuple[SupervisedLoop, ...]:
-        return (self._loop,)
-
-    async def start(self) -> None:
-        self._loop.start()
-
-    async def stop(self) -> None:
-        await self._loop.stop()
-        await self._db.close()
 
     def wake(self) -> None:
         self._loop.wake()

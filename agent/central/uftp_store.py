@@ -18,65 +18,34 @@ from typing import Any
 from agent.central.db import Connection
 from uftp.models import Role
 from uftp.store import (
+    INBOX_COLUMNS,
+    OUTBOX_COLUMNS,
     Admission,
     Admitted,
     InboundMessage,
     InboundRecord,
     InboundStatus,
     OutboundMessage,
-    OutboundStatus,
     PreparedOutbound,
+    admission_of_repeat,
+    admission_status,
+    inbound_from_row,
+    inbox_values,
+    outbound_from_row,
+    outbox_values,
 )
 
-_INBOX_COLUMNS = (
-    "id, sender_domain, sender_role, message_id, conversation_id, message_type, reference_id, "
-    "sealed, received_at, status, rejection_reason, attempts, last_error"
-)
-_OUTBOX_COLUMNS = (
-    "id, message_id, conversation_id, message_type, reference_id, recipient_domain, "
-    "recipient_role, reply_to, result, xml, body, created_at, status, attempts, "
-    "next_attempt_at, last_error, sent_at"
-)
+
+def _moment(value: datetime) -> datetime:
+    return value  # TIMESTAMPTZ arrives as an aware datetime
 
 
 def _inbound(row: Sequence[Any]) -> InboundMessage:
-    return InboundMessage(
-        id=int(row[0]),
-        sender_domain=str(row[1]),
-        sender_role=Role(row[2]),
-        message_id=str(row[3]),
-        conversation_id=str(row[4]),
-        message_type=str(row[5]),
-        reference_id=row[6],
-        sealed=bytes(row[7]),
-        received_at=row[8],
-        status=InboundStatus(row[9]),
-        rejection_reason=row[10],
-        attempts=int(row[11]),
-        last_error=row[12],
-    )
+    return inbound_from_row(row, _moment)
 
 
 def _outbound(row: Sequence[Any]) -> OutboundMessage:
-    return OutboundMessage(
-        id=int(row[0]),
-        message_id=str(row[1]),
-        conversation_id=str(row[2]),
-        message_type=str(row[3]),
-        reference_id=row[4],
-        recipient_domain=str(row[5]),
-        recipient_role=Role(row[6]),
-        reply_to=None if row[7] is None else int(row[7]),
-        result=row[8],
-        xml=bytes(row[9]),
-        body=bytes(row[10]),
-        created_at=row[11],
-        status=OutboundStatus(row[12]),
-        attempts=int(row[13]),
-        next_attempt_at=row[14],
-        last_error=row[15],
-        sent_at=row[16],
-    )
+    return outbound_from_row(row, _moment)
 
 
 async def admit_inbound(
@@ -90,34 +59,15 @@ async def admit_inbound(
 ) -> Admitted:
     """Store a verified message unless its MessageID was seen from this sender before (see
     `uftp.store.admit_inbound`); `replies` are queued only for a new message."""
-    if rejection_reason is not None:
-        status, processed_at = InboundStatus.REJECTED, now
-    elif processed:
-        status, processed_at = InboundStatus.PROCESSED, now
-    else:
-        status, processed_at = InboundStatus.PENDING, None
-    content = record.content_sha256
+    status = admission_status(rejection_reason, processed)
+    processed_at = None if status is InboundStatus.PENDING else now
     cursor = await conn.execute(
         "INSERT INTO uftp_inbox (sender_domain, sender_role, message_id, conversation_id, "
         "message_type, reference_id, content_sha256, sealed, received_at, status, "
         "rejection_reason, processed_at, next_attempt_at) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (sender_domain, message_id) DO NOTHING RETURNING id",
-        (
-            record.sender_domain,
-            str(record.sender_role),
-            record.message_id,
-            record.conversation_id,
-            record.message_type,
-            record.reference_id,
-            content,
-            record.sealed,
-            now,
-            str(status),
-            rejection_reason,
-            processed_at,
-            now,
-        ),
+        (*inbox_values(record), now, str(status), rejection_reason, processed_at, now),
     )
     row = await cursor.fetchone()
     if row is None:
@@ -126,9 +76,8 @@ async def admit_inbound(
             (record.sender_domain, record.message_id),
         )
         existing = await cursor.fetchone()
-        if existing is not None and bytes(existing[0]) == content:
-            return Admitted(Admission.ALREADY_SUBMITTED, None)
-        return Admitted(Admission.DUPLICATE_IDENTIFIER, None)
+        repeat = admission_of_repeat(None if existing is None else existing[0], record)
+        return Admitted(repeat, None)
     inbox_id = int(row[0])
     for reply in replies:
         await enqueue_outbound(conn, reply, now, reply_to=inbox_id)
@@ -139,7 +88,7 @@ async def claim_pending(conn: Connection, now: datetime) -> InboundMessage | Non
     """The oldest pending message that is due and that no other transaction holds, locked
     until the caller's transaction ends."""
     cursor = await conn.execute(
-        f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' "
+        f"SELECT {INBOX_COLUMNS} FROM uftp_inbox WHERE status = 'pending' "
         "AND next_attempt_at <= %s ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
         (now,),
     )
@@ -188,12 +137,12 @@ async def inbound_messages(
 ) -> list[InboundMessage]:
     if reference_id is None:
         cursor = await conn.execute(
-            f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE message_type = %s ORDER BY id",
+            f"SELECT {INBOX_COLUMNS} FROM uftp_inbox WHERE message_type = %s ORDER BY id",
             (message_type,),
         )
     else:
         cursor = await conn.execute(
-            f"SELECT {_INBOX_COLUMNS} FROM uftp_inbox WHERE message_type = %s "
+            f"SELECT {INBOX_COLUMNS} FROM uftp_inbox WHERE message_type = %s "
             "AND reference_id = %s ORDER BY id",
             (message_type, reference_id),
         )
@@ -210,20 +159,7 @@ async def enqueue_outbound(
         "recipient_domain, recipient_role, reply_to, result, xml, body, created_at, status, "
         "next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s) "
         "RETURNING id",
-        (
-            prepared.message_id,
-            prepared.conversation_id,
-            prepared.message_type,
-            prepared.reference_id,
-            prepared.recipient_domain,
-            str(prepared.recipient_role),
-            reply_to,
-            prepared.result,
-            prepared.xml,
-            prepared.body,
-            now,
-            now,
-        ),
+        (*outbox_values(prepared, reply_to), now, now),
     )
     row = await cursor.fetchone()
     assert row is not None
@@ -232,7 +168,7 @@ async def enqueue_outbound(
 
 async def find_outbound(conn: Connection, message_id: str) -> OutboundMessage | None:
     cursor = await conn.execute(
-        f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_id = %s", (message_id,)
+        f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_id = %s", (message_id,)
     )
     row = await cursor.fetchone()
     return None if row is None else _outbound(row)
@@ -243,12 +179,12 @@ async def outbound_messages(
 ) -> list[OutboundMessage]:
     if reference_id is None:
         cursor = await conn.execute(
-            f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_type = %s ORDER BY id",
+            f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_type = %s ORDER BY id",
             (message_type,),
         )
     else:
         cursor = await conn.execute(
-            f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_type = %s "
+            f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox WHERE message_type = %s "
             "AND reference_id = %s ORDER BY id",
             (message_type, reference_id),
         )
@@ -267,7 +203,7 @@ async def outbox_head(conn: Connection, domain: str, role: Role) -> OutboundMess
     """The oldest pending message to one recipient (FIFO per peer). The caller holds the
     recipient's advisory lock, so no other process sends to that peer meanwhile."""
     cursor = await conn.execute(
-        f"SELECT {_OUTBOX_COLUMNS} FROM uftp_outbox WHERE status = 'pending' "
+        f"SELECT {OUTBOX_COLUMNS} FROM uftp_outbox WHERE status = 'pending' "
         "AND recipient_domain = %s AND recipient_role = %s ORDER BY id LIMIT 1",
         (domain, str(role)),
     )

@@ -4,13 +4,18 @@ are) and a PostgreSQL 15 server (`initdb` and `pg_ctl` from Debian's postgresql-
 
 Both are thrown away at the end. initdb refuses to run as root, so as root its directory
 belongs to the `postgres` user and its commands run as `runuser -u postgres --`.
+
+The tests start their servers with these launchers too (tests/support adds what only tests
+need: fixtures, killing and restarting a node, looking into JetStream).
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -18,8 +23,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from agent.fleet.natsconf import Cluster, Node, SiteCredentials, render_node
 
@@ -41,9 +48,9 @@ class InfraError(RuntimeError):
     """A server did not start; the message carries the end of its log."""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -79,10 +86,42 @@ def check_installed() -> None:
         raise InfraMissing(PG_MISSING)
 
 
-class LocalNats:
-    """Three nats-server nodes on loopback under `workdir`, every site of `sites` a user."""
+class _Server(abc.ABC):
+    """`with server:` starts it and stops it again, however the block ends."""
 
-    def __init__(self, workdir: Path, sites: dict[str, str]) -> None:
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalNats(_Server):
+    """`size` nats-server nodes on `host` under `workdir`, every site of `sites` (id ->
+    password) a user; with `leaf`, each node also takes leaf node connections."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        sites: Mapping[str, str],
+        *,
+        size: int = 3,
+        host: str = "127.0.0.1",
+        leaf: bool = False,
+        domain: str | None = None,
+    ) -> None:
         binary = find_nats_server()
         if binary is None:
             raise InfraMissing(NATS_MISSING)
@@ -94,54 +133,71 @@ class LocalNats:
             nodes=tuple(
                 Node(
                     name=f"n{i + 1}",
-                    host="127.0.0.1",
-                    client_port=free_port(),
-                    cluster_port=free_port(),
-                    http_port=free_port(),
+                    host=host,
+                    client_port=free_port(host),
+                    cluster_port=free_port(host),
+                    http_port=free_port(host),
+                    leaf_port=free_port(host) if leaf else None,
                     store_dir=str(workdir / f"n{i + 1}" / "jetstream"),
                 )
-                for i in range(3)
+                for i in range(size)
             ),
             central_password=self.central_password,
             route_password=secrets.token_urlsafe(16),
+            domain=domain,
         )
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
 
     @property
     def client_urls(self) -> list[str]:
         return self.cluster.client_urls
 
+    def node_dir(self, index: int) -> Path:
+        return self.workdir / self.cluster.nodes[index].name
+
+    def log_path(self, index: int) -> Path:
+        return self.node_dir(index) / "nats-server.log"
+
+    def spawn(self, index: int) -> None:
+        """Start node `index` (its configuration rendered anew; its store kept)."""
+        directory = self.node_dir(index)
+        directory.mkdir(parents=True, exist_ok=True)
+        conf = directory / "nats-server.conf"
+        conf.write_text(render_node(self.cluster, index, self.sites))
+        conf.chmod(0o600)
+        with self.log_path(index).open("ab") as log:
+            self.processes[index] = subprocess.Popen(
+                [self.binary, "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     def start(self, timeout_s: float = 60.0) -> None:
-        for index, node in enumerate(self.cluster.nodes):
-            directory = self.workdir / node.name
-            directory.mkdir(parents=True, exist_ok=True)
-            conf = directory / "nats-server.conf"
-            conf.write_text(render_node(self.cluster, index, self.sites))
-            conf.chmod(0o600)
-            with (directory / "nats-server.log").open("ab") as log:
-                self._procs.append(
-                    subprocess.Popen(
-                        [self.binary, "-c", str(conf)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-        deadline = time.monotonic() + timeout_s
-        pending = list(range(len(self.cluster.nodes)))
-        while pending:
-            pending = [i for i in pending if not self._healthy(i)]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise InfraError(f"nats-server not healthy after {timeout_s:.0f} s")
-            time.sleep(0.2)
+        """Every node, then wait until each is healthy (JetStream current, a meta leader);
+        stops what it started if that fails."""
+        try:
+            for index in range(len(self.cluster.nodes)):
+                self.spawn(index)
+            deadline = time.monotonic() + timeout_s
+            pending = list(range(len(self.cluster.nodes)))
+            while pending:
+                pending = [i for i in pending if not self._healthy(i)]
+                if not pending:
+                    return
+                if time.monotonic() > deadline:
+                    names = [self.cluster.nodes[i].name for i in pending]
+                    raise InfraError(f"nats-server {names} not healthy after {timeout_s:.0f} s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
 
     def _healthy(self, index: int) -> bool:
-        proc = self._procs[index]
+        proc = self.processes[index]
         node = self.cluster.nodes[index]
-        if proc.poll() is not None:
-            log = (self.workdir / node.name / "nats-server.log").read_text(errors="replace")
+        if proc is not None and proc.poll() is not None:
+            log = self.log_path(index).read_text(errors="replace")
             raise InfraError(f"nats-server {node.name} exited ({proc.returncode}): {log[-800:]}")
         base = f"http://{node.host}:{node.http_port}"
         try:
@@ -155,28 +211,40 @@ class LocalNats:
         return bool(meta.get("leader"))
 
     def stop(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs:
+        running = [p for p in self.processes if p is not None and p.poll() is None]
+        for proc in running:
+            proc.terminate()
+        for proc in running:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._procs.clear()
+        self.processes = [None] * len(self.processes)
 
 
-class LocalPostgres:
-    """A PostgreSQL 15 cluster in a fresh directory under `parent`, trust auth on loopback."""
+class LocalPostgres(_Server):
+    """A PostgreSQL 15 cluster in a fresh directory `postgres` under `parent`, listening on
+    `host` and a unix socket in that directory, trust auth; `settings` are further server
+    settings (name -> value)."""
 
-    def __init__(self, parent: Path, user: str = "flexbridge") -> None:
-        bin_dir = find_pg_bin()
-        if bin_dir is None:
+    def __init__(
+        self,
+        parent: Path,
+        user: str = "flexbridge",
+        *,
+        host: str = "127.0.0.1",
+        settings: Mapping[str, str] | None = None,
+        bin_dir: Path | None = None,
+    ) -> None:
+        found = bin_dir or find_pg_bin()
+        if found is None:
             raise InfraMissing(PG_MISSING)
-        self.bin_dir = bin_dir
+        self.bin_dir = found
         self.user = user
-        self.port = free_port()
+        self.host = host
+        self.settings = dict(settings or {})
+        self.port = free_port(host)
         self.root = parent / "postgres"
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "socket"
@@ -226,7 +294,13 @@ class LocalPostgres:
                 "--no-sync",
             ]
         )
-        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = " ".join(
+            [
+                f"-p {self.port} -k {self.socket_dir} -c listen_addresses={self.host}",
+                "-c fsync=off",  # a throw-away cluster
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
+            ]
+        )
         self._run(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -245,18 +319,23 @@ class LocalPostgres:
         self._running = True
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
+        """Create database `name` (owned by the server's user) and return its DSN."""
+        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", name):
+            raise ValueError(f"database name {name!r}: lower-case letters, digits, _")
         import psycopg
 
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m mode`: "fast" rolls back and shuts down cleanly, "immediate"
+        just ends the server (its directory is thrown away anyway)."""
         if self._running:
             self._running = False
             self._run(
-                [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+                [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]
             )

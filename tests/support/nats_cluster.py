@@ -1,9 +1,12 @@
 """A real 3-node nats-server JetStream cluster on loopback, for tests and bench.
 
-Each node gets free ports (client, cluster routes, HTTP monitoring, leaf nodes), a JetStream
-file store under the cluster's directory and a configuration rendered by
-`agent.fleet.natsconf`, the same code that renders an operator's files. `kill(i)` is a SIGKILL
-(no clean shutdown, no flush), `restart(i)` starts the node again on the same ports and store.
+The product's launcher (`agent.demo.infra.LocalNats`, what `flexbridge demo --fleet` starts)
+runs the nodes: free ports (client, cluster routes, HTTP monitoring, here also leaf nodes), a
+JetStream file store under the cluster's directory and a configuration rendered by
+`agent.fleet.natsconf`, the same code that renders an operator's files. What is here is what
+only tests need: `kill(i)` is a SIGKILL (no clean shutdown, no flush), `restart(i)` starts the
+node again on the same ports and store, and the monitoring endpoints are read for health,
+stream leaders and replicas.
 
     with NatsCluster(workdir, sites=[...]) as cluster:
         cluster.client_urls, cluster.stream_leader("FLEET_CMD"), cluster.kill(1), ...
@@ -16,34 +19,23 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 
-from agent.fleet.natsconf import ACCOUNT, Cluster, Node, SiteCredentials, render_node
-from tests.support.ports import free_port
+from agent.demo.infra import LocalNats, find_nats_server
+from agent.fleet.natsconf import ACCOUNT, Node
 
 MISSING = (
     "nats-server is not installed: `apt-get install nats-server` (make system-deps does this "
     "when run as root), or put nats-server on PATH"
 )
-
-
-def find_nats_server() -> str | None:
-    for candidate in (shutil.which("nats-server"), "/usr/sbin/nats-server"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def in_ci() -> bool:
@@ -55,101 +47,36 @@ def site_password(site: str) -> str:
     return f"pw-{site}-secret"
 
 
-class NatsCluster:
+class NatsCluster(LocalNats):
     def __init__(
         self,
         workdir: Path,
         sites: Sequence[str] = (),
         *,
         size: int = 3,
-        binary: str | None = None,
         host: str = "127.0.0.1",
         passwords: Mapping[str, str] | None = None,
         domain: str | None = None,
     ) -> None:
-        found = binary or find_nats_server()
-        if found is None:
+        if find_nats_server() is None:
             raise FileNotFoundError(MISSING)
-        self.binary = found
-        self.workdir = workdir
-        self.host = host
-        self.central_password = secrets.token_urlsafe(16)
         chosen = passwords or {}
-        self.sites = [SiteCredentials(s, chosen.get(s) or site_password(s)) for s in sites]
-        nodes = tuple(
-            Node(
-                name=f"n{i + 1}",
-                host=host,
-                client_port=free_port(host),
-                cluster_port=free_port(host),
-                http_port=free_port(host),
-                leaf_port=free_port(host),
-                store_dir=str(workdir / f"n{i + 1}" / "jetstream"),
-            )
-            for i in range(size)
-        )
-        self.config = Cluster(
-            nodes=nodes,
-            central_password=self.central_password,
-            route_password=secrets.token_urlsafe(16),
+        super().__init__(
+            workdir,
+            {s: chosen.get(s) or site_password(s) for s in sites},
+            size=size,
+            host=host,
+            leaf=True,
             domain=domain,
         )
-        self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
-
-    # --- lifecycle ------------------------------------------------------------------------
-    def __enter__(self) -> NatsCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        return self.config.nodes
-
-    @property
-    def client_urls(self) -> list[str]:
-        return self.config.client_urls
+        return self.cluster.nodes
 
     @property
     def leaf_urls(self) -> list[str]:
         return [f"nats-leaf://{n.host}:{n.leaf_port}" for n in self.nodes]
-
-    def node_dir(self, index: int) -> Path:
-        return self.workdir / self.nodes[index].name
-
-    def log_path(self, index: int) -> Path:
-        return self.node_dir(index) / "nats-server.log"
-
-    def _spawn(self, index: int) -> None:
-        node_dir = self.node_dir(index)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        conf = node_dir / "nats-server.conf"
-        conf.write_text(render_node(self.config, index, self.sites))
-        conf.chmod(0o600)
-        with self.log_path(index).open("ab") as log:
-            self.processes[index] = subprocess.Popen(
-                [self.binary, "-c", str(conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Start every node, then wait until each reports healthy (JetStream current)."""
-        for i in range(len(self.nodes)):
-            self._spawn(i)
-        try:
-            self.wait_healthy(timeout_s=timeout_s)
-        except BaseException:
-            self.stop()
-            raise
 
     def kill(self, index: int) -> None:
         """SIGKILL node `index`: no flush, no goodbye to its peers."""
@@ -163,21 +90,8 @@ class NatsCluster:
         """Start node `index` again (killing it first if it runs) and wait until it is
         healthy (`healthy` says what `assets` means); return how long that took."""
         self.kill(index)
-        self._spawn(index)
+        self.spawn(index)
         return self.wait_healthy([index], timeout_s=timeout_s, assets=assets)
-
-    def stop(self) -> None:
-        for i, proc in enumerate(self.processes):
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self.processes[i] = None
 
     def running(self, index: int) -> bool:
         proc = self.processes[index]

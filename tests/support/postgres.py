@@ -1,10 +1,11 @@
 """A real PostgreSQL 15 server in a temporary directory, for tests and bench.
 
-`initdb` and `pg_ctl` from /usr/lib/postgresql/15/bin (Debian's postgresql-15) make a cluster
-in a fresh directory, listening on a free loopback port and on a unix socket in that
-directory, trust authentication on loopback only. initdb refuses to run as root (CI runs as
-root): then the directory belongs to the `postgres` user and every command runs as
-`runuser -u postgres --`.
+The product's launcher (`agent.demo.infra.LocalPostgres`, what `flexbridge demo --fleet`
+starts) makes the cluster: `initdb` and `pg_ctl` from /usr/lib/postgresql/15/bin (Debian's
+postgresql-15), a free loopback port and a unix socket in its directory, trust
+authentication on loopback only, as the `postgres` user when run as root (CI runs as root).
+What is here is what only tests need: a scratch directory outside pytest's tmp_path, removed
+again however the server ends, more connections than the default, and the fixture.
 
     with PostgresServer() as pg:
         pg.create_database("central"); psycopg.connect(pg.dsn("central"))
@@ -16,40 +17,31 @@ database `flexbridge`. Missing binaries skip the test locally and fail it under 
 from __future__ import annotations
 
 import os
-import pwd
-import re
+import pwd  # noqa: F401  (tests replace pwd.getpwnam through this module)
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
-from tests.support.ports import free_port
+from agent.demo.infra import PG_BIN_DIRS, LocalPostgres
+from agent.demo.infra import find_pg_bin as find_bin_dir
 
-BIN_DIRS = ("/usr/lib/postgresql/15/bin",)
+BIN_DIRS = PG_BIN_DIRS
 MISSING = (
     "PostgreSQL 15 is not installed: `apt-get install postgresql-15` (make system-deps does "
     "this when run as root); initdb and pg_ctl are looked for in " + ", ".join(BIN_DIRS)
 )
-RUN_AS = "postgres"
-
-
-def find_bin_dir() -> Path | None:
-    for candidate in BIN_DIRS:
-        path = Path(candidate)
-        if all(os.access(path / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
-            return path
-    return None
+# Tests run many processes on one server, each with a connection per task.
+MAX_CONNECTIONS = 200
 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-class PostgresServer:
+class PostgresServer(LocalPostgres):
     def __init__(
         self,
         *,
@@ -61,134 +53,33 @@ class PostgresServer:
         found = bin_dir or find_bin_dir()
         if found is None:
             raise FileNotFoundError(MISSING)
-        self.bin_dir = found
-        self.host = host
-        self.user = user
-        self.port = free_port(host)
         # Not under pytest's tmp_path: its parents are 0700 root, which the postgres user
-        # cannot traverse. mkdtemp makes a 0700 directory we then hand over.
-        self.root = Path(tempfile.mkdtemp(prefix="flexbridge-pg-", dir=parent))
-        self.data_dir = self.root / "data"
-        self.socket_dir = self.root / "socket"
-        self.log_path = self.root / "postgres.log"
-        self._as_root = os.geteuid() == 0
-        self._running = False
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _run(self, args: Sequence[str], timeout_s: float = 60.0) -> str:
-        command = [*args]
-        if self._as_root:
-            command = ["runuser", "-u", RUN_AS, "--", *command]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout_s, check=False
+        # cannot traverse.
+        self.scratch = Path(tempfile.mkdtemp(prefix="flexbridge-pg-", dir=parent))
+        super().__init__(
+            self.scratch,
+            user,
+            host=host,
+            settings={"max_connections": str(MAX_CONNECTIONS)},
+            bin_dir=found,
         )
-        if result.returncode != 0:
-            log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-            raise RuntimeError(
-                f"{' '.join(command)} exited with {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}{log[-2000:]}"
-            )
-        return result.stdout
 
     def start(self) -> None:
         """initdb and pg_ctl start; on any failure the directory is removed again."""
         try:
-            self._start()
+            super().start()
         except BaseException:
             self._cleanup()
             raise
 
-    def _start(self) -> None:
-        self.socket_dir.mkdir()
-        if self._as_root:
-            try:
-                owner = pwd.getpwnam(RUN_AS)
-            except KeyError:
-                raise RuntimeError(
-                    f"initdb refuses to run as root and there is no {RUN_AS!r} user to run it "
-                    "as (Debian's postgresql-15 package creates it)"
-                ) from None
-            for path in (self.root, self.socket_dir):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-        self._run(
-            [
-                str(self.bin_dir / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                self.user,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",  # a throw-away cluster: no fsync of the template files
-            ]
-        )
-        options = (
-            f"-p {self.port} -k {self.socket_dir} -c listen_addresses={self.host} "
-            "-c fsync=off -c max_connections=200"
-        )
-        self._run(
-            [
-                str(self.bin_dir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_path),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            timeout_s=90,
-        )
-        self._running = True
-
-    def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
-
-    def create_database(self, name: str) -> str:
-        """Create database `name` (owned by the server's user) and return its DSN."""
-        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", name):
-            raise ValueError(f"database name {name!r}: lower-case letters, digits, _")
-        import psycopg
-
-        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.dsn(name)
-
-    def stop(self) -> None:
-        if self._running:
-            try:
-                self._run(
-                    [
-                        str(self.bin_dir / "pg_ctl"),
-                        "-D",
-                        str(self.data_dir),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "stop",
-                    ]
-                )
-            finally:
-                self._running = False
-        self._cleanup()
+    def stop(self, mode: str = "immediate") -> None:
+        try:
+            super().stop(mode)
+        finally:
+            self._cleanup()
 
     def _cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def start_or_skip(database: str = "flexbridge") -> tuple[PostgresServer, str]:

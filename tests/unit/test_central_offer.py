@@ -123,8 +123,9 @@ def test_a_raise_uses_the_room_above_the_baseline() -> None:
     assert offer.change_per_isp() == {T0: 3_000}
 
 
-def test_a_flex_request_becomes_utc_elements_at_the_uftp_edge() -> None:
-    request = FlexRequest(
+def flex_request(*isps: FlexRequestISP) -> FlexRequest:
+    """A FlexRequest of the DSO for CP on 2 December 2026 (a CET day) with these ISPs."""
+    return FlexRequest(
         sender_domain="dso.example.com",
         recipient_domain="agr.example.com",
         time_stamp=NOW,
@@ -136,17 +137,21 @@ def test_a_flex_request_becomes_utc_elements_at_the_uftp_edge() -> None:
         congestion_point=CP,
         revision=1,
         expiration_date_time=NOW + timedelta(hours=2),
-        isps=(
-            FlexRequestISP(
-                disposition=AvailableRequested.REQUESTED,
-                min_power=-50_000,
-                max_power=-6_000,
-                start=73,
-                duration=4,
-            ),
-            FlexRequestISP(
-                disposition=AvailableRequested.AVAILABLE, min_power=0, max_power=9_000, start=77
-            ),
+        isps=isps,
+    )
+
+
+def test_a_flex_request_becomes_utc_elements_at_the_uftp_edge() -> None:
+    request = flex_request(
+        FlexRequestISP(
+            disposition=AvailableRequested.REQUESTED,
+            min_power=-50_000,
+            max_power=-6_000,
+            start=73,
+            duration=4,
+        ),
+        FlexRequestISP(
+            disposition=AvailableRequested.AVAILABLE, min_power=0, max_power=9_000, start=77
         ),
     )
     elements = request_elements(request)
@@ -156,26 +161,13 @@ def test_a_flex_request_becomes_utc_elements_at_the_uftp_edge() -> None:
 
 
 def test_a_request_element_outside_its_period_or_on_another_grid_is_refused() -> None:
-    request = FlexRequest(
-        sender_domain="dso.example.com",
-        recipient_domain="agr.example.com",
-        time_stamp=NOW,
-        message_id="8c1a7c8e-7d7e-4a8b-9f3e-2f1b5c0e9d11",
-        conversation_id="0f5f3c9a-2b8e-4d0c-8b8e-5d2a4c1e7f22",
-        isp_duration=timedelta(minutes=15),
-        time_zone="Europe/Amsterdam",
-        period=date(2026, 12, 2),
-        congestion_point=CP,
-        revision=1,
-        expiration_date_time=NOW + timedelta(hours=2),
-        isps=(
-            FlexRequestISP(
-                disposition=AvailableRequested.REQUESTED,
-                min_power=-50_000,
-                max_power=-6_000,
-                start=95,
-                duration=4,
-            ),
+    request = flex_request(
+        FlexRequestISP(
+            disposition=AvailableRequested.REQUESTED,
+            min_power=-50_000,
+            max_power=-6_000,
+            start=95,
+            duration=4,
         ),
     )
     with pytest.raises(CalendarError):

@@ -211,6 +211,8 @@ def test_the_changed_caps_make_valid_commands_with_the_next_seq() -> None:
 # --- properties --------------------------------------------------------------------------------
 
 Contributions = dict[str, dict[datetime, SiteContribution]]
+# What `offered` draws: the sites' contributions and the order's change per ISP.
+Offered = tuple[Contributions, dict[datetime, float]]
 W = st.floats(min_value=-2_000, max_value=30_000, allow_nan=False)
 ISPS = [T0 + k * ISP for k in range(4)]
 
@@ -218,7 +220,7 @@ ISPS = [T0 + k * ISP for k in range(4)]
 @st.composite
 def offered(
     draw: st.DrawFn,
-) -> tuple[dict[str, dict[datetime, SiteContribution]], dict[datetime, float]]:
+) -> Offered:
     """Contributions as an offer makes them (each within its envelope, one sign per ISP) and an
     order's change per ISP, sometimes beyond what was offered, sometimes of the other sign."""
     signs = {t: draw(st.sampled_from([-1.0, 1.0])) for t in ISPS}
@@ -247,7 +249,7 @@ def offered(
 @given(offered())
 @settings(max_examples=300, deadline=None)
 def test_split_caps_are_finite_non_negative_within_the_envelope_and_add_up_with_the_shortfall(
-    case: tuple[dict[str, dict[datetime, SiteContribution]], dict[datetime, float]],
+    case: Offered,
 ) -> None:
     contributions, ordered = case
     split = split_order(CP, contributions, ordered)
@@ -284,7 +286,7 @@ def test_split_caps_are_finite_non_negative_within_the_envelope_and_add_up_with_
 @given(offered())
 @settings(max_examples=200, deadline=None)
 def test_shares_follow_the_contributions_in_proportion(
-    case: tuple[dict[str, dict[datetime, SiteContribution]], dict[datetime, float]],
+    case: Offered,
 ) -> None:
     contributions, ordered = case
     split = split_order(CP, contributions, ordered)
@@ -310,10 +312,15 @@ def test_shares_follow_the_contributions_in_proportion(
             assert split.shares[site][t].change_w == pytest.approx(change * c / total, abs=1e-6)
 
 
+# What `reassignments` draws: a split, the offline sites, every site's flexibility and
+# reservations, and the moment of the reassignment.
+Reassignment = tuple[Split, set[str], dict[str, Flex], dict[str, dict[datetime, float]], datetime]
+
+
 @st.composite
 def reassignments(
     draw: st.DrawFn,
-) -> tuple[Split, set[str], dict[str, Flex], dict[str, dict[datetime, float]], datetime]:
+) -> Reassignment:
     contributions, ordered = draw(offered())
     split = split_order(CP, contributions, ordered)
     sites = sorted(set(contributions) | {f"s{i}" for i in range(6, 6 + draw(st.integers(0, 3)))})
@@ -347,7 +354,7 @@ def reassignments(
 @given(reassignments())
 @settings(max_examples=300, deadline=None)
 def test_reassignment_moves_the_offline_share_without_losing_any_and_within_every_envelope(
-    case: tuple[Split, set[str], dict[str, Flex], dict[str, dict[datetime, float]], datetime],
+    case: Reassignment,
 ) -> None:
     split, offline, flexes, reservations, now = case
     moved = reassign(split, offline, flexes, reservations, now)
@@ -438,7 +445,7 @@ def test_an_order_within_the_offer_is_split_in_full_onto_the_sites_that_offered_
 @given(reassignments())
 @settings(max_examples=150, deadline=None)
 def test_reassigning_again_with_the_same_offline_sites_changes_nothing(
-    case: tuple[Split, set[str], dict[str, Flex], dict[str, dict[datetime, float]], datetime],
+    case: Reassignment,
 ) -> None:
     split, offline, flexes, reservations, now = case
     once = reassign(split, offline, flexes, reservations, now)

@@ -42,9 +42,9 @@ def write_config(world: World, *, reassign_lead_s: int = 600, offline_after_s: i
 async def join_sites(cluster: NatsCluster, sites: list[str]) -> None:
     """The streams and every site's durable command consumer, made ahead of the aggregator's
     first start as `flexbridge aggregator add-site` makes them when a site joins (16 at a
-    time: a replicated consumer takes half a second to create on this cluster, so the
-    aggregator's own one-by-one pass at start would take 100 s for 200 sites; finding them
-    made, it only confirms their settings)."""
+    time, as the aggregator's own pass at start does: a replicated consumer takes half a
+    second to create on this cluster; finding them made, the aggregator only confirms their
+    settings)."""
     bus = await NatsBus.connect_central(cluster.client_urls, cluster.central_password)
     try:
         await ensure_streams(bus.jetstream)
