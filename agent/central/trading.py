@@ -13,8 +13,11 @@ it, together with its answer:
   metering summed per congestion point (`agent.trading.settlement.dispute_by_metering`).
 - Responses to what we sent update the trade records.
 
-Background steps (`prognosis_step`, `reassign_step`, `metering_step`) each hold an advisory
-lock for their transaction, so with two aggregator processes only one does each at a time.
+Background steps (`prognosis_step`, `revocation_step`, `reassign_step`, `metering_step`) each
+hold an advisory lock for their transaction, so with two aggregator processes only one does each
+at a time. `revocation_step` revokes open offers the sites can no longer deliver
+(`agent.central.revocation.offer_shortfall`); it and the FlexOrder handler lock the offer's row,
+so an order and a revocation never both take effect.
 """
 
 from __future__ import annotations
