@@ -628,10 +628,12 @@ class CentralTrader:
         queued = 0
         for message_id, dso, conversation_id, cp, stored in await cursor.fetchall():
             contributions = _contributions_from_json(stored)
+            # What the others take: this offer is open, so `reservations` holds its own share.
             reserved = await reservations(conn, cp, now)
             for site, per_isp in contributions.items():
+                own = reserved.setdefault(site, {})
                 for isp, contribution in per_isp.items():
-                    reserved[site][isp] -= contribution.change_w
+                    own[isp] = own.get(isp, 0.0) - contribution.change_w
             found = offer_shortfall(
                 cp,
                 contributions,
