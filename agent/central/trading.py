@@ -626,24 +626,28 @@ class CentralTrader:
         )
         silent_after = timedelta(seconds=self.trading.offline_after_s)
         queued = 0
+        # Read once per congestion point: what all open offers and orders reserve, the latest
+        # envelopes, when each site was last heard from. Per offer its own share is taken out
+        # of the reservations while it is judged, and stays out once it is revoked.
+        per_point: dict[
+            str,
+            tuple[dict[str, dict[datetime, float]], dict[str, protocol.Flex], dict[str, datetime]],
+        ] = {}
         for message_id, dso, conversation_id, cp, stored in await cursor.fetchall():
+            if cp not in per_point:
+                per_point[cp] = (
+                    await reservations(conn, cp, now),
+                    await latest_flexes(conn, cp),
+                    await last_seen(conn, cp),
+                )
+            reserved, flexes, seen = per_point[cp]
             contributions = _contributions_from_json(stored)
-            # What the others take: this offer is open, so `reservations` holds its own share.
-            reserved = await reservations(conn, cp, now)
-            for site, per_isp in contributions.items():
-                own = reserved.setdefault(site, {})
-                for isp, contribution in per_isp.items():
-                    own[isp] = own.get(isp, 0.0) - contribution.change_w
+            _add_shares(reserved, contributions, -1.0)
             found = offer_shortfall(
-                cp,
-                contributions,
-                await latest_flexes(conn, cp),
-                reserved,
-                await last_seen(conn, cp),
-                now,
-                silent_after=silent_after,
+                cp, contributions, flexes, reserved, seen, now, silent_after=silent_after
             )
             if found is None:
+                _add_shares(reserved, contributions, 1.0)
                 continue
             revocation = FlexOfferRevocation(
                 sender_domain=self.uftp.settings.domain,
@@ -877,6 +881,17 @@ async def latest_flexes(conn: db.Connection, congestion_point: str) -> dict[str,
         str(site): protocol.Flex.model_validate(payload)
         for site, payload in await cursor.fetchall()
     }
+
+
+def _add_shares(
+    reserved: dict[str, dict[datetime, float]],
+    contributions: Mapping[str, Mapping[datetime, SiteContribution]],
+    sign: float,
+) -> None:
+    for site, per_isp in contributions.items():
+        own = reserved.setdefault(site, {})
+        for isp, contribution in per_isp.items():
+            own[isp] = own.get(isp, 0.0) + sign * contribution.change_w
 
 
 async def last_seen(conn: db.Connection, congestion_point: str) -> dict[str, datetime]:
