@@ -208,3 +208,28 @@ async def test_an_order_arriving_during_the_revocation_waits_and_is_refused(
     await eventually(lambda: revocations(fleet), what="the revocation at the DSO")
     assert [r.flex_offer_message_id for r in revocations(fleet)] == [offer.message_id]
     assert (await offer_status(fleet, offer.message_id) or ("",))[0] == "revoked"
+
+
+async def test_of_two_offers_the_newer_is_revoked_and_frees_the_older(holding: Fleet) -> None:
+    fleet = holding
+    await fleet.start_aggregator(port=fleet.agr_port)  # type: ignore[attr-defined]
+    await fleet.push_flex()  # 8 kW of room at CP_A
+    await eventually(lambda: fleet.bus.acked() == 3, what="the three envelopes recorded")
+    client = fleet.dso.client(build.AGR)
+    offers = []
+    for revision in (1, 2):
+        request = library_request(fleet.tomorrow(), -4000, -3000)
+        request.revision = revision
+        await asyncio.to_thread(client.send_flex_request, request)
+        offers.append(await asyncio.to_thread(fleet.dso.wait_for, "FlexOffer"))
+    assert [o.offer_options[0].isps[0].power for o in offers] == [-4000, -4000]
+    # 4 kW of room left: enough for one of the two.
+    await fleet.push_flex(["site-a1", "site-a2"], min_w=4_000)
+    await eventually(lambda: fleet.bus.acked() == 5, what="the smaller envelopes recorded")
+    assert await revocation_step(fleet) == 1
+    assert await revocation_step(fleet) == 0
+    older = await offer_status(fleet, offers[0].message_id)
+    newer = await offer_status(fleet, offers[1].message_id)
+    assert older is not None
+    assert newer is not None
+    assert (older[0], newer[0]) == ("accepted", "revoked")
