@@ -267,12 +267,19 @@ class TradingLoops:
         self._on_commands = on_commands
         self._prognosis_db = db.Session(dsn, "prognosis")
         self._reassign_db = db.Session(dsn, "reassign")
+        self._revocation_db = db.Session(dsn, "revocation")
         self._metering_loop = SupervisedLoop(
             "metering", self._metering, interval_s=300.0, logger=log
         )
         self._loops = [
             SupervisedLoop("prognosis", self._prognosis, interval_s=60.0, logger=log),
             SupervisedLoop("reassign", self._reassign, interval_s=15.0, logger=log),
+            SupervisedLoop(
+                "revocation",
+                self._revocation,
+                interval_s=float(trader.trading.revocation_interval_s),
+                logger=log,
+            ),
             self._metering_loop,
         ]
 
@@ -289,6 +296,7 @@ class TradingLoops:
             await loop.stop()
         await self._prognosis_db.close()
         await self._reassign_db.close()
+        await self._revocation_db.close()
 
     async def _prognosis(self) -> float | None:
         async with self._prognosis_db.transaction() as conn:
@@ -305,6 +313,13 @@ class TradingLoops:
         async with self._prognosis_db.transaction() as conn:
             sent = await self._trader.metering_step(conn)
         if sent:
+            self._trader.uftp.wake_outbox()
+        return None
+
+    async def _revocation(self) -> float | None:
+        async with self._revocation_db.transaction() as conn:
+            revoked = await self._trader.revocation_step(conn)
+        if revoked:
             self._trader.uftp.wake_outbox()
         return None
 

@@ -71,6 +71,9 @@ class CentralTradingConfig(Model):
     # A site that has not acked its command this long before the first ordered ISP has its
     # share moved to the other sites of the congestion point.
     reassign_lead_s: Annotated[int, Field(ge=60, le=86_400)] = 600
+    # How often open offers are checked against the sites' latest envelopes (and revoked where
+    # they can no longer be delivered).
+    revocation_interval_s: Annotated[int, Field(ge=5, le=3600)] = 60
     # How long an offer stays valid after it was made.
     offer_validity_s: Annotated[int, Field(ge=60, le=86_400)] = 3600
     price_fixed: Annotated[float, Field(ge=0)] = 0.0

@@ -40,6 +40,7 @@ COMMAND_PUBLISH_LOCK = 3
 REASSIGN_LOCK = 4
 PROGNOSIS_LOCK = 5
 METERING_LOCK = 6
+REVOCATION_LOCK = 7
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -275,6 +276,19 @@ CREATE TABLE metering_sent (
     created_at       TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (congestion_point, period, revision)
 );
+""",
+    ),
+    Migration(
+        2,
+        "offers the aggregator revoked (FlexOfferRevocation)",
+        """
+ALTER TABLE flex_offer DROP CONSTRAINT flex_offer_status_check;
+ALTER TABLE flex_offer ADD CONSTRAINT flex_offer_status_check
+    CHECK (status IN ('sent', 'accepted', 'rejected', 'ordered', 'revoked'));
+ALTER TABLE flex_offer ADD COLUMN revoked_at TIMESTAMPTZ;
+ALTER TABLE flex_offer ADD COLUMN revocation_message_id TEXT UNIQUE;
+-- why: the first ISP that fell short, what was offered and what was achievable there
+ALTER TABLE flex_offer ADD COLUMN revocation_note TEXT;
 """,
     ),
 )

@@ -13,8 +13,11 @@ it, together with its answer:
   metering summed per congestion point (`agent.trading.settlement.dispute_by_metering`).
 - Responses to what we sent update the trade records.
 
-Background steps (`prognosis_step`, `reassign_step`, `metering_step`) each hold an advisory
-lock for their transaction, so with two aggregator processes only one does each at a time.
+Background steps (`prognosis_step`, `revocation_step`, `reassign_step`, `metering_step`) each
+hold an advisory lock for their transaction, so with two aggregator processes only one does each
+at a time. `revocation_step` revokes open offers the sites can no longer deliver
+(`agent.central.revocation.offer_shortfall`); it and the FlexOrder handler lock the offer's row,
+so an order and a revocation never both take effect.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from agent.central.portfolio import (
     offer_from_flex,
     request_elements,
 )
+from agent.central.revocation import offer_shortfall
 from agent.central.split import (
     SiteShare,
     Split,
@@ -64,6 +68,7 @@ from uftp.models import (
     FlexOffer,
     FlexOfferOption,
     FlexOfferResponse,
+    FlexOfferRevocation,
     FlexOrder,
     FlexRequest,
     FlexSettlement,
@@ -306,13 +311,20 @@ class CentralTrader:
             return None, OfferState()
         offer = sent.message()
         assert isinstance(offer, FlexOffer)
+        # The row lock orders this against `revocation_step`: whichever commits first wins,
+        # and the other sees its outcome (a revoked offer here, an ordered one there).
+        cursor = await conn.execute(
+            "SELECT status FROM flex_offer WHERE message_id = %s FOR UPDATE", (offer.message_id,)
+        )
+        row = await cursor.fetchone()
+        revoked = row is not None and row[0] == "revoked"
         cursor = await conn.execute(
             "SELECT 1 FROM flex_order WHERE offer_message_id = %s AND status = 'accepted' "
             "AND message_id <> %s",
             (offer.message_id, order.message_id),
         )
         ordered = await cursor.fetchone() is not None
-        return offer, OfferState(revoked=False, ordered=ordered)
+        return offer, OfferState(revoked=revoked, ordered=ordered)
 
     async def _flex_order(
         self, conn: db.Connection, inbound: InboundMessage, order: FlexOrder
@@ -592,6 +604,83 @@ class CentralTrader:
             )
         return True
 
+    async def revocation_step(self, conn: db.Connection) -> int:
+        """Revoke the open offers the sites can no longer deliver (`offer_shortfall`); returns
+        how many FlexOfferRevocations were queued.
+
+        Open: sent or accepted by the DSO, not expired (an offer expires at its first ISP at
+        the latest), and not ordered. Each offer is locked with SKIP LOCKED: one an order is
+        being handled for is left alone (the order commits it 'ordered'), and an order that
+        arrives while it is being revoked waits for the lock and then finds it revoked. The
+        newest offers go first, so an older one sees the room a revoked newer one freed."""
+        if not await db.try_xact_lock(conn, db.REVOCATION_LOCK):
+            return 0
+        now = self.now()
+        cursor = await conn.execute(
+            "SELECT o.message_id, o.dso_domain, o.conversation_id, o.congestion_point, o.shares "
+            "FROM flex_offer o WHERE o.status IN ('sent', 'accepted') AND o.expires_at > %s "
+            "AND NOT EXISTS (SELECT 1 FROM flex_order r WHERE r.offer_message_id = o.message_id "
+            "AND r.status = 'accepted') ORDER BY o.created_at DESC, o.message_id "
+            "FOR UPDATE OF o SKIP LOCKED",
+            (now,),
+        )
+        silent_after = timedelta(seconds=self.trading.offline_after_s)
+        queued = 0
+        # Read once per congestion point: what all open offers and orders reserve, the latest
+        # envelopes, when each site was last heard from. Per offer its own share is taken out
+        # of the reservations while it is judged, and stays out once it is revoked.
+        per_point: dict[
+            str,
+            tuple[dict[str, dict[datetime, float]], dict[str, protocol.Flex], dict[str, datetime]],
+        ] = {}
+        for message_id, dso, conversation_id, cp, stored in await cursor.fetchall():
+            if cp not in per_point:
+                per_point[cp] = (
+                    await reservations(conn, cp, now),
+                    await latest_flexes(conn, cp),
+                    await last_seen(conn, cp),
+                )
+            reserved, flexes, seen = per_point[cp]
+            contributions = _contributions_from_json(stored)
+            _add_shares(reserved, contributions, -1.0)
+            found = offer_shortfall(
+                cp, contributions, flexes, reserved, seen, now, silent_after=silent_after
+            )
+            if found is None:
+                _add_shares(reserved, contributions, 1.0)
+                continue
+            revocation = FlexOfferRevocation(
+                sender_domain=self.uftp.settings.domain,
+                recipient_domain=dso,
+                time_stamp=now,
+                conversation_id=conversation_id,
+                flex_offer_message_id=message_id,
+            )
+            note = (
+                f"{found.isp.isoformat()}: {found.achievable_w:.0f} W of "
+                f"{found.offered_w:.0f} W achievable"
+            )
+            await conn.execute(
+                "UPDATE flex_offer SET status = 'revoked', revoked_at = %s, "
+                "revocation_message_id = %s, revocation_note = %s "
+                "WHERE message_id = %s AND status IN ('sent', 'accepted')",
+                (now, revocation.message_id, note, message_id),
+            )
+            await self.uftp.enqueue(conn, revocation)
+            queued += 1
+            log.warning(
+                "offer %s revoked: ISP %s short by %.0f W",
+                message_id,
+                found.isp.isoformat(),
+                found.missing_w,
+                extra={
+                    "congestion_point": cp,
+                    "offered_w": round(found.offered_w),
+                    "achievable_w": round(found.achievable_w),
+                },
+            )
+        return queued
+
     async def reassign_step(self, conn: db.Connection) -> int:
         """Move the shares of offline sites to the other sites of the congestion point, for
         orders whose first ISP is less than `reassign_lead_s` away; returns how many commands
@@ -792,6 +881,27 @@ async def latest_flexes(conn: db.Connection, congestion_point: str) -> dict[str,
         str(site): protocol.Flex.model_validate(payload)
         for site, payload in await cursor.fetchall()
     }
+
+
+def _add_shares(
+    reserved: dict[str, dict[datetime, float]],
+    contributions: Mapping[str, Mapping[datetime, SiteContribution]],
+    sign: float,
+) -> None:
+    for site, per_isp in contributions.items():
+        own = reserved.setdefault(site, {})
+        for isp, contribution in per_isp.items():
+            own[isp] = own.get(isp, 0.0) + sign * contribution.change_w
+
+
+async def last_seen(conn: db.Connection, congestion_point: str) -> dict[str, datetime]:
+    """When each site of the congestion point last sent anything."""
+    cursor = await conn.execute(
+        "SELECT st.site, st.last_seen_at FROM site_status st JOIN site s ON s.id = st.site "
+        "WHERE s.congestion_point = %s",
+        (congestion_point,),
+    )
+    return {str(site): seen for site, seen in await cursor.fetchall()}
 
 
 async def held_by_orders(

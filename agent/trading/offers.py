@@ -32,6 +32,23 @@ from forecaster.flexibility import Allocation, SessionSet, allocate
 TWO_PLACES = Decimal("0.01")
 FOUR_PLACES = Decimal("0.0001")
 
+# An open offer whose flexibility fell this far short of what was offered in some ISP, and by
+# more than REVOKE_MIN_W there, is revoked: a DSO that orders it would get too little, and a
+# small dip within what the sites' own variation moves anyway is not worth a revocation.
+REVOKE_SHORTFALL = 0.10
+REVOKE_MIN_W = 500.0
+
+
+def falls_short(offered_w: float, achievable_w: float) -> bool:
+    """Whether `achievable_w` (magnitude) is too little to honour `offered_w` (magnitude).
+
+    The stand-alone trader and the fleet's aggregator judge by this one rule, so a site agent
+    and the centre revoke the same offers."""
+    return (
+        achievable_w < offered_w * (1 - REVOKE_SHORTFALL)
+        and offered_w - achievable_w > REVOKE_MIN_W
+    )
+
 
 @dataclass(frozen=True)
 class RequestElement:

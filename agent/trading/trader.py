@@ -42,7 +42,7 @@ from agent.storage.records import (
 )
 from agent.trading.market import Market
 from agent.trading.metering import metering_message
-from agent.trading.offers import OfferPlan, Pricing, RequestElement, plan_offer
+from agent.trading.offers import OfferPlan, Pricing, RequestElement, falls_short, plan_offer
 from agent.trading.prognosis import PrognosisService
 from agent.trading.settlement import dispute_by_metering
 from ocpp_bridge import ChargerDisconnected, Event, SessionEnded
@@ -77,14 +77,11 @@ from uftp.validation import (
 
 log = logging.getLogger(__name__)
 
-# A recomputed offer that falls this far short of what was offered is revoked.
-REVOKE_SHORTFALL = 0.10
 # Inbound messages wake the trader at once; this is the poll that catches one whose wake-up
 # came while the clock was held.
 INBOUND_POLL_S = 5.0
 # While the clock is not trusted, how often to look whether offers may go out again.
 HOLD_RETRY_S = 1.0
-REVOKE_MIN_W = 500.0
 
 
 class Trader:
@@ -750,7 +747,7 @@ class Trader:
             for index in range(start, start + duration):
                 can = achievable.get(index, 0.0)
                 want = abs(power)
-                if can < want * (1 - REVOKE_SHORTFALL) and want - can > REVOKE_MIN_W:
+                if falls_short(want, can):
                     log.warning(
                         "offer %s can no longer be delivered in ISP %d: %.0f W of %d W",
                         offer.message_id,

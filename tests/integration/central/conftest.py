@@ -55,8 +55,12 @@ class OrderingDso(ShapeshifterDso):
                 result=AcceptedRejected.ACCEPTED,
             )
         )
+        self.order(message)
+
+    def order(self, message: Any, order_reference: str | None = None) -> None:
+        """Order option one of the offer `message`, exactly as offered."""
         option = message.offer_options[0]
-        client.send_flex_order(
+        self.client(message.sender_domain).send_flex_order(
             FlexOrder(
                 conversation_id=message.conversation_id,
                 flex_offer_message_id=message.message_id,
@@ -70,7 +74,7 @@ class OrderingDso(ShapeshifterDso):
                 ],
                 price=option.price,
                 currency=message.currency,
-                order_reference=f"ORD-{message.message_id[:8]}",
+                order_reference=order_reference or f"ORD-{message.message_id[:8]}",
                 option_reference=option.option_reference,
             )
         )
@@ -86,6 +90,7 @@ def config_text(
     sites: dict[str, str] | None = None,
     http_port: int | None = None,
     reassign_lead_s: int = 600,
+    revocation_interval_s: int = 60,
 ) -> str:
     listed = "\n".join(
         f'[[sites]]\nid = "{site}"\ncongestion_point = "{cp}"\n'
@@ -131,6 +136,7 @@ ean = "E1234567890123456"
 
 [trading]
 reassign_lead_s = {reassign_lead_s}
+revocation_interval_s = {revocation_interval_s}
 
 {http}
 """
