@@ -303,12 +303,14 @@ class CentralTrader:
 
     async def _offer_for_order(
         self, conn: db.Connection, order: FlexOrder
-    ) -> tuple[FlexOffer | None, OfferState]:
+    ) -> tuple[FlexOffer | None, OfferState, str | None]:
+        """The offer an order refers to, what validation needs to know of it, and its row's
+        status (None when there is no such offer)."""
         if order.flex_offer_message_id is None:
-            return None, OfferState()
+            return None, OfferState(), None
         sent = await pg.find_outbound(conn, order.flex_offer_message_id)
         if sent is None or sent.message_type != FlexOffer.xml_name:
-            return None, OfferState()
+            return None, OfferState(), None
         offer = sent.message()
         assert isinstance(offer, FlexOffer)
         # The row lock orders this against `revocation_step`: whichever commits first wins,
@@ -317,21 +319,31 @@ class CentralTrader:
             "SELECT status FROM flex_offer WHERE message_id = %s FOR UPDATE", (offer.message_id,)
         )
         row = await cursor.fetchone()
-        revoked = row is not None and row[0] == "revoked"
+        status = None if row is None else str(row[0])
+        revoked = status == "revoked"
         cursor = await conn.execute(
             "SELECT 1 FROM flex_order WHERE offer_message_id = %s AND status = 'accepted' "
             "AND message_id <> %s",
             (offer.message_id, order.message_id),
         )
         ordered = await cursor.fetchone() is not None
-        return offer, OfferState(revoked=revoked, ordered=ordered)
+        return offer, OfferState(revoked=revoked, ordered=ordered), status
 
     async def _flex_order(
         self, conn: db.Connection, inbound: InboundMessage, order: FlexOrder
     ) -> object:
         now = self.now()
-        offer, state = await self._offer_for_order(conn, order)
+        offer, state, offer_status = await self._offer_for_order(conn, order)
         problems = check_flex_order(order, offer, state, now)
+        if offer_status == "rejected" and not problems:
+            # The DSO's own FlexOfferResponse turned the offer down; its flexibility may have
+            # gone to another offer since, so an order for it now cannot be honoured.
+            problems = [
+                reasons.explain(
+                    reasons.INVALID_MESSAGE,
+                    "the FlexOffer it orders was rejected by the DSO's FlexOfferResponse",
+                )
+            ]
         if order.flex_offer_message_id is None and not problems:
             problems = [
                 reasons.explain(

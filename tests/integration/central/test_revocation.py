@@ -4,6 +4,7 @@ as the DSO over real HTTP, the aggregator on a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -39,12 +40,41 @@ class HoldingDso(OrderingDso):
         )
 
 
+class RejectingDso(HoldingDso):
+    """A DSO that turns every offer down in its FlexOfferResponse (and may order it later)."""
+
+    def process_flex_offer(self, message: Any) -> None:
+        self._record("FlexOffer", message)
+        self.client(message.sender_domain).send_flex_offer_response(
+            FlexOfferResponse(
+                conversation_id=message.conversation_id,
+                flex_offer_message_id=message.message_id,
+                result=AcceptedRejected.REJECTED,
+                rejection_reason="Not needed",
+            )
+        )
+
+
 @pytest.fixture
 async def holding(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fleet]:
+    async with dso_fleet(tmp_path, postgres, HoldingDso) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+async def rejecting(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fleet]:
+    async with dso_fleet(tmp_path, postgres, RejectingDso) as fleet:
+        yield fleet
+
+
+@contextlib.asynccontextmanager
+async def dso_fleet(
+    tmp_path: Path, postgres: PostgresServer, dso_class: type[HoldingDso]
+) -> AsyncIterator[Fleet]:
     agr_key, dso_key = SigningKey.generate(), SigningKey.generate()
     dso_port = free_port()
     agr_port = free_port()
-    dso = HoldingDso(
+    dso = dso_class(
         build.DSO,
         dso_key,
         port=dso_port,
@@ -233,3 +263,22 @@ async def test_of_two_offers_the_newer_is_revoked_and_frees_the_older(holding: F
     assert older is not None
     assert newer is not None
     assert (older[0], newer[0]) == ("accepted", "revoked")
+
+
+async def test_an_order_for_an_offer_the_dso_rejected_is_refused(rejecting: Fleet) -> None:
+    fleet = rejecting
+    await fleet.start_aggregator(port=fleet.agr_port)  # type: ignore[attr-defined]
+    offer = await offer_made(fleet)
+
+    async def rejected() -> bool:
+        row = await offer_status(fleet, offer.message_id)
+        return row is not None and row[0] == "rejected"
+
+    await eventually(rejected, what="the DSO's rejection recorded")
+    await asyncio.to_thread(fleet.dso.order, offer)
+    answer = await asyncio.to_thread(fleet.dso.wait_for, "FlexOrderResponse")
+    assert answer.result == "Rejected"
+    assert answer.rejection_reason.startswith("Invalid Message"), answer.rejection_reason
+    assert "rejected by the DSO" in answer.rejection_reason
+    assert fleet.bus.commands() == []
+    assert await offer_status(fleet, offer.message_id) == ("rejected", None, None)
