@@ -4,6 +4,7 @@ and the aggregator built by its own composition root from a configuration file's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -233,12 +234,16 @@ async def eventually(predicate: Any, timeout_s: float = 20.0, what: str = "") ->
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def fleet(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fleet]:  # noqa: F811
+@contextlib.asynccontextmanager
+async def dso_fleet(
+    tmp_path: Path, server: PostgresServer, dso_class: type[OrderingDso] = OrderingDso
+) -> AsyncIterator[Fleet]:
+    """A `Fleet` whose DSO (a shapeshifter-uftp participant of `dso_class`) runs in a thread
+    on a free port, the aggregator's port reserved for it as `agr_port`."""
     agr_key, dso_key = SigningKey.generate(), SigningKey.generate()
     dso_port = free_port()
     agr_port = free_port()
-    dso = OrderingDso(
+    dso = dso_class(
         build.DSO,
         dso_key,
         port=dso_port,
@@ -246,10 +251,16 @@ async def fleet(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fleet
         peer_endpoints={(build.AGR, "AGR"): build.url(agr_port)},
     )
     await asyncio.to_thread(dso.run_in_thread)
-    state = Fleet(tmp_path, postgres.dsn("flexbridge"), agr_key, dso_key, dso, dso_port)
+    state = Fleet(tmp_path, server.dsn("flexbridge"), agr_key, dso_key, dso, dso_port)
     state.agr_port = agr_port  # type: ignore[attr-defined]
     try:
         yield state
     finally:
         await state.stop()
         await asyncio.to_thread(dso.stop)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fleet]:  # noqa: F811
+    async with dso_fleet(tmp_path, postgres) as state:
+        yield state

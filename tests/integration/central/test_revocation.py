@@ -4,7 +4,6 @@ as the DSO over real HTTP, the aggregator on a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,16 +11,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from nacl.signing import SigningKey
 from shapeshifter_uftp import AcceptedRejected, FlexOfferResponse
 
 from agent.central import db
-from tests.integration.central.conftest import Fleet, OrderingDso, eventually
+from tests.integration.central.conftest import Fleet, OrderingDso, dso_fleet, eventually
 from tests.integration.central.test_trading_round_trip import library_request
 from tests.support import uftp as build
-from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
-from uftp import keys
 
 pytestmark = pytest.mark.integration
 
@@ -65,30 +61,6 @@ async def holding(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fle
 async def rejecting(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Fleet]:
     async with dso_fleet(tmp_path, postgres, RejectingDso) as fleet:
         yield fleet
-
-
-@contextlib.asynccontextmanager
-async def dso_fleet(
-    tmp_path: Path, postgres: PostgresServer, dso_class: type[HoldingDso]
-) -> AsyncIterator[Fleet]:
-    agr_key, dso_key = SigningKey.generate(), SigningKey.generate()
-    dso_port = free_port()
-    agr_port = free_port()
-    dso = dso_class(
-        build.DSO,
-        dso_key,
-        port=dso_port,
-        peer_keys={(build.AGR, "AGR"): keys.public_key_b64(agr_key)},
-        peer_endpoints={(build.AGR, "AGR"): build.url(agr_port)},
-    )
-    await asyncio.to_thread(dso.run_in_thread)
-    state = Fleet(tmp_path, postgres.dsn("flexbridge"), agr_key, dso_key, dso, dso_port)
-    state.agr_port = agr_port  # type: ignore[attr-defined]
-    try:
-        yield state
-    finally:
-        await state.stop()
-        await asyncio.to_thread(dso.stop)
 
 
 async def offer_made(fleet: Fleet) -> Any:
