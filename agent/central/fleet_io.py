@@ -83,10 +83,15 @@ async def record_upstream(
     if row is None:
         return False
     inbox_id = int(row[0])
+    # Liveness is judged by when the site said it, but never later than when it arrived here:
+    # a gateway whose clock runs ahead would otherwise look alive for as long as it is ahead
+    # after it fell silent, and keep its share of an order from being moved. (A message that
+    # waited in the site's outbox keeps its older time.)
+    seen_at = min(message.sent_at, received_at)
     await conn.execute(
         "INSERT INTO site_status (site, last_seen_at) VALUES (%s, %s) ON CONFLICT (site) DO "
         "UPDATE SET last_seen_at = greatest(site_status.last_seen_at, excluded.last_seen_at)",
-        (message.site, message.sent_at),
+        (message.site, seen_at),
     )
     if isinstance(message, protocol.Forecast):
         await conn.execute(
@@ -146,12 +151,12 @@ async def record_upstream(
             "power_w = %s, safe_limit_w = %s WHERE site = %s AND "
             "(last_heartbeat_at IS NULL OR last_heartbeat_at <= %s)",
             (
-                message.sent_at,
+                seen_at,
                 message.chargers_connected,
                 message.power_w,
                 message.safe_limit_w,
                 message.site,
-                message.sent_at,
+                seen_at,
             ),
         )
     return True
