@@ -118,14 +118,21 @@ class SiteJob:
     mode: str  # "jetstream" or "core"
 
 
-async def _publish_until_confirmed(bus: NatsBus, subject: str, msg_id: str, data: bytes) -> int:
+async def _publish_until_confirmed(
+    bus: NatsBus, subject: str, msg_id: str, data: bytes, deadline: float
+) -> tuple[bool, int]:
+    """Publish until the stream confirms or `deadline` (perf_counter) passes: (confirmed,
+    failed attempts). Bounded, so a cluster that never regains a quorum ends the run with its
+    sites counted lost instead of hanging it."""
     failures = 0
     while True:
         try:
             await bus.publish(subject, msg_id, data)
-            return failures
+            return True, failures
         except BusUnavailable:
             failures += 1
+            if time.perf_counter() >= deadline:
+                return False, failures
             await asyncio.sleep(0.2)
 
 
@@ -154,7 +161,11 @@ async def _jetstream_site(
                 outcome="applied",
                 applied_at=now,
             )
-            await _publish_until_confirmed(bus, up_subject(site, "ack"), ack.id, encode(ack))
+            confirmed, _ = await _publish_until_confirmed(
+                bus, up_subject(site, "ack"), ack.id, encode(ack), time.perf_counter() + 30.0
+            )
+            if not confirmed:
+                continue  # the command stays unacked: redelivered, and its Ack tried again
             with contextlib.suppress(BusUnavailable):  # not acked: redelivered, see above
                 await delivery.ack()
 
@@ -349,18 +360,21 @@ class Centre:
             command = _command(site, order_id)
             async with gate:
                 started_at[site] = time.perf_counter()
-                failures = await _publish_until_confirmed(
-                    self.bus, cmd_subject(site), command.id, encode(command)
+                confirmed, failures = await _publish_until_confirmed(
+                    self.bus, cmd_subject(site), command.id, encode(command), deadline
                 )
                 republished[0] += failures
+                if not confirmed:
+                    return  # never stored: the site's ack cannot come, it counts as missing
                 published[0] += 1
                 if on_published is not None:
                     on_published(published[0])
 
         begin = time.perf_counter()
+        deadline = begin + timeout_s  # the whole fan-out, publishing included
         await asyncio.gather(*(one(site) for site in sites))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout_s)
+            await asyncio.wait_for(done.wait(), max(0.0, deadline - time.perf_counter()))
         duration = time.perf_counter() - begin
         latencies = {
             site: self.acked[(order_id, site)] - started_at[site]
@@ -550,7 +564,9 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--sites", type=int, default=1_000)
     parser.add_argument("--site-processes", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per fan-out")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds per fan-out, publishing included"
+    )
     parser.add_argument(
         "--stepdown-after",
         type=float,
