@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
+import queue
 import re
 import resource
 import tempfile
@@ -276,8 +277,22 @@ class SiteFleet:
             proc = ctx.Process(target=_site_process, args=(job, ready, stop, results))
             proc.start()
             fleet.processes.append(proc)
+        deadline = time.monotonic() + timeout_s
         for _ in range(count):
-            _tag, _n, connect_s, _rss = ready.get(timeout=timeout_s)
+            while True:
+                try:
+                    _tag, _n, connect_s, _rss = ready.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    dead = [c.exitcode for c in fleet.processes if not c.is_alive()]
+                    if dead or time.monotonic() > deadline:
+                        for child in fleet.processes:
+                            child.kill()
+                        raise RuntimeError(
+                            f"site processes not connected within {timeout_s:.0f} s"
+                            if not dead
+                            else f"a site process exited at start (exit codes {dead})"
+                        ) from None
             fleet.connect_s = max(fleet.connect_s, connect_s)
         return fleet, stop, results
 
@@ -489,7 +504,7 @@ async def _measure(args: argparse.Namespace, cluster: NatsCluster, sites: list[s
     centre = Centre(bus)
     centre.start()
     fleet, stop, results = SiteFleet.start(
-        cluster, sites, "jetstream", args.site_processes, timeout_s=300
+        cluster, sites, "jetstream", args.site_processes, timeout_s=120
     )
     try:
         sample_rss()
@@ -522,7 +537,7 @@ async def _measure(args: argparse.Namespace, cluster: NatsCluster, sites: list[s
 
     # 4. the baseline: core NATS, no JetStream
     core_fleet, core_stop, core_results = SiteFleet.start(
-        cluster, sites, "core", args.site_processes, timeout_s=300
+        cluster, sites, "core", args.site_processes, timeout_s=120
     )
     try:
         core = await _core_fan_out(cluster, sites, args.timeout)
