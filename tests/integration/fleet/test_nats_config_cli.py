@@ -69,13 +69,18 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def healthy(http_port: int) -> bool:
+    """Serving, and JetStream's meta group has a leader: before that the JetStream API (the
+    first stream_info below) goes unanswered, which CI saw time out on a loaded machine."""
+    base = f"http://127.0.0.1:{http_port}"
     try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{http_port}/healthz?js-enabled-only=true", timeout=2
-        ) as response:
-            return bool(json.load(response).get("status") == "ok")
-    except OSError:
+        with urllib.request.urlopen(f"{base}/healthz?js-enabled-only=true", timeout=2) as response:
+            if json.load(response).get("status") != "ok":
+                return False
+        with urllib.request.urlopen(f"{base}/jsz", timeout=2) as response:
+            meta = json.load(response).get("meta_cluster") or {}
+    except (OSError, ValueError):
         return False
+    return bool(meta.get("leader"))
 
 
 def test_rendered_files_run_a_cluster_that_admits_each_site_by_its_own_secret(
