@@ -25,13 +25,17 @@ pytestmark = pytest.mark.integration
 class HoldingDso(OrderingDso):
     """A DSO that accepts every offer and orders one only when the test says so (`order`)."""
 
+    offer_result = AcceptedRejected.ACCEPTED
+    offer_rejection_reason: str | None = None
+
     def process_flex_offer(self, message: Any) -> None:
         self._record("FlexOffer", message)
         self.client(message.sender_domain).send_flex_offer_response(
             FlexOfferResponse(
                 conversation_id=message.conversation_id,
                 flex_offer_message_id=message.message_id,
-                result=AcceptedRejected.ACCEPTED,
+                result=self.offer_result,
+                rejection_reason=self.offer_rejection_reason,
             )
         )
 
@@ -39,16 +43,8 @@ class HoldingDso(OrderingDso):
 class RejectingDso(HoldingDso):
     """A DSO that turns every offer down in its FlexOfferResponse (and may order it later)."""
 
-    def process_flex_offer(self, message: Any) -> None:
-        self._record("FlexOffer", message)
-        self.client(message.sender_domain).send_flex_offer_response(
-            FlexOfferResponse(
-                conversation_id=message.conversation_id,
-                flex_offer_message_id=message.message_id,
-                result=AcceptedRejected.REJECTED,
-                rejection_reason="Not needed",
-            )
-        )
+    offer_result = AcceptedRejected.REJECTED
+    offer_rejection_reason = "Not needed"
 
 
 @pytest.fixture
