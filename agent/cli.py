@@ -649,9 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the load forecast on session files (ACN CSV) against two baselines",
         description="Reconstruct 15-minute site power from sessions (ASAP rule) or take a "
         "seeded synthetic site, forecast each test day at 00:00 local time with the structure "
-        "chosen from the site's own days before it (re-selected weekly and after a regime "
-        "change) and print name: value figures for ours, seasonal naive and the 4-week "
-        "same-weekday mean, and the chosen structure with its held-out score against each.",
+        "chosen from the site's own days before it (re-selected every day) and print "
+        "name: value figures for ours, seasonal naive and the 4-week same-weekday mean, "
+        "and the chosen structure with its held-out score against each.",
     )
     backtest.add_argument("--sessions", nargs="+", metavar="FILE", help="ACN CSV files (or .gz)")
     backtest.add_argument(

@@ -27,13 +27,13 @@ from forecaster.calendar import SiteCalendar, history_layout, public_holidays
 from forecaster.forecast import ForecastSettings, PowerHistory, QuantileForecast, fit_profiles
 from forecaster.intraday import KnownSessions, SessionCalibration, forecast_intraday
 from forecaster.metrics import Scores, score
+from forecaster.rounds import reselect_reason
 from forecaster.selection import (
     DayTable,
     Selection,
     SelectionError,
     day_table,
     forecast_days,
-    regime_changed,
     zero_probability,
 )
 from forecaster.selection import select as select_structure
@@ -48,9 +48,9 @@ from forecaster.sessions import (
 from forecaster.synthetic import generate
 
 SELECTED = "selected"
-"""Per-site structure selection (`forecaster.selection`), re-selected weekly and after a
-regime change; the other methods are the fixed day-type profile and its ablations."""
-RESELECT_DAYS = 7
+"""Per-site structure selection (`forecaster.selection`), re-selected every day as the agent
+does (`forecaster.rounds`); the other methods are the fixed day-type profile and its
+ablations."""
 METHODS: dict[str, ForecastSettings] = {
     SELECTED: ForecastSettings(),
     "profile": ForecastSettings(),
@@ -346,15 +346,14 @@ def _baselines(
 
 
 class _Reselection:
-    """The agent's schedule in a backtest: select at the first test day, again every
-    `RESELECT_DAYS` days and the morning after the days since the last selection show a
-    regime change. Each selection sees only the days before its test day."""
+    """The agent's schedule in a backtest (`forecaster.rounds.reselect_reason`): select at
+    the first test day and again each day after. Each selection sees only the days before
+    its test day."""
 
     def __init__(self, table: DayTable) -> None:
         self.table = table
         self.selections: list[Selection] = []
         self.regime_changes = 0
-        self._since: list[tuple[np.ndarray, np.ndarray]] = []
 
     def forecast(self, day: date) -> np.ndarray:
         """(4, P) P10/P50/P90 and the probability of zero load for local `day`, from the days
@@ -362,26 +361,20 @@ class _Reselection:
         ordinal = day.toordinal()
         known = self.table.before(ordinal)
         current = self.selections[-1] if self.selections else None
-        changed = False
-        if current is not None and len(self._since) >= 3:
-            recent = self._since[-3:]
-            changed = regime_changed(
-                current, np.stack([a for a, _ in recent]), np.stack([f for _, f in recent])
-            )
-        if current is None or ordinal - current.origin_ordinal >= RESELECT_DAYS or changed:
+        reason = reselect_reason(current, known)
+        if reason is not None:
             try:
                 current = select_structure(known)
             except SelectionError as exc:
                 raise BacktestError(f"selection for {day}: {exc}") from exc
             self.selections.append(current)
-            self.regime_changes += changed
-            self._since = []
+            self.regime_changes += reason == "regime change"
+        assert current is not None
         i = ordinal - int(self.table.ordinals[0])
         p10, p50, p90 = forecast_days(
             current, known, np.array([ordinal]), self.table.holiday[i : i + 1]
         )
         p_zero = zero_probability(known, np.array([ordinal]), self.table.holiday[i : i + 1])
-        self._since.append((self.table.values[i], p50[0]))
         return np.stack([p10[0], p50[0], p90[0], p_zero[0]])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import numpy as np
 
@@ -32,21 +32,20 @@ from forecaster.selection import (
     select,
 )
 
-RESELECT_AFTER = timedelta(days=7)
-
 BandLists = tuple[list[float], list[float], list[float], int]
 """P10, P50, P90 in W at the targets, and the days of history behind them."""
 
 
-def reselect_reason(
-    selection: Selection | None, selected_at: datetime | None, table: DayTable, now: datetime
-) -> str | None:
-    """Why the structure must be chosen again now, or None: none yet, a week old, or the
-    days since it was chosen show a regime change in its residuals."""
-    if selection is None or selected_at is None:
+def reselect_reason(selection: Selection | None, table: DayTable) -> str | None:
+    """Why the structure must be chosen again now, or None: none yet, the ISP length
+    changed, the days since it was chosen show a regime change in its residuals (an agent
+    that was down for days), or a whole day newer than those it was chosen on is in.
+
+    Every day, because the choice ranks structures that differ by a point or less: a day's
+    new evidence changes it, and on the backtests choosing daily scored lower than weekly on
+    every site (docs/forecasting.md). It costs a fraction of a second per congestion point."""
+    if selection is None:
         return "first"
-    if now - selected_at >= RESELECT_AFTER:
-        return "weekly"
     bands = math.ceil(table.values.shape[1] / selection.slots_per_band)
     if bands != len(selection.band_lo):
         return "ISP length changed"
@@ -57,6 +56,8 @@ def reselect_reason(
         p50 = forecast_days(selection, table, ordinals, holiday)[1]
         if regime_changed(selection, table.values[since][-3:], p50):
             return "regime change"
+    if since.any():
+        return "daily"
     return None
 
 
@@ -76,8 +77,7 @@ def day_ahead(
     calendar: SiteCalendar,
     until: datetime,
     targets: list[datetime],
-    stored: dict[str, tuple[Selection, datetime]],
-    now: datetime,
+    stored: dict[str, Selection],
     history_days: int,
 ) -> DayAhead:
     """Day-ahead bands per named series (a row of `history` each) from its stored structure,
@@ -93,8 +93,8 @@ def day_ahead(
     waiting: dict[str, str] = {}
     for s, name in enumerate(names):
         table = day_table(history.values[s], history.start_epoch, calendar, until_epoch)
-        selection, selected_at = stored.get(name, (None, None))
-        reason = reselect_reason(selection, selected_at, table, now)
+        selection = stored.get(name)
+        reason = reselect_reason(selection, table)
         if reason is not None:
             try:
                 selection = select(table)

@@ -52,6 +52,7 @@ from forecaster.forecast import (
 from forecaster.intraday import KnownSessions, SessionCalibration
 from forecaster.selection import (
     EVAL_DAYS,
+    MAX_HISTORY_DAYS,
     Selection,
     SelectionError,
 )
@@ -125,7 +126,7 @@ class ChosenStructure:
 
     selection: Selection
     selected_at: datetime
-    reason: str  # "first", "weekly", "regime change" or "ISP length changed"
+    reason: str  # "first", "daily", "regime change" or "ISP length changed"
 
     def as_json(self) -> dict[str, object]:
         sel = self.selection
@@ -296,8 +297,9 @@ class SiteForecaster:
     # --- history ----------------------------------------------------------------------------
 
     def _grid_start(self, until: datetime) -> datetime:
-        # Selection scores the last EVAL_DAYS days, each from the history_days before it.
-        days = self.config.forecast.history_days + EVAL_DAYS + 2
+        # Selection scores the last EVAL_DAYS days, each from the MAX_HISTORY_DAYS before it
+        # (the day-type profile reads history_days).
+        days = max(self.config.forecast.history_days, MAX_HISTORY_DAYS) + EVAL_DAYS + 2
         start = until - timedelta(days=days)
         epoch = int(start.timestamp())
         return datetime.fromtimestamp(epoch - epoch % self.isp_seconds, UTC)
@@ -414,11 +416,11 @@ class SiteForecaster:
         targets: Sequence[datetime],
     ) -> dict[str, Bands]:
         """Day-ahead bands of the congestion points that have (or now get) a structure;
-        re-selects those whose structure is a week old or whose residuals show a regime
-        change, and stores the new choice."""
+        re-selects those whose structure a newer whole day has outdated (or whose residuals
+        show a regime change), and stores the new choice."""
         chosen = dict(await self.structures())
         now = self.clock.now()
-        stored = {cp: (c.selection, c.selected_at) for cp, c in chosen.items()}
+        stored = {cp: c.selection for cp, c in chosen.items()}
         result = await self._in_worker(
             rounds.day_ahead,
             (
@@ -428,7 +430,6 @@ class SiteForecaster:
                 until,
                 list(targets),
                 stored,
-                now,
                 self.config.forecast.history_days,
             ),
         )

@@ -90,10 +90,11 @@ async def test_structure_is_chosen_stored_reloaded_and_reselected(tmp_path: Path
     assert again.p50 == bands.p50
     assert later.structure_views()[CP]["selected_at"] == view["selected_at"]
 
-    # A week on, it is chosen again.
-    week = SiteForecaster(config, db, Clock(now + timedelta(days=7)))
-    await week.forecast([CP], [t + timedelta(days=7) for t in targets])
-    assert week.structure_views()[CP]["reason"] == "weekly"
+    # A day on, with one more whole day in, it is chosen again.
+    day = SiteForecaster(config, db, Clock(now + timedelta(days=1)))
+    await day.forecast([CP], [t + timedelta(days=1) for t in targets])
+    assert day.structure_views()[CP]["reason"] == "daily"
+    assert day.structure_views()[CP]["selected_at"] != view["selected_at"]
     await db.stop()
 
 
