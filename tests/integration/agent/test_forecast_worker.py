@@ -129,7 +129,7 @@ async def test_forecasts_through_the_worker_equal_those_computed_here(tmp_path: 
 
         # Day-ahead: the structure chosen and its bands.
         history = await forecaster.history([CP], until)
-        here = day_ahead([CP], history, forecaster.calendar, until, day, {}, now, 56)
+        here = day_ahead([CP], history, forecaster.calendar, until, day, {}, 56)
         there = await forecaster.forecast([CP], day)
         assert there == {CP: Bands(*here.bands[CP])}
         stored = (await forecaster.structures())[CP]
