@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -46,6 +47,11 @@ class InfraMissing(RuntimeError):
 
 class InfraError(RuntimeError):
     """A server did not start; the message carries the end of its log."""
+
+
+class PortTaken(InfraError):
+    """A server could not bind a port `free_port` had found free: another process took it in
+    between (launchers started at the same moment pick ports at the same moment)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -173,9 +179,35 @@ class LocalNats(_Server):
                 start_new_session=True,
             )
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, *, attempts: int = 3) -> None:
         """Every node, then wait until each is healthy (JetStream current, a meta leader);
-        stops what it started if that fails."""
+        stops what it started if that fails. A node whose port was taken before it bound it
+        gets the cluster new ports and another attempt."""
+        for attempt in range(attempts):
+            try:
+                self._start_once(timeout_s)
+                return
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                self._new_ports()
+
+    def _new_ports(self) -> None:
+        self.cluster = replace(
+            self.cluster,
+            nodes=tuple(
+                replace(
+                    n,
+                    client_port=free_port(n.host),
+                    cluster_port=free_port(n.host),
+                    http_port=free_port(n.host),
+                    leaf_port=None if n.leaf_port is None else free_port(n.host),
+                )
+                for n in self.cluster.nodes
+            ),
+        )
+
+    def _start_once(self, timeout_s: float) -> None:
         try:
             for index in range(len(self.cluster.nodes)):
                 self.spawn(index)
@@ -198,7 +230,8 @@ class LocalNats(_Server):
         node = self.cluster.nodes[index]
         if proc is not None and proc.poll() is not None:
             log = self.log_path(index).read_text(errors="replace")
-            raise InfraError(f"nats-server {node.name} exited ({proc.returncode}): {log[-800:]}")
+            error = PortTaken if "address already in use" in log[-800:] else InfraError
+            raise error(f"nats-server {node.name} exited ({proc.returncode}): {log[-800:]}")
         base = f"http://{node.host}:{node.http_port}"
         try:
             with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:

@@ -4,6 +4,7 @@ SIGKILLed leader is replaced, a restarted node catches up, stop() leaves nothing
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import nats
@@ -85,3 +86,25 @@ def test_missing_server_fails_under_ci(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception, match="nats-server is not installed"):
         support.start_or_skip(tmp_path)
+
+
+def test_a_port_taken_before_the_node_binds_it_gets_the_cluster_new_ports(
+    tmp_path: Path,
+) -> None:
+    """Parallel launchers pick free ports at the same moment: a port another process takes
+    between the pick and the bind is a retry with new ports, not a failed start."""
+    if support.find_nats_server() is None:
+        pytest.skip(support.MISSING)
+    cluster = NatsCluster(tmp_path / "nats", ["a"])
+    taken = cluster.nodes[1].client_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            cluster.start()
+            assert cluster.nodes[1].client_port != taken
+            assert all(cluster.healthy(i) for i in range(len(cluster.nodes)))
+            log = cluster.log_path(1).read_text(errors="replace")
+            assert "address already in use" in log
+        finally:
+            cluster.stop()
