@@ -716,6 +716,21 @@ def per_connect(station: Station) -> list[list[Frame]]:
     return segments
 
 
+def abandoned_connects(station: Station) -> set[int]:
+    """Indices (in `per_connect` order) of the connections of a start that `Station.start`
+    gave up on: libocpp dropped the BootNotification's answer ("in disconnected state") and
+    the harness restarted the charger. Such a connection ends before the CSMS has had a
+    reason to send it anything beyond the boot's answer and its first questions."""
+    text = station.log()
+    offsets = connect_offsets(station)
+    return {
+        k
+        for k in range(len(offsets) - 1)
+        if "Received a message in disconnected state" in text[offsets[k] : offsets[k + 1]]
+        and "Goodbye" in text[offsets[k] : offsets[k + 1]]
+    }
+
+
 def stack_level(frame: Frame) -> int | None:
     """Stack level of a SetChargingProfile CALL (1.6 csChargingProfiles, 2.0.1 chargingProfile)."""
     profile = frame.payload.get("csChargingProfiles") or frame.payload.get("chargingProfile") or {}

