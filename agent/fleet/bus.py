@@ -23,10 +23,11 @@ looking like an empty consumer or a slow cluster.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -67,6 +68,8 @@ STREAM_MAX_AGE_S = 7 * DAY_S
 # it, by the receiver's idempotency key (never relied on alone).
 DUPLICATE_WINDOW_S = 10 * 60.0
 ACK_WAIT_S = 30.0
+# How long the centre's set-up keeps asking a JetStream that does not answer yet.
+SETUP_TIMEOUT_S = 30.0
 # nats-py hands the server's -ERR text on lower-cased, subject included: compare lower-case.
 _PERMISSION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
 
@@ -431,10 +434,12 @@ async def ensure_streams(
     replicas: int = 3,
     max_age_s: float = STREAM_MAX_AGE_S,
     duplicate_window_s: float = DUPLICATE_WINDOW_S,
+    timeout_s: float = SETUP_TIMEOUT_S,
 ) -> None:
     """Create FLEET_UP and FLEET_CMD, or bring their settings to these; calling it again is
     harmless. File storage, `replicas` copies; when a stream is full it refuses new messages
-    (the sender keeps them in its outbox) instead of dropping old ones unseen."""
+    (the sender keeps them in its outbox) instead of dropping old ones unseen. BusUnavailable
+    when JetStream gives no answer within `timeout_s` (see `_set_up`)."""
     for name, subjects in ((UP_STREAM, UP_SUBJECTS), (CMD_STREAM, CMD_SUBJECTS)):
         config = StreamConfig(
             name=name,
@@ -446,7 +451,7 @@ async def ensure_streams(
             duplicate_window=duplicate_window_s,
             discard=DiscardPolicy.NEW,
         )
-        await _ensure_stream(js, config)
+        await _set_up(f"stream {name}", functools.partial(_ensure_stream, js, config), timeout_s)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -463,8 +468,44 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await js.update_stream(config)
 
 
+async def _set_up(what: str, step: Callable[[], Awaitable[None]], timeout_s: float) -> None:
+    """Run one idempotent set-up step until JetStream answers it, for up to `timeout_s`.
+
+    JetStream answers API requests only once the cluster has a meta leader, and creating a
+    replicated stream waits for the new stream's own election: right after the cluster
+    (re)starts, or on a loaded machine, one request times out or gets 503 and the next one
+    succeeds. Every step reads the current state before it changes anything, so repeating one
+    whose request was applied after we stopped waiting does no harm. Errors that are answers
+    (a consumer with another filter, a refused configuration) are not retried.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            await step()
+            return
+        except (
+            TimeoutError,  # nats-py raises its own or asyncio's
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if loop.time() + delay >= deadline:
+                raise BusUnavailable(
+                    f"setting up {what}: JetStream gave no answer in {timeout_s:g} s ({reason})"
+                ) from None
+            log.warning("fleet bus: setting up %s: %s; asking again", what, reason)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+
 async def ensure_site_consumer(
-    js: JetStreamContext, site: str, *, ack_wait_s: float = ACK_WAIT_S
+    js: JetStreamContext,
+    site: str,
+    *,
+    ack_wait_s: float = ACK_WAIT_S,
+    timeout_s: float = SETUP_TIMEOUT_S,
 ) -> None:
     """The durable consumer `site-<id>` on FLEET_CMD, filtered to the site's subject, made
     when the site joins (before any command for it): it holds every command from then on
@@ -472,6 +513,7 @@ async def ensure_site_consumer(
     by the site as expired)."""
     await _ensure_consumer(
         js,
+        timeout_s,
         CMD_STREAM,
         ConsumerConfig(
             durable_name=site_consumer(site),
@@ -485,11 +527,14 @@ async def ensure_site_consumer(
     )
 
 
-async def ensure_central_consumer(js: JetStreamContext, *, ack_wait_s: float = ACK_WAIT_S) -> None:
+async def ensure_central_consumer(
+    js: JetStreamContext, *, ack_wait_s: float = ACK_WAIT_S, timeout_s: float = SETUP_TIMEOUT_S
+) -> None:
     """The durable consumer `central` on FLEET_UP, shared by every aggregator process (each
     message goes to one of them)."""
     await _ensure_consumer(
         js,
+        timeout_s,
         UP_STREAM,
         ConsumerConfig(
             durable_name=CENTRAL_CONSUMER,
@@ -504,7 +549,14 @@ async def ensure_central_consumer(js: JetStreamContext, *, ack_wait_s: float = A
     )
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+async def _ensure_consumer(
+    js: JetStreamContext, timeout_s: float, stream: str, config: ConsumerConfig
+) -> None:
+    what = f"consumer {config.durable_name} on {stream}"
+    await _set_up(what, functools.partial(_ensure_consumer_once, js, stream, config), timeout_s)
+
+
+async def _ensure_consumer_once(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     assert config.durable_name is not None
     try:
         info = await js.consumer_info(stream, config.durable_name)

@@ -328,6 +328,32 @@ async def test_set_up_is_idempotent_and_consumers_are_never_made_by_fetch(
         await js.consumer_info(CMD_STREAM, "site-c")
 
 
+async def test_set_up_waits_for_a_cluster_without_quorum_and_names_what_it_waited_for(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Two of three nodes down: JetStream has no meta leader and answers nothing. Set-up
+    with a short limit fails naming the stream; set-up with a longer one completes once the
+    nodes are back, with no error in between."""
+    bus = await NatsBus.connect_central(
+        nats_cluster.client_urls[:1], nats_cluster.central_password, publish_timeout_s=2.0
+    )
+    try:
+        nats_cluster.kill(1)
+        nats_cluster.kill(2)
+        with pytest.raises(BusUnavailable, match=r"setting up stream FLEET_UP: .* in 3 s"):
+            await ensure_streams(bus.jetstream, replicas=3, timeout_s=3)
+        waiting = asyncio.create_task(ensure_streams(bus.jetstream, replicas=3, timeout_s=240))
+        await asyncio.sleep(2)
+        assert not waiting.done()  # still asking, not failed
+        for index in (1, 2):
+            await asyncio.to_thread(nats_cluster.restart, index, 60.0, assets=False)
+        await asyncio.wait_for(waiting, 240)
+        for stream in (UP_STREAM, CMD_STREAM):
+            assert (await bus.jetstream.stream_info(stream)).config.num_replicas == 3
+    finally:
+        await bus.close()
+
+
 def _api_calls(cluster: NatsCluster) -> int:
     """JetStream API requests the nodes have served so far (each counts those it answered)."""
     total = 0
