@@ -28,34 +28,99 @@ SQUARED_SQRT = 2
 
 
 @njit(cache=True, nogil=True)
-def _prepare(values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np.ndarray) -> None:
-    """xs (K, P, D): series s smoothed over +-smooth slots of each day (the mean of the
-    slots with data, in the order numpy's shifted sums add them) in each space; NaN where
-    no slot in reach has data. Slot-major, so that the days a slot sorts lie together."""
+def _prepare(
+    values: np.ndarray, s: int, smooth: int, spaces: np.ndarray, xs: np.ndarray, by_day: bool
+) -> None:
+    """xs: series s smoothed over +-smooth slots of each day (the mean of the slots with
+    data, in the order numpy's shifted sums add them) in each space; NaN where no slot in
+    reach has data. (K, P, D), slot-major, so that the days a slot sorts lie together; with
+    `by_day` (K, D, P), so that a weighted sum adds whole days of slots at a time."""
     n_days, n_slots = values.shape[1], values.shape[2]
     roots = False
     for k in range(spaces.size):
         roots = roots or spaces[k] != WATTS
-    for p in range(n_slots):
-        for d in range(n_days):
+    # One day at a time: smoothed into `row`, then each space written from it in a loop of
+    # its own (no branch per element, so the roots run as vector instructions).
+    row = np.empty(n_slots)
+    root = np.empty(n_slots)
+    for d in range(n_days):
+        for p in range(n_slots):
             acc = 0.0
             n = 0
-            for j in range(p - smooth, p + smooth + 1):
-                if 0 <= j < n_slots:
-                    v = values[s, d, j]
-                    if v == v:
-                        acc += v
-                        n += 1
-            # acc / 1 is acc: the division (and the root) only where they change a value.
-            x = np.nan if n == 0 else (acc if n == 1 else acc / n)
-            r = np.sqrt(x) if roots and x > 0 else 0.0
-            for k in range(spaces.size):
-                if spaces[k] == WATTS or x != x:
-                    xs[k, p, d] = x
+            for j in range(max(0, p - smooth), min(n_slots, p + smooth + 1)):
+                v = values[s, d, j]
+                if v == v:
+                    acc += v
+                    n += 1
+            # acc / 1 is acc: the division only where it changes a value.
+            row[p] = np.nan if n == 0 else (acc if n == 1 else acc / n)
+        if roots:
+            for p in range(n_slots):
+                x = row[p]
+                # NaN stays NaN; zero and below have no root that a load could have: 0.
+                root[p] = np.sqrt(x) if x > 0 else (x if x != x else 0.0)
+        for k in range(spaces.size):
+            for p in range(n_slots):
+                if spaces[k] == WATTS:
+                    y = row[p]
                 elif spaces[k] == SQRT:
-                    xs[k, p, d] = r
+                    y = root[p]
                 else:
-                    xs[k, p, d] = r * r
+                    y = root[p] * root[p]
+                if by_day:
+                    xs[k, d, p] = y
+                else:
+                    xs[k, p, d] = y
+
+
+@njit(cache=True, nogil=True)
+def _series_mean(
+    values: np.ndarray,
+    smooth: int,
+    spaces: np.ndarray,
+    w: np.ndarray,
+    s: int,
+    out: np.ndarray,
+    mass: np.ndarray,
+) -> None:
+    """The weighted means of series s: per target, each day it weighs added to the sums of
+    all slots at once. The slots of a day lie together and nothing depends on the previous
+    slot, so the additions run as vector instructions; per slot they are the same additions
+    in the same order (days ascending) as one slot at a time would make."""
+    n_days, n_slots = values.shape[1], values.shape[2]
+    n_space = spaces.size
+    n_targets = w.shape[1]
+    xs = np.empty((n_space, n_days, n_slots))
+    _prepare(values, s, smooth, spaces, xs, True)
+    # Unknown slots weigh nothing: 0 in the values, 0 in `known`.
+    known = np.empty((n_days, n_slots))
+    for d in range(n_days):
+        for p in range(n_slots):
+            if xs[0, d, p] == xs[0, d, p]:
+                known[d, p] = 1.0
+            else:
+                known[d, p] = 0.0
+                for k in range(n_space):
+                    xs[k, d, p] = 0.0
+    acc = np.empty((n_space, n_slots))
+    total = np.empty(n_slots)
+    for t in range(n_targets):
+        acc[:] = 0.0
+        total[:] = 0.0
+        for d in range(n_days):
+            wd = w[s, t, d]
+            if wd <= 0:
+                continue
+            for p in range(n_slots):
+                total[p] += wd * known[d, p]
+            for k in range(n_space):
+                for p in range(n_slots):
+                    acc[k, p] += wd * xs[k, d, p]
+        for p in range(n_slots):
+            mass[s, t, p] = total[p]
+            if total[p] > 0:
+                for k in range(n_space):
+                    out[k, s, t, p] = acc[k, p] / total[p]
 
 
 @njit(cache=True, nogil=True)
@@ -71,11 +136,14 @@ def _series(
     mass: np.ndarray,
 ) -> None:
     """`weighted_estimates` of series s into out and mass."""
+    if estimator == MEAN:
+        _series_mean(values, smooth, spaces, w, s, out, mass)
+        return
     n_days, n_slots = values.shape[1], values.shape[2]
     n_space = spaces.size
     n_targets = w.shape[1]
     xs = np.empty((n_space, n_slots, n_days))
-    _prepare(values, s, smooth, spaces, xs)
+    _prepare(values, s, smooth, spaces, xs, False)
     order = np.empty(n_days, dtype=np.int64)
     ws = np.empty(n_days)
     rest = np.empty(n_days, dtype=np.int64)
@@ -91,30 +159,6 @@ def _series(
                 used[n_used] = d
                 n_used += 1
                 break
-    if estimator == MEAN:
-        # Per target only the days it weighs (a weekday's own days: 1 in 7).
-        for t in range(n_targets):
-            m = 0
-            for i in range(n_used):
-                if w[s, t, used[i]] > 0:
-                    ws[m] = w[s, t, used[i]]
-                    order[m] = used[i]
-                    m += 1
-            for p in range(n_slots):
-                total = 0.0
-                for k in range(n_space):
-                    acc[k] = 0.0
-                for i in range(m):
-                    d = order[i]
-                    if xs[0, p, d] == xs[0, p, d]:
-                        total += ws[i]
-                        for k in range(n_space):
-                            acc[k] += ws[i] * xs[k, p, d]
-                mass[s, t, p] = total
-                if total > 0:
-                    for k in range(n_space):
-                        out[k, s, t, p] = acc[k] / total
-        return
     # Targets whose history days overlap (the same day group) share one sort of those days;
     # a Saturday's target never sorts or walks the weekdays' days.
     cluster = np.full(n_targets, -1, dtype=np.int64)
@@ -206,7 +250,7 @@ def _series(
                     for k in range(out.shape[0]):
                         out[k, s, t, p] = 0.0
                     continue
-                if estimator != TRIMMED:  # MEDIAN or MEDIAN_AND_TRIMMED (MEAN returned above)
+                if estimator != TRIMMED:  # MEDIAN or MEDIAN_AND_TRIMMED (not MEAN)
                     half = 0.5 * total
                     lower = -1
                     upper = 0
