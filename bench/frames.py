@@ -22,22 +22,25 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import IO
 
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidState
+from websockets.exceptions import InvalidState
 
 from bench.report import emit, percentile
+from tests.integration.ocpp_bridge.fuzz_neighbour import (
+    close_charger,
+    closed_with,
+    next_answer,
+    open_charger,
+    read_samples,
+    start_helper,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 FRAME_LIMIT = 256 * 1024  # BridgeSettings.max_frame_bytes, the agent's default
 PACE_S = 1 / 18  # under the default budget of 20 CALLs per second, so every frame is parsed
 FRAMES_PER_CONNECTION = 12
@@ -58,39 +61,7 @@ def hostile_frames() -> list[tuple[str, str]]:
     ]
 
 
-@dataclass(frozen=True)
-class Sample:
-    at: float
-    bridge_s: float
-
-
-def read_samples(path: Path) -> list[Sample]:
-    samples = []
-    for line in path.read_text().splitlines():
-        row = line.split()
-        if len(row) == 3:
-            at, seconds, waited = map(float, row)
-            samples.append(Sample(at, max(0.0, seconds - waited)))
-    return samples
-
-
-def _start(
-    module: str, *args: str, stdout: IO[str] | int, stderr: IO[str]
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", f"tests.integration.ocpp_bridge.{module}", *args],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=stdout,
-        stderr=stderr,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 async def _drain_answers(ws: ClientConnection, until_id: str) -> int:
-    from tests.integration.ocpp_bridge.fuzz_neighbour import next_answer
-
     answers = 0
     while True:
         answer = await next_answer(ws)
@@ -101,8 +72,6 @@ async def _drain_answers(ws: ClientConnection, until_id: str) -> int:
 
 async def hostile(url: str, duration_s: float) -> Counter[str]:
     """FUZZ's load for `duration_s`; returns what it sent and what came back."""
-    from tests.integration.ocpp_bridge.fuzz_neighbour import open_charger
-
     frames = hostile_frames()
     sent: Counter[str] = Counter()
     oversized = "x" * (10 * 2**20)
@@ -124,17 +93,10 @@ async def hostile(url: str, duration_s: float) -> Counter[str]:
                     ws.protocol.send_text(oversized.encode())
                     ws.send_data()
                 sent["oversized"] += 1
-                with contextlib.suppress(ConnectionClosed, TimeoutError):
-                    while True:
-                        await asyncio.wait_for(ws.recv(), 15)
-                close = ws.protocol.close_rcvd
-                sent[f"closed_{close.code if close else 'without_frame'}"] += 1
+                code = await closed_with(ws)
+                sent[f"closed_{code if code is not None else 'without_frame'}"] += 1
         finally:
-            if ws.transport.is_closing():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ws.wait_closed(), 15)
-            else:
-                await ws.close()
+            await close_charger(ws)
         await asyncio.sleep(PACE_S)
     sent["connections"] = connection
     return sent
@@ -148,7 +110,7 @@ def run(quiet_s: float, hostile_s: float) -> None:
             (Path(tmp) / "listener.log").open("w") as listener_log,
             (Path(tmp) / "neighbour.log").open("w") as neighbour_log,
         ):
-            listener = _start(
+            listener = start_helper(
                 "fuzz_listener", "FUZZ", "GOOD", stdout=subprocess.PIPE, stderr=listener_log
             )
             neighbour: subprocess.Popen[str] | None = None
@@ -158,7 +120,7 @@ def run(quiet_s: float, hostile_s: float) -> None:
                 if not line.startswith("PORT "):
                     raise SystemExit(f"the listener did not start: {line!r}")
                 url = f"ws://127.0.0.1:{int(line.split()[1])}/ocpp"
-                neighbour = _start(
+                neighbour = start_helper(
                     "fuzz_neighbour",
                     url,
                     str(samples),
@@ -181,8 +143,8 @@ def run(quiet_s: float, hostile_s: float) -> None:
                     listener.kill()
                     listener.wait()
         every = read_samples(samples)
-    quiet = [s.bridge_s * 1e3 for s in every if quiet_from <= s.at < hostile_from]
-    loaded = [s.bridge_s * 1e3 for s in every if hostile_from <= s.at <= hostile_to]
+    quiet = [r.bridge_s * 1e3 for r in every if quiet_from <= r.at < hostile_from]
+    loaded = [r.bridge_s * 1e3 for r in every if hostile_from <= r.at <= hostile_to]
     for kind, count in sorted(sent.items()):
         emit(f"fuzz_{kind}", count)
     emit("neighbour_quiet_round_trips", len(quiet))

@@ -15,18 +15,61 @@ machine's scheduler took, not the bridge. It stops when stdin closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from ocpp_bridge.simulator import basic_auth_header
 from tests.integration.ocpp_bridge.conftest import PASSWORD
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def start_helper(
+    module: str, *args: str, stdout: IO[str] | int, stderr: IO[str] | int
+) -> subprocess.Popen[str]:
+    """`python -m tests.integration.ocpp_bridge.<module> ARGS` from the repository root, with
+    a pipe on stdin (how the listener and the neighbour are told to stop)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"tests.integration.ocpp_bridge.{module}", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """One line of SAMPLES."""
+
+    at: float  # monotonic start
+    seconds: float
+    scheduler_s: float  # of which the neighbour or the listener waited for a CPU
+
+    @property
+    def bridge_s(self) -> float:
+        """The round trip without the time the machine's scheduler held either process."""
+        return max(0.0, self.seconds - self.scheduler_s)
+
+
+def read_samples(path: Path) -> list[RoundTrip]:
+    """The round trips written so far (a line being written is skipped)."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [RoundTrip(*map(float, row)) for row in rows if len(row) == 3]
 
 
 async def open_charger(url: str, identity: str, version: str) -> ClientConnection:
@@ -41,6 +84,26 @@ async def open_charger(url: str, identity: str, version: str) -> ClientConnectio
         # while it generates in the fuzzer's process.
         ping_interval=None,
     )
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """Wait (up to 15 s a frame) until the bridge closes the connection; the code of the close
+    frame it sent, None if it sent none. Its own CALLs on the way are dropped."""
+    with contextlib.suppress(ConnectionClosed, TimeoutError):
+        while True:
+            await asyncio.wait_for(ws.recv(), 15)
+    received = ws.protocol.close_rcvd
+    return None if received is None else received.code
+
+
+async def close_charger(ws: ClientConnection) -> None:
+    if ws.transport.is_closing():
+        # Closed by the bridge: close() would abort a transport already closed, which
+        # CPython 3.11's selector transport turns into an AttributeError (client side).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ws.wait_closed(), 15)
+    else:
+        await ws.close()
 
 
 def answer_to_bridge(call: list[Any]) -> list[Any]:

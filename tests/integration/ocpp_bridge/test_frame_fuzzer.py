@@ -27,10 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -42,14 +40,20 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidState
+from websockets.exceptions import InvalidState
 
 from ocpp_bridge.schemas import ACTIONS
-from tests.integration.ocpp_bridge.fuzz_neighbour import next_answer, open_charger
+from tests.integration.ocpp_bridge.fuzz_neighbour import (
+    close_charger,
+    closed_with,
+    next_answer,
+    open_charger,
+    read_samples,
+    start_helper,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[3]
 MAX_EXAMPLES = 400
 MAX_FRAME = 256 * 1024  # BridgeSettings.max_frame_bytes, the agent's default
 
@@ -387,21 +391,12 @@ async def fuzz_once(url: str, version: str, frames: list[Frame], closing: Frame 
         if closing is not None:
             stats.frames += 1
             send_raw(ws, closing)
-            with contextlib.suppress(ConnectionClosed, TimeoutError):
-                while True:  # the bridge may still be sending its own CALLs
-                    await asyncio.wait_for(ws.recv(), 15)
-            received = ws.protocol.close_rcvd
-            assert received is not None, "closed without a close frame"
-            assert received.code == closing.close_code, (received, closing)
-            stats.closes[received.code] += 1
+            code = await closed_with(ws)
+            assert code is not None, "closed without a close frame"
+            assert code == closing.close_code, (code, closing)
+            stats.closes[code] += 1
     finally:
-        if ws.transport.is_closing():
-            # Closed by the bridge: close() would abort a transport already closed, which
-            # CPython 3.11's selector transport turns into an AttributeError (client side).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ws.wait_closed(), 15)
-        else:
-            await ws.close()
+        await close_charger(ws)
     return stats
 
 
@@ -412,23 +407,11 @@ def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
     raise AssertionError(f"no {field_name} for {pid}")
 
 
-def start(module: str, *args: str, stdout: Any, stderr: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", f"tests.integration.ocpp_bridge.{module}", *args],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=stdout,
-        stderr=stderr,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 @contextlib.contextmanager
 def listener(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     log_path = tmp_path / "listener.log"
     with log_path.open("w") as log:
-        process = start("fuzz_listener", "FUZZ", "GOOD", stdout=subprocess.PIPE, stderr=log)
+        process = start_helper("fuzz_listener", "FUZZ", "GOOD", stdout=subprocess.PIPE, stderr=log)
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
@@ -447,7 +430,7 @@ def neighbour(url: str, listener_pid: int, tmp_path: Path) -> Iterator[Path]:
     samples.touch()
     log_path = tmp_path / "neighbour.log"
     with log_path.open("w") as log:
-        process = start(
+        process = start_helper(
             "fuzz_neighbour", url, str(samples), str(listener_pid), stdout=log, stderr=log
         )
         try:
@@ -464,23 +447,6 @@ def neighbour(url: str, listener_pid: int, tmp_path: Path) -> Iterator[Path]:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-
-
-@dataclass(frozen=True)
-class RoundTrip:
-    at: float  # monotonic start
-    seconds: float
-    scheduler_s: float  # of which the neighbour or the listener waited for a CPU
-
-    @property
-    def bridge_s(self) -> float:
-        """The round trip without the time the machine's scheduler held either process."""
-        return max(0.0, self.seconds - self.scheduler_s)
-
-
-def read_samples(path: Path) -> list[RoundTrip]:
-    rows = [line.split() for line in path.read_text().splitlines()]
-    return [RoundTrip(*map(float, row)) for row in rows if len(row) == 3]
 
 
 def test_fuzzed_frames_get_callerror_or_close_and_spare_the_neighbour(
