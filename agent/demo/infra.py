@@ -76,6 +76,21 @@ def find_pg_bin() -> Path | None:
     return None
 
 
+def jetstream_ready(base_url: str, healthz: str = "/healthz") -> bool:
+    """The node at `base_url` (its monitoring port) answers `healthz` with 200 and knows its
+    JetStream meta leader. A node can be healthy before the meta group has elected one, and
+    until then every JetStream API request (a stream_info, a stream create) goes unanswered."""
+    try:
+        with urllib.request.urlopen(base_url + healthz, timeout=2) as answer:
+            if answer.status != 200:
+                return False
+        with urllib.request.urlopen(base_url + "/jsz", timeout=2) as answer:
+            meta = json.loads(answer.read() or b"{}").get("meta_cluster") or {}
+    except (OSError, ValueError):  # HTTPError (503 while unhealthy) is an OSError
+        return False
+    return bool(meta.get("leader"))
+
+
 def check_installed() -> None:
     """Both servers and the PostgreSQL driver installed, or InfraMissing naming the first
     missing package."""
@@ -232,16 +247,7 @@ class LocalNats(_Server):
             log = self.log_path(index).read_text(errors="replace")
             error = PortTaken if "address already in use" in log[-800:] else InfraError
             raise error(f"nats-server {node.name} exited ({proc.returncode}): {log[-800:]}")
-        base = f"http://{node.host}:{node.http_port}"
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:
-                if answer.status != 200:
-                    return False
-            with urllib.request.urlopen(base + "/jsz", timeout=2) as answer:
-                meta = json.loads(answer.read() or b"{}").get("meta_cluster") or {}
-        except (OSError, ValueError):
-            return False
-        return bool(meta.get("leader"))
+        return jetstream_ready(f"http://{node.host}:{node.http_port}")
 
     def stop(self) -> None:
         running = [p for p in self.processes if p is not None and p.poll() is None]

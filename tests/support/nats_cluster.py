@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from agent.demo.infra import LocalNats, find_nats_server
+from agent.demo.infra import LocalNats, find_nats_server, jetstream_ready
 from agent.fleet.natsconf import ACCOUNT, Node
 
 MISSING = (
@@ -130,15 +130,9 @@ class NatsCluster(LocalNats):
         (`wait_caught_up`)."""
         if not self.running(index):
             return False
-        try:
-            status, _ = self._get(index, "/healthz" if assets else "/healthz?js-server-only=true")
-            if status != 200:
-                return False
-            status, jsz = self._get(index, "/jsz")
-        except (OSError, ValueError):
-            return False
-        meta = jsz.get("meta_cluster") if isinstance(jsz, dict) else None
-        return status == 200 and bool(meta and meta.get("leader"))
+        node = self.nodes[index]
+        healthz = "/healthz" if assets else "/healthz?js-server-only=true"
+        return jetstream_ready(f"http://{node.host}:{node.http_port}", healthz)
 
     def wait_healthy(
         self,

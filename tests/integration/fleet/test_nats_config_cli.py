@@ -4,16 +4,15 @@ in with its own secret and no one else; wrong input is one line and a sysexits c
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from agent.demo.infra import jetstream_ready
 from agent.fleet.bus import NatsBus, ensure_central_consumer, ensure_site_consumer, ensure_streams
 from agent.fleet.ports import BusUnavailable
 from tests.conftest import in_ci
@@ -68,21 +67,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def healthy(http_port: int) -> bool:
-    """Serving, and JetStream's meta group has a leader: before that the JetStream API (the
-    first stream_info below) goes unanswered, which CI saw time out on a loaded machine."""
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        with urllib.request.urlopen(f"{base}/healthz?js-enabled-only=true", timeout=2) as response:
-            if json.load(response).get("status") != "ok":
-                return False
-        with urllib.request.urlopen(f"{base}/jsz", timeout=2) as response:
-            meta = json.load(response).get("meta_cluster") or {}
-    except (OSError, ValueError):
-        return False
-    return bool(meta.get("leader"))
-
-
 def test_rendered_files_run_a_cluster_that_admits_each_site_by_its_own_secret(
     tmp_path: Path,
 ) -> None:
@@ -106,7 +90,9 @@ def test_rendered_files_run_a_cluster_that_admits_each_site_by_its_own_secret(
     ]
     try:
         deadline = time.monotonic() + 60
-        while not all(healthy(p["http"]) for p in ports):
+        # Serving, and JetStream's meta group has a leader: before that the JetStream API (the
+        # first stream_info) goes unanswered, which CI saw time out on a loaded machine.
+        while not all(jetstream_ready(f"http://127.0.0.1:{p['http']}") for p in ports):
             assert time.monotonic() < deadline, "the rendered cluster did not become healthy"
             time.sleep(0.3)
         urls = [f"nats://127.0.0.1:{p['client']}" for p in ports]
