@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import os
 import re
@@ -723,11 +724,11 @@ def abandoned_connects(station: Station) -> set[int]:
     reason to send it anything beyond the boot's answer and its first questions."""
     text = station.log()
     offsets = connect_offsets(station)
+    stretches = [text[a:b] for a, b in itertools.pairwise(offsets)]
     return {
         k
-        for k in range(len(offsets) - 1)
-        if "Received a message in disconnected state" in text[offsets[k] : offsets[k + 1]]
-        and "Goodbye" in text[offsets[k] : offsets[k + 1]]
+        for k, stretch in enumerate(stretches)
+        if "Received a message in disconnected state" in stretch and "Goodbye" in stretch
     }
 
 
