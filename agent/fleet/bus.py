@@ -71,6 +71,7 @@ ACK_WAIT_S = 30.0
 # How long the centre's set-up keeps asking a JetStream that does not answer yet.
 SETUP_TIMEOUT_S = 30.0
 # nats-py hands the server's -ERR text on lower-cased, subject included: compare lower-case.
+_REFUSED = re.compile(r"authori[sz]ation violation|authentication|user authentication", re.I)
 _PERMISSION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
 
 
@@ -129,6 +130,24 @@ class NatsDelivery:
             await self._bus.flush()
         except nats.errors.Error as exc:
             raise BusUnavailable(f"term failed: {exc}") from None
+
+
+class _ConnectErrors:
+    """What the first connect met, for the one line that says why it failed. A server that
+    refuses the credentials closes the connection, so the next attempt often meets a reset
+    or a timeout: the refusal is the reason, whatever came after it."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.refusal: str | None = None
+
+    def note(self, text: str) -> None:
+        self.last = text
+        if _REFUSED.search(text):
+            self.refusal = text
+
+    def reason(self, exc: BaseException) -> str:
+        return self.refusal or self.last or str(exc) or type(exc).__name__
 
 
 class _Backoff:
@@ -205,11 +224,11 @@ class NatsBus:
         nc = Client()
         backoff = _Backoff(backoff_base_s, backoff_max_s)
         bus_box: list[NatsBus] = []
-        last_error: list[str] = []
+        errors = _ConnectErrors()
 
         async def on_error(exc: Exception) -> None:
             text = str(exc) or type(exc).__name__
-            last_error[:] = [text]
+            errors.note(text)
             if bus_box and bus_box[0].note_error(text):
                 return
             log.warning("fleet bus (%s): %s", name, text)
@@ -245,10 +264,9 @@ class NatsBus:
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
-            reason = last_error[0] if last_error else str(exc) or type(exc).__name__
             raise BusUnavailable(
                 f"no NATS server of {', '.join(servers)} accepted {user!r} within "
-                f"{connect_timeout_s} s: {reason}"
+                f"{connect_timeout_s} s: {errors.reason(exc)}"
             ) from None
         url = nc.connected_url
         backoff.reset(url.netloc if url else None)

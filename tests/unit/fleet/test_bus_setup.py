@@ -1,7 +1,10 @@
-"""The centre's set-up asks JetStream again when a request goes unanswered or JetStream says it
-is not ready (503), and only then: a refusal or a conflicting consumer is an answer, raised at
-once. The JetStream context here is a stand-in that records its calls; the same behaviour
-against a real cluster without quorum is in tests/integration/fleet/test_bus.py."""
+"""Connecting and setting up the bus, on stand-ins (pure logic, no server).
+
+The first connect names a refused password as its reason even after the resets that follow
+it. The centre's set-up asks JetStream again when a request goes unanswered or JetStream says
+it is not ready (503), and only then: a refusal or a conflicting consumer is an answer, raised
+at once. The same set-up against a real cluster without quorum is in
+tests/integration/fleet/test_bus.py."""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from agent.fleet.bus import ensure_central_consumer, ensure_site_consumer, ensure_streams
+from agent.fleet.bus import (
+    _ConnectErrors,
+    ensure_central_consumer,
+    ensure_site_consumer,
+    ensure_streams,
+)
 from agent.fleet.ports import BusUnavailable
 from agent.fleet.protocol import CMD_STREAM, UP_STREAM
 
@@ -115,3 +123,20 @@ async def test_a_consumer_with_another_filter_is_an_answer_not_retried() -> None
     with pytest.raises(ValueError, match="delete it first"):
         await ensure_site_consumer(js, "a", timeout_s=10)  # type: ignore[arg-type]
     assert js.calls == ["consumer_info"]
+
+
+def test_a_refused_password_stays_the_reason_after_the_resets_it_causes() -> None:
+    """The server closes a connection whose credentials it refused; the client's next
+    attempts meet resets. The line an operator reads must still say the password was wrong."""
+    errors = _ConnectErrors()
+    errors.note("nats: 'Authorization Violation'")
+    errors.note("[Errno 104] Connection reset by peer")
+    assert errors.reason(TimeoutError()) == "nats: 'Authorization Violation'"
+
+
+def test_without_a_refusal_the_last_error_is_the_reason() -> None:
+    errors = _ConnectErrors()
+    assert errors.reason(TimeoutError()) == "TimeoutError"
+    errors.note("[Errno 111] Connection refused")
+    errors.note("nats: timeout")
+    assert errors.reason(TimeoutError()) == "nats: timeout"
