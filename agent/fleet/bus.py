@@ -71,8 +71,10 @@ ACK_WAIT_S = 30.0
 # How long the centre's set-up keeps asking a JetStream that does not answer yet.
 SETUP_TIMEOUT_S = 30.0
 # nats-py hands the server's -ERR text on lower-cased, subject included: compare lower-case.
-_REFUSED = re.compile(r"authori[sz]ation violation|authentication|user authentication", re.I)
 _PERMISSION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
+# The server's refusal of a connection's credentials ("Authorization Violation", "User
+# Authentication Expired", ...).
+_REFUSED = re.compile(r"authori[sz]ation violation|authentication", re.I)
 
 
 class BusPermissionDenied(BusUnavailable):
