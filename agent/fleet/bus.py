@@ -474,8 +474,14 @@ async def ensure_streams(
         await _set_up(f"stream {name}", functools.partial(_ensure_stream, js, config), timeout_s)
 
 
+class _Unsettled(Exception):
+    """JetStream's answers contradict each other for a moment: a create that a request we
+    gave up on started is still being applied (or undone). `_set_up` asks again."""
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     assert config.name is not None
+    refused = ""
     try:
         await js.stream_info(config.name)
     except nats.js.errors.NotFoundError:
@@ -483,9 +489,14 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             await js.add_stream(config)
             log.info("fleet bus: created stream %s", config.name)
             return
-        except nats.js.errors.BadRequestError:
-            pass  # another aggregator process created it just now: update below
-    await js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            # Another aggregator process created it just now, or a create of ours that timed
+            # out is being applied: update below.
+            refused = f"; its create was refused: {exc.description}"
+    try:
+        await js.update_stream(config)
+    except nats.js.errors.NotFoundError:
+        raise _Unsettled(f"stream {config.name} was not there to update{refused}") from None
 
 
 async def _set_up(what: str, step: Callable[[], Awaitable[None]], timeout_s: float) -> None:
@@ -494,9 +505,11 @@ async def _set_up(what: str, step: Callable[[], Awaitable[None]], timeout_s: flo
     JetStream answers API requests only once the cluster has a meta leader, and creating a
     replicated stream waits for the new stream's own election: right after the cluster
     (re)starts, or on a loaded machine, one request times out or gets 503 and the next one
-    succeeds. Every step reads the current state before it changes anything, so repeating one
-    whose request was applied after we stopped waiting does no harm. Errors that are answers
-    (a consumer with another filter, a refused configuration) are not retried.
+    succeeds. A create we stopped waiting for may still be applied: for a moment a create
+    says the stream exists and an update says it does not (`_Unsettled`). Every step reads the
+    current state before it changes anything, so repeating one whose request was applied
+    after we stopped waiting does no harm. Errors that are answers (a consumer with another
+    filter, a refused configuration) are not retried.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -509,11 +522,13 @@ async def _set_up(what: str, step: Callable[[], Awaitable[None]], timeout_s: flo
             TimeoutError,  # nats-py raises its own or asyncio's
             nats.errors.NoRespondersError,
             nats.js.errors.ServiceUnavailableError,
+            _Unsettled,
         ) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if loop.time() + delay >= deadline:
                 raise BusUnavailable(
-                    f"setting up {what}: JetStream gave no answer in {timeout_s:g} s ({reason})"
+                    f"setting up {what}: no settled answer from JetStream in {timeout_s:g} s "
+                    f"({reason})"
                 ) from None
             log.warning("fleet bus: setting up %s: %s; asking again", what, reason)
             await asyncio.sleep(delay)

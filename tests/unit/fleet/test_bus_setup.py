@@ -140,3 +140,53 @@ def test_without_a_refusal_the_last_error_is_the_reason() -> None:
     errors.note("[Errno 111] Connection refused")
     errors.note("nats: timeout")
     assert errors.reason(TimeoutError()) == "nats: timeout"
+
+
+class CreateInFlight(FakeJetStream):
+    """A create of ours that timed out is still being applied: the next create is refused as
+    a duplicate and the update finds nothing, once; then the stream is there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = True
+
+    async def add_stream(self, config: StreamConfig) -> None:
+        if self.in_flight:
+            self.calls.append("add_stream")
+            raise nats.js.errors.BadRequestError(
+                code=400, err_code=10058, description="stream name already in use"
+            )
+        await super().add_stream(config)
+
+    async def update_stream(self, config: StreamConfig) -> None:
+        if self.in_flight:
+            self.calls.append("update_stream")
+            self.in_flight = False
+            assert config.name is not None
+            self.streams[config.name] = config  # the create lands after this answer
+            raise _not_found()
+        await super().update_stream(config)
+
+
+async def test_a_create_still_in_flight_is_asked_again_not_raised() -> None:
+    js = CreateInFlight()
+    await ensure_streams(js, replicas=3, timeout_s=10)  # type: ignore[arg-type]
+    assert set(js.streams) == {UP_STREAM, CMD_STREAM}
+    assert js.calls[:5] == [
+        "stream_info",
+        "add_stream",
+        "update_stream",
+        "stream_info",
+        "update_stream",
+    ]
+
+
+async def test_a_create_refused_for_good_names_the_refusal_when_time_is_up() -> None:
+    class Refused(CreateInFlight):
+        async def update_stream(self, config: StreamConfig) -> None:
+            self.calls.append("update_stream")
+            raise _not_found()
+
+    js = Refused()
+    with pytest.raises(BusUnavailable, match=r"FLEET_UP .*refused: stream name already in use"):
+        await ensure_streams(js, timeout_s=1)  # type: ignore[arg-type]
