@@ -259,13 +259,16 @@ def flex_request(
                 duration=total - first - count + 1,
             )
         )
+    # Two hours from now, but never after the period's last ISP ends (the AGR rejects that):
+    # late in the market day the day ends sooner.
+    expires = min(utc_now() + timedelta(hours=2), MARKET.isps(period)[-1].end)
     return LibFlexRequest(
         isp_duration="PT15M",
         time_zone=build.TZ,
         period=XmlDate.from_date(period),
         congestion_point=cp,
         revision=1,
-        expiration_date_time=(utc_now() + timedelta(hours=2)).isoformat(),
+        expiration_date_time=expires.isoformat(),
         isps=isps,
     )
 
