@@ -26,6 +26,7 @@ from tests.integration.fleet_scenarios.world import (
     isp_index,
     order,
     start_fleet,
+    within_day,
 )
 from tests.support.everest import MISSING as EVEREST_MISSING
 from tests.support.everest import PASSWORD as EVEREST_PASSWORD
@@ -82,6 +83,7 @@ async def test_full_agents_take_part_in_an_order(world_with_agents: World) -> No
         first = floor_isp(now) + timedelta(minutes=15)
         if (first - now).total_seconds() < 90:
             first += timedelta(minutes=15)
+        first = within_day(first, 2)
         period, index = isp_index(first)
         [order_id] = await order(world, period, index, 2, cps=[CP_A])
         await world.wait_acked(order_id)
@@ -164,6 +166,7 @@ async def test_an_agent_with_a_real_everest_charger_takes_part(world_with_agents
             first = floor_isp(now) + timedelta(minutes=15)
             if (first - now).total_seconds() < 90:
                 first += timedelta(minutes=15)
+            first = within_day(first, 2)
             period, index = isp_index(first)
             since = station.mark()
             [order_id] = await order(world, period, index, 2, cps=[CP_A])

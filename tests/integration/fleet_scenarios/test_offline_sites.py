@@ -36,6 +36,7 @@ from tests.integration.fleet_scenarios.world import (
     isp_index,
     order,
     read_site,
+    within_day,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
@@ -61,7 +62,7 @@ async def test_a_fifth_of_the_sites_offline_for_two_ordered_isps(world: World) -
 
     # The first ordered ISP an hour ahead: the order is made and fanned out well before its
     # reassignment falls due.
-    first = floor_isp(world.now()) + timedelta(hours=1)
+    first = within_day(floor_isp(world.now()) + timedelta(hours=1), 2)
     ordered = [first, first + ISP]
     offline = world.sites[::5]  # 40 sites: 10 in each host, 20 per congestion point
     online = [s for s in world.sites if s not in offline]

@@ -273,6 +273,14 @@ def flex_request(
     )
 
 
+def within_day(first: datetime, count: int) -> datetime:
+    """`first`, or the start of the next market day when `count` ISPs from `first` would run
+    past the end of its day: an order's ISPs all lie in one period, so a test that orders the
+    next ISPs late in the day orders the first ones of the next day instead."""
+    end = MARKET.isps(MARKET.today(first))[-1].end
+    return end if first + count * timedelta(minutes=MARKET.isp_minutes) > end else first
+
+
 def isp_index(moment: datetime) -> tuple[date, int]:
     """The market day and 1-based ISP index of the ISP starting at `moment`."""
     period = MARKET.today(moment)
