@@ -150,15 +150,8 @@ def _series(
     keys = np.empty(n_days)
     acc = np.empty(n_space)
     share = np.empty(n_space)
-    # Days no target weighs are never read.
+    # Each group's days (`marked` below); days no target weighs are never read.
     used = np.zeros(n_days, dtype=np.int64)
-    n_used = 0
-    for d in range(n_days):
-        for t in range(n_targets):
-            if w[s, t, d] > 0:
-                used[n_used] = d
-                n_used += 1
-                break
     # Targets whose history days overlap (the same day group) share one sort of those days;
     # a Saturday's target never sorts or walks the weekdays' days.
     cluster = np.full(n_targets, -1, dtype=np.int64)
