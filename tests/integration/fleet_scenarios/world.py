@@ -278,7 +278,7 @@ def within_day(first: datetime, count: int) -> datetime:
     past the end of its day: an order's ISPs all lie in one period, so a test that orders the
     next ISPs late in the day orders the first ones of the next day instead."""
     end = MARKET.isps(MARKET.today(first))[-1].end
-    return end if first + count * timedelta(minutes=MARKET.isp_minutes) > end else first
+    return end if first + count * MARKET.isp > end else first
 
 
 def isp_index(moment: datetime) -> tuple[date, int]:
